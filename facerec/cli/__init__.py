@@ -1,0 +1,1 @@
+"""The ``facerec`` command line."""

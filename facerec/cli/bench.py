@@ -1,0 +1,38 @@
+"""``facerec bench``: accuracy benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from facerec.cli.output import emit
+from facerec.evaluation.lfw import run_lfw
+from facerec.models import update_calibration
+from facerec.pipeline import FacePipeline
+
+
+def cmd_lfw(args: argparse.Namespace, pipeline: FacePipeline) -> int:
+    pairs = args.pairs or args.data / "pairs.txt"
+    result = run_lfw(pipeline, args.data, pairs, args.out, pad=args.pad, progress=not args.json)
+    (args.out / "lfw.json").write_text(json.dumps(result, indent=2))
+    if args.update_card:
+        cfg = pipeline.config
+        update_calibration(
+            pipeline.card.name,
+            alignment=cfg.alignment,
+            flip=cfg.flip,
+            precision=cfg.precision,
+            threshold=result["threshold"],
+            threshold_far_1e3=result["threshold_far_1e-3"],
+            lfw_accuracy=result["accuracy_mean"],
+        )
+    acc, std = 100 * result["accuracy_mean"], 100 * result["accuracy_std"]
+    text = (
+        f"LFW accuracy {acc:.2f} ± {std:.2f} % (10 folds, {result['pairs']} pairs), "
+        f"TAR@FAR=1e-3 {100 * result['tar_at_far_1e-3']:.2f} %, AUC {result['auc']:.5f}, "
+        f"no face in {result['no_face_found']} of {result['images']} images, "
+        f"{result['timing']['images_per_second']:.1f} images/s\n"
+        f"results: {args.out / 'lfw.json'}, ROC: {args.out / 'roc.png'}"
+    )
+    emit(result, args.json, text)
+    return 0

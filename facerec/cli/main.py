@@ -1,0 +1,145 @@
+"""``facerec``: face detection, embedding, verification and identification from the shell.
+
+Every command takes ``--json`` and then prints exactly one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from facerec.cli import bench, images
+from facerec.cli.output import fail
+from facerec.detection.mtcnn import MTCNNConfig
+from facerec.errors import FaceRecError
+from facerec.pipeline import FacePipeline, PipelineConfig
+
+Handler = Callable[[argparse.Namespace, FacePipeline], int]
+
+
+def _pipeline_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pipeline")
+    g.add_argument(
+        "--alignment",
+        choices=["similarity", "box"],
+        default="similarity",
+        help="5-point similarity warp (default) or box crop with margin",
+    )
+    g.add_argument(
+        "--precision",
+        choices=["int8", "fp32"],
+        default="int8",
+        help="embedder precision (default int8: same LFW accuracy, several times faster)",
+    )
+    g.add_argument(
+        "--no-flip", dest="flip", action="store_false", help="skip flip test-time augmentation"
+    )
+    g.add_argument("--min-face-size", type=int, default=20, help="smallest face in px (20)")
+    g.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (all cores)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facerec",
+        description="Face recognition with MTCNN + FaceNet (128-d) on ONNX Runtime.",
+        epilog="Run `facerec models` once to fetch and convert the published weights.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="fetch, convert, export and check the model files")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="redo every step even if up to date")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("detect", help="find faces: boxes, scores, 5 landmarks")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    _common(p)
+    _pipeline_options(p)
+    p.set_defaults(handler=images.cmd_detect, embed=False)
+
+    p = sub.add_parser("embed", help="128-d embeddings of the faces in each image")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument(
+        "--single", action="store_true", help="one face per image: the largest, most central"
+    )
+    _common(p)
+    _pipeline_options(p)
+    p.set_defaults(handler=images.cmd_embed)
+
+    p = sub.add_parser("verify", help="are two images the same person? (1:1)")
+    p.add_argument("image_a", type=Path, metavar="IMAGE_A")
+    p.add_argument("image_b", type=Path, metavar="IMAGE_B")
+    p.add_argument("--threshold", type=float, default=None, help="cosine threshold (calibrated)")
+    _common(p)
+    _pipeline_options(p)
+    p.set_defaults(handler=images.cmd_verify)
+
+    p = sub.add_parser("identify", help="who is in each probe image? (1:N, open set)")
+    p.add_argument("probes", nargs="+", type=Path, metavar="PROBE")
+    p.add_argument(
+        "--gallery", type=Path, required=True, metavar="DIR", help="one sub-folder per person"
+    )
+    p.add_argument("--top-k", type=int, default=5, help="candidates per face (5)")
+    p.add_argument("--threshold", type=float, default=None, help="cosine threshold (calibrated)")
+    _common(p)
+    _pipeline_options(p)
+    p.set_defaults(handler=images.cmd_identify)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    b = bench_sub.add_parser("lfw", help="LFW verification accuracy, 10-fold, end to end")
+    b.add_argument("--data", type=Path, required=True, metavar="DIR", help="LFW folder")
+    b.add_argument("--pairs", type=Path, default=None, help="pairs file (DIR/pairs.txt)")
+    b.add_argument("--out", type=Path, required=True, metavar="DIR", help="results folder")
+    b.add_argument("--pad", type=int, default=50, help="edge padding before detection (50 px)")
+    b.add_argument(
+        "--update-card",
+        action="store_true",
+        help="store the calibrated thresholds in the model card",
+    )
+    _common(b)
+    _pipeline_options(b)
+    b.set_defaults(handler=bench.cmd_lfw)
+    return parser
+
+
+def pipeline_from_args(args: argparse.Namespace) -> FacePipeline:
+    config = PipelineConfig(
+        detector=MTCNNConfig(min_face_size=args.min_face_size),
+        alignment=args.alignment,
+        flip=args.flip,
+        precision=args.precision,
+        threads=args.threads,
+    )
+    return FacePipeline.local(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    args.progress = sys.stderr.isatty() and not args.json
+    try:
+        if args.command == "models":
+            from facerec.cli.models import cmd_models
+
+            return cmd_models(args)
+        handler: Handler = args.handler
+        return handler(args, pipeline_from_args(args))
+    except FaceRecError as exc:
+        return fail(exc, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""MTCNN (P-Net pyramid, R-Net, O-Net) on ONNX Runtime with numpy/OpenCV glue.
+
+The algorithm follows the published MTCNN cascade as run by facenet-pytorch, so the
+converted weights give the same boxes: P-Net over an image pyramid (per-scale NMS 0.5,
+cross-scale NMS 0.7), box regression and squaring, R-Net on 24x24 crops (NMS 0.7), O-Net
+on 48x48 crops with landmarks (NMS 0.7 over the smaller area). Candidates from every
+image of a batch share one R-Net and one O-Net call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from facerec.detection.nms import nms
+from facerec.detection.types import Detections
+from facerec.errors import InvalidArgumentError
+from facerec.imaging.resample import AreaSampler
+from facerec.runtime import create_session
+
+_STRIDE = 2
+_CELL = 12
+
+
+@dataclass(frozen=True)
+class MTCNNConfig:
+    """Detection settings: smallest face in pixels, per-stage score thresholds, pyramid step.
+
+    ``resample``: ``"exact"`` reproduces the reference implementation's area resampling
+    (identical boxes); ``"opencv"`` resamples the pyramid with OpenCV's INTER_AREA.
+    """
+
+    min_face_size: int = 20
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    factor: float = 0.709
+    resample: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.min_face_size < 12:
+            raise InvalidArgumentError("min_face_size must be at least 12 px")
+        if not all(0.0 <= t <= 1.0 for t in self.thresholds):
+            raise InvalidArgumentError("thresholds must lie in [0, 1]")
+        if self.resample not in ("exact", "opencv"):
+            raise InvalidArgumentError("resample must be 'exact' or 'opencv'")
+        if not 0.1 <= self.factor < 1.0:
+            raise InvalidArgumentError("factor must lie in [0.1, 1)")
+
+
+def pyramid_scales(height: int, width: int, config: MTCNNConfig) -> list[float]:
+    """Scales at which P-Net (a 12 px detector) sees faces of ``min_face_size`` and up."""
+    scale = 12.0 / config.min_face_size
+    side = min(height, width) * scale
+    scales = []
+    while side >= 12:
+        scales.append(scale)
+        scale *= config.factor
+        side *= config.factor
+    return scales
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """float32[..., H, W, 3] in 0..255 -> the nets' input range, NCHW."""
+    x = (x.astype(np.float32, copy=False) - 127.5) * 0.0078125
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """Grow each box (float[K, >=4]) to a square around its centre."""
+    out = boxes.copy()
+    h = boxes[:, 3] - boxes[:, 1]
+    w = boxes[:, 2] - boxes[:, 0]
+    side = np.maximum(w, h)
+    out[:, 0] = boxes[:, 0] + w * 0.5 - side * 0.5
+    out[:, 1] = boxes[:, 1] + h * 0.5 - side * 0.5
+    out[:, 2] = out[:, 0] + side
+    out[:, 3] = out[:, 1] + side
+    return out
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """Apply R-/O-Net box offsets ``reg`` float[K, 4] (pixel-inclusive widths)."""
+    out = boxes.copy()
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    out[:, 0] = boxes[:, 0] + reg[:, 0] * w
+    out[:, 1] = boxes[:, 1] + reg[:, 1] * h
+    out[:, 2] = boxes[:, 2] + reg[:, 2] * w
+    out[:, 3] = boxes[:, 3] + reg[:, 3] * h
+    return out
+
+
+def _crops(sampler: AreaSampler, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each box out of the image (clipped to it) and resample it to ``size``.
+
+    Box corners are truncated and read as 1-based inclusive pixels, as the reference does.
+    Returns float32[M, size, size, 3] and the indices (into ``boxes``) of the M boxes that
+    kept a non-empty area.
+    """
+    b = np.trunc(boxes[:, :4]).astype(np.int64)
+    x1 = np.maximum(b[:, 0], 1)
+    y1 = np.maximum(b[:, 1], 1)
+    x2 = np.minimum(b[:, 2], sampler.width)
+    y2 = np.minimum(b[:, 3], sampler.height)
+    valid = np.flatnonzero((x2 > x1 - 1) & (y2 > y1 - 1))
+    v = valid
+    return sampler.crops(x1[v] - 1, y1[v] - 1, x2[v], y2[v], size), valid
+
+
+class MTCNNDetector:
+    """The in-process :class:`~facerec.detection.types.FaceDetector`."""
+
+    def __init__(
+        self,
+        pnet: Path,
+        rnet: Path,
+        onet: Path,
+        config: MTCNNConfig | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.config = config or MTCNNConfig()
+        self._pnet = create_session(pnet, threads)
+        self._rnet = create_session(rnet, threads)
+        self._onet = create_session(onet, threads)
+
+    @staticmethod
+    def _run(session: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
+        name = session.get_inputs()[0].name
+        return [np.asarray(o) for o in session.run(None, {name: x})]
+
+    def _proposals(self, image: np.ndarray, sampler: AreaSampler) -> np.ndarray:
+        """Stage 1: P-Net candidates float32[K, 5] (x1, y1, x2, y2, score), regressed and
+        squared."""
+        h, w = image.shape[:2]
+        threshold = self.config.thresholds[0]
+        found = []
+        for scale in pyramid_scales(h, w, self.config):
+            hs, ws = int(h * scale + 1), int(w * scale + 1)
+            if self.config.resample == "exact":
+                resized = sampler.resize(hs, ws)
+            else:
+                resized = cv2.resize(image, (ws, hs), interpolation=cv2.INTER_AREA)
+            reg, prob = self._run(self._pnet, _normalise(resized)[None])
+            score = prob[0, 1]
+            ys, xs = np.nonzero(score >= threshold)
+            if ys.size == 0:
+                continue
+            cells = np.stack([xs, ys], axis=1).astype(np.float32)
+            top_left = np.floor((_STRIDE * cells + 1) / scale)
+            bottom_right = np.floor((_STRIDE * cells + _CELL) / scale)
+            cand = np.concatenate(
+                [top_left, bottom_right, score[ys, xs, None], reg[0][:, ys, xs].T], axis=1
+            )
+            found.append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
+        if not found:
+            return np.zeros((0, 9), np.float32)
+        boxes = np.concatenate(found)
+        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+        w_ = boxes[:, 2] - boxes[:, 0]
+        h_ = boxes[:, 3] - boxes[:, 1]
+        moved = boxes.copy()
+        moved[:, 0] += boxes[:, 5] * w_
+        moved[:, 1] += boxes[:, 6] * h_
+        moved[:, 2] += boxes[:, 7] * w_
+        moved[:, 3] += boxes[:, 8] * h_
+        return _square(moved[:, :5])
+
+    def _refine(
+        self, samplers: Sequence[AreaSampler], boxes: list[np.ndarray], size: int
+    ) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
+        """Crop every image's candidates at ``size`` and run the net for that size once."""
+        crops, kept = [], []
+        for sampler, b in zip(samplers, boxes, strict=True):
+            c, valid = _crops(sampler, b, size) if len(b) else (np.zeros((0, size, size, 3)), [])
+            crops.append(c)
+            kept.append(b[np.asarray(valid, dtype=np.intp)])
+        batch = np.concatenate(crops).astype(np.float32)
+        net = self._rnet if size == 24 else self._onet
+        outputs = self._run(net, _normalise(batch)) if len(batch) else []
+        return kept, np.cumsum([0] + [len(k) for k in kept]), outputs
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        cfg = self.config
+        samplers = [AreaSampler(img) for img in images]
+        boxes = [self._proposals(img, s) for img, s in zip(images, samplers, strict=True)]
+
+        # Stage 2: R-Net on 24x24 crops of all images at once.
+        boxes, offsets, out = self._refine(samplers, boxes, 24)
+        if out:
+            reg, prob = out
+            for i in range(len(images)):
+                lo, hi = offsets[i], offsets[i + 1]
+                score = prob[lo:hi, 1]
+                keep = score > cfg.thresholds[1]
+                b = np.concatenate([boxes[i][keep, :4], score[keep, None]], axis=1)
+                r = reg[lo:hi][keep]
+                pick = nms(b[:, :4], b[:, 4], 0.7)
+                boxes[i] = _square(_regress(b[pick], r[pick]))
+
+        # Stage 3: O-Net on 48x48 crops, with landmarks.
+        boxes, offsets, out = self._refine(samplers, boxes, 48)
+        results = []
+        for i in range(len(images)):
+            lo, hi = offsets[i], offsets[i + 1]
+            if not out or hi == lo:
+                results.append(Detections.empty())
+                continue
+            reg, marks, prob = out[0][lo:hi], out[1][lo:hi], out[2][lo:hi]
+            score = prob[:, 1]
+            keep = score > cfg.thresholds[2]
+            b = np.concatenate([boxes[i][keep, :4], score[keep, None]], axis=1)
+            m = marks[keep]
+            bw = (b[:, 2] - b[:, 0] + 1)[:, None]
+            bh = (b[:, 3] - b[:, 1] + 1)[:, None]
+            points = np.stack(
+                [bw * m[:, :5] + b[:, 0:1] - 1, bh * m[:, 5:] + b[:, 1:2] - 1], axis=2
+            )
+            b = _regress(b, reg[keep])
+            pick = nms(b[:, :4], b[:, 4], 0.7, mode="min", pixel_inclusive=True)
+            results.append(
+                Detections(
+                    boxes=b[pick, :4].astype(np.float32),
+                    scores=b[pick, 4].astype(np.float32),
+                    landmarks=points[pick].astype(np.float32),
+                )
+            )
+        return results

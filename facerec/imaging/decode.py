@@ -1,0 +1,163 @@
+"""Decode untrusted image bytes into RGB ``uint8[H, W, 3]``.
+
+Limits are checked from the header before any pixel is decoded, so a tiny file that
+claims 30000 x 30000 pixels is refused without allocating its frame.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from facerec.errors import ImageError
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+
+# Signatures of formats people upload that this system does not read.
+_KNOWN_UNSUPPORTED = (
+    (b"%PDF", "PDF"),
+    (b"<svg", "SVG"),
+    (b"<?xml", "SVG/XML"),
+    (b"8BPS", "PSD"),
+)
+_FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on what :func:`decode_image` accepts.
+
+    ``bomb_ratio``: a frame with more than this many pixels per byte of file, and over
+    ``max_pixels``, is reported as a decompression bomb rather than merely too large.
+    """
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_side: int = 12
+    bomb_ratio: int = 1000
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def _sniff_unsupported(data: bytes) -> str | None:
+    head = data[:64].lstrip()
+    for magic, name in _KNOWN_UNSUPPORTED:
+        if head.startswith(magic):
+            return name
+    if data[4:8] == b"ftyp":
+        return _FTYP_BRANDS.get(data[8:12], "ISO-BMFF")
+    return None
+
+
+def _check_size(width: int, height: int, nbytes: int, limits: DecodeLimits) -> None:
+    pixels = width * height
+    if pixels > limits.max_pixels:
+        code = "decompression_bomb" if pixels > limits.bomb_ratio * nbytes else "image_too_large"
+        raise ImageError(
+            f"image is {width}x{height} ({pixels} pixels); the limit is {limits.max_pixels}",
+            code=code,
+            width=width,
+            height=height,
+        )
+    if min(width, height) < limits.min_side:
+        raise ImageError(
+            f"image is {width}x{height}; each side must be at least {limits.min_side} px",
+            code="image_too_small",
+            width=width,
+            height=height,
+        )
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> contiguous ``uint8[H, W, 3]``; 16-bit and float are rescaled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if img.mode.startswith("I;16") or float(arr.max(initial=0)) > 255 else 255.0
+        gray = np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on white, the way a viewer shows it, instead of exposing hidden pixels.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode ``data`` into RGB ``uint8[H, W, 3]`` with EXIF orientation applied.
+
+    Raises :class:`ImageError` with a code saying what is wrong: ``empty_file``,
+    ``file_too_large``, ``unsupported_format``, ``not_an_image``, ``decompression_bomb``,
+    ``image_too_large``, ``image_too_small``, ``truncated_image`` or ``corrupt_image``.
+    Animated formats give their first frame.
+    """
+    if not data:
+        raise ImageError("the file is empty", code="empty_file")
+    if len(data) > limits.max_bytes:
+        raise ImageError(
+            f"the file is {len(data)} bytes; the limit is {limits.max_bytes}",
+            code="file_too_large",
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(str(exc), code="decompression_bomb") from None
+    except UnidentifiedImageError:
+        unsupported = _sniff_unsupported(data)
+        if unsupported is not None:
+            raise ImageError(
+                f"{unsupported} files are not supported; send JPEG, PNG, WebP, BMP, TIFF or GIF",
+                code="unsupported_format",
+                format=unsupported,
+            ) from None
+        raise ImageError("the file is not a recognised image", code="not_an_image") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"the image header is unreadable: {exc}", code="corrupt_image") from None
+
+    with img:
+        if img.format not in SUPPORTED_FORMATS:
+            raise ImageError(
+                f"{img.format} images are not supported; send JPEG, PNG, WebP, BMP, TIFF or GIF",
+                code="unsupported_format",
+                format=img.format,
+            )
+        _check_size(img.width, img.height, len(data), limits)
+        try:
+            img.seek(0)
+            img.load()
+            oriented = ImageOps.exif_transpose(img) or img
+            rgb = _to_rgb(oriented)
+        except OSError as exc:
+            text = str(exc).lower()
+            code = "truncated_image" if "truncat" in text or "broken" in text else "corrupt_image"
+            raise ImageError(f"the image data is damaged: {exc}", code=code) from None
+        except (ValueError, SyntaxError, EOFError, IndexError) as exc:
+            raise ImageError(f"the image data is damaged: {exc}", code="corrupt_image") from None
+    return rgb
+
+
+def read_image(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Read and decode a file; the size limit is checked before reading it whole."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > limits.max_bytes:
+            raise ImageError(
+                f"the file is {size} bytes; the limit is {limits.max_bytes}", code="file_too_large"
+            )
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"no such file: {p}", code="file_not_found") from None
+    except IsADirectoryError:
+        raise ImageError(f"{p} is a directory", code="not_a_file") from None
+    except PermissionError:
+        raise ImageError(f"{p} is not readable", code="permission_denied") from None
+    return decode_image(data, limits)
