@@ -39,17 +39,16 @@ class AreaSampler:
         self.table = table
         self.height, self.width = h, w
 
-    def _pool(
-        self, ys: np.ndarray, ye: np.ndarray, xs: np.ndarray, xe: np.ndarray
-    ) -> np.ndarray:
+    def _pool(self, ys: np.ndarray, ye: np.ndarray, xs: np.ndarray, xe: np.ndarray) -> np.ndarray:
         """Means over windows: ``ys``/``ye`` int[K, Ho], ``xs``/``xe`` int[K, Wo] ->
         float32[K, Ho, Wo, C]."""
         k = np.arange(ys.shape[0])[:, None, None]
         t = self.table
         rows = t[ye] - t[ys]  # [K, Ho, W+1, C]
-        total = rows[k, np.arange(ys.shape[1])[None, :, None], xe[:, None, :]] - rows[
-            k, np.arange(ys.shape[1])[None, :, None], xs[:, None, :]
-        ]
+        total = (
+            rows[k, np.arange(ys.shape[1])[None, :, None], xe[:, None, :]]
+            - rows[k, np.arange(ys.shape[1])[None, :, None], xs[:, None, :]]
+        )
         count = (ye - ys)[:, :, None] * (xe - xs)[:, None, :]
         return (total / count[..., None]).astype(np.float32)
 

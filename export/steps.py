@@ -1,0 +1,177 @@
+"""The steps of ``facerec models`` that need PyTorch: convert, export, parity, quantise."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.facenet_keras import load_facenet_keras
+from export.mtcnn_weights import load_mtcnn
+from export.onnx_export import export_onnx
+from export.quantize import quantize_embedder
+from facerec.alignment import align_faces
+from facerec.detection.mtcnn import MTCNNDetector
+from facerec.embedding import OnnxEmbedder, per_image_standardization
+from facerec.models import ONNX_FILES, ModelCard
+from facerec.pipeline import primary_face
+from training.inception_resnet_v1 import InceptionResnetV1
+from training.mtcnn import ONet, PNet, RNet
+from training.mtcnn_reference import EagerMTCNN
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_COSINE_MIN = 0.99999
+DETECTION_TOLERANCE_PX = 0.5
+
+
+class ParityError(RuntimeError):
+    """An exported model disagrees with its PyTorch source beyond tolerance."""
+
+
+@dataclass
+class Nets:
+    facenet: InceptionResnetV1
+    pnet: PNet
+    rnet: RNet
+    onet: ONet
+
+
+def convert(weights: dict[str, Path]) -> Nets:
+    facenet = load_facenet_keras(weights["facenet_keras.h5"])
+    pnet, rnet, onet = load_mtcnn(weights["pnet.pt"], weights["rnet.pt"], weights["onet.pt"])
+    return Nets(facenet.eval(), pnet.eval(), rnet.eval(), onet.eval())
+
+
+def export_all(nets: Nets, out_dir: Path) -> None:
+    meta = {"producer": "facerec models"}
+    export_onnx(
+        nets.facenet,
+        out_dir / ONNX_FILES["facenet128-fp32"],
+        torch.zeros(2, 3, 160, 160),
+        "image",
+        ["embedding"],
+        {"image": {0: "batch"}, "embedding": {0: "batch"}},
+        {**meta, "preprocessing": "per_image_standardization", "embedding_size": "128"},
+    )
+    export_onnx(
+        nets.pnet,
+        out_dir / ONNX_FILES["pnet"],
+        torch.zeros(1, 3, 64, 48),
+        "image",
+        ["reg", "prob"],
+        {
+            "image": {0: "batch", 2: "height", 3: "width"},
+            "reg": {0: "batch", 2: "map_height", 3: "map_width"},
+            "prob": {0: "batch", 2: "map_height", 3: "map_width"},
+        },
+        meta,
+    )
+    export_onnx(
+        nets.rnet,
+        out_dir / ONNX_FILES["rnet"],
+        torch.zeros(2, 3, 24, 24),
+        "image",
+        ["reg", "prob"],
+        {"image": {0: "batch"}, "reg": {0: "batch"}, "prob": {0: "batch"}},
+        meta,
+    )
+    export_onnx(
+        nets.onet,
+        out_dir / ONNX_FILES["onet"],
+        torch.zeros(2, 3, 48, 48),
+        "image",
+        ["reg", "landmarks", "prob"],
+        {n: {0: "batch"} for n in ("image", "reg", "landmarks", "prob")},
+        meta,
+    )
+
+
+def face_crops(detector: MTCNNDetector, images: list[np.ndarray], card: ModelCard) -> np.ndarray:
+    """Both alignments of each image's primary face, and their mirrors: uint8[4N, S, S, 3]."""
+    crops = []
+    for image, det in zip(images, detector.detect(images), strict=True):
+        if len(det) == 0:
+            continue
+        one = det.take([primary_face(det, image.shape[0], image.shape[1])])
+        for method in ("similarity", "box"):
+            crops.append(
+                align_faces(image, one, method, card.template, card.box_margin, card.input_size)
+            )
+    both = np.concatenate(crops)
+    return np.concatenate([both, both[:, :, ::-1]])
+
+
+def _match_detections(ref: tuple[np.ndarray, ...], ours: Any) -> float:
+    """Largest coordinate difference (px) between two detections of one image."""
+    boxes, scores, marks = ref
+    if len(boxes) != len(ours):
+        raise ParityError(f"reference found {len(boxes)} faces, ONNX Runtime {len(ours)}")
+    if len(boxes) == 0:
+        return 0.0
+    a, b = np.argsort(-scores), np.argsort(-ours.scores)
+    return float(
+        max(
+            np.abs(boxes[a] - ours.boxes[b]).max(),
+            np.abs(marks[a] - ours.landmarks[b]).max(),
+        )
+    )
+
+
+def check_parity(
+    nets: Nets, out_dir: Path, images: list[np.ndarray], card: ModelCard
+) -> dict[str, Any]:
+    """Compare every exported graph with its PyTorch source on real faces; raise if off."""
+    detector = MTCNNDetector(
+        out_dir / ONNX_FILES["pnet"], out_dir / ONNX_FILES["rnet"], out_dir / ONNX_FILES["onet"]
+    )
+    eager = EagerMTCNN(nets.pnet, nets.rnet, nets.onet)
+    ours = detector.detect(images)
+    worst_px = max(
+        _match_detections(eager.detect(img), det) for img, det in zip(images, ours, strict=True)
+    )
+    if worst_px > DETECTION_TOLERANCE_PX:
+        raise ParityError(f"MTCNN boxes/landmarks differ by {worst_px:.3f} px")
+
+    crops = face_crops(detector, images, card)
+    embedder = OnnxEmbedder(out_dir / ONNX_FILES["facenet128-fp32"], card)
+    ort_emb = embedder.embed(crops)
+    with torch.inference_mode():
+        torch_emb = nets.facenet(torch.from_numpy(per_image_standardization(crops))).numpy()
+    cosine = (ort_emb * torch_emb).sum(axis=1)
+    if cosine.min() < EMBEDDING_COSINE_MIN:
+        raise ParityError(f"embedding cosine {cosine.min():.7f} < {EMBEDDING_COSINE_MIN}")
+    return {
+        "images": len(images),
+        "mtcnn_max_abs_diff_px": worst_px,
+        "embedding_crops": len(crops),
+        "embedding_cosine_min": float(cosine.min()),
+        "embedding_max_abs_diff": float(np.abs(ort_emb - torch_emb).max()),
+    }
+
+
+def quantise(
+    nets: Nets, out_dir: Path, images: list[np.ndarray], card: ModelCard
+) -> dict[str, Any]:
+    """INT8 embedder calibrated on the bundled faces; report its agreement with FP32."""
+    detector = MTCNNDetector(
+        out_dir / ONNX_FILES["pnet"], out_dir / ONNX_FILES["rnet"], out_dir / ONNX_FILES["onet"]
+    )
+    crops = face_crops(detector, images, card)
+    fp32 = out_dir / ONNX_FILES["facenet128-fp32"]
+    int8 = quantize_embedder(
+        fp32, out_dir / ONNX_FILES["facenet128-int8"], per_image_standardization(crops), "image"
+    )
+    a = OnnxEmbedder(fp32, card).embed(crops)
+    b = OnnxEmbedder(int8, card).embed(crops)
+    cosine = (a * b).sum(axis=1)
+    return {
+        "calibration_crops": len(crops),
+        "method": "static QDQ, per-channel int8 weights, uint8 activations, MinMax",
+        "cosine_vs_fp32_min": float(cosine.min()),
+        "cosine_vs_fp32_mean": float(cosine.mean()),
+    }
