@@ -36,6 +36,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from export.errors import ConversionError
 from training.inception_resnet_v1 import (
     BN_EPS,
     BasicConv2d,
@@ -60,10 +61,6 @@ FEATURE_DIM = 1792
 _SCALE_SUM_BYTECODE = b"|\x00d\x01\x19\x00|\x00d\x02\x19\x00|\x01\x14\x00\x17\x00S\x00"
 
 Float32Array = npt.NDArray[np.float32]
-
-
-class ConversionError(Exception):
-    """The h5 file does not match the expected FaceNet Keras model."""
 
 
 @dataclass(frozen=True)

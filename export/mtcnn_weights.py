@@ -17,15 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from export.errors import ConversionError
 from training.mtcnn import ONet, PNet, RNet
 
 __all__ = ["ConversionError", "load_mtcnn", "load_state_dict_strict"]
 
 logger = logging.getLogger(__name__)
-
-
-class ConversionError(Exception):
-    """A weight file does not match the module it is loaded into."""
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

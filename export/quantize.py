@@ -18,7 +18,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 log = logging.getLogger(__name__)
 
 
-class _CropReader(CalibrationDataReader):
+class _CropReader(CalibrationDataReader):  # type: ignore[misc]
     """Feeds prewhitened crops float32[N, 3, S, S] in batches of ``batch``."""
 
     def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:

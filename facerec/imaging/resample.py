@@ -12,6 +12,7 @@ each output pixel is four look-ups, in exact integer arithmetic.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -28,42 +29,48 @@ def _windows(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.ndarr
 
 
 class AreaSampler:
-    """Adaptive-average-pool resampling of one RGB uint8[H, W, 3] image."""
+    """Adaptive-average-pool resampling of one RGB uint8[H, W, 3] image.
+
+    A summed-area table (OpenCV's ``integral``, int32 or, for huge images, float64 which
+    is still exact for these integer sums) serves every pyramid level and every crop. A
+    resized level takes whole rows of the table, then whole rows of its transpose, so both
+    passes read memory in order.
+    """
 
     def __init__(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
-        dtype = np.int32 if 255 * h * w < 2**31 else np.int64
-        table = np.zeros((h + 1, w + 1, image.shape[2]), dtype)
-        np.cumsum(image, axis=0, dtype=dtype, out=table[1:, 1:])
-        np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
-        self.table = table
+        depth = cv2.CV_32S if 255 * h * w < 2**31 else cv2.CV_64F
+        self.table = cv2.integral(np.ascontiguousarray(image), sdepth=depth)
+        if self.table.ndim == 2:
+            self.table = self.table[:, :, None]
         self.height, self.width = h, w
-
-    def _pool(self, ys: np.ndarray, ye: np.ndarray, xs: np.ndarray, xe: np.ndarray) -> np.ndarray:
-        """Means over windows: ``ys``/``ye`` int[K, Ho], ``xs``/``xe`` int[K, Wo] ->
-        float32[K, Ho, Wo, C]."""
-        k = np.arange(ys.shape[0])[:, None, None]
-        t = self.table
-        rows = t[ye] - t[ys]  # [K, Ho, W+1, C]
-        total = (
-            rows[k, np.arange(ys.shape[1])[None, :, None], xe[:, None, :]]
-            - rows[k, np.arange(ys.shape[1])[None, :, None], xs[:, None, :]]
-        )
-        count = (ye - ys)[:, :, None] * (xe - xs)[:, None, :]
-        return (total / count[..., None]).astype(np.float32)
 
     def resize(self, height: int, width: int) -> np.ndarray:
         """The whole image at ``height`` x ``width``: float32[height, width, C]."""
         zero = np.zeros(1, np.int64)
-        ys, ye = _windows(zero, np.array([self.height]), height)
-        xs, xe = _windows(zero, np.array([self.width]), width)
-        return self._pool(ys, ye, xs, xe)[0]
+        ys, ye = (v[0] for v in _windows(zero, np.array([self.height]), height))
+        xs, xe = (v[0] for v in _windows(zero, np.array([self.width]), width))
+        flat = self.table.reshape(self.table.shape[0], -1)
+        rows = np.take(flat, ye, axis=0)
+        rows -= np.take(flat, ys, axis=0)
+        rows3 = rows.reshape(height, self.width + 1, -1)
+        total = np.take(rows3, xe, axis=1)
+        total -= np.take(rows3, xs, axis=1)
+        count = ((ye - ys)[:, None] * (xe - xs)[None, :]).astype(np.float32)
+        out = total.astype(np.float32)
+        out /= count[:, :, None]
+        return np.asarray(out, dtype=np.float32)
 
     def crops(
         self, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, size: int
     ) -> np.ndarray:
         """Regions ``[y0, y1) x [x0, x1)`` (int[K] each, inside the image, non-empty)
         resampled to float32[K, size, size, C]."""
+        t = self.table
         ys, ye = _windows(y0, y1 - y0, size)
         xs, xe = _windows(x0, x1 - x0, size)
-        return self._pool(ys, ye, xs, xe)
+        yy_e, yy_s = ye[:, :, None], ys[:, :, None]
+        xx_e, xx_s = xe[:, None, :], xs[:, None, :]
+        total = t[yy_e, xx_e] - t[yy_s, xx_e] - t[yy_e, xx_s] + t[yy_s, xx_s]
+        count = (ye - ys)[:, :, None] * (xe - xs)[:, None, :]
+        return np.asarray(total / count[..., None], dtype=np.float32)

@@ -1,0 +1,1 @@
+"""Benchmarks: they write JSON and PNG results and never assert."""

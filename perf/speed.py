@@ -1,0 +1,264 @@
+"""Speed of the in-process pipeline against a PyTorch-eager reference, in one run.
+
+The reference runs the same converted weights the way facenet-pytorch does: MTCNN
+(``training.mtcnn_reference.EagerMTCNN``) then Inception-ResNet-v1, eagerly, one image at
+a time, on the same cores. Both sides decode JPEG bytes, detect, crop and embed every face
+found; start-up (model loading, first call) is excluded.
+
+    python -m perf.speed --lfw ../shared/datasets/lfw --out perf/results
+
+writes ``speed.json`` and ``speed.png`` and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from facerec.alignment import crop_box
+from facerec.embedding import per_image_standardization
+from facerec.imaging.decode import decode_image
+from facerec.models import facerec_home, load_model_card, model_path
+from facerec.pipeline import FacePipeline, PipelineConfig
+from facerec.runtime import default_threads
+from perf.scenes import lfw_files, scene
+
+PAD = 50
+
+
+def _pad(img: np.ndarray, pad: int) -> np.ndarray:
+    return cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else img
+
+
+class Reference:
+    """facenet-pytorch's way: eager MTCNN, box crop, eager Inception-ResNet-v1."""
+
+    def __init__(self) -> None:
+        from export.facenet_keras import load_facenet_keras
+        from export.mtcnn_weights import load_mtcnn
+        from training.mtcnn_reference import EagerMTCNN
+
+        w = facerec_home() / "weights"
+        self.mtcnn = EagerMTCNN(*load_mtcnn(w / "pnet.pt", w / "rnet.pt", w / "onet.pt"))
+        self.facenet = load_facenet_keras(w / "facenet_keras.h5").eval()
+        self.margin = load_model_card().box_margin
+
+    def __call__(self, data: bytes, pad: int, stages: dict[str, float]) -> int:
+        t0 = time.perf_counter()
+        img = _pad(decode_image(data), pad)
+        t1 = time.perf_counter()
+        boxes, _, _ = self.mtcnn.detect(img)
+        t2 = time.perf_counter()
+        crops = (
+            np.stack([crop_box(img, b, self.margin, 160) for b in boxes]) if len(boxes) else None
+        )
+        t3 = time.perf_counter()
+        if crops is not None:
+            with torch.inference_mode():
+                self.facenet(torch.from_numpy(per_image_standardization(crops)))
+        t4 = time.perf_counter()
+        for name, dt in zip(
+            ("decode", "detect", "align", "embed"),
+            (t1 - t0, t2 - t1, t3 - t2, t4 - t3),
+            strict=True,
+        ):
+            stages[name] += dt
+        return len(boxes)
+
+
+def time_reference(ref: Reference, payloads: list[bytes], pad: int) -> dict[str, Any]:
+    stages = dict.fromkeys(("decode", "detect", "align", "embed"), 0.0)
+    ref(payloads[0], pad, dict(stages))  # warm-up
+    start = time.perf_counter()
+    faces = sum(ref(p, pad, stages) for p in payloads)
+    wall = time.perf_counter() - start
+    return _summary(len(payloads), faces, wall, stages)
+
+
+def time_pipeline(
+    pipeline: FacePipeline, payloads: list[bytes], pad: int, batch: int
+) -> dict[str, Any]:
+    def run(chunk: list[bytes]) -> tuple[int, float]:
+        t = time.perf_counter()
+        images = [_pad(decode_image(p), pad) for p in chunk]
+        decode = time.perf_counter() - t
+        return sum(len(r.faces) for r in pipeline.analyze(images)), decode
+
+    run(payloads[:batch])  # warm-up
+    pipeline.timer.seconds.clear()
+    decode = 0.0
+    faces = 0
+    start = time.perf_counter()
+    for lo in range(0, len(payloads), batch):
+        n, d = run(payloads[lo : lo + batch])
+        faces += n
+        decode += d
+    wall = time.perf_counter() - start
+    return _summary(len(payloads), faces, wall, {"decode": decode, **pipeline.timer.seconds})
+
+
+def _summary(images: int, faces: int, wall: float, stages: dict[str, float]) -> dict[str, Any]:
+    return {
+        "images": images,
+        "faces": faces,
+        "wall_seconds": round(wall, 4),
+        "images_per_second": round(images / wall, 2),
+        "faces_per_second": round(faces / wall, 2),
+        "ms_per_image": round(1e3 * wall / images, 2),
+        "stage_ms_per_image": {k: round(1e3 * v / images, 2) for k, v in stages.items()},
+    }
+
+
+def embedder_throughput(batches: tuple[int, ...], crops: np.ndarray) -> dict[str, Any]:
+    """Faces/s of the embedder alone: PyTorch eager FP32, ONNX Runtime FP32 and INT8."""
+    from export.facenet_keras import load_facenet_keras
+
+    card = load_model_card()
+    x_all = per_image_standardization(crops)
+    net = load_facenet_keras(facerec_home() / "weights" / "facenet_keras.h5").eval()
+    engines: dict[str, Callable[[np.ndarray], Any]] = {}
+
+    def eager(x: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return net(torch.from_numpy(x))
+
+    engines["pytorch_eager_fp32"] = eager
+    for precision in ("fp32", "int8"):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = default_threads()
+        sess = ort.InferenceSession(
+            str(model_path(f"{card.name}-{precision}")), opts, providers=["CPUExecutionProvider"]
+        )
+        engines[f"onnxruntime_{precision}"] = lambda x, s=sess: s.run(None, {"image": x})
+    out: dict[str, Any] = {}
+    for name, fn in engines.items():
+        out[name] = {}
+        for b in batches:
+            x = np.ascontiguousarray(np.resize(x_all, (b, *x_all.shape[1:])))
+            fn(x)
+            reps = max(2, 64 // b)
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn(x)
+            out[name][f"batch_{b}"] = round(reps * b / (time.perf_counter() - t), 1)
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(result["end_to_end"])
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4.5), dpi=110)
+    for ax, name in zip(np.atleast_1d(axes), sets, strict=True):
+        runs = result["end_to_end"][name]
+        labels = list(runs)
+        stages = ["decode", "detect", "align", "embed"]
+        bottom = np.zeros(len(labels))
+        for stage in stages:
+            vals = np.array([runs[k]["stage_ms_per_image"].get(stage, 0.0) for k in labels])
+            ax.bar(labels, vals, bottom=bottom, label=stage)
+            bottom += vals
+        for i, k in enumerate(labels):
+            ax.text(
+                i,
+                runs[k]["ms_per_image"],
+                f"{runs[k]['images_per_second']:.1f} img/s",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_title(name)
+        ax.set_ylabel("ms per image (stage time summed over workers)")
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    np.atleast_1d(axes)[0].legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lfw", type=Path, default=Path("../shared/datasets/lfw"))
+    parser.add_argument("--out", type=Path, default=Path("perf/results"))
+    parser.add_argument("--images", type=int, default=120, help="LFW images per run")
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args()
+
+    threads = default_threads()
+    torch.set_num_threads(threads)
+    files = lfw_files(args.lfw, args.images)
+    inputs = {
+        "lfw_250x250": ([f.read_bytes() for f in files], PAD),
+        "scene_640x480_3_faces": (
+            [scene(files[3 * i : 3 * i + 3], 640, 480, i) for i in range(12)],
+            0,
+        ),
+        "scene_1920x1080_6_faces": (
+            [scene(files[6 * i : 6 * i + 6], 1920, 1080, i) for i in range(5)],
+            0,
+        ),
+    }
+    ref = Reference()
+    configs = {
+        "default (similarity+flip, int8)": PipelineConfig(),
+        "similarity, no flip, int8": PipelineConfig(flip=False),
+        "similarity+flip, fp32": PipelineConfig(precision="fp32"),
+    }
+    pipelines = {name: FacePipeline.local(cfg) for name, cfg in configs.items()}
+    end_to_end: dict[str, Any] = {}
+    for set_name, (payloads, pad) in inputs.items():
+        runs: dict[str, Any] = {"reference (PyTorch eager)": time_reference(ref, payloads, pad)}
+        base = runs["reference (PyTorch eager)"]["images_per_second"]
+        for name, pipe in pipelines.items():
+            runs[f"{name}, batch {args.batch}"] = time_pipeline(pipe, payloads, pad, args.batch)
+            if name.startswith("default"):
+                runs[f"{name}, batch 1"] = time_pipeline(pipe, payloads, pad, 1)
+        for run in runs.values():
+            run["speedup_vs_reference"] = round(run["images_per_second"] / base, 2)
+        end_to_end[set_name] = runs
+        print(f"\n{set_name}")
+        for name, run in runs.items():
+            print(
+                f"  {name:45s} {run['images_per_second']:7.1f} img/s  "
+                f"x{run['speedup_vs_reference']:.2f}  {run['stage_ms_per_image']}"
+            )
+
+    crops = np.stack([cv2.resize(decode_image(f.read_bytes()), (160, 160)) for f in files[:32]])
+    embedder = embedder_throughput((1, 8, 32), crops)
+    print("\nembedder alone (faces/s):", json.dumps(embedder, indent=1))
+    result = {
+        "end_to_end": end_to_end,
+        "embedder_faces_per_second": embedder,
+        "threads": threads,
+        "workers": pipelines["default (similarity+flip, int8)"].workers,
+        "notes": "stage times are summed over the pipeline's worker threads, so they can add up "
+        "to more than the wall time per image",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": threads,
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+        },
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(result, indent=2))
+    plot(result, args.out / "speed.png")
+    print(f"\nwrote {args.out / 'speed.json'} and {args.out / 'speed.png'}")
+
+
+if __name__ == "__main__":
+    main()
