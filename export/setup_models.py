@@ -31,7 +31,7 @@ from facerec.models import ONNX_FILES, facerec_home, load_model_card, models_dir
 log = logging.getLogger(__name__)
 
 FACES_DIR = Path(__file__).parent / "faces"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # bump whenever the exported graphs change
 
 
 def _weights_fingerprint() -> dict[str, str]:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from export.facenet_keras import load_facenet_keras
+from export.mtcnn_graph import for_inference
 from export.mtcnn_weights import load_mtcnn
 from export.onnx_export import export_onnx
 from export.quantize import quantize_embedder
@@ -59,7 +60,7 @@ def export_all(nets: Nets, out_dir: Path) -> None:
         {**meta, "preprocessing": "per_image_standardization", "embedding_size": "128"},
     )
     export_onnx(
-        nets.pnet,
+        for_inference(nets.pnet),
         out_dir / ONNX_FILES["pnet"],
         torch.zeros(1, 3, 64, 48),
         "image",
@@ -72,7 +73,7 @@ def export_all(nets: Nets, out_dir: Path) -> None:
         meta,
     )
     export_onnx(
-        nets.rnet,
+        for_inference(nets.rnet),
         out_dir / ONNX_FILES["rnet"],
         torch.zeros(2, 3, 24, 24),
         "image",
@@ -81,7 +82,7 @@ def export_all(nets: Nets, out_dir: Path) -> None:
         meta,
     )
     export_onnx(
-        nets.onet,
+        for_inference(nets.onet),
         out_dir / ONNX_FILES["onet"],
         torch.zeros(2, 3, 48, 48),
         "image",

@@ -132,32 +132,46 @@ class MTCNNDetector:
         name = session.get_inputs()[0].name
         return [np.asarray(o) for o in session.run(None, {name: x})]
 
-    def _proposals(self, image: np.ndarray, sampler: AreaSampler) -> np.ndarray:
-        """Stage 1: P-Net candidates float32[K, 5] (x1, y1, x2, y2, score), regressed and
-        squared."""
-        h, w = image.shape[:2]
+    def _resized(self, image: np.ndarray, sampler: AreaSampler, hs: int, ws: int) -> np.ndarray:
+        if self.config.resample == "exact":
+            return sampler.resize(hs, ws)
+        return cv2.resize(image, (ws, hs), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+    def _proposals(
+        self, images: Sequence[np.ndarray], samplers: Sequence[AreaSampler]
+    ) -> list[np.ndarray]:
+        """Stage 1: P-Net candidates per image, float32[K, 5] (x1, y1, x2, y2, score),
+        regressed and squared. Images of one size share one P-Net call per pyramid level."""
         threshold = self.config.thresholds[0]
-        found = []
-        for scale in pyramid_scales(h, w, self.config):
-            hs, ws = int(h * scale + 1), int(w * scale + 1)
-            if self.config.resample == "exact":
-                resized = sampler.resize(hs, ws)
-            else:
-                resized = cv2.resize(image, (ws, hs), interpolation=cv2.INTER_AREA)
-            reg, prob = self._run(self._pnet, _normalise(resized)[None])
-            score = prob[0, 1]
-            ys, xs = np.nonzero(score >= threshold)
-            if ys.size == 0:
-                continue
-            cells = np.stack([xs, ys], axis=1).astype(np.float32)
-            top_left = np.floor((_STRIDE * cells + 1) / scale)
-            bottom_right = np.floor((_STRIDE * cells + _CELL) / scale)
-            cand = np.concatenate(
-                [top_left, bottom_right, score[ys, xs, None], reg[0][:, ys, xs].T], axis=1
-            )
-            found.append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
+        found: list[list[np.ndarray]] = [[] for _ in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.shape[:2], []).append(i)
+        for (h, w), members in groups.items():
+            for scale in pyramid_scales(h, w, self.config):
+                hs, ws = int(h * scale + 1), int(w * scale + 1)
+                level = np.stack([self._resized(images[i], samplers[i], hs, ws) for i in members])
+                reg, prob = self._run(self._pnet, _normalise(level))
+                for row, i in enumerate(members):
+                    score = prob[row, 1]
+                    ys, xs = np.nonzero(score >= threshold)
+                    if ys.size == 0:
+                        continue
+                    cells = np.stack([xs, ys], axis=1).astype(np.float32)
+                    top_left = np.floor((_STRIDE * cells + 1) / scale)
+                    bottom_right = np.floor((_STRIDE * cells + _CELL) / scale)
+                    cand = np.concatenate(
+                        [top_left, bottom_right, score[ys, xs, None], reg[row][:, ys, xs].T],
+                        axis=1,
+                    )
+                    found[i].append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
+        return [self._merge_levels(f) for f in found]
+
+    @staticmethod
+    def _merge_levels(found: list[np.ndarray]) -> np.ndarray:
+        """Cross-scale NMS, P-Net's box regression, then squaring."""
         if not found:
-            return np.zeros((0, 9), np.float32)
+            return np.zeros((0, 5), np.float32)
         boxes = np.concatenate(found)
         boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
         w_ = boxes[:, 2] - boxes[:, 0]
@@ -186,7 +200,7 @@ class MTCNNDetector:
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         cfg = self.config
         samplers = [AreaSampler(img) for img in images]
-        boxes = [self._proposals(img, s) for img, s in zip(images, samplers, strict=True)]
+        boxes = self._proposals(images, samplers)
 
         # Stage 2: R-Net on 24x24 crops of all images at once.
         boxes, offsets, out = self._refine(samplers, boxes, 24)

@@ -66,11 +66,17 @@ class AreaSampler:
     ) -> np.ndarray:
         """Regions ``[y0, y1) x [x0, x1)`` (int[K] each, inside the image, non-empty)
         resampled to float32[K, size, size, C]."""
-        t = self.table
+        flat = self.table.reshape(-1, self.table.shape[2])
+        stride = self.width + 1
         ys, ye = _windows(y0, y1 - y0, size)
         xs, xe = _windows(x0, x1 - x0, size)
-        yy_e, yy_s = ye[:, :, None], ys[:, :, None]
-        xx_e, xx_s = xe[:, None, :], xs[:, None, :]
-        total = t[yy_e, xx_e] - t[yy_s, xx_e] - t[yy_e, xx_s] + t[yy_s, xx_s]
-        count = (ye - ys)[:, :, None] * (xe - xs)[:, None, :]
-        return np.asarray(total / count[..., None], dtype=np.float32)
+        top, bottom = (ys * stride)[:, :, None], (ye * stride)[:, :, None]
+        left, right = xs[:, None, :], xe[:, None, :]
+        total = np.take(flat, bottom + right, axis=0)
+        total -= np.take(flat, top + right, axis=0)
+        total -= np.take(flat, bottom + left, axis=0)
+        total += np.take(flat, top + left, axis=0)
+        count = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).astype(np.float32)
+        out = total.astype(np.float32)
+        out /= count[..., None]
+        return np.asarray(out, dtype=np.float32)
