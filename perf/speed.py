@@ -155,35 +155,42 @@ def embedder_throughput(batches: tuple[int, ...], crops: np.ndarray) -> dict[str
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
+    """Top: throughput and speed-up per input set; bottom: where the time goes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sets = list(result["end_to_end"])
-    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4.5), dpi=110)
-    for ax, name in zip(np.atleast_1d(axes), sets, strict=True):
+    fig, axes = plt.subplots(2, len(sets), figsize=(5.5 * len(sets), 8), dpi=110, squeeze=False)
+    stages = ["decode", "detect", "align", "embed"]
+    for col, name in enumerate(sets):
         runs = result["end_to_end"][name]
         labels = list(runs)
-        stages = ["decode", "detect", "align", "embed"]
-        bottom = np.zeros(len(labels))
-        for stage in stages:
-            vals = np.array([runs[k]["stage_ms_per_image"].get(stage, 0.0) for k in labels])
-            ax.bar(labels, vals, bottom=bottom, label=stage)
-            bottom += vals
+        short = [k.replace(" (similarity+flip, int8)", "").replace(", int8", "") for k in labels]
+        top, bottom = axes[0, col], axes[1, col]
+        rates = [runs[k]["images_per_second"] for k in labels]
+        top.bar(short, rates, color=["grey"] + ["tab:blue"] * (len(labels) - 1))
         for i, k in enumerate(labels):
-            ax.text(
+            top.text(
                 i,
-                runs[k]["ms_per_image"],
-                f"{runs[k]['images_per_second']:.1f} img/s",
+                rates[i],
+                f"{rates[i]:.1f}/s\nx{runs[k]['speedup_vs_reference']:.2f}",
                 ha="center",
                 va="bottom",
                 fontsize=8,
             )
-        ax.set_title(name)
-        ax.set_ylabel("ms per image (stage time summed over workers)")
-        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-    np.atleast_1d(axes)[0].legend()
+        top.set_title(f"{name}: images per second")
+        top.set_ylim(0, max(rates) * 1.25)
+        base = np.zeros(len(labels))
+        for stage in stages:
+            vals = np.array([runs[k]["stage_ms_per_image"].get(stage, 0.0) for k in labels])
+            bottom.bar(short, vals, bottom=base, label=stage)
+            base += vals
+        bottom.set_ylabel("thread-ms per image, by stage")
+        for ax in (top, bottom):
+            ax.tick_params(axis="x", labelrotation=25, labelsize=7)
+    axes[1, 0].legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

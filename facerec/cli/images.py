@@ -62,6 +62,12 @@ def _face_dicts(res: ImageFaces, with_embedding: bool) -> list[dict[str, Any]]:
     return [f.to_dict(with_embedding) for f in res.faces]
 
 
+def _record_error(entries: list[Any], lines: list[str], path: Path, err: FaceRecError) -> None:
+    """A per-file failure: an entry with the error for JSON, a line for people."""
+    entries.append({"image": str(path), **error_entry(err)})
+    lines.append(f"{path}: error [{err.code}] {err.message}")
+
+
 def _require_face(o: Outcome) -> FaceRecError | None:
     if o.error is not None:
         return o.error
@@ -71,11 +77,11 @@ def _require_face(o: Outcome) -> FaceRecError | None:
 
 
 def cmd_detect(args: argparse.Namespace, pipeline: FacePipeline) -> int:
-    entries, lines = [], []
+    entries: list[Any] = []
+    lines: list[str] = []
     for o in analyze_files(pipeline, args.images, False, False, progress=args.progress):
         if o.error is not None:
-            entries.append({"image": str(o.path), **error_entry(o.error)})
-            lines.append(f"{o.path}: error [{o.error.code}] {o.error.message}")
+            _record_error(entries, lines, o.path, o.error)
             continue
         assert o.result is not None
         entries.append({"image": str(o.path), "faces": _face_dicts(o.result, False)})
@@ -88,12 +94,12 @@ def cmd_detect(args: argparse.Namespace, pipeline: FacePipeline) -> int:
 
 
 def cmd_embed(args: argparse.Namespace, pipeline: FacePipeline) -> int:
-    entries, lines = [], []
+    entries: list[Any] = []
+    lines: list[str] = []
     for o in analyze_files(pipeline, args.images, args.single, True, progress=args.progress):
         err = _require_face(o)
         if err is not None:
-            entries.append({"image": str(o.path), **error_entry(err)})
-            lines.append(f"{o.path}: error [{err.code}] {err.message}")
+            _record_error(entries, lines, o.path, err)
             continue
         assert o.result is not None
         entry: dict[str, Any] = {"image": str(o.path), "faces": _face_dicts(o.result, True)}
@@ -191,12 +197,12 @@ def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
             args.json,
         )
     threshold = args.threshold if args.threshold is not None else pipeline.threshold
-    entries, lines = [], []
+    entries: list[Any] = []
+    lines: list[str] = []
     for o in analyze_files(pipeline, args.probes, False, True, progress=args.progress):
         err = _require_face(o)
         if err is not None:
-            entries.append({"image": str(o.path), **error_entry(err)})
-            lines.append(f"{o.path}: error [{err.code}] {err.message}")
+            _record_error(entries, lines, o.path, err)
             continue
         assert o.result is not None
         probes = np.stack([f.embedding for f in o.result.faces if f.embedding is not None])

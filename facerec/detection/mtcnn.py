@@ -25,6 +25,9 @@ from facerec.runtime import create_session
 
 _STRIDE = 2
 _CELL = 12
+# Images of one size share a P-Net call per pyramid level up to this many pixels per call;
+# past it, batching only adds memory traffic.
+_PNET_BATCH_PIXELS = 400_000
 
 
 @dataclass(frozen=True)
@@ -142,30 +145,41 @@ class MTCNNDetector:
     ) -> list[np.ndarray]:
         """Stage 1: P-Net candidates per image, float32[K, 5] (x1, y1, x2, y2, score),
         regressed and squared. Images of one size share one P-Net call per pyramid level."""
-        threshold = self.config.thresholds[0]
         found: list[list[np.ndarray]] = [[] for _ in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(image.shape[:2], []).append(i)
-        for (h, w), members in groups.items():
+        for (h, w), same_size in groups.items():
             for scale in pyramid_scales(h, w, self.config):
                 hs, ws = int(h * scale + 1), int(w * scale + 1)
-                level = np.stack([self._resized(images[i], samplers[i], hs, ws) for i in members])
-                reg, prob = self._run(self._pnet, _normalise(level))
-                for row, i in enumerate(members):
-                    score = prob[row, 1]
-                    ys, xs = np.nonzero(score >= threshold)
-                    if ys.size == 0:
-                        continue
-                    cells = np.stack([xs, ys], axis=1).astype(np.float32)
-                    top_left = np.floor((_STRIDE * cells + 1) / scale)
-                    bottom_right = np.floor((_STRIDE * cells + _CELL) / scale)
-                    cand = np.concatenate(
-                        [top_left, bottom_right, score[ys, xs, None], reg[row][:, ys, xs].T],
-                        axis=1,
+                per_call = max(1, _PNET_BATCH_PIXELS // (hs * ws))
+                for lo in range(0, len(same_size), per_call):
+                    members = same_size[lo : lo + per_call]
+                    level = np.stack(
+                        [self._resized(images[i], samplers[i], hs, ws) for i in members]
                     )
-                    found[i].append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
+                    self._scan_level(level, members, scale, found)
         return [self._merge_levels(f) for f in found]
+
+    def _scan_level(
+        self, level: np.ndarray, members: list[int], scale: float, found: list[list[np.ndarray]]
+    ) -> None:
+        """Run P-Net on one pyramid level of several images; append each image's cells."""
+        threshold = self.config.thresholds[0]
+        reg, prob = self._run(self._pnet, _normalise(level))
+        for row, i in enumerate(members):
+            score = prob[row, 1]
+            ys, xs = np.nonzero(score >= threshold)
+            if ys.size == 0:
+                continue
+            cells = np.stack([xs, ys], axis=1).astype(np.float32)
+            top_left = np.floor((_STRIDE * cells + 1) / scale)
+            bottom_right = np.floor((_STRIDE * cells + _CELL) / scale)
+            cand = np.concatenate(
+                [top_left, bottom_right, score[ys, xs, None], reg[row][:, ys, xs].T],
+                axis=1,
+            )
+            found[i].append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
 
     @staticmethod
     def _merge_levels(found: list[np.ndarray]) -> np.ndarray:
