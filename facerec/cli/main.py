@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from facerec import __version__
 from facerec.cli import bench, images
 from facerec.cli.output import fail
 from facerec.detection.mtcnn import MTCNNConfig
@@ -38,6 +39,14 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
         "--no-flip", dest="flip", action="store_false", help="skip flip test-time augmentation"
     )
     g.add_argument("--min-face-size", type=int, default=20, help="smallest face in px (20)")
+    g.add_argument(
+        "--detection-thresholds",
+        type=float,
+        nargs=3,
+        default=(0.6, 0.7, 0.7),
+        metavar=("P", "R", "O"),
+        help="P-Net, R-Net, O-Net face score thresholds (0.6 0.7 0.7)",
+    )
     g.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (all cores)")
 
 
@@ -52,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Face recognition with MTCNN + FaceNet (128-d) on ONNX Runtime.",
         epilog="Run `facerec models` once to fetch and convert the published weights.",
     )
+    parser.add_argument("--version", action="version", version=f"facerec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="fetch, convert, export and check the model files")
@@ -113,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def pipeline_from_args(args: argparse.Namespace) -> FacePipeline:
     config = PipelineConfig(
-        detector=MTCNNConfig(min_face_size=args.min_face_size),
+        detector=MTCNNConfig(
+            min_face_size=args.min_face_size, thresholds=tuple(args.detection_thresholds)
+        ),
         alignment=args.alignment,
         flip=args.flip,
         precision=args.precision,
