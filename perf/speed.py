@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ import onnxruntime as ort
 import torch
 
 from facerec.alignment import crop_box
+from facerec.batch import ProcessBatchRunner
 from facerec.embedding import per_image_standardization
 from facerec.imaging.decode import decode_image
 from facerec.models import facerec_home, load_model_card, model_path
@@ -107,6 +109,20 @@ def time_pipeline(
     return _summary(len(payloads), faces, wall, {"decode": decode, **pipeline.timer.seconds})
 
 
+def time_processes(
+    config: PipelineConfig, paths: list[Path], pad: int, chunk: int
+) -> dict[str, Any]:
+    """The batch-job path: one worker process per core, each decoding its own files."""
+    with ProcessBatchRunner(config) as runner:
+        runner.warm_up()
+        list(runner.run(paths[:chunk], pad=pad, chunk=chunk))  # first call of each model
+        runner.seconds.clear()
+        start = time.perf_counter()
+        faces = sum(len(r.faces.faces) for r in runner.run(paths, pad=pad, chunk=chunk) if r.faces)
+        wall = time.perf_counter() - start
+        return _summary(len(paths), faces, wall, runner.seconds)
+
+
 def _summary(images: int, faces: int, wall: float, stages: dict[str, float]) -> dict[str, Any]:
     return {
         "images": images,
@@ -152,6 +168,15 @@ def embedder_throughput(batches: tuple[int, ...], crops: np.ndarray) -> dict[str
                 fn(x)
             out[name][f"batch_{b}"] = round(reps * b / (time.perf_counter() - t), 1)
     return out
+
+
+def _write(folder: Path, stem: str, payloads: list[bytes]) -> list[Path]:
+    paths = []
+    for i, data in enumerate(payloads):
+        path = folder / f"{stem}_{i:02d}.jpg"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -207,28 +232,28 @@ def main() -> None:
     threads = default_threads()
     torch.set_num_threads(threads)
     files = lfw_files(args.lfw, args.images)
+    scenes_dir = Path(tempfile.mkdtemp(prefix="facerec-scenes-"))
+    vga = [scene(files[3 * i : 3 * i + 3], 640, 480, i) for i in range(12)]
+    hd = [scene(files[6 * i : 6 * i + 6], 1920, 1080, i) for i in range(5)]
     inputs = {
-        "lfw_250x250": ([f.read_bytes() for f in files], PAD),
-        "scene_640x480_3_faces": (
-            [scene(files[3 * i : 3 * i + 3], 640, 480, i) for i in range(12)],
-            0,
-        ),
-        "scene_1920x1080_6_faces": (
-            [scene(files[6 * i : 6 * i + 6], 1920, 1080, i) for i in range(5)],
-            0,
-        ),
+        "lfw_250x250": (files, PAD),
+        "scene_640x480_3_faces": (_write(scenes_dir, "vga", vga), 0),
+        "scene_1920x1080_6_faces": (_write(scenes_dir, "hd", hd), 0),
     }
     ref = Reference()
     configs = {
-        "default (similarity+flip, int8)": PipelineConfig(),
+        "default, threads": PipelineConfig(),
         "similarity, no flip, int8": PipelineConfig(flip=False),
         "similarity+flip, fp32": PipelineConfig(precision="fp32"),
     }
     pipelines = {name: FacePipeline.local(cfg) for name, cfg in configs.items()}
     end_to_end: dict[str, Any] = {}
-    for set_name, (payloads, pad) in inputs.items():
+    for set_name, (paths, pad) in inputs.items():
+        payloads = [p.read_bytes() for p in paths]
         runs: dict[str, Any] = {"reference (PyTorch eager)": time_reference(ref, payloads, pad)}
         base = runs["reference (PyTorch eager)"]["images_per_second"]
+        chunk = max(1, min(8, len(paths) // default_threads()))
+        runs["default, worker processes"] = time_processes(PipelineConfig(), paths, pad, chunk)
         for name, pipe in pipelines.items():
             runs[f"{name}, batch {args.batch}"] = time_pipeline(pipe, payloads, pad, args.batch)
             if name.startswith("default"):
@@ -250,7 +275,7 @@ def main() -> None:
         "end_to_end": end_to_end,
         "embedder_faces_per_second": embedder,
         "threads": threads,
-        "workers": pipelines["default (similarity+flip, int8)"].workers,
+        "workers": pipelines["default, threads"].workers,
         "notes": "stage times are summed over the pipeline's worker threads, so they can add up "
         "to more than the wall time per image",
         "machine": {

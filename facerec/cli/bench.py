@@ -28,7 +28,8 @@ def cmd_lfw(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         )
     acc, std = 100 * result["accuracy_mean"], 100 * result["accuracy_std"]
     text = (
-        f"LFW accuracy {acc:.2f} ± {std:.2f} % (10 folds, {result['pairs']} pairs), "
+        f"LFW accuracy {acc:.2f} ± {std:.2f} % ({len(result['fold_accuracies'])} folds, "
+        f"{result['pairs']} pairs), "
         f"TAR@FAR=1e-3 {100 * result['tar_at_far_1e-3']:.2f} %, AUC {result['auc']:.5f}, "
         f"no face in {result['no_face_found']} of {result['images']} images, "
         f"{result['timing']['images_per_second']:.1f} images/s\n"

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import logging
 import platform
-import queue
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from facerec.alignment import crop_box
-from facerec.errors import FaceRecError, InvalidArgumentError
+from facerec.batch import ProcessBatchRunner
+from facerec.errors import InvalidArgumentError
 from facerec.evaluation.metrics import (
     Roc,
     best_threshold,
@@ -51,6 +49,11 @@ def read_pairs(path: Path) -> list[Pair]:
     if not lines or len(lines[0]) != 2:
         raise InvalidArgumentError(f"{path} does not start with a '<folds> <pairs>' header")
     folds, per_fold = int(lines[0][0]), int(lines[0][1])
+    if folds < 2 or per_fold < 1:
+        raise InvalidArgumentError(
+            f"{path}: needs at least 2 folds of at least 1 pair each (thresholds are chosen "
+            f"on the other folds), header says {folds} x {per_fold}"
+        )
     body = lines[1:]
     if len(body) != folds * 2 * per_fold:
         raise InvalidArgumentError(
@@ -82,30 +85,6 @@ def find_image(data_dir: Path, key: str) -> Path:
     raise InvalidArgumentError(f"LFW image {key}.jpg not found under {data_dir}", code="not_found")
 
 
-def _prefetch(paths: Sequence[Path], pad: int, batch: int) -> Iterator[tuple[list[int], list[Any]]]:
-    """Decode (and edge-pad) images on a background thread, ``batch`` at a time."""
-    q: queue.Queue[tuple[list[int], list[Any]] | None] = queue.Queue(maxsize=4)
-
-    def work() -> None:
-        for lo in range(0, len(paths), batch):
-            idx = list(range(lo, min(lo + batch, len(paths))))
-            imgs: list[Any] = []
-            for i in idx:
-                try:
-                    img = read_image(paths[i])
-                    if pad:
-                        img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-                    imgs.append(img)
-                except FaceRecError as exc:
-                    imgs.append(exc)
-            q.put((idx, imgs))
-        q.put(None)
-
-    threading.Thread(target=work, daemon=True).start()
-    while (item := q.get()) is not None:
-        yield item
-
-
 @dataclass
 class EmbeddingRun:
     keys: list[str]
@@ -122,45 +101,40 @@ def embed_images(
     data_dir: Path,
     keys: Sequence[str],
     pad: int,
-    batch: int = 16,
     progress: bool = True,
+    processes: int | None = None,
 ) -> EmbeddingRun:
-    """Embed the primary face of every image; an image with no face gets a centre crop."""
+    """Embed the primary face of every image in worker processes (decoding included);
+    an image with no face gets a centre crop of the unpadded image."""
     paths = [find_image(data_dir, k) for k in keys]
     out = np.zeros((len(keys), pipeline.embedder.embedding_size), np.float32)
     no_face: list[str] = []
     errors: dict[str, str] = {}
     several = 0
-    pipeline.timer.seconds.clear()
-    start = time.perf_counter()
     bar = tqdm(total=len(keys), unit="img", desc="LFW", disable=not progress)
-    for idx, items in _prefetch(paths, pad, batch):
-        ok = [(i, im) for i, im in zip(idx, items, strict=True) if isinstance(im, np.ndarray)]
-        for i, im in zip(idx, items, strict=True):
-            if not isinstance(im, np.ndarray):
-                errors[keys[i]] = str(im)
-        results = pipeline.analyze([im for _, im in ok], primary_only=True)
-        for (i, im), res in zip(ok, results, strict=True):
-            several += res.detected > 1
-            if res.faces and res.faces[0].embedding is not None:
-                out[i] = res.faces[0].embedding
+    with ProcessBatchRunner(pipeline.config, processes) as runner:
+        runner.warm_up()
+        start = time.perf_counter()
+        for i, result in enumerate(runner.run(paths, pad=pad, primary_only=True)):
+            bar.update(1)
+            if result.error is not None or result.faces is None:
+                errors[keys[i]] = str(result.error)
+                continue
+            several += result.faces.detected > 1
+            face = result.faces.faces[0] if result.faces.faces else None
+            if face is not None and face.embedding is not None:
+                out[i] = face.embedding
                 continue
             no_face.append(keys[i])
-            h, w = im.shape[:2]
-            box = np.array([pad, pad, w - pad, h - pad], np.float32)
+            img = read_image(paths[i])
+            h, w = img.shape[:2]
             size = pipeline.card.input_size
-            out[i] = pipeline.embed(crop_box(im, box, 0, size)[None])[0]
-        bar.update(len(idx))
+            box = np.array([0, 0, w, h], np.float32)
+            out[i] = pipeline.embed(crop_box(img, box, 0, size)[None])[0]
+        wall = time.perf_counter() - start
+        seconds = dict(runner.seconds)
     bar.close()
-    return EmbeddingRun(
-        list(keys),
-        out,
-        no_face,
-        several,
-        errors,
-        dict(pipeline.timer.seconds),
-        time.perf_counter() - start,
-    )
+    return EmbeddingRun(list(keys), out, no_face, several, errors, seconds, wall)
 
 
 def plot_roc(roc: Roc, label: str, path: Path) -> None:
@@ -231,7 +205,8 @@ def run_lfw(
             "images_per_second": n / run.wall_seconds,
             "stage_seconds": run.seconds,
             "stage_ms_per_image": {k: 1e3 * v / n for k, v in run.seconds.items()},
-            "note": "decoding runs on a prefetch thread alongside the stages",
+            "workers": "one process per core, each running the whole pipeline on its files",
+            "note": "stage seconds are summed over the worker processes",
         },
         "settings": {
             "model": pipeline.card.name,
