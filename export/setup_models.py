@@ -110,8 +110,10 @@ def setup_models(
     step("export", lambda: steps.export_all(nets, out_dir))
     images = face_images()
     card = load_model_card()
-    record["parity"] = step("parity", lambda: steps.check_parity(nets, out_dir, images, card))
-    record["int8"] = step("quantise", lambda: steps.quantise(nets, out_dir, images, card))
+    record["parity"], crops = step(
+        "parity", lambda: steps.check_parity(nets, out_dir, images, card)
+    )
+    record["int8"] = step("quantise", lambda: steps.quantise(out_dir, crops, card))
     bar.close()
     record["outputs"] = {name: sha256_of(out_dir / name) for name in ONNX_FILES.values()}
     tmp = manifest_path.with_suffix(".tmp")

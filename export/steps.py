@@ -17,6 +17,7 @@ from export.onnx_export import export_onnx
 from export.quantize import quantize_embedder
 from facerec.alignment import align_faces
 from facerec.detection.mtcnn import MTCNNDetector
+from facerec.detection.types import Detections
 from facerec.embedding import OnnxEmbedder, per_image_standardization
 from facerec.models import ONNX_FILES, ModelCard
 from facerec.pipeline import primary_face
@@ -92,10 +93,12 @@ def export_all(nets: Nets, out_dir: Path) -> None:
     )
 
 
-def face_crops(detector: MTCNNDetector, images: list[np.ndarray], card: ModelCard) -> np.ndarray:
+def face_crops(
+    images: list[np.ndarray], detections: list[Detections], card: ModelCard
+) -> np.ndarray:
     """Both alignments of each image's primary face, and their mirrors: uint8[4N, S, S, 3]."""
     crops = []
-    for image, det in zip(images, detector.detect(images), strict=True):
+    for image, det in zip(images, detections, strict=True):
         if len(det) == 0:
             continue
         one = det.take([primary_face(det, image.shape[0], image.shape[1])])
@@ -125,8 +128,11 @@ def _match_detections(ref: tuple[np.ndarray, ...], ours: Any) -> float:
 
 def check_parity(
     nets: Nets, out_dir: Path, images: list[np.ndarray], card: ModelCard
-) -> dict[str, Any]:
-    """Compare every exported graph with its PyTorch source on real faces; raise if off."""
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Compare every exported graph with its PyTorch source on real faces; raise if off.
+
+    Returns the figures and the face crops used (for the INT8 calibration).
+    """
     detector = MTCNNDetector(
         out_dir / ONNX_FILES["pnet"], out_dir / ONNX_FILES["rnet"], out_dir / ONNX_FILES["onet"]
     )
@@ -138,7 +144,7 @@ def check_parity(
     if worst_px > DETECTION_TOLERANCE_PX:
         raise ParityError(f"MTCNN boxes/landmarks differ by {worst_px:.3f} px")
 
-    crops = face_crops(detector, images, card)
+    crops = face_crops(images, ours, card)
     embedder = OnnxEmbedder(out_dir / ONNX_FILES["facenet128-fp32"], card)
     ort_emb = embedder.embed(crops)
     with torch.inference_mode():
@@ -146,23 +152,18 @@ def check_parity(
     cosine = (ort_emb * torch_emb).sum(axis=1)
     if cosine.min() < EMBEDDING_COSINE_MIN:
         raise ParityError(f"embedding cosine {cosine.min():.7f} < {EMBEDDING_COSINE_MIN}")
-    return {
+    figures = {
         "images": len(images),
         "mtcnn_max_abs_diff_px": worst_px,
         "embedding_crops": len(crops),
         "embedding_cosine_min": float(cosine.min()),
         "embedding_max_abs_diff": float(np.abs(ort_emb - torch_emb).max()),
     }
+    return figures, crops
 
 
-def quantise(
-    nets: Nets, out_dir: Path, images: list[np.ndarray], card: ModelCard
-) -> dict[str, Any]:
-    """INT8 embedder calibrated on the bundled faces; report its agreement with FP32."""
-    detector = MTCNNDetector(
-        out_dir / ONNX_FILES["pnet"], out_dir / ONNX_FILES["rnet"], out_dir / ONNX_FILES["onet"]
-    )
-    crops = face_crops(detector, images, card)
+def quantise(out_dir: Path, crops: np.ndarray, card: ModelCard) -> dict[str, Any]:
+    """INT8 embedder calibrated on ``crops`` (uint8 faces); report its agreement with FP32."""
     fp32 = out_dir / ONNX_FILES["facenet128-fp32"]
     int8 = quantize_embedder(
         fp32, out_dir / ONNX_FILES["facenet128-int8"], per_image_standardization(crops), "image"
