@@ -15,7 +15,8 @@ from facerec.pipeline import FacePipeline
 (result,) = FacePipeline.local().analyze([read_image(sys.argv[1])])
 assert result.faces and result.faces[0].embedding is not None
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "torchvision", "h5py",
-               "onnx", "fastapi", "flask", "starlette", "training", "export"})
+               "onnx", "fastapi", "flask", "starlette", "training", "export", "gateway",
+               "cryptography", "sqlalchemy", "pymilvus"})
 print(",".join(heavy))
 """
 

@@ -1,0 +1,101 @@
+"""The audit log's event schema and its hash chain.
+
+Every event has the same fields, none of which can hold an image or an embedding. Each
+event carries the chain value of the one before it, and its own value is an HMAC-SHA256
+(keyed from the master key) over its fields and that previous value. Editing, deleting,
+inserting or reordering any event breaks every value from there on, and without the key the
+chain cannot be recomputed to hide it. Storage (SQL) appends only; :func:`verify_chain`
+checks a whole log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from facerec.errors import InvalidArgumentError
+
+GENESIS = "0" * 64
+OUTCOMES = frozenset({"ok", "match", "no_match", "refused", "error"})
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One audited action. ``score`` is a similarity, never a template."""
+
+    seq: int
+    time: str  # ISO 8601, UTC
+    action: str  # e.g. "enrol", "verify", "identify", "delete_subject", "key_rotate"
+    outcome: str  # one of OUTCOMES
+    key_id: str | None = None  # the API key used (its id, never the key)
+    role: str | None = None
+    subject: str | None = None
+    score: float | None = None
+    request_id: str | None = None
+    prev: str = GENESIS
+    mac: str = ""
+
+    def body(self) -> dict[str, Any]:
+        """The fields the chain value covers (all but ``mac``)."""
+        data = asdict(self)
+        del data["mac"]
+        return data
+
+
+FIELDS = tuple(f.name for f in fields(AuditEvent))
+
+
+def _mac(key: bytes, body: Mapping[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def chain_event(key: bytes, last: AuditEvent | None, **values: Any) -> AuditEvent:
+    """The next event after ``last`` (None for the first), with its chain value."""
+    unknown = set(values) - set(FIELDS) | ({"seq", "prev", "mac"} & set(values))
+    if unknown:
+        raise InvalidArgumentError(f"not audit fields: {sorted(unknown)}")
+    if values.get("outcome") not in OUTCOMES:
+        raise InvalidArgumentError(f"outcome must be one of {sorted(OUTCOMES)}")
+    score = values.get("score")
+    if score is not None:
+        values["score"] = round(float(score), 6)
+    seq = 1 if last is None else last.seq + 1
+    prev = GENESIS if last is None else last.mac
+    event = AuditEvent(seq=seq, prev=prev, **values)
+    return AuditEvent(**{**event.body(), "mac": _mac(key, event.body())})
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    events: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+
+def verify_chain(
+    key: bytes, events: Iterable[AuditEvent], head: tuple[int, str] | None = None
+) -> ChainReport:
+    """Check a whole log in storage order: sequence, links and every chain value.
+
+    A chain cannot show that events were cut from its end; ``head`` (the last ``seq`` and
+    ``mac`` recorded apart from the log) closes that gap.
+    """
+    prev, expected_seq, count = GENESIS, 1, 0
+    for event in events:
+        count += 1
+        if event.seq != expected_seq:
+            return ChainReport(False, count, event.seq, f"expected event {expected_seq} here")
+        if event.prev != prev:
+            return ChainReport(False, count, event.seq, "does not link to the event before it")
+        if not hmac.compare_digest(event.mac, _mac(key, event.body())):
+            return ChainReport(False, count, event.seq, "its contents were changed")
+        prev, expected_seq = event.mac, expected_seq + 1
+    if head is not None and (expected_seq - 1, prev) != head:
+        return ChainReport(False, count, expected_seq, f"the log ends before event {head[0]}")
+    return ChainReport(True, count)
