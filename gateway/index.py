@@ -1,0 +1,131 @@
+"""The search index: protected face vectors in Milvus.
+
+One code path serves Milvus Lite (a local ``.db`` file, the embedded default) and a Milvus
+server or cluster (an ``http://host:port`` URI). Only protected vectors are stored (see
+:mod:`gateway.protect`); the collection is named after the protector's key id, so a key
+rotation builds a new collection beside the old one and then switches over.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+
+from facerec.errors import InvalidArgumentError
+from gateway.protect import VectorProtector
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+INDEX_TYPES = ("FLAT", "HNSW")
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Ids reach Milvus filter expressions: only letters, digits, '_' and '-' pass."""
+    if not _ID.fullmatch(value):
+        raise InvalidArgumentError(f"invalid {what} {value!r}", code="invalid_id")
+    return value
+
+
+@dataclass(frozen=True)
+class Hit:
+    face_id: str
+    subject_id: str
+    similarity: float
+
+
+class FaceIndex:
+    """Protected vectors of enrolled faces, searchable by cosine similarity."""
+
+    def __init__(
+        self,
+        uri: str,
+        protector: VectorProtector,
+        prefix: str = "faces",
+        index_type: str = "HNSW",
+        token: str | None = None,
+    ) -> None:
+        if index_type not in INDEX_TYPES:
+            raise InvalidArgumentError(f"index_type must be one of {INDEX_TYPES}")
+        self.protector = protector
+        self.collection = f"{prefix}_{protector.key_id.replace('-', '_')}"
+        self.client = MilvusClient(uri, token=token or "")
+        self._ensure(index_type)
+
+    def _ensure(self, index_type: str) -> None:
+        if self.client.has_collection(self.collection):
+            self.client.load_collection(self.collection)
+            return
+        schema = self.client.create_schema(auto_id=False)
+        schema.add_field("face_id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("subject_id", DataType.VARCHAR, max_length=64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.protector.dim)
+        params = self.client.prepare_index_params()
+        extra = {"M": 16, "efConstruction": 200} if index_type == "HNSW" else {}
+        params.add_index("vector", index_type=index_type, metric_type="COSINE", params=extra)
+        self.client.create_collection(self.collection, schema=schema, index_params=params)
+
+    def add(
+        self, face_ids: Sequence[str], subject_ids: Sequence[str], embeddings: np.ndarray
+    ) -> None:
+        """Insert (or replace) faces; ``embeddings`` float32[N, D] unit rows."""
+        if not (len(face_ids) == len(subject_ids) == len(embeddings)):
+            raise InvalidArgumentError("face_ids, subject_ids and embeddings differ in length")
+        if len(face_ids) == 0:
+            return
+        vectors = self.protector.protect(embeddings)
+        rows = [
+            {
+                "face_id": check_id(f, "face id"),
+                "subject_id": check_id(s, "subject id"),
+                "vector": v.tolist(),
+            }
+            for f, s, v in zip(face_ids, subject_ids, vectors, strict=True)
+        ]
+        self.client.upsert(self.collection, rows)
+
+    def search(self, embeddings: np.ndarray, top_k: int = 5, ef: int = 64) -> list[list[Hit]]:
+        """Per probe float32[D], the ``top_k`` best faces, best first."""
+        if len(embeddings) == 0:
+            return []
+        probes = self.protector.protect(embeddings)
+        found = self.client.search(
+            self.collection,
+            [p.tolist() for p in probes],
+            limit=top_k,
+            output_fields=["subject_id"],
+            search_params={"params": {"ef": max(ef, top_k)}},
+        )
+        return [
+            [Hit(h["face_id"], h["entity"]["subject_id"], float(h["distance"])) for h in hits]
+            for hits in found
+        ]
+
+    def faces_of(self, subject_id: str) -> list[str]:
+        rows = self.client.query(
+            self.collection,
+            filter=f'subject_id == "{check_id(subject_id, "subject id")}"',
+            output_fields=["face_id"],
+        )
+        return sorted(r["face_id"] for r in rows)
+
+    def delete_faces(self, face_ids: Sequence[str]) -> None:
+        if face_ids:
+            self.client.delete(self.collection, ids=[check_id(f, "face id") for f in face_ids])
+
+    def delete_subject(self, subject_id: str) -> None:
+        self.client.delete(
+            self.collection, filter=f'subject_id == "{check_id(subject_id, "subject id")}"'
+        )
+
+    def count(self) -> int:
+        self.client.flush(self.collection)
+        return int(self.client.get_collection_stats(self.collection)["row_count"])
+
+    def drop(self) -> None:
+        self.client.drop_collection(self.collection)
+
+    def close(self) -> None:
+        self.client.close()
