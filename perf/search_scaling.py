@@ -114,6 +114,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for q in ("p50", "p95", "p99"):
         a.plot(sizes, [r["latency_ms"][q] for r in rows], marker="o", label=q)
     a.set_xscale("log")
+    a.set_yscale("log")
     a.set_xlabel("gallery size (protected vectors)")
     a.set_ylabel("single-probe search latency (ms)")
     a.legend()
