@@ -1,0 +1,66 @@
+"""The gateway's settings: one typed class read from ``FACEREC_*`` environment variables
+(or a ``.env`` file), built on first use by a cached getter, never at import time."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from facerec.models import facerec_home
+
+PLACEHOLDER = "change-me"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. See ``.env.example`` for each variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FACEREC_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
+
+    env: Literal["development", "production"] = "production"
+    data_dir: Path = Field(default_factory=lambda: facerec_home() / "data")
+    database_url: str | None = None  # default: SQLite file in data_dir
+    milvus_uri: str | None = None  # default: Milvus Lite file in data_dir
+    milvus_token: SecretStr | None = None
+    index_type: Literal["FLAT", "HNSW"] = "HNSW"
+    master_key: SecretStr | None = None  # 64 hex digits or base64 of 32 bytes
+    master_key_file: Path | None = None
+    previous_master_keys: list[SecretStr] = []  # still unwrap during a rotation
+    admin_key: SecretStr | None = None  # bootstraps the first admin API key
+    store_images: bool = False
+    max_upload_bytes: int = 20 * 1024 * 1024
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.env == "development":
+            return self
+        for name in ("master_key", "admin_key"):
+            value = getattr(self, name)
+            if value is not None and value.get_secret_value().strip() == PLACEHOLDER:
+                raise ValueError(f"FACEREC_{name.upper()} is still the placeholder {PLACEHOLDER!r}")
+        if self.master_key is None and self.master_key_file is None:
+            raise ValueError(
+                "set FACEREC_MASTER_KEY or FACEREC_MASTER_KEY_FILE (or FACEREC_ENV=development "
+                "for a throwaway key)"
+            )
+        return self
+
+    @property
+    def sqlite_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'facerec.sqlite3'}"
+
+    @property
+    def index_uri(self) -> str:
+        return self.milvus_uri or str(self.data_dir / "index.db")
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()
