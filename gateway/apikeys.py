@@ -1,0 +1,70 @@
+"""API keys: generated once, shown once, stored only as a keyed hash, each with one role.
+
+A key reads ``frk_<id>_<secret>``: the id finds the record, the secret is checked against
+HMAC-SHA256(pepper, secret), where the pepper is derived from the master key, so a copy of
+the database alone cannot test guesses. Roles: ``admin`` (everything), ``enrol``,
+``verify``, ``identify``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from facerec.errors import FaceRecError
+
+ROLES = ("admin", "enrol", "verify", "identify")
+PREFIX = "frk"
+
+
+class AuthError(FaceRecError):
+    """No key, an unknown or revoked key, or a malformed one."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenError(FaceRecError):
+    """A valid key whose role does not allow the action."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key_id: str
+    role: str
+    token: str  # shown to the user once, never stored
+    digest: str  # what is stored
+
+
+def _digest(pepper: bytes, secret: str) -> str:
+    return hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
+
+
+def issue_key(pepper: bytes, role: str) -> IssuedKey:
+    if role not in ROLES:
+        raise FaceRecError(f"role must be one of {ROLES}", code="invalid_role")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    return IssuedKey(key_id, role, f"{PREFIX}_{key_id}_{secret}", _digest(pepper, secret))
+
+
+def parse_token(token: str) -> tuple[str, str]:
+    """``(key_id, secret)`` from a presented token, or :class:`AuthError`."""
+    parts = token.strip().split("_", 2)
+    if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
+        raise AuthError("malformed API key", code="invalid_api_key")
+    return parts[1], parts[2]
+
+
+def check_secret(pepper: bytes, secret: str, digest: str) -> bool:
+    return hmac.compare_digest(_digest(pepper, secret), digest)
+
+
+def allowed(role: str, needed: str) -> bool:
+    """Whether ``role`` may do what ``needed`` is required for."""
+    return role == "admin" or role == needed
