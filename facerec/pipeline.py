@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from facerec.alignment import AlignMethod, align_faces
@@ -44,10 +45,13 @@ class PipelineConfig:
     threads: int | None = None
     workers: int | None = None
     max_batch: int = 32
+    max_detect_side: int = 2048
 
     def __post_init__(self) -> None:
         if self.alignment not in ("similarity", "box"):
             raise InvalidArgumentError(f"unknown alignment {self.alignment!r}")
+        if self.max_detect_side < 64:
+            raise InvalidArgumentError("max_detect_side must be at least 64 px")
         if self.precision not in ("fp32", "int8"):
             raise InvalidArgumentError(f"unknown precision {self.precision!r}")
 
@@ -156,8 +160,31 @@ class FacePipeline:
         return cls(detector, embedder, card, cfg)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Faces in each image, in its own pixel coordinates.
+
+        An image longer than ``config.max_detect_side`` is searched at that size (area
+        downscaling) and the boxes and landmarks scaled back, which bounds the detector's
+        time and memory on huge photos; faces then need ``min_face_size`` pixels at the
+        reduced size. Alignment still cuts from the full-resolution image.
+        """
         with self.timer.stage("detect"):
-            return self.detector.detect(images)
+            limit = self.config.max_detect_side
+            factors = [min(1.0, limit / max(img.shape[:2])) for img in images]
+            small = [
+                img
+                if f == 1.0
+                else cv2.resize(
+                    img,
+                    (max(1, round(img.shape[1] * f)), max(1, round(img.shape[0] * f))),
+                    interpolation=cv2.INTER_AREA,
+                )
+                for img, f in zip(images, factors, strict=True)
+            ]
+            found = self.detector.detect(small)
+            return [
+                det if f == 1.0 else Detections(det.boxes / f, det.scores, det.landmarks / f)
+                for det, f in zip(found, factors, strict=True)
+            ]
 
     def align(self, image: np.ndarray, detections: Detections) -> np.ndarray:
         """uint8[K, S, S, 3] crops of every face in ``detections``."""

@@ -116,3 +116,20 @@ def test_gallery_identifies_and_rejects_strangers(pipeline: FacePipeline) -> Non
     emb = np.stack([r.faces[0].embedding for r in results])
     matches = [best_match(c, pipeline.threshold) for c in gallery.search(emb, top_k=3)]
     assert matches == ["Abel_Pacheco", "Akhmed_Zakayev", "Amber_Tamblyn", None]
+
+
+def test_huge_photo_is_searched_downscaled_but_reported_full_size(
+    pipeline: FacePipeline,
+) -> None:
+    import cv2
+
+    face = lfw_image("Angela_Bassett_0001", pad=0)
+    big = np.full((3000, 4000, 3), 90, np.uint8)
+    big[1000:2200, 1500:2700] = cv2.resize(face, (1200, 1200), interpolation=cv2.INTER_CUBIC)
+    (result,) = pipeline.analyze([big])
+    assert result.detected == 1
+    x1, y1, x2, y2 = result.faces[0].box
+    assert 1400 < x1 < 1800 and 2300 < x2 < 2800 and 900 < y1 < 1300 and y2 < 2300
+    (small,) = pipeline.analyze([cv2.resize(big, (400, 300), interpolation=cv2.INTER_AREA)])
+    a, b = result.faces[0].embedding, small.faces[0].embedding
+    assert a is not None and b is not None and float(a @ b) > 0.8

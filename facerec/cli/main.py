@@ -47,6 +47,12 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
         metavar=("P", "R", "O"),
         help="P-Net, R-Net, O-Net face score thresholds (0.6 0.7 0.7)",
     )
+    g.add_argument(
+        "--max-detect-side",
+        type=int,
+        default=2048,
+        help="search larger images downscaled to this longest side (2048 px)",
+    )
     g.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (all cores)")
 
 
@@ -130,6 +136,7 @@ def pipeline_from_args(args: argparse.Namespace) -> FacePipeline:
         flip=args.flip,
         precision=args.precision,
         threads=args.threads,
+        max_detect_side=args.max_detect_side,
     )
     return FacePipeline.local(config)
 
