@@ -1,0 +1,99 @@
+"""The SQL system of record (SQLite here): sealed templates, crypto-shredding, rotation,
+duplicates, the pending/indexed states and the stored audit chain."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from gateway.audit import verify_chain
+from gateway.keys import Keyring, MasterKey
+from gateway.store import ConflictError, NotFoundError, Store
+
+
+def unit(seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(128).astype(np.float32)
+    return x / np.linalg.norm(x)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'facerec.sqlite3'}", Keyring(MasterKey.generate()))
+
+
+def db_bytes(tmp_path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in tmp_path.glob("facerec.sqlite3*"))
+
+
+def test_subjects_and_faces(store: Store, tmp_path: Path) -> None:
+    alice = store.create_subject("Alice", {"team": "blue"})
+    bob = store.create_subject("Bob")
+    assert store.get_subject(alice.id).meta == {"team": "blue"}
+    assert [s.name for s in store.list_subjects()] == ["Alice", "Bob"]
+    assert [s.name for s in store.list_subjects(offset=1, limit=5)] == ["Bob"]
+    emb = unit(1)
+    face = store.add_face(alice.id, emb, "hash-a", 0.9, [1, 2, 3, 4])
+    assert store.pending_faces() == [(face, alice.id)]
+    store.mark_indexed([face])
+    assert store.pending_faces() == []
+    ((face_id, subject_id, opened),) = list(store.templates())
+    assert (face_id, subject_id) == (face, alice.id)
+    np.testing.assert_array_equal(opened, emb)
+    assert emb.tobytes() not in db_bytes(tmp_path)
+    with pytest.raises(ConflictError) as dup:
+        store.add_face(alice.id, emb, "hash-a", 0.9, [1, 2, 3, 4])
+    assert dup.value.code == "duplicate_face"
+    store.add_face(bob.id, emb, "hash-a", 0.9, [1, 2, 3, 4])  # another subject may
+    with pytest.raises(NotFoundError):
+        store.get_subject("nope")
+    with pytest.raises(NotFoundError):
+        store.add_face("nope", emb, "h", 0.5, [0, 0, 1, 1])
+
+
+def test_delete_shreds_the_data_key(store: Store, tmp_path: Path) -> None:
+    alice = store.create_subject("Alice")
+    face = store.add_face(alice.id, unit(2), "h", 0.9, [0, 0, 1, 1])
+    with store.engine.connect() as conn:
+        blob = conn.execute(text("SELECT dek_blob FROM subjects")).scalar_one()
+    assert store.delete_subject(alice.id) == [face]
+    assert list(store.templates()) == []
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM faces")).scalar_one() == 0
+    assert blob not in db_bytes(tmp_path)  # no VACUUM needed: overwritten on delete
+
+
+def test_master_key_rotation(tmp_path: Path) -> None:
+    old, new = MasterKey.generate(), MasterKey.generate()
+    url = f"sqlite:///{tmp_path / 'facerec.sqlite3'}"
+    s1 = Store(url, Keyring(old))
+    subject = s1.create_subject("Alice")
+    s1.add_face(subject.id, unit(3), "h", 0.9, [0, 0, 1, 1])
+    assert Store(url, Keyring(new, older=[old])).rotate_master_key() == 1
+    ((_, _, opened),) = list(Store(url, Keyring(new)).templates())
+    np.testing.assert_array_equal(opened, unit(3))
+
+
+def test_stored_audit_chain_detects_edits(store: Store) -> None:
+    key = MasterKey.generate().derive("audit")
+
+    def append(i: int) -> None:
+        store.append_audit(key, time=f"t{i}", action="verify", outcome="match", score=0.5)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(append, range(40)))
+    events = store.audit_events()
+    assert [e.seq for e in events] == list(range(1, 41))
+    assert verify_chain(key, events).ok
+    with store.engine.begin() as conn:
+        body = json.loads(
+            conn.execute(text("SELECT body FROM audit_events WHERE seq=7")).scalar_one()
+        )
+        body["outcome"] = "no_match"
+        conn.execute(text("UPDATE audit_events SET body=:b WHERE seq=7"), {"b": json.dumps(body)})
+    report = verify_chain(key, store.audit_events())
+    assert not report.ok and report.first_bad_seq == 7
