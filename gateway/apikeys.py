@@ -14,23 +14,10 @@ import secrets
 from dataclasses import dataclass
 
 from facerec.errors import FaceRecError
+from gateway.errors import AuthError
 
 ROLES = ("admin", "enrol", "verify", "identify")
 PREFIX = "frk"
-
-
-class AuthError(FaceRecError):
-    """No key, an unknown or revoked key, or a malformed one."""
-
-    code = "unauthorized"
-    http_status = 401
-
-
-class ForbiddenError(FaceRecError):
-    """A valid key whose role does not allow the action."""
-
-    code = "forbidden"
-    http_status = 403
 
 
 @dataclass(frozen=True)

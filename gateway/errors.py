@@ -17,3 +17,31 @@ class IntegrityError(FaceRecError):
 
     code = "integrity_error"
     http_status = 500
+
+
+class AuthError(FaceRecError):
+    """No key, an unknown or revoked key, or a malformed one."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenError(FaceRecError):
+    """A valid key whose role does not allow the action."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFoundError(FaceRecError):
+    """An unknown subject, face or other record."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class ConflictError(FaceRecError):
+    """The request clashes with what is stored (a duplicate, a concurrent change)."""
+
+    code = "conflict"
+    http_status = 409

@@ -34,19 +34,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from facerec.errors import FaceRecError
 from gateway.audit import AuditEvent, chain_event
+from gateway.errors import ConflictError, NotFoundError
 from gateway.keys import Keyring, WrappedKey, new_data_key, open_template, seal_template
-
-
-class NotFoundError(FaceRecError):
-    code = "not_found"
-    http_status = 404
-
-
-class ConflictError(FaceRecError):
-    code = "conflict"
-    http_status = 409
 
 
 def _now() -> datetime:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from facerec.errors import FaceRecError
-from gateway.apikeys import AuthError, allowed, check_secret, issue_key, parse_token
+from gateway.apikeys import allowed, check_secret, issue_key, parse_token
+from gateway.errors import AuthError
 from gateway.keys import MasterKey
 
 

@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import text
 
 from gateway.audit import verify_chain
+from gateway.errors import ConflictError, NotFoundError
 from gateway.keys import Keyring, MasterKey
-from gateway.store import ConflictError, NotFoundError, Store
+from gateway.store import Store
 
 
 def unit(seed: int) -> np.ndarray:
