@@ -10,6 +10,9 @@ after, so a crash in between leaves a row that start-up repair can finish or und
 from __future__ import annotations
 
 import json
+import random
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from gateway.audit import AuditEvent, chain_event
@@ -130,6 +134,7 @@ class Store:
         _sqlite_pragmas(self.engine)
         Base.metadata.create_all(self.engine)
         self.keyring = keyring
+        self._audit_lock = threading.Lock()
 
     # -- subjects ---------------------------------------------------------------------
     def create_subject(
@@ -274,8 +279,17 @@ class Store:
 
     # -- audit ------------------------------------------------------------------------
     def append_audit(self, key: bytes, **values: Any) -> AuditEvent:
-        """Chain and store one event; concurrent appends retry on the sequence number."""
-        for _ in range(20):
+        """Chain and store one event.
+
+        Appends from this process are serialised by a lock; another process appending at
+        the same moment makes the insert of the same sequence number fail, and this one
+        retries with the new last event.
+        """
+        with self._audit_lock:
+            return self._append_audit(key, values)
+
+    def _append_audit(self, key: bytes, values: dict[str, Any]) -> AuditEvent:
+        for attempt in range(50):
             try:
                 with Session(self.engine) as s, s.begin():
                     last_row = s.scalars(
@@ -287,8 +301,8 @@ class Store:
                         AuditRow(seq=event_.seq, body=json.dumps(event_.__dict__, sort_keys=True))
                     )
                 return event_
-            except SqlIntegrityError:
-                continue
+            except (SqlIntegrityError, OperationalError):
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
         raise ConflictError("could not append to the audit log", code="audit_contention")
 
     def audit_events(self) -> list[AuditEvent]:

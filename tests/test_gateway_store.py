@@ -81,9 +81,13 @@ def test_master_key_rotation(tmp_path: Path) -> None:
 
 def test_stored_audit_chain_detects_edits(store: Store) -> None:
     key = MasterKey.generate().derive("audit")
+    # A second Store on the same file stands for another gateway process: its appends race
+    # with the first one's and must retry, not fork the chain.
+    other = Store(str(store.engine.url), store.keyring)
 
     def append(i: int) -> None:
-        store.append_audit(key, time=f"t{i}", action="verify", outcome="match", score=0.5)
+        target = store if i % 2 else other
+        target.append_audit(key, time=f"t{i}", action="verify", outcome="match", score=0.5)
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(append, range(40)))
