@@ -104,7 +104,6 @@ class StageTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
-
         self._lock = threading.Lock()
 
     @contextmanager

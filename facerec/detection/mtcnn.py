@@ -85,11 +85,13 @@ def _square(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
-    """Apply R-/O-Net box offsets ``reg`` float[K, 4] (pixel-inclusive widths)."""
+def _regress(boxes: np.ndarray, reg: np.ndarray, inclusive: bool = True) -> np.ndarray:
+    """Apply box offsets ``reg`` float[K, 4], scaled by the box size: ``x2 - x1 + 1`` for
+    R-/O-Net (``inclusive``), ``x2 - x1`` for P-Net, as the reference does."""
     out = boxes.copy()
-    w = boxes[:, 2] - boxes[:, 0] + 1
-    h = boxes[:, 3] - boxes[:, 1] + 1
+    one = 1 if inclusive else 0
+    w = boxes[:, 2] - boxes[:, 0] + one
+    h = boxes[:, 3] - boxes[:, 1] + one
     out[:, 0] = boxes[:, 0] + reg[:, 0] * w
     out[:, 1] = boxes[:, 1] + reg[:, 1] * h
     out[:, 2] = boxes[:, 2] + reg[:, 2] * w
@@ -109,9 +111,8 @@ def _crops(sampler: AreaSampler, boxes: np.ndarray, size: int) -> tuple[np.ndarr
     y1 = np.maximum(b[:, 1], 1)
     x2 = np.minimum(b[:, 2], sampler.width)
     y2 = np.minimum(b[:, 3], sampler.height)
-    valid = np.flatnonzero((x2 > x1 - 1) & (y2 > y1 - 1))
-    v = valid
-    return sampler.crops(x1[v] - 1, y1[v] - 1, x2[v], y2[v], size), valid
+    v = np.flatnonzero((x2 > x1 - 1) & (y2 > y1 - 1))
+    return sampler.crops(x1[v] - 1, y1[v] - 1, x2[v], y2[v], size), v
 
 
 class MTCNNDetector:
@@ -188,14 +189,7 @@ class MTCNNDetector:
             return np.zeros((0, 5), np.float32)
         boxes = np.concatenate(found)
         boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
-        w_ = boxes[:, 2] - boxes[:, 0]
-        h_ = boxes[:, 3] - boxes[:, 1]
-        moved = boxes.copy()
-        moved[:, 0] += boxes[:, 5] * w_
-        moved[:, 1] += boxes[:, 6] * h_
-        moved[:, 2] += boxes[:, 7] * w_
-        moved[:, 3] += boxes[:, 8] * h_
-        return _square(moved[:, :5])
+        return _square(_regress(boxes[:, :5], boxes[:, 5:9], inclusive=False))
 
     def _refine(
         self, samplers: Sequence[AreaSampler], boxes: list[np.ndarray], size: int
