@@ -62,16 +62,13 @@ def _up_to_date(manifest: dict[str, Any] | None, out_dir: Path) -> bool:
 
 def face_images(pad: int = 50) -> list[np.ndarray]:
     """The bundled LFW face images, edge-padded for detection (RGB uint8)."""
-    import cv2
-
     from facerec.imaging.decode import read_image
+    from facerec.imaging.pad import pad_edges
 
     paths = sorted(FACES_DIR.glob("*.jpg"))
     if not paths:
         raise FileNotFoundError(f"no face images in {FACES_DIR}")
-    return [
-        cv2.copyMakeBorder(read_image(p), pad, pad, pad, pad, cv2.BORDER_REPLICATE) for p in paths
-    ]
+    return [pad_edges(read_image(p), pad) for p in paths]
 
 
 def setup_models(

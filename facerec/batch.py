@@ -15,10 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import cv2
-
 from facerec.errors import FaceRecError
 from facerec.imaging.decode import read_image
+from facerec.imaging.pad import pad_edges
 from facerec.pipeline import FacePipeline, ImageFaces, PipelineConfig
 from facerec.runtime import default_threads
 
@@ -54,9 +53,7 @@ def _run(
             except FaceRecError as exc:
                 r.error = exc.to_dict()
                 continue
-            if pad:
-                img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-            images.append(img)
+            images.append(pad_edges(img, pad))
             good.append(r)
     if images:
         for r, faces in zip(good, _pipeline.analyze(images, primary_only, embed), strict=True):

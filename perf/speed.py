@@ -30,6 +30,7 @@ from facerec.alignment import crop_box
 from facerec.batch import ProcessBatchRunner
 from facerec.embedding import per_image_standardization
 from facerec.imaging.decode import decode_image
+from facerec.imaging.pad import pad_edges
 from facerec.models import facerec_home, load_model_card, model_path
 from facerec.pipeline import FacePipeline, PipelineConfig
 from facerec.runtime import default_threads
@@ -39,7 +40,7 @@ PAD = 50
 
 
 def _pad(img: np.ndarray, pad: int) -> np.ndarray:
-    return cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else img
+    return pad_edges(img, pad)
 
 
 class Reference:

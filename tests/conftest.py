@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from facerec.imaging.decode import read_image
+from facerec.imaging.pad import pad_edges
 from facerec.pipeline import FacePipeline, PipelineConfig
 
 DATA = Path(__file__).parent / "data"
@@ -38,10 +39,8 @@ def lfw_path(key: str) -> Path:
 
 def lfw_image(key: str, pad: int = 50) -> np.ndarray:
     """An LFW test face, edge-padded like the benchmark pads it."""
-    import cv2
-
     img = read_image(lfw_path(key))
-    return cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    return pad_edges(img, pad)
 
 
 @pytest.fixture(scope="session")

@@ -15,15 +15,14 @@ import pytest
 
 pytest.importorskip("torch")
 
-import cv2
 import torch
 
+from conftest import lfw_image
 from export.mtcnn_weights import ConversionError, load_mtcnn
 from training.mtcnn import ONet, PNet, RNet
 from training.mtcnn_reference import EagerMTCNN, nms
 
 NETS = ("pnet", "rnet", "onet")
-LFW = Path(__file__).parent / "data" / "lfw"
 LFW_FACES = ("Aaron_Peirsol_0001", "Aaron_Eckhart_0001")
 
 
@@ -64,14 +63,6 @@ def _load_with(
     paths[name] = tmp_path / f"{name}.pt"
     torch.save(state, paths[name])
     load_mtcnn(paths["pnet"], paths["rnet"], paths["onet"])
-
-
-def _padded_lfw(key: str, pad: int = 50) -> np.ndarray:
-    """An LFW test face (RGB uint8) edge-padded by ``pad`` px, as the benchmark pads it."""
-    bgr = cv2.imread(str(LFW / f"{key}.jpg"), cv2.IMREAD_COLOR)
-    assert bgr is not None, f"cannot read {key}"
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
 
 
 def test_strict_load_uses_every_key(
@@ -130,7 +121,7 @@ def test_network_output_shapes(nets: tuple[PNet, RNet, ONet]) -> None:
 
 @pytest.mark.parametrize("key", LFW_FACES)
 def test_eager_reference_finds_one_face(detector: EagerMTCNN, key: str) -> None:
-    image = _padded_lfw(key)
+    image = lfw_image(key)
     assert image.shape == (250, 250, 3)
     boxes, scores, landmarks = detector.detect(image)
     assert boxes.shape == (1, 4) and scores.shape == (1,) and landmarks.shape == (1, 5, 2)
