@@ -24,6 +24,10 @@ class FaceRecError(Exception):
             self.code = code
         self.details = details
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep code and details when an error crosses a process boundary (batch workers).
+        return (_rebuild, (type(self), self.message, self.code, self.details))
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON error object: ``{"code", "message", **details}``."""
         return {"code": self.code, "message": self.message, **self.details}
@@ -61,3 +65,9 @@ class InvalidArgumentError(FaceRecError):
 
     code = "invalid_argument"
     http_status = 400
+
+
+def _rebuild(
+    cls: type[FaceRecError], message: str, code: str, details: dict[str, Any]
+) -> FaceRecError:
+    return cls(message, code=code, **details)

@@ -19,7 +19,7 @@ def test_processes_match_in_process_results(pipeline: FacePipeline, tmp_path: Pa
     with ProcessBatchRunner(PipelineConfig(), processes=2) as runner:
         results = list(runner.run(paths, pad=50, primary_only=True, chunk=2))
     assert [r.path for r in results] == paths
-    assert results[1].error is not None and results[1].error["code"] == "not_an_image"
+    assert results[1].error is not None and results[1].error.code == "not_an_image"
     good = [r for r in results if r.error is None]
     expected = pipeline.analyze([lfw_image(k) for k in keys], primary_only=True)
     for got, want in zip(good, expected, strict=True):

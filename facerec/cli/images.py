@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from facerec.batch import FileResult, analyze_paths
 from facerec.cli.output import emit, error_entry, fail
 from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
-from facerec.imaging.decode import read_image
 from facerec.matching import Gallery, best_match
 from facerec.pipeline import FacePipeline, ImageFaces
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-
-
-@dataclass
-class Outcome:
-    """One input file: its faces, or the error that stopped it."""
-
-    path: Path
-    result: ImageFaces | None = None
-    error: FaceRecError | None = None
 
 
 def analyze_files(
@@ -36,25 +26,13 @@ def analyze_files(
     embed: bool,
     batch: int = 8,
     progress: bool = False,
-) -> Iterator[Outcome]:
+) -> Iterator[FileResult]:
     """Decode and analyse ``paths`` a batch at a time; a bad file never stops the rest."""
     bar = tqdm(total=len(paths), unit="img", disable=not progress, leave=False)
     for lo in range(0, len(paths), batch):
         chunk = paths[lo : lo + batch]
-        outcomes = [Outcome(p) for p in chunk]
-        images: list[np.ndarray] = []
-        good: list[Outcome] = []
-        for o in outcomes:
-            try:
-                images.append(read_image(o.path))
-                good.append(o)
-            except FaceRecError as exc:
-                o.error = exc
-        if images:
-            for o, res in zip(good, pipeline.analyze(images, primary_only, embed), strict=True):
-                o.result = res
+        yield from analyze_paths(pipeline, chunk, primary_only=primary_only, embed=embed)
         bar.update(len(chunk))
-        yield from outcomes
     bar.close()
 
 
@@ -68,10 +46,10 @@ def _record_error(entries: list[Any], lines: list[str], path: Path, err: FaceRec
     lines.append(f"{path}: error [{err.code}] {err.message}")
 
 
-def _require_face(o: Outcome) -> FaceRecError | None:
+def _require_face(o: FileResult) -> FaceRecError | None:
     if o.error is not None:
         return o.error
-    if o.result is None or not o.result.faces:
+    if o.faces is None or not o.faces.faces:
         return NoFaceError(f"no face found in {o.path}", code="no_face")
     return None
 
@@ -83,12 +61,12 @@ def cmd_detect(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         if o.error is not None:
             _record_error(entries, lines, o.path, o.error)
             continue
-        assert o.result is not None
-        entries.append({"image": str(o.path), "faces": _face_dicts(o.result, False)})
+        assert o.faces is not None
+        entries.append({"image": str(o.path), "faces": _face_dicts(o.faces, False)})
         boxes = "; ".join(
-            f"[{', '.join(f'{v:.0f}' for v in f.box)}] {f.score:.3f}" for f in o.result.faces
+            f"[{', '.join(f'{v:.0f}' for v in f.box)}] {f.score:.3f}" for f in o.faces.faces
         )
-        lines.append(f"{o.path}: {len(o.result.faces)} face(s) {boxes}")
+        lines.append(f"{o.path}: {len(o.faces.faces)} face(s) {boxes}")
     emit({"images": entries}, args.json, "\n".join(lines))
     return 0
 
@@ -101,15 +79,15 @@ def cmd_embed(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         if err is not None:
             _record_error(entries, lines, o.path, err)
             continue
-        assert o.result is not None
-        entry: dict[str, Any] = {"image": str(o.path), "faces": _face_dicts(o.result, True)}
+        assert o.faces is not None
+        entry: dict[str, Any] = {"image": str(o.path), "faces": _face_dicts(o.faces, True)}
         if args.single:
-            entry["faces_detected"] = o.result.detected
-            if o.result.detected > 1:
+            entry["faces_detected"] = o.faces.detected
+            if o.faces.detected > 1:
                 entry["selection"] = "largest_most_central"
         entries.append(entry)
         lines.append(
-            f"{o.path}: {len(o.result.faces)} embedding(s) of {pipeline.card.embedding_size} d"
+            f"{o.path}: {len(o.faces.faces)} embedding(s) of {pipeline.card.embedding_size} d"
         )
     emit(
         {
@@ -130,7 +108,7 @@ def cmd_verify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         if err is not None:
             err.details.setdefault("image", str(o.path))
             return fail(err, args.json)
-    a, b = (o.result for o in outcomes)
+    a, b = (o.faces for o in outcomes)
     assert a is not None and b is not None
     ea, eb = a.faces[0].embedding, b.faces[0].embedding
     assert ea is not None and eb is not None
@@ -145,12 +123,12 @@ def cmd_verify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         "images": [
             {
                 "image": str(o.path),
-                "face": o.result.faces[0].to_dict(),
-                "faces_detected": o.result.detected,
-                **({"selection": "largest_most_central"} if o.result.detected > 1 else {}),
+                "face": o.faces.faces[0].to_dict(),
+                "faces_detected": o.faces.detected,
+                **({"selection": "largest_most_central"} if o.faces.detected > 1 else {}),
             }
             for o in outcomes
-            if o.result is not None
+            if o.faces is not None
         ],
     }
     verdict = "same person" if match else "different people"
@@ -189,8 +167,8 @@ def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         if err is not None:
             gallery_errors.append({"image": str(o.path), **error_entry(err)})
             continue
-        assert o.result is not None and o.result.faces[0].embedding is not None
-        gallery.add(owner[o.path], o.result.faces[0].embedding[None])
+        assert o.faces is not None and o.faces.faces[0].embedding is not None
+        gallery.add(owner[o.path], o.faces.faces[0].embedding[None])
     if len(gallery) == 0:
         return fail(
             InvalidArgumentError("no gallery image had a usable face", code="empty_gallery"),
@@ -204,10 +182,10 @@ def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         if err is not None:
             _record_error(entries, lines, o.path, err)
             continue
-        assert o.result is not None
-        probes = np.stack([f.embedding for f in o.result.faces if f.embedding is not None])
+        assert o.faces is not None
+        probes = np.stack([f.embedding for f in o.faces.faces if f.embedding is not None])
         faces = []
-        for face, cands in zip(o.result.faces, gallery.search(probes, args.top_k), strict=True):
+        for face, cands in zip(o.faces.faces, gallery.search(probes, args.top_k), strict=True):
             match = best_match(cands, threshold)
             faces.append(
                 {

@@ -117,9 +117,10 @@ def embed_images(
         start = time.perf_counter()
         for i, result in enumerate(runner.run(paths, pad=pad, primary_only=True)):
             bar.update(1)
-            if result.error is not None or result.faces is None:
-                errors[keys[i]] = str(result.error)
+            if result.error is not None:
+                errors[keys[i]] = f"{result.error.code}: {result.error.message}"
                 continue
+            assert result.faces is not None
             several += result.faces.detected > 1
             face = result.faces.faces[0] if result.faces.faces else None
             if face is not None and face.embedding is not None:
