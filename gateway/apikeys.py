@@ -28,7 +28,7 @@ class IssuedKey:
     digest: str  # what is stored
 
 
-def _digest(pepper: bytes, secret: str) -> str:
+def digest_secret(pepper: bytes, secret: str) -> str:
     return hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
 
 
@@ -37,7 +37,7 @@ def issue_key(pepper: bytes, role: str) -> IssuedKey:
         raise FaceRecError(f"role must be one of {ROLES}", code="invalid_role")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    return IssuedKey(key_id, role, f"{PREFIX}_{key_id}_{secret}", _digest(pepper, secret))
+    return IssuedKey(key_id, role, f"{PREFIX}_{key_id}_{secret}", digest_secret(pepper, secret))
 
 
 def parse_token(token: str) -> tuple[str, str]:
@@ -49,7 +49,7 @@ def parse_token(token: str) -> tuple[str, str]:
 
 
 def check_secret(pepper: bytes, secret: str, digest: str) -> bool:
-    return hmac.compare_digest(_digest(pepper, secret), digest)
+    return hmac.compare_digest(digest_secret(pepper, secret), digest)
 
 
 def allowed(role: str, needed: str) -> bool:

@@ -45,3 +45,17 @@ class ConflictError(FaceRecError):
 
     code = "conflict"
     http_status = 409
+
+
+class PayloadTooLargeError(FaceRecError):
+    """An upload or a whole request over the configured limits."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+class UnsupportedMediaTypeError(FaceRecError):
+    """A request body of the wrong content type (JSON where files were expected, ...)."""
+
+    code = "unsupported_media_type"
+    http_status = 415

@@ -129,3 +129,16 @@ class FaceIndex:
 
     def close(self) -> None:
         self.client.close()
+
+    def ids(self) -> set[str]:
+        """Every face id in the collection (for reconciliation with the system of record)."""
+        it = self.client.query_iterator(
+            self.collection, batch_size=5000, filter='face_id != ""', output_fields=["face_id"]
+        )
+        found: set[str] = set()
+        try:
+            while batch := it.next():
+                found.update(r["face_id"] for r in batch)
+        finally:
+            it.close()
+        return found

@@ -141,6 +141,13 @@ def seal_template(data_key: bytes, embedding: np.ndarray, subject_id: str, face_
     return _seal(data_key, raw, _template_aad(subject_id, face_id))
 
 
+def seal_image(data_key: bytes, data: bytes, subject_id: str, face_id: str) -> bytes:
+    """Encrypt an uploaded image kept for (subject, face) (only when a setting asks)."""
+    return _seal(
+        data_key, data, b"facerec/image/v1/" + subject_id.encode() + b"/" + face_id.encode()
+    )
+
+
 def open_template(data_key: bytes, blob: bytes, subject_id: str, face_id: str) -> np.ndarray:
     """Decrypt a template sealed by :func:`seal_template` -> float32[D]."""
     raw = _open(data_key, blob, _template_aad(subject_id, face_id), "template")

@@ -33,7 +33,12 @@ class Settings(BaseSettings):
     previous_master_keys: list[SecretStr] = []  # still unwrap during a rotation
     admin_key: SecretStr | None = None  # bootstraps the first admin API key
     store_images: bool = False
-    max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # per image
+    max_request_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)  # whole request
+    max_batch_images: int = Field(default=32, ge=1)  # POST /v1/batch/identify
+    max_job_images: int = Field(default=2000, ge=1)  # POST /v1/jobs
+    enrol_min_quality: float = Field(default=0.5, ge=0.0, le=1.0)
+    batch_max_wait_ms: float = Field(default=4.0, ge=0.0)  # micro-batching window
     host: str = "127.0.0.1"
     port: int = 8000
 

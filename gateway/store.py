@@ -13,90 +13,40 @@ import json
 import random
 import threading
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    UniqueConstraint,
-    create_engine,
-    event,
-    select,
-)
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import Session
 
 from gateway.audit import AuditEvent, chain_event
+from gateway.db import (
+    ApiKeyRow,
+    AuditRow,
+    FaceRow,
+    RequestRow,
+    SubjectRow,
+    SystemKeyRow,
+    new_id,
+    now,
+    open_engine,
+)
 from gateway.errors import ConflictError, NotFoundError
-from gateway.keys import Keyring, WrappedKey, new_data_key, open_template, seal_template
+from gateway.keys import (
+    Keyring,
+    WrappedKey,
+    new_data_key,
+    open_template,
+    seal_image,
+    seal_template,
+)
 
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class SubjectRow(Base):
-    __tablename__ = "subjects"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=_new_id)
-    name: Mapped[str] = mapped_column(String(256))
-    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    dek_key_id: Mapped[str] = mapped_column(String(64))
-    dek_blob: Mapped[bytes] = mapped_column(LargeBinary)
-    faces: Mapped[list[FaceRow]] = relationship(
-        back_populates="subject", cascade="all, delete-orphan", passive_deletes=True
-    )
-
-
-class FaceRow(Base):
-    __tablename__ = "faces"
-    __table_args__ = (UniqueConstraint("subject_id", "content_hash"),)
-    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=_new_id)
-    subject_id: Mapped[str] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
-    template: Mapped[bytes] = mapped_column(LargeBinary)
-    content_hash: Mapped[str] = mapped_column(String(64))
-    quality: Mapped[float] = mapped_column(Float)
-    box: Mapped[list[float]] = mapped_column(JSON)
-    state: Mapped[str] = mapped_column(String(16), default="pending")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    subject: Mapped[SubjectRow] = relationship(back_populates="faces")
-
-
-class ApiKeyRow(Base):
-    __tablename__ = "api_keys"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    role: Mapped[str] = mapped_column(String(16))
-    digest: Mapped[str] = mapped_column(String(64))
-    label: Mapped[str] = mapped_column(String(256), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-
-
-class AuditRow(Base):
-    __tablename__ = "audit_events"
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    body: Mapped[str] = mapped_column(String)  # canonical JSON of the AuditEvent
+UNSET: Any = object()
 
 
 @dataclass(frozen=True)
@@ -109,30 +59,43 @@ class Subject:
     faces: int
 
 
-def _subject(row: SubjectRow) -> Subject:
-    return Subject(row.id, row.name, dict(row.meta), row.created_at, row.expires_at, len(row.faces))
+@dataclass(frozen=True)
+class FaceInfo:
+    id: str
+    subject_id: str
+    quality: float
+    box: list[float]
+    state: str
+    created_at: datetime
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
-    if engine.dialect.name == "sqlite":
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    id: str
+    role: str
+    digest: str
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
 
-        @event.listens_for(engine, "connect")
-        def _on_connect(conn: Any, _record: Any) -> None:
-            cursor = conn.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # Deleted rows are overwritten, so a shredded data key leaves no bytes behind.
-            cursor.execute("PRAGMA secure_delete=ON")
-            cursor.close()
+
+def _subject(row: SubjectRow, faces: int) -> Subject:
+    return Subject(row.id, row.name, dict(row.meta), row.created_at, row.expires_at, faces)
+
+
+def _face(row: FaceRow) -> FaceInfo:
+    return FaceInfo(row.id, row.subject_id, row.quality, list(row.box), row.state, row.created_at)
+
+
+def _face_count(s: Session, subject_id: str) -> int:
+    return int(s.scalar(select(func.count()).where(FaceRow.subject_id == subject_id)) or 0)
 
 
 class Store:
     """Typed operations on the system of record; each method is one transaction."""
 
     def __init__(self, url: str, keyring: Keyring) -> None:
-        self.engine = create_engine(url)
-        _sqlite_pragmas(self.engine)
-        Base.metadata.create_all(self.engine)
+        self.engine = open_engine(url)
         self.keyring = keyring
         self._audit_lock = threading.Lock()
 
@@ -140,7 +103,7 @@ class Store:
     def create_subject(
         self, name: str, meta: dict[str, Any] | None = None, expires_at: datetime | None = None
     ) -> Subject:
-        subject_id = _new_id()
+        subject_id = new_id()
         wrapped = self.keyring.wrap(new_data_key(), subject_id)
         with Session(self.engine) as s, s.begin():
             row = SubjectRow(
@@ -153,24 +116,73 @@ class Store:
             )
             s.add(row)
             s.flush()
-            return _subject(row)
+            return _subject(row, 0)
 
     def get_subject(self, subject_id: str) -> Subject:
         with Session(self.engine) as s:
             row = s.get(SubjectRow, subject_id)
             if row is None:
                 raise NotFoundError(f"no subject {subject_id}", subject_id=subject_id)
-            return _subject(row)
+            return _subject(row, _face_count(s, subject_id))
 
-    def list_subjects(self, offset: int = 0, limit: int = 50) -> list[Subject]:
+    def update_subject(
+        self,
+        subject_id: str,
+        name: str | None = None,
+        meta: dict[str, Any] | None = None,
+        expires_at: datetime | None = UNSET,
+    ) -> Subject:
+        """Change the given fields (``expires_at=None`` clears an expiry)."""
+        with Session(self.engine) as s, s.begin():
+            row = s.get(SubjectRow, subject_id)
+            if row is None:
+                raise NotFoundError(f"no subject {subject_id}", subject_id=subject_id)
+            if name is not None:
+                row.name = name
+            if meta is not None:
+                row.meta = meta
+            if expires_at is not UNSET:
+                row.expires_at = expires_at
+            s.flush()
+            return _subject(row, _face_count(s, subject_id))
+
+    def list_subjects(self, offset: int = 0, limit: int = 50) -> tuple[list[Subject], int]:
+        """One page of subjects, oldest first, and the total number of subjects."""
         with Session(self.engine) as s:
-            rows = s.scalars(
-                select(SubjectRow)
+            counts = (
+                select(FaceRow.subject_id, func.count().label("n"))
+                .group_by(FaceRow.subject_id)
+                .subquery()
+            )
+            rows = s.execute(
+                select(SubjectRow, func.coalesce(counts.c.n, 0))
+                .outerjoin(counts, counts.c.subject_id == SubjectRow.id)
                 .order_by(SubjectRow.created_at, SubjectRow.id)
                 .offset(offset)
                 .limit(limit)
             )
-            return [_subject(r) for r in rows]
+            page = [_subject(r, int(n)) for r, n in rows]
+            total = int(s.scalar(select(func.count()).select_from(SubjectRow)) or 0)
+            return page, total
+
+    def subject_names(self, subject_ids: Sequence[str]) -> dict[str, str]:
+        """Names of the subjects that exist among ``subject_ids``."""
+        if not subject_ids:
+            return {}
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(SubjectRow.id, SubjectRow.name).where(SubjectRow.id.in_(set(subject_ids)))
+            )
+            return {r[0]: r[1] for r in rows}
+
+    def faces(self, subject_id: str) -> list[FaceInfo]:
+        with Session(self.engine) as s:
+            rows = s.scalars(
+                select(FaceRow)
+                .where(FaceRow.subject_id == subject_id)
+                .order_by(FaceRow.created_at, FaceRow.id)
+            )
+            return [_face(r) for r in rows]
 
     def delete_subject(self, subject_id: str) -> list[str]:
         """Delete a subject with its wrapped data key (crypto-shredding) and its faces;
@@ -191,9 +203,9 @@ class Store:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def expired_subjects(self, now: datetime | None = None) -> list[str]:
+    def expired_subjects(self, at: datetime | None = None) -> list[str]:
         with Session(self.engine) as s:
-            rows = s.scalars(select(SubjectRow.id).where(SubjectRow.expires_at <= (now or _now())))
+            rows = s.scalars(select(SubjectRow.id).where(SubjectRow.expires_at <= (at or now())))
             return list(rows)
 
     # -- faces ------------------------------------------------------------------------
@@ -207,16 +219,22 @@ class Store:
         content_hash: str,
         quality: float,
         box: Sequence[float],
+        image: bytes | None = None,
     ) -> str:
         """Store a sealed template as ``pending``; returns the face id. The same image
-        twice for one subject is a :class:`ConflictError` (``duplicate_face``)."""
-        face_id = _new_id()
+        twice for one subject is a :class:`ConflictError` (``duplicate_face``). ``image``
+        (the upload) is kept, sealed, only when given."""
+        face_id = new_id()
         try:
             with Session(self.engine) as s, s.begin():
                 row = s.get(SubjectRow, subject_id)
                 if row is None:
                     raise NotFoundError(f"no subject {subject_id}", subject_id=subject_id)
-                blob = seal_template(self._data_key(row), embedding, subject_id, face_id)
+                key = self._data_key(row)
+                blob = seal_template(key, embedding, subject_id, face_id)
+                sealed_image = (
+                    None if image is None else seal_image(key, image, subject_id, face_id)
+                )
                 s.add(
                     FaceRow(
                         id=face_id,
@@ -226,6 +244,7 @@ class Store:
                         quality=float(quality),
                         box=[float(v) for v in box],
                         state="pending",
+                        image=sealed_image,
                     )
                 )
         except SqlIntegrityError:
@@ -234,10 +253,33 @@ class Store:
             ) from None
         return face_id
 
-    def mark_indexed(self, face_ids: Sequence[str]) -> None:
+    def mark_indexed(self, face_ids: Sequence[str]) -> set[str]:
+        """Mark faces indexed; returns those still present (a concurrent delete may have
+        removed the others, whose vectors the caller must then remove)."""
         with Session(self.engine) as s, s.begin():
+            marked = set()
             for row in s.scalars(select(FaceRow).where(FaceRow.id.in_(list(face_ids)))):
                 row.state = "indexed"
+                marked.add(row.id)
+            return marked
+
+    def discard_faces(self, face_ids: Sequence[str]) -> None:
+        """Remove face rows (a rolled-back enrolment)."""
+        if not face_ids:
+            return
+        with Session(self.engine) as s, s.begin():
+            for row in s.scalars(select(FaceRow).where(FaceRow.id.in_(list(face_ids)))):
+                s.delete(row)
+        self._flush_deleted()
+
+    def face_ids(self) -> set[str]:
+        """Every face id, pending or indexed."""
+        with Session(self.engine) as s:
+            return set(s.scalars(select(FaceRow.id)))
+
+    def indexed_face_ids(self) -> set[str]:
+        with Session(self.engine) as s:
+            return set(s.scalars(select(FaceRow.id).where(FaceRow.state == "indexed")))
 
     def pending_faces(self) -> list[tuple[str, str]]:
         """(face id, subject id) of faces written but not confirmed in the index."""
@@ -253,6 +295,7 @@ class Store:
             if row is None or row.subject_id != subject_id:
                 raise NotFoundError(f"no face {face_id} for subject {subject_id}")
             s.delete(row)
+        self._flush_deleted()
 
     def templates(self, subject_id: str | None = None) -> Iterator[tuple[str, str, np.ndarray]]:
         """(face id, subject id, embedding) of every face, opened (for re-indexing)."""
@@ -266,7 +309,8 @@ class Store:
                     yield face.id, row.id, open_template(key, face.template, row.id, face.id)
 
     def rotate_master_key(self) -> int:
-        """Re-wrap every data key under the keyring's current master key."""
+        """Re-wrap every data key and service secret under the keyring's current master
+        key; returns how many changed."""
         changed = 0
         with Session(self.engine) as s, s.begin():
             for row in s.scalars(select(SubjectRow)):
@@ -275,7 +319,89 @@ class Store:
                 if new != old:
                     row.dek_key_id, row.dek_blob = new.key_id, new.blob
                     changed += 1
+            for srow in s.scalars(select(SystemKeyRow)):
+                old = WrappedKey(srow.key_id, srow.blob)
+                new = self.keyring.rewrap(old, _system_aad(srow.name))
+                if new != old:
+                    srow.key_id, srow.blob, srow.updated_at = new.key_id, new.blob, now()
+                    changed += 1
         return changed
+
+    # -- service secrets --------------------------------------------------------------
+    def system_secret(self, name: str, make: Callable[[], bytes] = new_data_key) -> bytes:
+        """The secret ``name``, created (by ``make``) and stored wrapped on first use."""
+        with Session(self.engine) as s:
+            row = s.get(SystemKeyRow, name)
+            if row is not None:
+                return self.keyring.unwrap(WrappedKey(row.key_id, row.blob), _system_aad(name))
+        wrapped = self.keyring.wrap(make(), _system_aad(name))
+        try:
+            with Session(self.engine) as s, s.begin():
+                s.add(SystemKeyRow(name=name, key_id=wrapped.key_id, blob=wrapped.blob))
+        except SqlIntegrityError:
+            pass  # another process created it first: use theirs
+        return self.system_secret(name, make)
+
+    def peek_system_secret(self, name: str) -> bytes | None:
+        """The secret ``name``, or None when there is none (never creates one)."""
+        with Session(self.engine) as s:
+            row = s.get(SystemKeyRow, name)
+            if row is None:
+                return None
+            return self.keyring.unwrap(WrappedKey(row.key_id, row.blob), _system_aad(name))
+
+    def set_system_secret(self, name: str, secret: bytes) -> None:
+        wrapped = self.keyring.wrap(secret, _system_aad(name))
+        with Session(self.engine) as s, s.begin():
+            row = s.get(SystemKeyRow, name)
+            if row is None:
+                s.add(SystemKeyRow(name=name, key_id=wrapped.key_id, blob=wrapped.blob))
+            else:
+                row.key_id, row.blob, row.updated_at = wrapped.key_id, wrapped.blob, now()
+
+    def drop_system_secret(self, name: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(SystemKeyRow, name)
+            if row is not None:
+                s.delete(row)
+
+    # -- API keys ---------------------------------------------------------------------
+    def add_api_key(self, key_id: str, role: str, digest: str, label: str = "") -> None:
+        try:
+            with Session(self.engine) as s, s.begin():
+                s.add(ApiKeyRow(id=key_id, role=role, digest=digest, label=label))
+        except SqlIntegrityError:
+            raise ConflictError(f"API key {key_id} exists", code="duplicate_api_key") from None
+
+    def api_key(self, key_id: str) -> ApiKeyInfo | None:
+        with Session(self.engine) as s:
+            row = s.get(ApiKeyRow, key_id)
+            return None if row is None else _api_key(row)
+
+    def api_keys(self) -> list[ApiKeyInfo]:
+        with Session(self.engine) as s:
+            return [
+                _api_key(r) for r in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))
+            ]
+
+    def revoke_api_key(self, key_id: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFoundError(f"no API key {key_id}")
+            if row.revoked_at is None:
+                row.revoked_at = now()
+
+    # -- replays ----------------------------------------------------------------------
+    def claim_request(self, key: str) -> None:
+        """Record an idempotency key; a second use is a :class:`ConflictError`."""
+        try:
+            with Session(self.engine) as s, s.begin():
+                s.add(RequestRow(key=key))
+        except SqlIntegrityError:
+            raise ConflictError(
+                "this Idempotency-Key was already used", code="replayed_request"
+            ) from None
 
     # -- audit ------------------------------------------------------------------------
     def append_audit(self, key: bytes, **values: Any) -> AuditEvent:
@@ -305,9 +431,22 @@ class Store:
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
         raise ConflictError("could not append to the audit log", code="audit_contention")
 
-    def audit_events(self) -> list[AuditEvent]:
+    def audit_events(self, after: int = 0, limit: int | None = None) -> list[AuditEvent]:
+        """Events with ``seq > after``, oldest first."""
         with Session(self.engine) as s:
-            return [
-                AuditEvent(**json.loads(r.body))
-                for r in s.scalars(select(AuditRow).order_by(AuditRow.seq))
-            ]
+            query = select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq)
+            if limit is not None:
+                query = query.limit(limit)
+            return [AuditEvent(**json.loads(r.body)) for r in s.scalars(query)]
+
+    def last_audit_seq(self) -> int:
+        with Session(self.engine) as s:
+            return int(s.scalar(select(func.max(AuditRow.seq))) or 0)
+
+
+def _system_aad(name: str) -> str:
+    return f"__system__/{name}"
+
+
+def _api_key(row: ApiKeyRow) -> ApiKeyInfo:
+    return ApiKeyInfo(row.id, row.role, row.digest, row.label, row.created_at, row.revoked_at)

@@ -1,0 +1,64 @@
+"""Asynchronous identification of many images (a zip archive or many files)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+
+from gateway.api.deps import GatewayDep, IdentifyCaller, Multipart, read_upload
+from gateway.api.schemas import JobOut
+from gateway.errors import ForbiddenError
+from gateway.jobs import Job, unpack_uploads
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _out(job: Job, with_results: bool) -> JobOut:
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        total=job.total,
+        done=job.done,
+        progress=round(job.done / job.total, 4) if job.total else 1.0,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+        error=job.error,  # type: ignore[arg-type]
+        results=job.results if with_results else None,
+    )
+
+
+@router.post("", status_code=202, response_model=JobOut, dependencies=[Multipart])
+def create_job(
+    files: Annotated[list[UploadFile], File(description="images and/or zip archives of them")],
+    gateway: GatewayDep,
+    caller: IdentifyCaller,
+    top_k: Annotated[int, Form(ge=1, le=100)] = 5,
+    threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+) -> JobOut:
+    """Queue an identification job; poll ``GET /v1/jobs/{id}`` for progress and results."""
+    s = gateway.settings
+    raw = [read_upload(f, s.max_request_bytes) for f in files]
+    uploads = unpack_uploads(raw, s.max_job_images, s.max_upload_bytes)
+    params = {
+        "top_k": top_k,
+        "threshold": threshold,
+        "key_id": caller.key_id,
+        "role": caller.role,
+        "request_id": caller.request_id,
+    }
+    return _out(gateway.jobs.submit("identify", uploads, params, caller.key_id), False)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(
+    job_id: str,
+    gateway: GatewayDep,
+    caller: IdentifyCaller,
+    results: Annotated[bool, Query(description="include the results so far")] = True,
+) -> JobOut:
+    job = gateway.jobs.get(job_id)
+    if caller.role != "admin" and job.params.get("key_id") != caller.key_id:
+        raise ForbiddenError("this job belongs to another API key")
+    return _out(job, results)

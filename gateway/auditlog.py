@@ -1,0 +1,52 @@
+"""The audit log as a service: chained events in SQL, and the chain's head kept apart.
+
+The head (last ``seq`` and chain value) is written to a small file beside the data after
+every append, so cutting events from the end of the SQL log is detected too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.audit import AuditEvent, ChainReport, verify_chain
+from gateway.store import Store
+
+
+class AuditLog:
+    def __init__(self, store: Store, key: bytes, head_file: Path | None) -> None:
+        self.store, self.key, self.head_file = store, key, head_file
+        self._lock = threading.Lock()
+
+    def append(self, **values: Any) -> AuditEvent:
+        values.setdefault("time", datetime.now(UTC).isoformat(timespec="milliseconds"))
+        event = self.store.append_audit(self.key, **values)
+        self._write_head(event)
+        return event
+
+    def head(self) -> tuple[int, str] | None:
+        if self.head_file is None or not self.head_file.exists():
+            return None
+        data = json.loads(self.head_file.read_text())
+        return int(data["seq"]), str(data["mac"])
+
+    def _write_head(self, event: AuditEvent) -> None:
+        if self.head_file is None:
+            return
+        with self._lock:
+            current = self.head()
+            if current is not None and current[0] >= event.seq:
+                return  # another process already recorded a later event
+            tmp = self.head_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"seq": event.seq, "mac": event.mac}))
+            os.replace(tmp, self.head_file)
+
+    def verify(self) -> ChainReport:
+        return verify_chain(self.key, self.store.audit_events(), self.head())
+
+    def events(self, after: int = 0, limit: int = 100) -> list[AuditEvent]:
+        return self.store.audit_events(after, limit)
