@@ -153,6 +153,8 @@ class IndexManager:
                 index.delete_faces(pending)
         self.store.discard_faces(pending)
         indexed = self.store.indexed_face_ids()
+        if not pending and current.count() == len(indexed):
+            return Reconciled(0, 0, 0)  # the usual case: nothing to compare id by id
         present = current.ids()
         orphans = sorted(present - indexed)
         current.delete_faces(orphans)

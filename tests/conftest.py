@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+import servers
 from facerec.imaging.decode import read_image
 from facerec.imaging.pad import pad_edges
 from facerec.pipeline import FacePipeline, PipelineConfig
@@ -63,3 +68,34 @@ def group_photo() -> np.ndarray:
         x = 30 + k * 200
         canvas[75:225, x : x + 150] = face
     return canvas
+
+
+GALLERY = DATA / "gallery"
+
+
+@pytest.fixture(scope="session")
+def milvus_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus server process (``milvus_lite server``) on loopback."""
+    with servers.milvus_server(tmp_path_factory.mktemp("milvus-server")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server on loopback (installed by .ci/run)."""
+    if servers.postgres_bin() is None and not os.environ.get("FACEREC_TEST_DATABASE_URL"):
+        pytest.skip("PostgreSQL server binaries are not installed (.ci/run installs them)")
+    with servers.postgres_server(tmp_path_factory.mktemp("postgres")) as url:
+        yield url
+
+
+@pytest.fixture(params=["embedded", pytest.param("servers", marks=pytest.mark.integration)])
+def storage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings for the two storage configurations every gateway test runs against:
+    SQLite + Milvus Lite (embedded), and PostgreSQL + a Milvus server process."""
+    if request.param == "embedded":
+        return {}
+    database = servers.fresh_database(
+        request.getfixturevalue("postgres_url"), f"t_{uuid.uuid4().hex[:12]}"
+    )
+    return {"database_url": database, "milvus_uri": request.getfixturevalue("milvus_server_uri")}

@@ -3,11 +3,6 @@ server process on loopback (started here)."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,49 +16,11 @@ from gateway.protect import VectorProtector
 pytest.importorskip("milvus_lite")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    data = tmp_path_factory.mktemp("milvus-server")
-    cmd = [
-        sys.executable,
-        "-m",
-        "milvus_lite",
-        "server",
-        "--data-dir",
-        str(data),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None:
-                raise RuntimeError(f"milvus_lite server exited: {proc.stderr.read()!r}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
 @pytest.fixture(params=["lite", pytest.param("server", marks=pytest.mark.integration)])
 def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "lite":
         return str(tmp_path / "index.db")
-    return str(request.getfixturevalue("milvus_server"))
+    return str(request.getfixturevalue("milvus_server_uri"))
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -124,7 +124,56 @@ def build_parser() -> argparse.ArgumentParser:
     _common(b)
     _pipeline_options(b)
     b.set_defaults(handler=bench.cmd_lfw)
+    _gateway_commands(sub)
     return parser
+
+
+def _gateway_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands of the REST gateway (the ``gateway`` extra), imported only when run."""
+    settings_help = "settings come from FACEREC_* variables or .env (see .env.example)"
+    p = sub.add_parser(
+        "serve",
+        help="run the REST gateway (embedded SQLite + Milvus Lite by default)",
+        epilog=settings_help,
+    )
+    p.add_argument("--host", default=None, help="bind address (FACEREC_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (FACEREC_PORT, 8000)")
+    _common(p)
+
+    p = sub.add_parser("keys", help="API keys and master-key rotation", epilog=settings_help)
+    keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = keys.add_parser("create", help="print a new API key (shown once)")
+    k.add_argument("--role", required=True, choices=["admin", "enrol", "verify", "identify"])
+    k.add_argument("--label", default="", help="a note on who holds the key")
+    _common(k)
+    k = keys.add_parser("list", help="API keys (ids and roles, never secrets)")
+    _common(k)
+    k = keys.add_parser("revoke", help="revoke an API key by id")
+    k.add_argument("key_id")
+    _common(k)
+    k = keys.add_parser(
+        "rotate",
+        help="re-wrap data keys under FACEREC_MASTER_KEY (old keys in "
+        "FACEREC_PREVIOUS_MASTER_KEYS) and re-protect the index; reads go on meanwhile",
+    )
+    k.add_argument("--keep-index", action="store_true", help="re-wrap keys only")
+    _common(k)
+
+    p = sub.add_parser(
+        "reindex",
+        help="rebuild the vector index from the encrypted system of record",
+        epilog=settings_help,
+    )
+    p.add_argument("--check", action="store_true", help="only repair differences (as at start-up)")
+    _common(p)
+
+    p = sub.add_parser("audit", help="the tamper-evident audit log", epilog=settings_help)
+    audit = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    a = audit.add_parser("verify", help="check the hash chain: exit 1 if any event was altered")
+    _common(a)
+
+
+GATEWAY_COMMANDS = ("serve", "keys", "reindex", "audit")
 
 
 def pipeline_from_args(args: argparse.Namespace) -> FacePipeline:
@@ -154,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from facerec.cli.models import cmd_models
 
             return cmd_models(args)
+        if args.command in GATEWAY_COMMANDS:
+            from importlib import import_module
+
+            return int(import_module("gateway.cli").run(args))
         handler: Handler = args.handler
         return handler(args, pipeline_from_args(args))
     except FaceRecError as exc:

@@ -1,0 +1,154 @@
+"""Real servers for the tests, started on loopback in temporary folders: a Milvus server
+(``milvus_lite server``) and PostgreSQL (Debian's server binaries; ``.ci/run`` installs
+them). ``FACEREC_TEST_DATABASE_URL`` points the tests at an existing PostgreSQL instead."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else b""
+            raise RuntimeError(f"server exited with {proc.returncode}: {err[-2000:]!r}")
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+@contextmanager
+def milvus_server(data: Path) -> Iterator[str]:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "milvus_lite",
+        "server",
+        "--data-dir",
+        str(data),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    return Path(found[-1]).parent if found else None
+
+
+@contextmanager
+def postgres_server(data: Path) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster; yields a SQLAlchemy URL of an empty database."""
+    given = os.environ.get("FACEREC_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    bindir = postgres_bin()
+    if bindir is None:
+        raise FileNotFoundError("PostgreSQL server binaries are not installed")
+    # PostgreSQL refuses to run as root: run it as the 'postgres' user when we are root.
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        # pytest's temporary folders are private to root: use one the server user can enter
+        data = Path(tempfile.mkdtemp(prefix="facerec-pg-"))
+        shutil.chown(data, "postgres")
+    pgdata, sock = data / "pgdata", data
+    port = free_port()
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "initdb"),
+            "-D",
+            str(pgdata),
+            "-A",
+            "trust",
+            "-U",
+            "facerec",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    log = data / "postgres.log"
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-o",
+            opts,
+            "-l",
+            str(log),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        subprocess.run(
+            [
+                *as_user,
+                str(bindir / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "facerec",
+                "facerec",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql+psycopg://facerec@127.0.0.1:{port}/facerec"
+    finally:
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+
+
+def fresh_database(url: str, name: str) -> str:
+    """A new empty database on the server of ``url`` (one per test), as a URL."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return url.rsplit("/", 1)[0] + "/" + name
