@@ -50,6 +50,13 @@ class Upload:
     data: bytes
 
 
+class MultipleFacesError(FaceRecError):
+    """An enrolment image shows several faces and none was chosen."""
+
+    code = "multiple_faces"
+    http_status = 422
+
+
 def face_quality(face: Face) -> float:
     """Detection score, scaled down for faces smaller than ``QUALITY_SIDE`` px: in [0, 1]."""
     w, h = face.box[2] - face.box[0], face.box[3] - face.box[1]
@@ -63,10 +70,9 @@ def select_face(faces: ImageFaces, choice: str) -> int:
         raise NoFaceError("no face found in the image")
     if choice == "only":
         if len(faces.faces) > 1:
-            raise InvalidArgumentError(
+            raise MultipleFacesError(
                 f"{len(faces.faces)} faces in the image: choose one with face=primary or "
                 "face=<index> (indices as returned by /v1/detect)",
-                code="multiple_faces",
                 faces=[f.to_dict() for f in faces.faces],
             )
         return 0
@@ -208,6 +214,7 @@ class FaceService:
             raise InvalidArgumentError("no images uploaded", code="missing_image")
         analysed = self.analyze_many(uploads)
         results: list[dict[str, Any]] = []
+        failures: list[FaceRecError] = []
         for upload, found in zip(uploads, analysed, strict=True):
             try:
                 if isinstance(found, FaceRecError):
@@ -217,8 +224,18 @@ class FaceService:
                 )
                 self.audit("enrol", "ok", caller, subject=subject_id)
             except FaceRecError as exc:
+                failures.append(exc)
                 results.append({"image": upload.name, "error": exc.to_dict()})
                 self.audit("enrol", "refused", caller, subject=subject_id)
+        if len(failures) == len(uploads):  # nothing enrolled: the request as a whole failed
+            first = failures[0]
+            error = FaceRecError(
+                first.message if len(uploads) == 1 else f"no image was enrolled ({first.message})",
+                code=first.code,
+                results=results,
+            )
+            error.http_status = first.http_status
+            raise error
         return results
 
     def _enrol_one(
@@ -266,7 +283,7 @@ class FaceService:
         self.store.get_subject(check_id(subject_id, "subject id"))
         templates = [v for _, _, v in self.store.templates(subject_id)]
         if not templates:
-            raise InvalidArgumentError(
+            raise NoFaceError(
                 f"subject {subject_id} has no enrolled faces", code="subject_has_no_faces"
             )
         probe = self._probe(data)
