@@ -83,10 +83,13 @@ def verify_chain(
 ) -> ChainReport:
     """Check a whole log in storage order: sequence, links and every chain value.
 
-    A chain cannot show that events were cut from its end; ``head`` (the last ``seq`` and
-    ``mac`` recorded apart from the log) closes that gap.
+    A chain cannot show that events were cut from its end; ``head`` (a ``seq`` and ``mac``
+    recorded apart from the log, after the event was stored) closes that gap: the log must
+    reach that event and hold it unchanged. It may go further (a crash between storing an
+    event and recording the head).
     """
     prev, expected_seq, count = GENESIS, 1, 0
+    head_seen = head is None
     for event in events:
         count += 1
         if event.seq != expected_seq:
@@ -95,7 +98,12 @@ def verify_chain(
             return ChainReport(False, count, event.seq, "does not link to the event before it")
         if not hmac.compare_digest(event.mac, _mac(key, event.body())):
             return ChainReport(False, count, event.seq, "its contents were changed")
+        if head is not None and event.seq == head[0]:
+            if not hmac.compare_digest(event.mac, head[1]):
+                return ChainReport(False, count, event.seq, "differs from the recorded head")
+            head_seen = True
         prev, expected_seq = event.mac, expected_seq + 1
-    if head is not None and (expected_seq - 1, prev) != head:
+    if not head_seen:
+        assert head is not None
         return ChainReport(False, count, expected_seq, f"the log ends before event {head[0]}")
     return ChainReport(True, count)

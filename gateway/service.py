@@ -355,11 +355,11 @@ class FaceService:
         return out
 
     def identify(
-        self, data: bytes, caller: Caller, top_k: int = 5, threshold: float | None = None
+        self, upload: Upload, caller: Caller, top_k: int = 5, threshold: float | None = None
     ) -> dict[str, Any]:
         """Every face of one image, with candidates and the open-set match."""
         limit = self._threshold(threshold)
-        return self._identified("image", self._analyze(data), caller, top_k, limit)
+        return self._identified(upload.name, self._analyze(upload.data), caller, top_k, limit)
 
     def identify_many(
         self,

@@ -18,8 +18,13 @@ def audit(
     caller: AdminCaller,
     after: Annotated[int, Query(ge=0, description="events after this sequence number")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    last: Annotated[
+        int | None, Query(ge=1, le=1000, description="only the newest events, this many")
+    ] = None,
 ) -> AuditPage:
     """Audit events, oldest first; never images or embeddings."""
+    if last is not None:
+        after = max(after, gateway.service.store.last_audit_seq() - last)
     events = gateway.service.audit_log.events(after, limit)
     return AuditPage(
         events=[AuditEventOut(**e.__dict__) for e in events],

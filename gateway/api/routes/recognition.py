@@ -62,7 +62,7 @@ def identify(
 ) -> dict[str, object]:
     """Who is each face in ``image``? ``match`` is null when no one is close enough."""
     upload = read_upload(image, gateway.settings.max_upload_bytes)
-    return gateway.service.identify(upload.data, caller, top_k, threshold)
+    return gateway.service.identify(upload, caller, top_k, threshold)
 
 
 @router.post("/batch/identify", response_model=BatchOut)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Server software the integration tests start themselves: PostgreSQL (Debian's server
+# binaries) and, via install_browser.sh, Chromium for the web page test. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+if [ -f scripts/install_browser.sh ]; then
+  bash scripts/install_browser.sh
+fi

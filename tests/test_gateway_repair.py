@@ -1,0 +1,72 @@
+"""Start-up repair, state by state: each place an enrolment or a deletion can die."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gateway.keys import Keyring, MasterKey
+from gateway.store import Store
+from gateway.vectors import IndexManager
+
+
+def unit(seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(128).astype(np.float32)
+    return x / np.linalg.norm(x)
+
+
+def test_reconcile_repairs_every_crash_point(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(MasterKey.generate()))
+    index = IndexManager(store, str(tmp_path / "index.db"), 128, "FLAT")
+    sid = store.create_subject("A").id
+
+    def face(seed: int) -> str:
+        return store.add_face(sid, unit(seed), f"h{seed}", 0.9, [0, 0, 1, 1])
+
+    done = face(1)  # a complete enrolment
+    index.add([done], [sid], unit(1)[None])
+    store.mark_indexed([done])
+    face(2)  # killed after the SQL write (its vector never written)
+    died_before_mark = face(3)  # killed after the vector write
+    index.add([died_before_mark], [sid], unit(3)[None])
+    lost_vector = face(4)  # indexed, but its vector is gone (say, a lost index file)
+    store.mark_indexed([lost_vector])
+    index.add(["orphan"], [sid], unit(5)[None])  # a deletion that died after the SQL delete
+
+    repaired = index.reconcile()
+    assert (repaired.rolled_back, repaired.restored, repaired.orphans) == (2, 1, 1)
+    assert store.face_ids() == {done, lost_vector} == store.indexed_face_ids()
+    assert index.current.ids() == {done, lost_vector}
+    hit = index.search(unit(4)[None], 1)[0][0]
+    assert (hit.face_id, round(hit.similarity, 4)) == (lost_vector, 1.0)
+    assert index.reconcile() == type(repaired)(0, 0, 0)  # nothing left to do
+    index.close()
+
+
+def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path) -> None:
+    old_master = MasterKey.generate()
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(old_master))
+    index = IndexManager(store, str(tmp_path / "index.db"), 128, "FLAT", refresh=0.05)
+    sid = store.create_subject("A").id
+    ids = []
+    for seed in range(5):
+        f = store.add_face(sid, unit(seed), f"h{seed}", 0.9, [0, 0, 1, 1])
+        index.add([f], [sid], unit(seed)[None])
+        store.mark_indexed([f])
+        ids.append(f)
+    old_collection = index.current.collection
+
+    new_master = MasterKey.generate()
+    store.keyring = Keyring(new_master, [old_master])
+    assert store.rotate_master_key() == 1 + 1  # the subject's data key + the index secret
+    moved = index.rotate(MasterKey.generate().secret)
+    assert moved == 5
+    assert index.current.collection != old_collection
+    assert not index.current.client.has_collection(old_collection)
+    hit = index.search(unit(3)[None], 1)[0][0]
+    assert hit.face_id == ids[3] and hit.similarity > 0.9999
+    # the old master key is no longer needed
+    store.keyring = Keyring(new_master)
+    assert len(list(store.templates())) == 5
+    index.close()

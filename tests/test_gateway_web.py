@@ -1,0 +1,310 @@
+"""The try-it page (``/``, gateway/static/index.html) driven in headless Chromium.
+
+A real ``facerec serve`` runs on loopback in development mode; Playwright drives Debian's
+Chromium (``scripts/install_browser.sh`` installs both). The tests act through the page only
+and call the API directly just to check what the page did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import GALLERY, LFW
+from servers import free_port
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOT = Path(__file__).resolve().parents[1] / "perf" / "results" / "web_page.png"
+TIMEOUT_MS = 30_000
+
+try:
+    from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+except ImportError:
+    pytest.skip(
+        "playwright is not installed (run scripts/install_browser.sh)", allow_module_level=True
+    )
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing (run scripts/install_browser.sh)", allow_module_level=True)
+
+ENROL_IMAGES = [GALLERY / f"John_Kerry_{n:04d}.jpg" for n in (1, 3, 4)]
+KERRY_PROBE = GALLERY / "John_Kerry_0005.jpg"
+KERRY_VERIFY = GALLERY / "John_Kerry_0009.jpg"
+STRANGER = LFW / "Dean_Barker_0001.jpg"
+
+MATCH_RGB = (22, 163, 74)  # the page's box colour for a match (#16a34a)
+UNKNOWN_RGB = (220, 38, 38)  # and for an unknown face (#dc2626)
+
+
+@dataclass
+class Server:
+    url: str
+    admin_key: str
+
+    def get(self, path: str) -> Any:
+        """A JSON answer from the API, with the admin key (to check what the page did)."""
+        req = urllib.request.Request(self.url + path, headers={"X-API-Key": self.admin_key})
+        with urllib.request.urlopen(req, timeout=10) as res:
+            return json.load(res)
+
+
+def _log_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``facerec serve`` in development mode with its own data folder, on a free port."""
+    root = tmp_path_factory.mktemp("web")
+    data = root / "data"
+    log = root / "serve.log"
+    exe = Path(sys.executable).with_name("facerec")
+    cmd = [str(exe) if exe.exists() else shutil.which("facerec") or "facerec"]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
+    env.update({k: os.environ[k] for k in ("FACEREC_HOME", "FACEREC_THREADS") if k in os.environ})
+    env.update(FACEREC_ENV="development", FACEREC_DATA_DIR=str(data))
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*cmd, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=root,  # no stray .env from the working folder
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"facerec serve exited with {proc.returncode}:\n{_log_tail(log)}")
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as res:
+                    if res.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"facerec serve not healthy after 90 s:\n{_log_tail(log)}")
+            time.sleep(0.3)
+        yield Server(url, (data / "admin.key").read_text().strip())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shared_page(server: Server, browser: Browser) -> Iterator[tuple[Page, list[str]]]:
+    """One page for the whole module, with the admin key entered; screenshot at the end."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.url + "/")
+    page.fill("#api-key", server.admin_key)
+    page.dispatch_event("#api-key", "change")
+    try:
+        yield page, errors
+    finally:
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        context.close()
+
+
+@pytest.fixture
+def page(shared_page: tuple[Page, list[str]]) -> Iterator[Page]:
+    """The shared page; each test must leave no uncaught error in it."""
+    page, errors = shared_page
+    errors.clear()
+    yield page
+    assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def kerry(shared_page: tuple[Page, list[str]], server: Server) -> str:
+    """Enrols John Kerry from three photos through the page; his subject id."""
+    page, _ = shared_page
+    page.fill("#enrol-name", "John Kerry")
+    page.set_input_files("#enrol-files", [str(p) for p in ENROL_IMAGES])
+    page.click("#enrol-submit")
+    expect(page.locator("#enrol-result .verdict")).to_have_text(
+        "John Kerry: 3 of 3 face(s) enrolled", timeout=TIMEOUT_MS
+    )
+    subjects = [s for s in server.get("/v1/subjects")["items"] if s["name"] == "John Kerry"]
+    assert len(subjects) == 1
+    return str(subjects[0]["id"])
+
+
+def canvas_size(page: Page) -> tuple[int, int]:
+    w, h = page.eval_on_selector("#identify-canvas", "c => [c.width, c.height]")
+    return int(w), int(h)
+
+
+def canvas_has_colour(page: Page, rgb: tuple[int, int, int]) -> bool:
+    """Whether some pixel of the identify canvas is ``rgb`` (a drawn box or label)."""
+    return bool(
+        page.eval_on_selector(
+            "#identify-canvas",
+            """(c, [r, g, b]) => {
+                 const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+                 for (let i = 0; i < d.length; i += 4)
+                   if (d[i] === r && d[i + 1] === g && d[i + 2] === b) return true;
+                 return false;
+               }""",
+            list(rgb),
+        )
+    )
+
+
+def test_page_served_and_key_kept(page: Page, server: Server) -> None:
+    assert page.title() == "facerec"
+    page.reload()
+    expect(page.locator("#api-key")).to_have_value(server.admin_key)
+
+
+def test_enrol_shows_each_image(page: Page, kerry: str, server: Server) -> None:
+    items = page.locator("#enrol-result li")
+    expect(items).to_have_count(3)
+    for item, path in zip(items.all(), ENROL_IMAGES, strict=True):
+        expect(item).to_contain_text(path.name)
+        expect(item).to_contain_text("face enrolled")
+    assert server.get(f"/v1/subjects/{kerry}")["faces"] == 3
+
+
+def test_enrol_refuses_two_faces(page: Page, server: Server) -> None:
+    page.fill("#enrol-name", "Two faces")
+    page.set_input_files("#enrol-files", str(GALLERY / "Choi_Sung-hong_0003.jpg"))
+    page.click("#enrol-submit")
+    expect(page.locator("#enrol-result .verdict")).to_contain_text("0 of 1", timeout=TIMEOUT_MS)
+    expect(page.locator("#enrol-result li")).to_contain_text("multiple_faces: ")
+    names = [s["name"] for s in server.get("/v1/subjects")["items"]]
+    assert "Two faces" not in names  # the page removes a subject left without a face
+
+
+def test_webcam_without_camera_fails_gracefully(page: Page) -> None:
+    page.click("#identify-webcam")
+    expect(page.locator("#identify-result .error")).to_contain_text(
+        re.compile(r"^camera: "), timeout=TIMEOUT_MS
+    )
+    expect(page.locator("#identify-webcam")).to_be_enabled()
+
+
+def test_webcam_frame_is_sent(server: Server, playwright: Playwright) -> None:
+    """With Chromium's fake camera (a test pattern, no face) the frame goes to /v1/identify."""
+    fake_camera = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), args=[*LAUNCH_ARGS, *fake_camera]
+    )
+    try:
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url + "/")
+        page.fill("#api-key", server.admin_key)
+        page.click("#identify-webcam")
+        expect(page.locator("#identify-result .verdict")).to_have_text("No face found.")
+        assert canvas_size(page) == (640, 480)  # the fake camera's frame, drawn as is
+        assert errors == []
+    finally:
+        browser.close()
+
+
+def test_identify_stranger_is_unknown(page: Page, kerry: str) -> None:
+    page.set_input_files("#identify-file", str(STRANGER))
+    page.click("#identify-submit")
+    expect(page.locator("#identify-result .who")).to_have_text(["unknown"], timeout=TIMEOUT_MS)
+    assert canvas_size(page)[0] > 0
+    assert canvas_has_colour(page, UNKNOWN_RGB)
+    assert not canvas_has_colour(page, MATCH_RGB)
+
+
+def test_identify_enrolled_person(page: Page, kerry: str) -> None:
+    page.set_input_files("#identify-file", str(KERRY_PROBE))
+    page.click("#identify-submit")
+    who = page.locator("#identify-result .who")
+    expect(who).to_have_text(["John Kerry"], timeout=TIMEOUT_MS)
+    expect(page.locator("#identify-result")).to_contain_text("similarity")
+    width, height = canvas_size(page)
+    assert width > 0 and height > 0
+    assert canvas_has_colour(page, MATCH_RGB)
+
+
+def test_verify(page: Page, kerry: str) -> None:
+    page.click("#verify-subjects-refresh")
+    page.select_option("#verify-subject", value=kerry)
+    result = page.locator("#verify-result")
+    page.set_input_files("#verify-file", str(STRANGER))
+    page.click("#verify-submit")
+    expect(result.locator(".verdict")).to_have_text("No match: not John Kerry", timeout=TIMEOUT_MS)
+
+    page.set_input_files("#verify-file", str(KERRY_VERIFY))
+    page.click("#verify-submit")
+    expect(result.locator(".verdict")).to_have_text("Match: John Kerry")
+    expect(result).to_contain_text(re.compile(r"similarity 0\.\d{3}"))
+
+
+def test_audit_lists_enrol(page: Page, kerry: str) -> None:
+    page.click("#audit-refresh")
+    actions = page.locator("#audit-table tbody td.action")
+    expect(actions.filter(has_text=re.compile(r"^enrol$")).first).to_be_visible()
+    expect(actions.filter(has_text=re.compile(r"^identify$")).first).to_be_visible()
+    assert actions.count() <= 20
+
+
+def test_errors_show_code_and_message(page: Page, server: Server) -> None:
+    page.fill("#api-key", "frk_not_a_key")
+    try:
+        page.click("#audit-refresh")
+        expect(page.locator("#audit-result .error")).to_contain_text(
+            re.compile(r"^(invalid_api_key|unauthorized): .+")
+        )
+        expect(page.locator("#audit-table tbody tr")).to_have_count(0)
+        expect(page.locator("#verify-subjects-note .error")).to_contain_text("invalid_api_key: ")
+    finally:
+        page.fill("#api-key", server.admin_key)
+    page.click("#audit-refresh")
+    expect(page.locator("#audit-table tbody tr").first).to_be_visible()
+    expect(page.locator("#verify-subjects-note")).to_be_empty()
