@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from gateway.auth import KeyManager
 from gateway.batching import MicroBatcher
 from gateway.jobs import JobRunner
 from gateway.keys import Keyring, MasterKey
-from gateway.service import FaceService
+from gateway.service import Caller, FaceService
 from gateway.settings import Settings
 from gateway.store import Store
 from gateway.vectors import IndexManager, Reconciled
@@ -70,7 +71,24 @@ class Gateway:
     repaired: Reconciled
     admin_key_file: Path | None = None
 
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._purger = threading.Thread(target=self._purge_loop, name="purge", daemon=True)
+        self._purger.start()
+
+    def _purge_loop(self) -> None:
+        """Retention: delete subjects past their expiry, now and then (audited)."""
+        while not self._stop.wait(self.settings.purge_interval_s):
+            try:
+                purged = self.service.purge_expired(Caller(role="system"))
+                if purged:
+                    log.info("purged %d expired subjects", len(purged))
+            except Exception:  # the loop must survive a failed round
+                log.exception("purging expired subjects failed")
+
     def close(self) -> None:
+        self._stop.set()
+        self._purger.join(timeout=30)
         self.jobs.close()
         self.service.close()
 

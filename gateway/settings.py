@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     max_job_images: int = Field(default=2000, ge=1)  # POST /v1/jobs
     enrol_min_quality: float = Field(default=0.5, ge=0.0, le=1.0)
     batch_max_wait_ms: float = Field(default=4.0, ge=0.0)  # micro-batching window
+    purge_interval_s: float = Field(default=60.0, gt=0.0)  # how often expired subjects go
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 
 def free_port() -> int:
@@ -152,3 +156,55 @@ def fresh_database(url: str, name: str) -> str:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
     return url.rsplit("/", 1)[0] + "/" + name
+
+
+@dataclass
+class Service:
+    url: str
+    key: str
+    proc: subprocess.Popen[bytes]
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": self.key}, timeout=60)
+
+
+def _env(data: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
+    env.update(FACEREC_ENV="development", FACEREC_DATA_DIR=str(data), FACEREC_INDEX_TYPE="FLAT")
+    if "FACEREC_HOME" in os.environ:
+        env["FACEREC_HOME"] = os.environ["FACEREC_HOME"]
+    return env
+
+
+def start_gateway(data: Path) -> Service:
+    """``facerec serve`` in development mode on a free loopback port, once ready."""
+    port = free_port()
+    facerec = Path(sys.executable).with_name("facerec")
+    proc = subprocess.Popen(
+        [str(facerec), "serve", "--port", str(port)],
+        env=_env(data),
+        cwd=data.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the service exited"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return Service(url, (data / "admin.key").read_text().strip(), proc)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise TimeoutError("the service did not become ready")
+
+
+def stop_gateway(service: Service) -> None:
+    service.proc.send_signal(signal.SIGINT)
+    try:
+        service.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        service.proc.kill()
+        service.proc.wait()

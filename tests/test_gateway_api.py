@@ -178,3 +178,31 @@ def test_batch_and_async_job(
             assert result["image"] == f"probes.zip/probes/{path.name}"
             assert main_face(result)["match"]["subject_id"] == ids[path.stem.rsplit("_", 1)[0]]
         assert client.get("/v1/jobs/nope").status_code == 404
+
+
+def test_expired_subjects_are_purged_and_audited(
+    storage: dict[str, Any], tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    import time
+
+    settings = settings_for(tmp_path / "data", storage, purge_interval_s=0.2)
+    with running(settings, pipeline) as client:
+        paths = people()["Ben_Affleck"]
+        keep = client.post("/v1/subjects", json={"name": "keep"}).json()["id"]
+        gone = client.post(
+            "/v1/subjects", json={"name": "gone", "expires_at": "2030-01-01T00:00:00Z"}
+        ).json()["id"]
+        for sid, path in ((keep, paths[0]), (gone, paths[1])):
+            r = client.post(f"/v1/subjects/{sid}/faces", files=image_files([path]))
+            assert r.status_code == 200
+        r = client.patch(f"/v1/subjects/{gone}", json={"expires_at": "2001-01-01T00:00:00Z"})
+        assert r.status_code == 200
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/subjects/{gone}").status_code != 404:
+            assert time.monotonic() < deadline, "the expired subject was not purged"
+            time.sleep(0.1)
+        assert client.get(f"/v1/subjects/{keep}").status_code == 200
+        face = main_face(identify(client, paths[1]))
+        assert all(c["subject_id"] != gone for c in face["candidates"])
+        events = client.get("/v1/audit", params={"last": 50}).json()["events"]
+        assert [e["subject"] for e in events if e["action"] == "expire"] == [gone]

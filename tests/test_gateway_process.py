@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,61 +16,10 @@ import pytest
 from conftest import GALLERY
 from gateway.bootstrap import open_audit, open_index, open_store
 from gateway.settings import Settings
-from servers import free_port
+from servers import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.integration
 IMAGES = sorted(GALLERY.glob("*.jpg"))
-
-
-@dataclass
-class Service:
-    url: str
-    key: str
-    proc: subprocess.Popen[bytes]
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"X-API-Key": self.key}, timeout=60)
-
-
-def _env(data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
-    env.update(FACEREC_ENV="development", FACEREC_DATA_DIR=str(data), FACEREC_INDEX_TYPE="FLAT")
-    if "FACEREC_HOME" in os.environ:
-        env["FACEREC_HOME"] = os.environ["FACEREC_HOME"]
-    return env
-
-
-def start(data: Path) -> Service:
-    port = free_port()
-    facerec = Path(sys.executable).with_name("facerec")
-    proc = subprocess.Popen(
-        [str(facerec), "serve", "--port", str(port)],
-        env=_env(data),
-        cwd=data.parent,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the service exited"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return Service(url, (data / "admin.key").read_text().strip(), proc)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise TimeoutError("the service did not become ready")
-
-
-def stop(service: Service) -> None:
-    service.proc.send_signal(signal.SIGINT)
-    try:
-        service.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        service.proc.kill()
-        service.proc.wait()
 
 
 @pytest.fixture
@@ -101,7 +46,7 @@ def check_consistent(data: Path) -> tuple[set[str], int]:
 
 
 def test_kill_during_enrolment_leaves_no_orphans(data: Path) -> None:
-    service = start(data)
+    service = start_gateway(data)
     acknowledged: set[str] = set()
     with service.client() as c:
         subjects = [c.post("/v1/subjects", json={"name": f"p{i}"}).json()["id"] for i in range(4)]
@@ -132,7 +77,7 @@ def test_kill_during_enrolment_leaves_no_orphans(data: Path) -> None:
     assert service.proc.returncode == -signal.SIGKILL
     assert acknowledged
 
-    service = start(data)  # start-up repairs whatever the kill left half-done
+    service = start_gateway(data)  # start-up repairs whatever the kill left half-done
     try:
         with service.client() as c:
             listed = {
@@ -143,13 +88,13 @@ def test_kill_during_enrolment_leaves_no_orphans(data: Path) -> None:
             r = c.post("/v1/identify", files={"image": (probe.name, probe.read_bytes())})
             assert r.status_code == 200
     finally:
-        stop(service)
+        stop_gateway(service)
     faces, _ = check_consistent(data)
     assert faces == listed
 
 
 def test_concurrent_enrolments_with_duplicates(data: Path) -> None:
-    service = start(data)
+    service = start_gateway(data)
     images = IMAGES[:12]
     try:
         with service.client() as c:
@@ -177,6 +122,6 @@ def test_concurrent_enrolments_with_duplicates(data: Path) -> None:
         with service.client() as c:
             assert c.get(f"/v1/subjects/{sid}").json()["faces"] == len(images)
     finally:
-        stop(service)
+        stop_gateway(service)
     faces, _ = check_consistent(data)
     assert len(faces) == len(images)
