@@ -114,8 +114,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         data = repaired.__dict__
         _print(args, data, ", ".join(f"{k}: {v}" for k, v in data.items()))
         return 0
-    index.current.drop()
-    index = open_index(settings, store, load_model_card().embedding_size)
+    index.current.recreate()
     moved = index.rebuild(index.current)
     open_audit(settings, store).append(action="reindex", outcome="ok", role="cli")
     _print(args, {"vectors": moved}, f"re-indexed {moved} faces")

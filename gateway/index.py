@@ -52,6 +52,7 @@ class FaceIndex:
         self.protector = protector
         self.collection = f"{prefix}_{protector.key_id.replace('-', '_')}"
         self.client = MilvusClient(uri, token=token or "")
+        self.index_type = index_type
         self._ensure(index_type)
 
     def _ensure(self, index_type: str) -> None:
@@ -127,6 +128,11 @@ class FaceIndex:
 
     def drop(self) -> None:
         self.client.drop_collection(self.collection)
+
+    def recreate(self) -> None:
+        """Drop the collection and create it empty again (before a full rebuild)."""
+        self.drop()
+        self._ensure(self.index_type)
 
     def close(self) -> None:
         self.client.close()

@@ -15,7 +15,8 @@ from gateway.settings import Settings
 
 
 def settings_for(data_dir: Path, storage: dict[str, Any], **extra: Any) -> Settings:
-    return Settings(env="development", data_dir=data_dir, index_type="FLAT", **storage, **extra)
+    values = {"env": "development", "data_dir": data_dir, "index_type": "FLAT", **storage, **extra}
+    return Settings(**values)
 
 
 @contextmanager

@@ -168,21 +168,22 @@ class Service:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": self.key}, timeout=60)
 
 
-def _env(data: Path) -> dict[str, str]:
+def _env(data: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
     env.update(FACEREC_ENV="development", FACEREC_DATA_DIR=str(data), FACEREC_INDEX_TYPE="FLAT")
     if "FACEREC_HOME" in os.environ:
         env["FACEREC_HOME"] = os.environ["FACEREC_HOME"]
+    env.update(extra or {})
     return env
 
 
-def start_gateway(data: Path) -> Service:
+def start_gateway(data: Path, env: dict[str, str] | None = None) -> Service:
     """``facerec serve`` in development mode on a free loopback port, once ready."""
     port = free_port()
     facerec = Path(sys.executable).with_name("facerec")
     proc = subprocess.Popen(
         [str(facerec), "serve", "--port", str(port)],
-        env=_env(data),
+        env=_env(data, env),
         cwd=data.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
