@@ -32,8 +32,8 @@ def _write_private(path: Path, text: str) -> None:
 def load_keyring(settings: Settings) -> Keyring:
     """The master key from the settings; in development, a generated one kept in the data
     directory (never in production, where settings refuse to start without a key)."""
-    if settings.master_key is not None and settings.master_key.get_secret_value() != "change-me":
-        current = MasterKey.parse(settings.master_key.get_secret_value())
+    if (master := settings.secret("master_key")) is not None:
+        current = MasterKey.parse(master)
     elif settings.master_key_file is not None:
         current = MasterKey.parse(settings.master_key_file.read_text())
     else:
@@ -112,8 +112,8 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
     )
     keys = KeyManager(store, store.system_secret("pepper"))
     admin_file = None
-    if settings.admin_key is not None and settings.admin_key.get_secret_value() != "change-me":
-        keys.bootstrap_admin(settings.admin_key.get_secret_value())
+    if (admin := settings.secret("admin_key")) is not None:
+        keys.bootstrap_admin(admin)
     elif settings.env == "development" and not keys.list():
         admin_file = settings.data_dir / "admin.key"
         issued = keys.create("admin", "development bootstrap")

@@ -14,11 +14,13 @@ from typing import Any
 from facerec.cli.output import emit, fail
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
+from gateway.auditlog import AuditLog
 from gateway.auth import KeyManager
 from gateway.bootstrap import open_audit, open_index, open_store
 from gateway.keys import MasterKey
 from gateway.service import Caller
 from gateway.settings import Settings, get_settings
+from gateway.store import Store
 
 log = logging.getLogger(__name__)
 CLI = Caller(key_id=None, role="cli", request_id=None)
@@ -83,19 +85,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
         audit.append(action="key_revoke", outcome="ok", role="cli")
         _print(args, {"revoked": args.key_id}, f"revoked {args.key_id}")
     elif args.keys_command == "rotate":
-        return _rotate(args, settings)
+        return _rotate(args, settings, store, audit)
     return 0
 
 
-def _rotate(args: argparse.Namespace, settings: Settings) -> int:
+def _rotate(args: argparse.Namespace, settings: Settings, store: Store, audit: AuditLog) -> int:
     """Re-wrap every data key under the current master key, then move the index to a new
     protection key (reads continue on the old index until the new one is complete)."""
-    store = open_store(settings)
     card = load_model_card()
     index = open_index(settings, store, card.embedding_size)
     rewrapped = store.rotate_master_key()
     moved = index.rotate(MasterKey.generate().secret) if not args.keep_index else 0
-    open_audit(settings, store).append(action="key_rotate", outcome="ok", role="cli")
+    audit.append(action="key_rotate", outcome="ok", role="cli")
     _print(
         args,
         {"rewrapped": rewrapped, "vectors_moved": moved},

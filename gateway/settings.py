@@ -58,6 +58,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    def secret(self, name: str) -> str | None:
+        """The value of secret setting ``name``, or None when unset or left at the
+        placeholder (which only development mode lets through)."""
+        value = getattr(self, name)
+        if value is None or value.get_secret_value().strip() == PLACEHOLDER:
+            return None
+        text: str = value.get_secret_value()
+        return text
+
     @property
     def sqlite_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'facerec.sqlite3'}"

@@ -110,9 +110,15 @@ class IndexManager:
             index.close()
 
     # -- maintenance ------------------------------------------------------------------------
-    def rebuild(self, index: FaceIndex, progress: Callable[[int], None] | None = None) -> int:
-        """Upsert every indexed template of the system of record into ``index``."""
-        indexed = self.store.indexed_face_ids()
+    def rebuild(
+        self,
+        index: FaceIndex,
+        progress: Callable[[int], None] | None = None,
+        only: set[str] | None = None,
+    ) -> int:
+        """Upsert every indexed template of the system of record (or those of ``only``)
+        into ``index``; returns how many."""
+        indexed = self.store.indexed_face_ids() if only is None else only
         batch_ids: list[str] = []
         batch_subjects: list[str] = []
         batch_vectors: list[np.ndarray] = []
@@ -160,13 +166,7 @@ class IndexManager:
         current.delete_faces(orphans)
         missing = indexed - present
         if missing:
-            ids, subjects, vectors = [], [], []
-            for face_id, subject_id, vector in self.store.templates():
-                if face_id in missing:
-                    ids.append(face_id)
-                    subjects.append(subject_id)
-                    vectors.append(vector)
-            current.add(ids, subjects, np.stack(vectors))
+            self.rebuild(current, only=missing)
         if pending or orphans or missing:
             log.warning(
                 "index repaired: %d rolled back, %d restored, %d orphans removed",
