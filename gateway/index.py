@@ -36,6 +36,13 @@ class Hit:
     similarity: float
 
 
+# pymilvus pings idle channels every 10 s; a gRPC server with default keepalive
+# enforcement (the Milvus Lite server) answers repeated idle pings with GOAWAY
+# "too many pings", and the next call on the shared channel fails. Ping only
+# while calls are in flight; an idle channel reconnects on demand.
+GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": False}
+
+
 class FaceIndex:
     """Protected vectors of enrolled faces, searchable by cosine similarity."""
 
@@ -51,7 +58,7 @@ class FaceIndex:
             raise InvalidArgumentError(f"index_type must be one of {INDEX_TYPES}")
         self.protector = protector
         self.collection = f"{prefix}_{protector.key_id.replace('-', '_')}"
-        self.client = MilvusClient(uri, token=token or "")
+        self.client = MilvusClient(uri, token=token or "", grpc_options=GRPC_OPTIONS)
         self.index_type = index_type
         self._ensure(index_type)
 
