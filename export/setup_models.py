@@ -7,7 +7,10 @@ Steps (each skipped when its outputs are recorded in the manifest and unchanged)
 3. export ONNX graphs with a dynamic batch axis;
 4. check parity between PyTorch and ONNX Runtime on real face crops
    (embedding cosine >= 0.99999; MTCNN boxes and landmarks within 0.5 px);
-5. quantise the embedder to INT8, calibrated on face crops, and record its agreement.
+5. quantise the embedder to INT8, calibrated on face crops, and record its agreement;
+6. convert the embedder to FP16 and record its agreement;
+7. write the serving graphs (Triton): preprocessing and normalisation inside, checked
+   against the in-process embedder of the same precision.
 
 The manifest ``$FACEREC_HOME/models/manifest.json`` records the inputs' and outputs'
 hashes; a second run with nothing changed does no work.
@@ -31,7 +34,7 @@ from facerec.models import ONNX_FILES, facerec_home, load_model_card, models_dir
 log = logging.getLogger(__name__)
 
 FACES_DIR = Path(__file__).parent / "faces"
-MANIFEST_VERSION = 2  # bump whenever the exported graphs change
+MANIFEST_VERSION = 3  # bump whenever the exported graphs change
 
 
 def _weights_fingerprint() -> dict[str, str]:
@@ -89,7 +92,7 @@ def setup_models(
 
     from export import steps  # imports torch: only when there is work to do
 
-    bar = tqdm(total=5, desc="models", unit="step", disable=not progress)
+    bar = tqdm(total=7, desc="models", unit="step", disable=not progress)
     record: dict[str, Any] = {"version": MANIFEST_VERSION, "weights": _weights_fingerprint()}
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
@@ -111,6 +114,8 @@ def setup_models(
         "parity", lambda: steps.check_parity(nets, out_dir, images, card)
     )
     record["int8"] = step("quantise", lambda: steps.quantise(out_dir, crops, card))
+    record["fp16"] = step("fp16", lambda: steps.half_precision(out_dir, crops, card))
+    record["serving"] = step("serving", lambda: steps.serving_graphs(out_dir, crops, card))
     bar.close()
     record["outputs"] = {name: sha256_of(out_dir / name) for name in ONNX_FILES.values()}
     tmp = manifest_path.with_suffix(".tmp")

@@ -60,7 +60,7 @@ def analyze_paths(
 
 def _init(config: PipelineConfig, home: Path | None) -> None:
     global _pipeline
-    _pipeline = FacePipeline.local(config, home)
+    _pipeline = FacePipeline.open(config, home)
 
 
 def _run(

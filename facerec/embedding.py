@@ -49,7 +49,12 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 class OnnxEmbedder:
-    """In-process FaceNet embedder; runs at most ``max_batch`` crops per call."""
+    """In-process FaceNet embedder; runs at most ``max_batch`` crops per call.
+
+    ``model`` is either a serving graph (uint8 crops in, unit embeddings out: what the
+    pipeline and Triton run, so both compute the same thing) or a raw exported graph
+    (standardised float input), which gets the model card's preprocessing here.
+    """
 
     def __init__(
         self, model: Path, card: ModelCard, threads: int | None = None, max_batch: int = 32
@@ -60,7 +65,9 @@ class OnnxEmbedder:
         self.max_batch = max_batch
         self._preprocess = PREPROCESSORS[card.preprocessing]
         self._session = create_session(model, threads)
-        self._input = self._session.get_inputs()[0].name
+        first = self._session.get_inputs()[0]
+        self._input = first.name
+        self._raw = first.type != "tensor(uint8)"
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         s = self.input_size
@@ -70,10 +77,11 @@ class OnnxEmbedder:
             )
         out = np.empty((len(crops), self.embedding_size), np.float32)
         for lo in range(0, len(crops), self.max_batch):
-            batch = self._preprocess(crops[lo : lo + self.max_batch])
-            (emb,) = self._session.run(None, {self._input: batch})
+            batch = crops[lo : lo + self.max_batch]
+            feed = self._preprocess(batch) if self._raw else np.ascontiguousarray(batch)
+            (emb,) = self._session.run(None, {self._input: feed})
             out[lo : lo + len(batch)] = emb
-        return l2_normalise(out)
+        return l2_normalise(out) if self._raw else out
 
 
 def embed_with_flip(embedder: FaceEmbedder, crops: np.ndarray, flip: bool) -> np.ndarray:

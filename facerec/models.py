@@ -22,9 +22,14 @@ ONNX_FILES = {
     "rnet": "mtcnn-rnet.onnx",
     "onet": "mtcnn-onet.onnx",
     "facenet128-fp32": "facenet128-fp32.onnx",
+    "facenet128-fp16": "facenet128-fp16.onnx",
     "facenet128-int8": "facenet128-int8.onnx",
+    # The serving graphs (Triton): uint8 crops in, unit embeddings out.
+    "facenet128-fp32-serving": "facenet128-fp32-serving.onnx",
+    "facenet128-fp16-serving": "facenet128-fp16-serving.onnx",
+    "facenet128-int8-serving": "facenet128-int8-serving.onnx",
 }
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def facerec_home() -> Path:

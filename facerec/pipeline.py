@@ -6,13 +6,14 @@ Each step is public so a batch job, a tracker or a service can reuse one without
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ from facerec.detection.mtcnn import MTCNNConfig, MTCNNDetector
 from facerec.detection.types import Detections, FaceDetector
 from facerec.embedding import FaceEmbedder, OnnxEmbedder, embed_with_flip
 from facerec.errors import InvalidArgumentError
-from facerec.models import ModelCard, load_model_card, model_path
+from facerec.models import PRECISIONS, ModelCard, load_model_card, model_path
 from facerec.runtime import default_threads
+
+BACKENDS = ("local", "triton")
+DEFAULT_TRITON_URL = "127.0.0.1:8001"
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class PipelineConfig:
             raise InvalidArgumentError(f"unknown alignment {self.alignment!r}")
         if self.max_detect_side < 64:
             raise InvalidArgumentError("max_detect_side must be at least 64 px")
-        if self.precision not in ("fp32", "int8"):
+        if self.precision not in PRECISIONS:
             raise InvalidArgumentError(f"unknown precision {self.precision!r}")
 
 
@@ -96,6 +100,32 @@ def primary_face(detections: Detections, height: int, width: int) -> int:
     cx = (b[:, 0] + b[:, 2]) / 2 - width / 2
     cy = (b[:, 1] + b[:, 3]) / 2 - height / 2
     return int(np.argmax(area - 2.0 * (cx**2 + cy**2)))
+
+
+def detect_bounded(
+    detector: FaceDetector, images: Sequence[np.ndarray], max_side: int
+) -> list[Detections]:
+    """``detector`` on ``images``, each searched at most ``max_side`` pixels long.
+
+    A longer image is downscaled (area) for the search and its boxes and landmarks scaled
+    back to its own pixel coordinates.
+    """
+    factors = [min(1.0, max_side / max(img.shape[:2])) for img in images]
+    small = [
+        img
+        if f == 1.0
+        else cv2.resize(
+            img,
+            (max(1, round(img.shape[1] * f)), max(1, round(img.shape[0] * f))),
+            interpolation=cv2.INTER_AREA,
+        )
+        for img, f in zip(images, factors, strict=True)
+    ]
+    found = detector.detect(small)
+    return [
+        det if f == 1.0 else Detections(det.boxes / f, det.scores, det.landmarks / f)
+        for det, f in zip(found, factors, strict=True)
+    ]
 
 
 class StageTimer:
@@ -154,9 +184,49 @@ class FacePipeline:
             threads,
         )
         embedder = OnnxEmbedder(
-            model_path(f"{card.name}-{cfg.precision}", home), card, threads, cfg.max_batch
+            model_path(f"{card.name}-{cfg.precision}-serving", home), card, threads, cfg.max_batch
         )
         return cls(detector, embedder, card, cfg)
+
+    @classmethod
+    def triton(
+        cls, url: str, config: PipelineConfig | None = None, protocol: str = "grpc"
+    ) -> FacePipeline:
+        """Detector and embedder on a Triton server (``facerec triton serve``); alignment
+        and flip augmentation here. Detection settings are the server's (its detector
+        config); the precision, and so the calibrated thresholds, follow its embedder."""
+        from facerec.triton.client import TritonConnection, TritonDetector, TritonEmbedder
+
+        cfg = config or PipelineConfig()
+        card = load_model_card()
+        connection = TritonConnection(url, protocol)
+        embedder = TritonEmbedder(connection, card)
+        if embedder.precision != cfg.precision:
+            cfg = replace(cfg, precision=embedder.precision)
+        return cls(TritonDetector(connection), embedder, card, cfg)
+
+    @classmethod
+    def open(
+        cls,
+        config: PipelineConfig | None = None,
+        home: Path | None = None,
+        backend: str | None = None,
+        url: str | None = None,
+        protocol: str | None = None,
+    ) -> FacePipeline:
+        """The backend chosen by the arguments, else by ``FACEREC_BACKEND`` (``local``,
+        the default, or ``triton`` at ``FACEREC_TRITON_URL`` over
+        ``FACEREC_TRITON_PROTOCOL``, gRPC by default)."""
+        name = backend or os.environ.get("FACEREC_BACKEND", "local")
+        if name == "local":
+            return cls.local(config, home)
+        if name == "triton":
+            return cls.triton(
+                url or os.environ.get("FACEREC_TRITON_URL", DEFAULT_TRITON_URL),
+                config,
+                protocol or os.environ.get("FACEREC_TRITON_PROTOCOL", "grpc"),
+            )
+        raise InvalidArgumentError(f"FACEREC_BACKEND must be 'local' or 'triton', not {name!r}")
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Faces in each image, in its own pixel coordinates.
@@ -167,23 +237,7 @@ class FacePipeline:
         reduced size. Alignment still cuts from the full-resolution image.
         """
         with self.timer.stage("detect"):
-            limit = self.config.max_detect_side
-            factors = [min(1.0, limit / max(img.shape[:2])) for img in images]
-            small = [
-                img
-                if f == 1.0
-                else cv2.resize(
-                    img,
-                    (max(1, round(img.shape[1] * f)), max(1, round(img.shape[0] * f))),
-                    interpolation=cv2.INTER_AREA,
-                )
-                for img, f in zip(images, factors, strict=True)
-            ]
-            found = self.detector.detect(small)
-            return [
-                det if f == 1.0 else Detections(det.boxes / f, det.scores, det.landmarks / f)
-                for det, f in zip(found, factors, strict=True)
-            ]
+            return detect_bounded(self.detector, images, self.config.max_detect_side)
 
     def align(self, image: np.ndarray, detections: Detections) -> np.ndarray:
         """uint8[K, S, S, 3] crops of every face in ``detections``."""

@@ -95,7 +95,9 @@ class Gateway:
 
 def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Gateway:
     store = open_store(settings)
-    pipe = pipeline or FacePipeline.local()
+    pipe = pipeline or FacePipeline.open(
+        backend=settings.backend, url=settings.triton_url, protocol=settings.triton_protocol
+    )
     index = open_index(settings, store, pipe.card.embedding_size)
     repaired = index.reconcile()
     audit = open_audit(settings, store)

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from facerec.models import facerec_home
+from facerec.pipeline import DEFAULT_TRITON_URL
 
 PLACEHOLDER = "change-me"
 
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     enrol_min_quality: float = Field(default=0.5, ge=0.0, le=1.0)
     batch_max_wait_ms: float = Field(default=4.0, ge=0.0)  # micro-batching window
     purge_interval_s: float = Field(default=60.0, gt=0.0)  # how often expired subjects go
+    backend: Literal["local", "triton"] = "local"  # where the networks run
+    triton_url: str = DEFAULT_TRITON_URL  # host:port of Triton's gRPC (or HTTP) endpoint
+    triton_protocol: Literal["grpc", "http"] = "grpc"
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -3,7 +3,7 @@
     python -m perf.lfw_variants --data ../shared/datasets/lfw --out perf/results
 
 runs ``facerec bench lfw`` once per variant (alignment x flip x precision; several minutes
-each), keeps each run's ``lfw.json`` under ``OUT/lfw/VARIANT/``, and writes
+each; ``--only NAME`` picks some), keeps each run's ``lfw.json`` under ``OUT/lfw/VARIANT/``, and writes
 ``OUT/lfw_variants.json`` and a Markdown table ``OUT/lfw_variants.md``. ``--summarize``
 only rebuilds the table from runs already there.
 """
@@ -20,6 +20,7 @@ from typing import Any
 VARIANTS = {
     "similarity+flip, int8 (default)": [],
     "similarity+flip, fp32": ["--precision", "fp32"],
+    "similarity+flip, fp16": ["--precision", "fp16"],
     "similarity, int8": ["--no-flip"],
     "similarity, fp32": ["--no-flip", "--precision", "fp32"],
     "box+flip, int8": ["--alignment", "box"],
@@ -86,10 +87,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/lfw"))
     parser.add_argument("--out", type=Path, default=Path("perf/results"))
     parser.add_argument("--summarize", action="store_true", help="only rebuild the table")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run only variants named so (repeatable)"
+    )
     args = parser.parse_args()
     if not args.summarize:
         for name, extra in VARIANTS.items():
-            run(args.data, args.out, name, extra)
+            if not args.only or name in args.only:
+                run(args.data, args.out, name, extra)
     summarize(args.out)
 
 

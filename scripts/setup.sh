@@ -10,5 +10,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch==2.13.0 is the CPU build this platform provides; the export extra pins it.
-.venv/bin/python -m pip install --quiet -e '.[export,gateway,dev]'
+.venv/bin/python -m pip install --quiet -e '.[export,gateway,triton,dev]'
 .venv/bin/facerec models "$@"

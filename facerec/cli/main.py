@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from facerec import __version__
-from facerec.cli import bench, images
+from facerec.cli import bench, images, triton
 from facerec.cli.output import fail
 from facerec.detection.mtcnn import MTCNNConfig
 from facerec.errors import FaceRecError
+from facerec.models import PRECISIONS
 from facerec.pipeline import FacePipeline, PipelineConfig
 
 Handler = Callable[[argparse.Namespace, FacePipeline], int]
@@ -31,7 +32,7 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--precision",
-        choices=["int8", "fp32"],
+        choices=list(PRECISIONS),
         default="int8",
         help="embedder precision (default int8: same LFW accuracy, several times faster)",
     )
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(b)
     _pipeline_options(b)
     b.set_defaults(handler=bench.cmd_lfw)
+    triton.add_commands(sub, _common)
     _gateway_commands(sub)
     return parser
 
@@ -187,7 +189,7 @@ def pipeline_from_args(args: argparse.Namespace) -> FacePipeline:
         threads=args.threads,
         max_detect_side=args.max_detect_side,
     )
-    return FacePipeline.local(config)
+    return FacePipeline.open(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from facerec.cli.models import cmd_models
 
             return cmd_models(args)
+        if args.command == "triton":
+            return triton.run(args)
         if args.command in GATEWAY_COMMANDS:
             from importlib import import_module
 

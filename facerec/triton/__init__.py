@@ -1,0 +1,1 @@
+"""Serving through NVIDIA Triton Inference Server: repository, server, client."""
