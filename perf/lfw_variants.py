@@ -3,7 +3,8 @@
     python -m perf.lfw_variants --data ../shared/datasets/lfw --out perf/results
 
 runs ``facerec bench lfw`` once per variant (alignment x flip x precision; several minutes
-each; ``--only NAME`` picks some), keeps each run's ``lfw.json`` under ``OUT/lfw/VARIANT/``, and writes
+each; ``--only NAME`` picks some), keeps each run's ``lfw.json`` under
+``OUT/lfw/VARIANT/``, and writes
 ``OUT/lfw_variants.json`` and a Markdown table ``OUT/lfw_variants.md``. ``--summarize``
 only rebuilds the table from runs already there.
 """

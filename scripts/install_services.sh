@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Server software the integration tests start themselves: PostgreSQL (Debian's server
-# binaries) and, via install_browser.sh, Chromium for the web page test. Idempotent.
+# binaries), Chromium for the web page test (install_browser.sh), and tritonserver with
+# perf_analyzer (install_triton.sh). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,3 +12,4 @@ fi
 if [ -f scripts/install_browser.sh ]; then
   bash scripts/install_browser.sh
 fi
+bash scripts/install_triton.sh

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Run every check: set-up (idempotent: quick when done), lint, types, then the test suite.
+# Run every check: set-up (idempotent: quick when done), lint, types, then the test suite;
+# with no arguments, the gateway's tests once more with the Triton backend (a tritonserver
+# started by the tests) when scripts/install_triton.sh has installed it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,3 +10,7 @@ bash scripts/setup.sh --quiet
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
+if [ $# -eq 0 ] && [ -x .venv/opt/triton/pytriton/tritonserver/bin/tritonserver ]; then
+  echo "== the gateway's tests again, on the Triton backend =="
+  FACEREC_BACKEND=triton .venv/bin/python -m pytest tests/test_gateway_*.py
+fi

@@ -15,6 +15,7 @@ import servers
 from facerec.imaging.decode import read_image
 from facerec.imaging.pad import pad_edges
 from facerec.pipeline import FacePipeline, PipelineConfig
+from facerec.triton.server import TritonServer
 
 DATA = Path(__file__).parent / "data"
 LFW = DATA / "lfw"
@@ -49,9 +50,31 @@ def lfw_image(key: str, pad: int = 50) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def pipeline() -> FacePipeline:
+def local_pipeline() -> FacePipeline:
     """The default in-process pipeline (needs `facerec models` to have run)."""
     return FacePipeline.local()
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """tritonserver on loopback with the generated CPU repository."""
+    if not servers.triton_installed():
+        pytest.skip("tritonserver is not installed (scripts/install_triton.sh; .ci/run runs it)")
+    with servers.triton_server(tmp_path_factory.mktemp("triton")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pipeline(request: pytest.FixtureRequest, local_pipeline: FacePipeline) -> FacePipeline:
+    """The pipeline the tests run on: in-process by default; with FACEREC_BACKEND=triton,
+    on a tritonserver started here (unless FACEREC_TRITON_URL names one), which the
+    gateway processes that tests start use as well."""
+    if os.environ.get("FACEREC_BACKEND") != "triton":
+        return local_pipeline
+    if not os.environ.get("FACEREC_TRITON_URL"):
+        server: TritonServer = request.getfixturevalue("triton_server")
+        os.environ["FACEREC_TRITON_URL"] = server.grpc_url
+    return FacePipeline.open()
 
 
 @pytest.fixture(scope="session")

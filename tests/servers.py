@@ -20,6 +20,9 @@ from pathlib import Path
 
 import httpx
 
+from facerec.triton.repository import write_repository
+from facerec.triton.server import TritonServer, triton_home
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -62,6 +65,23 @@ def milvus_server(data: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@contextmanager
+def triton_server(data: Path) -> Iterator[TritonServer]:
+    """tritonserver (installed by scripts/install_triton.sh) on free loopback ports, with
+    a CPU repository generated into ``data``; its log is ``data/triton.log``."""
+    repository = data / "repository"
+    write_repository("cpu", repository)
+    with (
+        (data / "triton.log").open("wb") as log,
+        TritonServer(repository, free_port(), free_port(), free_port(), log=log) as server,
+    ):
+        yield server
+
+
+def triton_installed() -> bool:
+    return (triton_home() / "bin" / "tritonserver").is_file()
 
 
 def postgres_bin() -> Path | None:
@@ -171,8 +191,9 @@ class Service:
 def _env(data: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
     env.update(FACEREC_ENV="development", FACEREC_DATA_DIR=str(data), FACEREC_INDEX_TYPE="FLAT")
-    if "FACEREC_HOME" in os.environ:
-        env["FACEREC_HOME"] = os.environ["FACEREC_HOME"]
+    for name in ("FACEREC_HOME", "FACEREC_BACKEND", "FACEREC_TRITON_URL"):
+        if name in os.environ:
+            env[name] = os.environ[name]
     env.update(extra or {})
     return env
 
