@@ -28,7 +28,25 @@ def test_manifest_records_parity_within_tolerance() -> None:
     assert manifest["parity"]["embedding_cosine_min"] >= 0.99999
     assert manifest["parity"]["mtcnn_max_abs_diff_px"] <= 0.5
     assert manifest["int8"]["cosine_vs_fp32_min"] > 0.99
+    assert manifest["fp16"]["cosine_vs_fp32_min"] >= 0.9999
+    for precision in ("fp32", "fp16"):  # the serving graphs compute what the raw ones do
+        assert manifest["serving"][precision]["cosine_vs_raw_graph_min"] >= 0.99999
+    assert manifest["serving"]["int8"]["cosine_vs_raw_graph_min"] >= 0.999
     assert set(manifest["outputs"]) == set(ONNX_FILES.values())
+
+
+def test_tensorrt_engine_build_says_why_it_is_skipped(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from export import tensorrt_engine
+
+    reason = tensorrt_engine.missing()
+    if reason is None:
+        pytest.skip("TensorRT and a GPU are here: this test covers only machines without them")
+    assert tensorrt_engine.main(["--out", str(tmp_path)]) == 0
+    assert tensorrt_engine.main(["--out", str(tmp_path), "--require"]) == 2
+    assert f"skipped: no TensorRT engine built here: {reason}" in capsys.readouterr().err
+    assert not (tmp_path / "model.plan").exists()
 
 
 def test_a_changed_output_is_not_up_to_date(tmp_path: Path) -> None:
