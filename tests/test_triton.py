@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,8 +125,13 @@ def test_concurrent_requests_are_batched(triton_server: TritonServer) -> None:
     for t in threads:
         t.join()
     assert not errors
-    inferences, executions = _embedder_counts(connection)
-    assert inferences - inferences0 == 16 * 4 * 2  # counted per crop (batch element)
+    sent = 16 * 4 * 2  # Triton counts inferences per batch element (crop)
+    deadline = time.monotonic() + 10  # statistics are recorded just after the responses
+    while (counts := _embedder_counts(connection))[0] - inferences0 < sent:
+        assert time.monotonic() < deadline, "statistics never caught up"
+        time.sleep(0.1)
+    inferences, executions = counts
+    assert inferences - inferences0 == sent
     assert 0 < executions - executions0 < 16 * 4  # fewer runs than requests
 
 
