@@ -34,7 +34,7 @@ from facerec.models import ONNX_FILES, facerec_home, load_model_card, models_dir
 log = logging.getLogger(__name__)
 
 FACES_DIR = Path(__file__).parent / "faces"
-MANIFEST_VERSION = 3  # bump whenever the exported graphs change
+MANIFEST_VERSION = 4  # bump whenever the exported graphs or the recorded checks change
 
 
 def _weights_fingerprint() -> dict[str, str]:
@@ -110,11 +110,11 @@ def setup_models(
     step("export", lambda: steps.export_all(nets, out_dir))
     images = face_images()
     card = load_model_card()
-    record["parity"], crops = step(
+    record["parity"], crops, reference = step(
         "parity", lambda: steps.check_parity(nets, out_dir, images, card)
     )
-    record["int8"] = step("quantise", lambda: steps.quantise(out_dir, crops, card))
-    record["fp16"] = step("fp16", lambda: steps.half_precision(out_dir, crops, card))
+    record["int8"] = step("quantise", lambda: steps.quantise(out_dir, crops, card, reference))
+    record["fp16"] = step("fp16", lambda: steps.half_precision(out_dir, crops, card, reference))
     record["serving"] = step("serving", lambda: steps.serving_graphs(out_dir, crops, card))
     bar.close()
     record["outputs"] = {name: sha256_of(out_dir / name) for name in ONNX_FILES.values()}

@@ -29,6 +29,8 @@ def test_manifest_records_parity_within_tolerance() -> None:
     assert manifest["parity"]["mtcnn_max_abs_diff_px"] <= 0.5
     assert manifest["int8"]["cosine_vs_fp32_min"] > 0.99
     assert manifest["fp16"]["cosine_vs_fp32_min"] >= 0.9999
+    assert manifest["fp16"]["cosine_vs_pytorch_min"] >= 0.9999
+    assert manifest["int8"]["cosine_vs_pytorch_min"] > 0.99
     for precision in ("fp32", "fp16"):  # the serving graphs compute what the raw ones do
         assert manifest["serving"][precision]["cosine_vs_raw_graph_min"] >= 0.99999
     assert manifest["serving"]["int8"]["cosine_vs_raw_graph_min"] >= 0.999
