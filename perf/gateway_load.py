@@ -10,7 +10,12 @@ free loopback port; or uses ``--url URL --api-key KEY``), enrols the eight galle
 requests, whichever comes first (requests in flight then finish and count). ``GET
 /metrics`` is read before and after each run for the mean micro-batch size (images per
 pipeline call). Client and server share the machine's cores. Writes ``gateway_load.json``
-and ``gateway_load.png`` and prints a table.
+and ``gateway_load.png`` and prints a table. With ``FACEREC_BACKEND=triton`` (and
+``FACEREC_TRITON_URL``) the spawned service runs its networks on that Triton server:
+
+    facerec triton serve --grpc-port 18001 --http-port 18000 --metrics-port 18002 &
+    FACEREC_BACKEND=triton FACEREC_TRITON_URL=127.0.0.1:18001 \
+        python -m perf.gateway_load --out perf/results/gateway_triton
 """
 
 from __future__ import annotations
@@ -89,8 +94,10 @@ def spawned_server(startup_timeout: float) -> Iterator[Spawned]:
     folder = Path(tempfile.mkdtemp(prefix="facerec-load-"))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
-    if "FACEREC_HOME" in os.environ:  # where the models are
-        env["FACEREC_HOME"] = os.environ["FACEREC_HOME"]
+    # Where the models are, and where they run (FACEREC_BACKEND=triton: a running Triton).
+    for name in ("FACEREC_HOME", "FACEREC_BACKEND", "FACEREC_TRITON_URL"):
+        if name in os.environ:
+            env[name] = os.environ[name]
     env.update(
         FACEREC_ENV="development",
         FACEREC_DATA_DIR=str(folder / "data"),
@@ -481,6 +488,7 @@ def run_all(args: argparse.Namespace, url: str, api_key: str) -> dict[str, Any]:
             "server": "external" if args.url else "spawned",
             "url": url if args.url else "http://127.0.0.1:<free port>",
             "index_type": None if args.url else "FLAT",
+            "backend": None if args.url else os.environ.get("FACEREC_BACKEND", "local"),
             "concurrency": args.concurrency,
             "duration_seconds": args.duration,
             "max_requests": args.max_requests,
