@@ -228,6 +228,12 @@ class FacePipeline:
             )
         raise InvalidArgumentError(f"FACEREC_BACKEND must be 'local' or 'triton', not {name!r}")
 
+    def ready(self) -> bool:
+        """Whether the networks can run now: always in-process; for a remote backend,
+        whether its server has the models loaded."""
+        parts = (self.detector, self.embedder)
+        return all(getattr(part, "ready", lambda: True)() for part in parts)
+
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Faces in each image, in its own pixel coordinates.
 

@@ -180,3 +180,30 @@ def test_serve_command_starts_and_stops_cleanly(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_gateway_reports_triton_going_away(tmp_path: Path) -> None:
+    """A gateway on Triton: ready while Triton is, then 503s with a code (never a 500)
+    once it is gone, and no face is stored for a failed enrolment."""
+    if not servers.triton_installed():
+        pytest.skip("tritonserver is not installed")
+    from apiclient import one_image, running, settings_for
+
+    image = GALLERY / "Choi_Sung-hong_0001.jpg"
+    with servers.triton_server(tmp_path / "triton") as server:
+        remote = FacePipeline.open(backend="triton", url=server.grpc_url)
+        settings = settings_for(tmp_path / "data", {})
+        with running(settings, remote) as client:
+            assert client.get("/readyz").status_code == 200
+            subject = client.post("/v1/subjects", json={"name": "Choi"}).json()["id"]
+            server.stop()
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["models"].startswith("error")
+            r = client.post("/v1/detect", files=one_image(image))
+            assert r.status_code == 503
+            assert r.json()["error"]["code"] == "triton_unavailable"
+            r = client.post(f"/v1/subjects/{subject}/faces", files=one_image(image, "images"))
+            assert r.status_code == 503
+            assert r.json()["error"]["code"] == "triton_unavailable"
+            assert client.get(f"/v1/subjects/{subject}").json()["faces"] == 0

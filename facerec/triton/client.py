@@ -63,6 +63,13 @@ class TritonConnection:
             self._local.client = client
         return client
 
+    def model_ready(self, model: str) -> bool:
+        """Whether the server answers and has ``model`` loaded (never raises)."""
+        try:
+            return bool(self.client().is_model_ready(model))
+        except Exception:
+            return False
+
     def model_config(self, model: str) -> dict[str, Any]:
         """The served config of ``model`` as JSON (both protocols alike)."""
         config: dict[str, Any] = self._call(
@@ -119,6 +126,9 @@ class TritonDetector:
         self.connection = connection
         self.model = model
 
+    def ready(self) -> bool:
+        return self.connection.model_ready(self.model)
+
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         out = []
         for image in images:
@@ -152,6 +162,9 @@ class TritonEmbedder:
         self.max_batch = int(config.get("max_batch_size", 0)) or 64
         params = config.get("parameters", {})
         self.precision = str(params.get("precision", {}).get("string_value", "fp32"))
+
+    def ready(self) -> bool:
+        return self.connection.model_ready(self.model)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         s = self.input_size

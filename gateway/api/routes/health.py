@@ -36,7 +36,8 @@ def readyz(gateway: GatewayDep) -> JSONResponse:
         checks["index"] = "ok"
     except Exception as exc:
         checks["index"] = f"error: {type(exc).__name__}"
-    checks["models"] = "ok" if gateway.service.pipeline is not None else "error"
+    pipeline = gateway.service.pipeline
+    checks["models"] = "ok" if pipeline is not None and pipeline.ready() else "error: unavailable"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
