@@ -8,6 +8,7 @@ rotation builds a new collection beside the old one and then switches over.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,19 @@ class Hit:
 # "too many pings", and the next call on the shared channel fails. Ping only
 # while calls are in flight; an idle channel reconnects on demand.
 GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": False}
+
+
+class _UnimplementedRpcFilter(logging.Filter):
+    """Milvus Lite's server (in this process when embedded) lacks ``AllocTimestamp``,
+    which pymilvus's query iterator asks for first and then does without; gRPC logs that
+    as an error with a traceback on every start. Drop exactly that record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, NotImplementedError) and "not implemented" in str(exc))
+
+
+logging.getLogger("grpc._server").addFilter(_UnimplementedRpcFilter())
 
 
 class FaceIndex:

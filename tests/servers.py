@@ -198,8 +198,11 @@ def _env(data: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_gateway(data: Path, env: dict[str, str] | None = None) -> Service:
-    """``facerec serve`` in development mode on a free loopback port, once ready."""
+def start_gateway(
+    data: Path, env: dict[str, str] | None = None, log: Path | None = None
+) -> Service:
+    """``facerec serve`` in development mode on a free loopback port, once ready; its
+    output goes to ``log`` when given."""
     port = free_port()
     facerec = Path(sys.executable).with_name("facerec")
     proc = subprocess.Popen(
@@ -207,7 +210,7 @@ def start_gateway(data: Path, env: dict[str, str] | None = None) -> Service:
         env=_env(data, env),
         cwd=data.parent,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("wb") if log else subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90

@@ -125,3 +125,21 @@ def test_concurrent_enrolments_with_duplicates(data: Path) -> None:
         stop_gateway(service)
     faces, _ = check_consistent(data)
     assert len(faces) == len(images)
+
+
+def test_a_restart_with_data_logs_no_traceback(data: Path, tmp_path: Path) -> None:
+    """Start, enrol, stop, start again (start-up repair reads the index back): the
+    service's own output holds warnings at most, never a traceback."""
+    for run in range(2):
+        log = tmp_path / f"service-{run}.log"
+        service = start_gateway(data, log=log)
+        try:
+            if run == 0:
+                with service.client() as client:
+                    sid = client.post("/v1/subjects", json={"name": "x"}).json()["id"]
+                    files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in IMAGES[:2]]
+                    assert client.post(f"/v1/subjects/{sid}/faces", files=files).status_code == 200
+        finally:
+            stop_gateway(service)
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text and " ERROR " not in text, text[-2000:]
