@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -70,18 +71,33 @@ class OnnxEmbedder:
         self._raw = first.type != "tensor(uint8)"
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
-        s = self.input_size
-        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
-            raise InvalidArgumentError(
-                f"crops must be uint8[N, {s}, {s}, 3], got {crops.dtype}{list(crops.shape)}"
-            )
-        out = np.empty((len(crops), self.embedding_size), np.float32)
-        for lo in range(0, len(crops), self.max_batch):
-            batch = crops[lo : lo + self.max_batch]
+        def run(batch: np.ndarray) -> np.ndarray:
             feed = self._preprocess(batch) if self._raw else np.ascontiguousarray(batch)
-            (emb,) = self._session.run(None, {self._input: feed})
-            out[lo : lo + len(batch)] = emb
+            return np.asarray(self._session.run(None, {self._input: feed})[0])
+
+        out = embed_in_batches(crops, self.input_size, self.embedding_size, self.max_batch, run)
         return l2_normalise(out) if self._raw else out
+
+
+def embed_in_batches(
+    crops: np.ndarray,
+    input_size: int,
+    embedding_size: int,
+    max_batch: int,
+    run: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Check ``crops`` (uint8[N, S, S, 3]) and embed them ``max_batch`` at a time with
+    ``run`` (one batch in, float32[n, D] out): what every :class:`FaceEmbedder` does."""
+    s = input_size
+    if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
+        raise InvalidArgumentError(
+            f"crops must be uint8[N, {s}, {s}, 3], got {crops.dtype}{list(crops.shape)}"
+        )
+    out = np.empty((len(crops), embedding_size), np.float32)
+    for lo in range(0, len(crops), max_batch):
+        batch = crops[lo : lo + max_batch]
+        out[lo : lo + len(batch)] = run(batch)
+    return out
 
 
 def embed_with_flip(embedder: FaceEmbedder, crops: np.ndarray, flip: bool) -> np.ndarray:

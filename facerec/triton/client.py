@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from facerec.detection.types import Detections
+from facerec.embedding import embed_in_batches
 from facerec.errors import FaceRecError, InvalidArgumentError
 from facerec.models import ModelCard
 from facerec.triton.server import TritonUnavailableError
@@ -167,14 +168,7 @@ class TritonEmbedder:
         return self.connection.model_ready(self.model)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
-        s = self.input_size
-        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
-            raise InvalidArgumentError(
-                f"crops must be uint8[N, {s}, {s}, 3], got {crops.dtype}{list(crops.shape)}"
-            )
-        out = np.empty((len(crops), self.embedding_size), np.float32)
-        for lo in range(0, len(crops), self.max_batch):
-            batch = crops[lo : lo + self.max_batch]
-            (emb,) = self.connection.infer(self.model, {"CROPS": batch}, ("EMBEDDINGS",))
-            out[lo : lo + len(batch)] = emb
-        return out
+        def run(batch: np.ndarray) -> np.ndarray:
+            return self.connection.infer(self.model, {"CROPS": batch}, ("EMBEDDINGS",))[0]
+
+        return embed_in_batches(crops, self.input_size, self.embedding_size, self.max_batch, run)
