@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from facerec.alignment import align_faces
+from facerec.alignment import ALIGN_METHODS, AlignMethod, align_faces
 from facerec.detection.mtcnn import MTCNNConfig, MTCNNDetector
+from facerec.detection.types import Detections
 from facerec.embedding import l2_normalise
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
@@ -96,12 +97,13 @@ class Aligner:
     def initialize(self, args: dict[str, Any]) -> None:
         params = _parameters(args)
         self.card = load_model_card(params.get("model_card", "facenet128"))
-        self.method = params.get("alignment", "similarity")
+        method = params.get("alignment", "similarity")
+        if method not in ALIGN_METHODS:
+            raise ValueError(f"alignment must be one of {ALIGN_METHODS}, not {method!r}")
+        self.method: AlignMethod = method
         self.flip = params.get("flip", "true") == "true"
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        from facerec.detection.types import Detections
-
         responses = []
         for r in requests:
             boxes = _input(r, "BOXES")
@@ -109,7 +111,7 @@ class Aligner:
             crops = align_faces(
                 _input(r, "IMAGE"),
                 det,
-                self.method,  # type: ignore[arg-type]
+                self.method,
                 self.card.template,
                 self.card.box_margin,
                 self.card.input_size,
@@ -148,19 +150,21 @@ class Embedder:
 
 
 class Fuse:
-    """``EMBEDDINGS_RAW`` [2K, D] of faces then mirrors, and ``BOXES`` [K, 4] ->
-    ``EMBEDDINGS`` [K, D]: the sum of each face's two unit vectors, renormalised (the
-    in-process flip augmentation); with ``flip`` off, the first K rows."""
+    """``EMBEDDINGS_RAW`` and ``BOXES`` [K, 4] -> ``EMBEDDINGS`` [K, D]. With the aligner's
+    flip on, the raw rows are K faces then their K mirrors: each face's two unit vectors
+    are summed and renormalised (the in-process flip augmentation); with it off they are
+    the K embeddings. Whatever lies past them (the blank crop of an image without faces)
+    is dropped."""
 
     def initialize(self, args: dict[str, Any]) -> None:
-        self.flip = _parameters(args).get("flip", "true") == "true"
+        pass
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for r in requests:
             raw = _input(r, "EMBEDDINGS_RAW").astype(np.float32)
             k = len(_input(r, "BOXES"))
-            raw = l2_normalise(raw[:k] + raw[k : 2 * k]) if self.flip else raw[:k]
-            out = pb_utils.Tensor("EMBEDDINGS", np.ascontiguousarray(raw))
+            fused = l2_normalise(raw[:k] + raw[k : 2 * k]) if k and len(raw) == 2 * k else raw[:k]
+            out = pb_utils.Tensor("EMBEDDINGS", np.ascontiguousarray(fused))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
         return responses
