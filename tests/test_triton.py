@@ -207,3 +207,34 @@ def test_gateway_reports_triton_going_away(tmp_path: Path) -> None:
             assert r.status_code == 503
             assert r.json()["error"]["code"] == "triton_unavailable"
             assert client.get(f"/v1/subjects/{subject}").json()["faces"] == 0
+
+
+def test_ensemble_without_flip_matches_in_process_without_flip(
+    tmp_path: Path, images: list[np.ndarray]
+) -> None:
+    """The repository's aligner with ``flip: false``: the ensemble gives the in-process
+    pipeline's embeddings without flip averaging (fuse passes the rows through)."""
+    if not servers.triton_installed():
+        pytest.skip("tritonserver is not installed")
+    from facerec.pipeline import PipelineConfig
+    from facerec.triton.repository import write_repository
+
+    repository = tmp_path / "repository"
+    write_repository("cpu", repository)
+    aligner = repository / "aligner" / "config.pbtxt"
+    text = aligner.read_text()
+    flip_on = 'key: "flip" value { string_value: "true" }'
+    assert flip_on in text
+    aligner.write_text(text.replace(flip_on, 'key: "flip" value { string_value: "false" }'))
+    expected = FacePipeline.local(PipelineConfig(flip=False)).analyze(images)
+    port = servers.free_port
+    with (
+        (tmp_path / "triton.log").open("wb") as log,
+        TritonServer(repository, port(), port(), port(), log=log) as server,
+    ):
+        connection = TritonConnection(server.grpc_url)
+        for image, ref in zip(images, expected, strict=True):
+            outs = connection.infer(
+                "face_pipeline", {"IMAGE": image}, ("BOXES", "SCORES", "LANDMARKS", "EMBEDDINGS")
+            )
+            _agree(*outs, ref)
