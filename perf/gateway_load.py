@@ -29,7 +29,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from perf.ports import free_port
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 ENDPOINTS = ("verify", "identify")
@@ -62,13 +63,6 @@ class Probe:
 
 
 # ---------------------------------------------------------------------------- the server
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _facerec_command() -> list[str]:
@@ -92,7 +86,7 @@ class Spawned:
 def spawned_server(startup_timeout: float) -> Iterator[Spawned]:
     """``facerec serve`` in development mode on a free port, in a throwaway folder."""
     folder = Path(tempfile.mkdtemp(prefix="facerec-load-"))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
     # Where the models are, and where they run (FACEREC_BACKEND=triton: a running Triton).
     for name in ("FACEREC_HOME", "FACEREC_BACKEND", "FACEREC_TRITON_URL"):

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -26,15 +25,10 @@ import numpy as np
 from facerec.triton.client import TritonConnection
 from facerec.triton.repository import write_repository
 from facerec.triton.server import TritonServer
+from perf.ports import free_port
 
 LAYOUTS = {"1 instance x all cores": (1, "0"), "2 instances x 1 thread": (2, "1")}
 LOADS = ((1, 1), (4, 1), (1, 8), (4, 8))  # (concurrent clients, crops per request)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _repository(root: Path, instances: int, threads: str) -> Path:
@@ -82,7 +76,7 @@ def main() -> None:
             repo = _repository(Path(tmp), instances, threads)
             with (
                 (Path(tmp) / "triton.log").open("wb") as log,
-                TritonServer(repo, _port(), _port(), _port(), log=log) as server,
+                TritonServer(repo, free_port(), free_port(), free_port(), log=log) as server,
             ):
                 row = {}
                 for clients, batch in LOADS:

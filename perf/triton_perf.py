@@ -35,7 +35,6 @@ import platform
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from perf.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 GALLERY = ROOT / "tests" / "data" / "gallery"
@@ -380,12 +381,6 @@ def threads_check(inputs: Inputs, seconds: float) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def triton(args: argparse.Namespace, folder: Path) -> Iterator[dict[str, Any]]:
     """The server's URLs: the given ones, or a fresh tritonserver's."""
@@ -405,7 +400,7 @@ def triton(args: argparse.Namespace, folder: Path) -> Iterator[dict[str, Any]]:
     try:
         with (
             log_path.open("wb") as log,
-            TritonServer(repository, _free_port(), _free_port(), _free_port(), log=log) as server,
+            TritonServer(repository, free_port(), free_port(), free_port(), log=log) as server,
         ):
             info.update(grpc=server.grpc_url, http=server.http_url)
             info["startup_seconds"] = round(time.perf_counter() - start, 1)
