@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from facerec.cli.output import emit
+from facerec.triton.repository import write_repository
+from facerec.triton.server import TritonServer
 
 
 def add_commands(
@@ -51,8 +53,6 @@ def add_commands(
 
 
 def run(args: argparse.Namespace) -> int:
-    from facerec.triton.repository import write_repository
-
     if args.triton_command == "repo":
         names = write_repository(args.target, args.out)
         report = {"repository": str(args.out), "target": args.target, "models": names}
@@ -62,9 +62,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from facerec.triton.repository import write_repository
-    from facerec.triton.server import TritonServer
-
     with tempfile.TemporaryDirectory(prefix="facerec-triton-") as tmp:
         repository = args.repository
         if repository is None:

@@ -27,7 +27,7 @@ TARGETS = ("cpu", "gpu")
 _PARAM = re.compile(
     r'parameters\s*\{\s*key:\s*"([^"]+)"\s*value\s*\{\s*string_value:\s*"([^"]*)"\s*\}\s*\}'
 )
-_FIELD = re.compile(r'^\s*(backend|platform|name):\s*"([^"]+)"', re.MULTILINE)
+_BACKEND = re.compile(r'^\s*backend:\s*"([^"]+)"', re.MULTILINE)
 
 
 def source_dir(target: str) -> Path:
@@ -49,20 +49,13 @@ def source_dir(target: str) -> Path:
 class ModelSpec:
     """What the generator reads from one ``config.pbtxt``."""
 
-    name: str
-    backend: str  # "python", "onnxruntime", "tensorrt" or "" (platform models)
-    platform: str
+    backend: str  # "python", or "" for platform models (ensemble, onnxruntime_onnx)
     parameters: dict[str, str]
 
     @staticmethod
     def parse(text: str) -> ModelSpec:
-        fields = dict(_FIELD.findall(text))
-        return ModelSpec(
-            name=fields.get("name", ""),
-            backend=fields.get("backend", ""),
-            platform=fields.get("platform", ""),
-            parameters=dict(_PARAM.findall(text)),
-        )
+        backend = _BACKEND.search(text)
+        return ModelSpec(backend.group(1) if backend else "", dict(_PARAM.findall(text)))
 
 
 def _place(src: Path, dst: Path) -> None:
