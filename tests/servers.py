@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +68,16 @@ def milvus_server(data: Path) -> Iterator[str]:
 
 
 @contextmanager
-def triton_server(data: Path) -> Iterator[TritonServer]:
+def triton_server(
+    data: Path, adjust: Callable[[Path], None] | None = None
+) -> Iterator[TritonServer]:
     """tritonserver (installed by scripts/install_triton.sh) on free loopback ports, with
-    a CPU repository generated into ``data``; its log is ``data/triton.log``."""
+    a CPU repository generated into ``data`` (and handed to ``adjust`` before the start);
+    its log is ``data/triton.log``."""
     repository = data / "repository"
     write_repository("cpu", repository)
+    if adjust is not None:
+        adjust(repository)
     with (
         (data / "triton.log").open("wb") as log,
         TritonServer(repository, free_port(), free_port(), free_port(), log=log) as server,

@@ -58,6 +58,16 @@ def _agree(
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
 
+def _ensemble_agrees(
+    connection: TritonConnection, images: list[np.ndarray], expected: list[ImageFaces]
+) -> None:
+    for image, ref in zip(images, expected, strict=True):
+        outs = connection.infer(
+            "face_pipeline", {"IMAGE": image}, ("BOXES", "SCORES", "LANDMARKS", "EMBEDDINGS")
+        )
+        _agree(*outs, ref)
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_ensemble_gives_the_in_process_faces(
     triton_server: TritonServer,
@@ -65,14 +75,8 @@ def test_ensemble_gives_the_in_process_faces(
     expected: list[ImageFaces],
     protocol: str,
 ) -> None:
-    url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
-    connection = TritonConnection(url, protocol)
     assert [len(e.faces) for e in expected] == [1, 1, 2, 3, 0]
-    for image, ref in zip(images, expected, strict=True):
-        outs = connection.infer(
-            "face_pipeline", {"IMAGE": image}, ("BOXES", "SCORES", "LANDMARKS", "EMBEDDINGS")
-        )
-        _agree(*outs, ref)
+    _ensemble_agrees(TritonConnection(triton_server.url(protocol), protocol), images, expected)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -83,7 +87,7 @@ def test_triton_backend_pipeline_matches_local(
     expected: list[ImageFaces],
     protocol: str,
 ) -> None:
-    url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
+    url = triton_server.url(protocol)
     remote = FacePipeline.open(backend="triton", url=url, protocol=protocol)
     assert remote.config.precision == local_pipeline.config.precision
     assert remote.threshold == local_pipeline.threshold
@@ -217,24 +221,14 @@ def test_ensemble_without_flip_matches_in_process_without_flip(
     if not servers.triton_installed():
         pytest.skip("tritonserver is not installed")
     from facerec.pipeline import PipelineConfig
-    from facerec.triton.repository import write_repository
 
-    repository = tmp_path / "repository"
-    write_repository("cpu", repository)
-    aligner = repository / "aligner" / "config.pbtxt"
-    text = aligner.read_text()
-    flip_on = 'key: "flip" value { string_value: "true" }'
-    assert flip_on in text
-    aligner.write_text(text.replace(flip_on, 'key: "flip" value { string_value: "false" }'))
+    def flip_off(repository: Path) -> None:
+        aligner = repository / "aligner" / "config.pbtxt"
+        text = aligner.read_text()
+        flip_on = 'key: "flip" value { string_value: "true" }'
+        assert flip_on in text
+        aligner.write_text(text.replace(flip_on, 'key: "flip" value { string_value: "false" }'))
+
     expected = FacePipeline.local(PipelineConfig(flip=False)).analyze(images)
-    port = servers.free_port
-    with (
-        (tmp_path / "triton.log").open("wb") as log,
-        TritonServer(repository, port(), port(), port(), log=log) as server,
-    ):
-        connection = TritonConnection(server.grpc_url)
-        for image, ref in zip(images, expected, strict=True):
-            outs = connection.infer(
-                "face_pipeline", {"IMAGE": image}, ("BOXES", "SCORES", "LANDMARKS", "EMBEDDINGS")
-            )
-            _agree(*outs, ref)
+    with servers.triton_server(tmp_path, adjust=flip_off) as server:
+        _ensemble_agrees(TritonConnection(server.grpc_url), images, expected)

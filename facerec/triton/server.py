@@ -81,6 +81,10 @@ class TritonServer:
     def http_url(self) -> str:
         return f"{self.host}:{self.http_port}"
 
+    def url(self, protocol: str) -> str:
+        """``host:port`` of the ``grpc`` or ``http`` endpoint."""
+        return self.grpc_url if protocol == "grpc" else self.http_url
+
     def command(self) -> list[str]:
         home = triton_home()
         binary = home / "bin" / "tritonserver"
