@@ -28,7 +28,6 @@ from facerec.errors import InvalidArgumentError
 from facerec.models import PRECISIONS, ModelCard, load_model_card, model_path
 from facerec.runtime import default_threads
 
-BACKENDS = ("local", "triton")
 DEFAULT_TRITON_URL = "127.0.0.1:8001"
 
 
