@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -20,11 +20,13 @@ def export_onnx(
     output_names: Sequence[str],
     dynamic_axes: Mapping[str, Mapping[int, str]],
     metadata: Mapping[str, str] | None = None,
+    transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
 ) -> Path:
     """Trace ``module`` on ``example`` and write an ONNX graph to ``path``.
 
     The file is written next to its final place and renamed, so a crash never leaves a
-    half-written model behind. ``metadata`` lands in the graph's ``metadata_props``.
+    half-written model behind. ``metadata`` lands in the graph's ``metadata_props``;
+    ``transform``, when given, rewrites the exported graph before it is checked and saved.
     """
     module.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +44,8 @@ def export_onnx(
             dynamo=False,
         )
     model = onnx.load(str(tmp))
+    if transform is not None:
+        model = transform(model)
     onnx.checker.check_model(model)
     for key, value in (metadata or {}).items():
         entry = model.metadata_props.add()

@@ -12,7 +12,7 @@ import onnx
 import torch
 
 from export.facenet_keras import load_facenet_keras
-from export.mtcnn_graph import for_inference
+from export.mtcnn_graph import optimise_mtcnn
 from export.mtcnn_weights import load_mtcnn
 from export.onnx_export import export_onnx
 from export.quantize import quantize_embedder
@@ -63,7 +63,7 @@ def export_all(nets: Nets, out_dir: Path) -> None:
         {**meta, "preprocessing": "per_image_standardization", "embedding_size": "128"},
     )
     export_onnx(
-        for_inference(nets.pnet),
+        nets.pnet,
         out_dir / ONNX_FILES["pnet"],
         torch.zeros(1, 3, 64, 48),
         "image",
@@ -74,24 +74,27 @@ def export_all(nets: Nets, out_dir: Path) -> None:
             "prob": {0: "batch", 2: "map_height", 3: "map_width"},
         },
         meta,
+        optimise_mtcnn,
     )
     export_onnx(
-        for_inference(nets.rnet),
+        nets.rnet,
         out_dir / ONNX_FILES["rnet"],
         torch.zeros(2, 3, 24, 24),
         "image",
         ["reg", "prob"],
         {"image": {0: "batch"}, "reg": {0: "batch"}, "prob": {0: "batch"}},
         meta,
+        optimise_mtcnn,
     )
     export_onnx(
-        for_inference(nets.onet),
+        nets.onet,
         out_dir / ONNX_FILES["onet"],
         torch.zeros(2, 3, 48, 48),
         "image",
         ["reg", "landmarks", "prob"],
         {n: {0: "batch"} for n in ("image", "reg", "landmarks", "prob")},
         meta,
+        optimise_mtcnn,
     )
 
 
