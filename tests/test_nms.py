@@ -1,4 +1,4 @@
-"""The detector's numpy NMS: both of its strategies keep what the reference keeps."""
+"""The detector's numpy NMS keeps what the reference keeps, whatever its block size."""
 
 from __future__ import annotations
 
@@ -26,16 +26,16 @@ def _random_boxes(k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize(
     ("mode", "inclusive"), [("union", False), ("min", True), ("union", True), ("min", False)]
 )
-def test_matrix_and_row_strategies_agree(
+def test_block_sizes_agree(
     monkeypatch: pytest.MonkeyPatch, k: int, mode: str, inclusive: bool
 ) -> None:
     boxes, scores = _random_boxes(k, seed=k)
     kept = {}
-    for limit in (0, 10**6):  # 0: always row by row; 10**6: always the matrix
-        monkeypatch.setattr(nms_module, "_MATRIX_MAX_BOXES", limit)
-        kept[limit] = nms(boxes, scores, 0.5, mode, inclusive)  # type: ignore[arg-type]
-    assert np.array_equal(kept[0], kept[10**6])
-    assert 0 < len(kept[0]) <= k
+    for pairs in (1, 1000, 10**8):  # one row per block, some rows, every row at once
+        monkeypatch.setattr(nms_module, "_BLOCK_PAIRS", pairs)
+        kept[pairs] = nms(boxes, scores, 0.5, mode, inclusive)  # type: ignore[arg-type]
+    assert np.array_equal(kept[1], kept[1000]) and np.array_equal(kept[1], kept[10**8])
+    assert 0 < len(kept[1]) <= k
 
 
 @pytest.mark.parametrize("k", [5, 60, 1500])

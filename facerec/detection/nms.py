@@ -6,9 +6,9 @@ from typing import Literal
 
 import numpy as np
 
-# Up to this many boxes the pairwise overlaps are computed at once (a few MB); past it,
-# one row at a time.
-_MATRIX_MAX_BOXES = 1024
+# Pairwise overlaps are computed for blocks of this many (row x column) pairs at a time:
+# a few MB, whatever the number of boxes.
+_BLOCK_PAIRS = 1 << 19
 
 
 def nms(
@@ -24,60 +24,51 @@ def nms(
     overlap with a kept box is above ``threshold`` (or not a number); overlap is
     intersection over union, or over the smaller area for ``mode="min"``.
     ``pixel_inclusive`` counts ``x2 - x1 + 1`` pixels per side (the original MTCNN
-    convention) instead of ``x2 - x1``. Both strategies below do the same float64
-    arithmetic, so they keep the same boxes.
+    convention) instead of ``x2 - x1``. The arithmetic (float64) and the keep-list are
+    those of the usual one-box-at-a-time loop; only the overlaps come in blocks.
     """
     if boxes.shape[0] == 0:
         return np.zeros((0,), dtype=np.intp)
     order = np.argsort(-scores, kind="stable")
     b = boxes[order].astype(np.float64)
     one = 1.0 if pixel_inclusive else 0.0
-    if b.shape[0] <= _MATRIX_MAX_BOXES:
-        keep = _greedy_matrix(b, threshold, mode, one)
-    else:
-        keep = _greedy_rows(b, threshold, mode, one)
-    return np.asarray(order[keep], dtype=np.intp)
+    return np.asarray(order[_greedy(b, threshold, mode, one)], dtype=np.intp)
 
 
 def _overlap(
-    b: np.ndarray, area: np.ndarray, i: int | slice, rest: np.ndarray | slice, mode: str, one: float
+    b: np.ndarray, area: np.ndarray, rows: slice, cols: slice, mode: str, one: float
 ) -> np.ndarray:
-    """Overlap of boxes ``b[i]`` (rows) with ``b[rest]`` (columns)."""
+    """Overlaps float64[rows, cols] of boxes ``b[rows]`` with boxes ``b[cols]``."""
     x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    col = (slice(None), None) if isinstance(i, slice) else (i,)
-    w = np.maximum(0.0, np.minimum(x2[col], x2[rest]) - np.maximum(x1[col], x1[rest]) + one)
-    h = np.maximum(0.0, np.minimum(y2[col], y2[rest]) - np.maximum(y1[col], y1[rest]) + one)
+    r = (rows, None)
+    w = np.maximum(0.0, np.minimum(x2[r], x2[cols]) - np.maximum(x1[r], x1[cols]) + one)
+    h = np.maximum(0.0, np.minimum(y2[r], y2[cols]) - np.maximum(y1[r], y1[cols]) + one)
     inter = w * h
     with np.errstate(divide="ignore", invalid="ignore"):  # empty boxes: NaN, dropped
         if mode == "min":
-            return np.asarray(inter / np.minimum(area[col], area[rest]))
-        return np.asarray(inter / (area[col] + area[rest] - inter))
+            return np.asarray(inter / np.minimum(area[r], area[cols]))
+        return np.asarray(inter / (area[r] + area[cols] - inter))
 
 
 def _area(b: np.ndarray, one: float) -> np.ndarray:
     return np.asarray((b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one))
 
 
-def _greedy_matrix(b: np.ndarray, threshold: float, mode: str, one: float) -> np.ndarray:
-    """Keep-list over boxes sorted best first, from all pairwise overlaps at once."""
-    suppresses = ~(_overlap(b, _area(b, one), slice(None), slice(None), mode, one) <= threshold)
-    dead = np.zeros(b.shape[0], dtype=bool)
-    keep: list[int] = []
-    for i in range(b.shape[0]):
-        if not dead[i]:
-            keep.append(i)
-            dead |= suppresses[i]
-    return np.asarray(keep, dtype=np.intp)
-
-
-def _greedy_rows(b: np.ndarray, threshold: float, mode: str, one: float) -> np.ndarray:
-    """The same keep-list, one kept box's overlaps at a time (memory linear in K)."""
+def _greedy(b: np.ndarray, threshold: float, mode: str, one: float) -> np.ndarray:
+    """Keep-list over boxes sorted best first. Each block of rows gets its overlaps with
+    every later box at once; within the block, a kept row marks the boxes it suppresses."""
+    n = b.shape[0]
     area = _area(b, one)
-    order = np.arange(b.shape[0])
+    dead = np.zeros(n, dtype=bool)
     keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        order = rest[_overlap(b, area, i, rest, mode, one) <= threshold]
+    rows = max(1, _BLOCK_PAIRS // n)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        if dead[lo:hi].all():
+            continue
+        suppresses = ~(_overlap(b, area, slice(lo, hi), slice(lo, n), mode, one) <= threshold)
+        for i in range(lo, hi):
+            if not dead[i]:
+                keep.append(i)
+                dead[lo:] |= suppresses[i - lo]
     return np.asarray(keep, dtype=np.intp)
