@@ -174,7 +174,7 @@ def quantise(
     """INT8 embedder calibrated on ``crops`` (uint8 faces); report its agreement with FP32
     and with the PyTorch model (``reference``: its unit embeddings of ``crops``)."""
     fp32 = out_dir / ONNX_FILES["facenet128-fp32"]
-    int8 = quantize_embedder(
+    int8, float_layers = quantize_embedder(
         fp32, out_dir / ONNX_FILES["facenet128-int8"], per_image_standardization(crops), "image"
     )
     a = OnnxEmbedder(fp32, card).embed(crops)
@@ -183,6 +183,7 @@ def quantise(
     return {
         "calibration_crops": len(crops),
         "method": "static QDQ, per-channel int8 weights, uint8 activations, MinMax",
+        "float_layers": float_layers,
         "cosine_vs_fp32_min": float(cosine.min()),
         "cosine_vs_fp32_mean": float(cosine.mean()),
         "cosine_vs_pytorch_min": float((b * reference).sum(axis=1).min()),

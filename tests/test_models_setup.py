@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import onnx
 import pytest
 
 pytest.importorskip("torch")
@@ -81,3 +82,18 @@ def test_corrupted_weight_file_is_extracted_again(tmp_path: Path) -> None:
     assert sha256_of(pnet) != pinned
     fetch_weights(tmp_path)
     assert sha256_of(pnet) == pinned
+
+
+def test_int8_embedder_keeps_its_first_and_last_layers_in_float() -> None:
+    manifest = json.loads((models_dir() / "manifest.json").read_text())
+    names = manifest["int8"]["float_layers"]
+    graph = onnx.load(str(models_dir() / ONNX_FILES["facenet128-int8"])).graph
+    produced_by = {o: n for n in graph.node for o in n.output}
+    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    by_name = {n.name: n for n in graph.node}
+    assert len(names) == 2 and by_name[names[0]].op_type == "Conv"
+    for name in names:
+        weight = by_name[name].input[1]
+        assert weight in floats and weight not in produced_by  # not dequantised int8
+    quantised = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    assert len(quantised) > 100  # everything else is
