@@ -7,7 +7,9 @@ found; start-up (model loading, first call) is excluded.
 
     python -m perf.speed --lfw ../shared/datasets/lfw --out perf/results
 
-writes ``speed.json`` and ``speed.png`` and prints the ratios.
+writes ``speed.json`` and ``speed.png`` and prints the ratios. These machines' speed
+drifts by tens of per cent over minutes, so every configuration (the reference included)
+runs once per round, the rounds interleaved, and the totals are compared.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import json
 import platform
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +83,47 @@ class Reference:
         return len(boxes)
 
 
-def time_reference(ref: Reference, payloads: list[bytes], pad: int) -> dict[str, Any]:
+@dataclass
+class Timing:
+    """What one or more timed passes over a set of images did and took (seconds)."""
+
+    images: int = 0
+    faces: int = 0
+    wall: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def __add__(self, other: Timing) -> Timing:
+        stages = dict(self.stages)
+        for k, v in other.stages.items():
+            stages[k] = stages.get(k, 0.0) + v
+        return Timing(
+            self.images + other.images, self.faces + other.faces, self.wall + other.wall, stages
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "faces": self.faces,
+            "wall_seconds": round(self.wall, 4),
+            "images_per_second": round(self.images / self.wall, 2),
+            "faces_per_second": round(self.faces / self.wall, 2),
+            "ms_per_image": round(1e3 * self.wall / self.images, 2),
+            "stage_ms_per_image": {
+                k: round(1e3 * v / self.images, 2) for k, v in self.stages.items()
+            },
+        }
+
+
+def time_reference(ref: Reference, payloads: list[bytes], pad: int) -> Timing:
     stages = dict.fromkeys(("decode", "detect", "align", "embed"), 0.0)
     ref(payloads[0], pad, dict(stages))  # warm-up
     start = time.perf_counter()
     faces = sum(ref(p, pad, stages) for p in payloads)
     wall = time.perf_counter() - start
-    return _summary(len(payloads), faces, wall, stages)
+    return Timing(len(payloads), faces, wall, stages)
 
 
-def time_pipeline(
-    pipeline: FacePipeline, payloads: list[bytes], pad: int, batch: int
-) -> dict[str, Any]:
+def time_pipeline(pipeline: FacePipeline, payloads: list[bytes], pad: int, batch: int) -> Timing:
     def run(chunk: list[bytes]) -> tuple[int, float]:
         t = time.perf_counter()
         images = [_pad(decode_image(p), pad) for p in chunk]
@@ -107,12 +140,10 @@ def time_pipeline(
         faces += n
         decode += d
     wall = time.perf_counter() - start
-    return _summary(len(payloads), faces, wall, {"decode": decode, **pipeline.timer.seconds})
+    return Timing(len(payloads), faces, wall, {"decode": decode, **pipeline.timer.seconds})
 
 
-def time_processes(
-    config: PipelineConfig, paths: list[Path], pad: int, chunk: int
-) -> dict[str, Any]:
+def time_processes(config: PipelineConfig, paths: list[Path], pad: int, chunk: int) -> Timing:
     """The batch-job path: one worker process per core, each decoding its own files."""
     with ProcessBatchRunner(config) as runner:
         runner.warm_up()
@@ -121,19 +152,7 @@ def time_processes(
         start = time.perf_counter()
         faces = sum(len(r.faces.faces) for r in runner.run(paths, pad=pad, chunk=chunk) if r.faces)
         wall = time.perf_counter() - start
-        return _summary(len(paths), faces, wall, runner.seconds)
-
-
-def _summary(images: int, faces: int, wall: float, stages: dict[str, float]) -> dict[str, Any]:
-    return {
-        "images": images,
-        "faces": faces,
-        "wall_seconds": round(wall, 4),
-        "images_per_second": round(images / wall, 2),
-        "faces_per_second": round(faces / wall, 2),
-        "ms_per_image": round(1e3 * wall / images, 2),
-        "stage_ms_per_image": {k: round(1e3 * v / images, 2) for k, v in stages.items()},
-    }
+        return Timing(len(paths), faces, wall, dict(runner.seconds))
 
 
 def embedder_throughput(batches: tuple[int, ...], crops: np.ndarray) -> dict[str, Any]:
@@ -228,6 +247,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("perf/results"))
     parser.add_argument("--images", type=int, default=120, help="LFW images per run")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="interleaved passes of every configuration"
+    )
+    parser.add_argument(
+        "--sets", nargs="+", choices=("lfw", "vga", "hd"), default=["lfw", "vga", "hd"]
+    )
     args = parser.parse_args()
 
     threads = default_threads()
@@ -236,11 +261,12 @@ def main() -> None:
     scenes_dir = Path(tempfile.mkdtemp(prefix="facerec-scenes-"))
     vga = [scene(files[3 * i : 3 * i + 3], 640, 480, i) for i in range(12)]
     hd = [scene(files[6 * i : 6 * i + 6], 1920, 1080, i) for i in range(5)]
-    inputs = {
-        "lfw_250x250": (files, PAD),
-        "scene_640x480_3_faces": (_write(scenes_dir, "vga", vga), 0),
-        "scene_1920x1080_6_faces": (_write(scenes_dir, "hd", hd), 0),
+    every = {
+        "lfw": ("lfw_250x250", (files, PAD)),
+        "vga": ("scene_640x480_3_faces", (_write(scenes_dir, "vga", vga), 0)),
+        "hd": ("scene_1920x1080_6_faces", (_write(scenes_dir, "hd", hd), 0)),
     }
+    inputs = dict(every[k] for k in args.sets)
     ref = Reference()
     configs = {
         "default, threads": PipelineConfig(),
@@ -251,14 +277,21 @@ def main() -> None:
     end_to_end: dict[str, Any] = {}
     for set_name, (paths, pad) in inputs.items():
         payloads = [p.read_bytes() for p in paths]
-        runs: dict[str, Any] = {"reference (PyTorch eager)": time_reference(ref, payloads, pad)}
-        base = runs["reference (PyTorch eager)"]["images_per_second"]
         chunk = max(1, min(8, len(paths) // default_threads()))
-        runs["default, worker processes"] = time_processes(PipelineConfig(), paths, pad, chunk)
-        for name, pipe in pipelines.items():
-            runs[f"{name}, batch {args.batch}"] = time_pipeline(pipe, payloads, pad, args.batch)
-            if name.startswith("default"):
-                runs[f"{name}, batch 1"] = time_pipeline(pipe, payloads, pad, 1)
+        timings: dict[str, Timing] = defaultdict(Timing)
+        for _ in range(args.rounds):
+            timings["reference (PyTorch eager)"] += time_reference(ref, payloads, pad)
+            timings["default, worker processes"] += time_processes(
+                PipelineConfig(), paths, pad, chunk
+            )
+            for name, pipe in pipelines.items():
+                timings[f"{name}, batch {args.batch}"] += time_pipeline(
+                    pipe, payloads, pad, args.batch
+                )
+                if name.startswith("default"):
+                    timings[f"{name}, batch 1"] += time_pipeline(pipe, payloads, pad, 1)
+        runs = {name: t.summary() for name, t in timings.items()}
+        base = runs["reference (PyTorch eager)"]["images_per_second"]
         for run in runs.values():
             run["speedup_vs_reference"] = round(run["images_per_second"] / base, 2)
         end_to_end[set_name] = runs
@@ -276,6 +309,7 @@ def main() -> None:
         "end_to_end": end_to_end,
         "embedder_faces_per_second": embedder,
         "threads": threads,
+        "rounds": args.rounds,
         "workers": pipelines["default, threads"].workers,
         "notes": "stage times are summed over the pipeline's worker threads, so they can add up "
         "to more than the wall time per image",
