@@ -1,4 +1,4 @@
-"""Area resampling that reproduces PyTorch's ``interpolate(mode="area")`` exactly.
+"""Area resampling that reproduces PyTorch's ``interpolate(mode="area")``.
 
 PyTorch's area mode is adaptive average pooling: output cell ``i`` of ``n_out`` averages
 input cells ``floor(i * n / n_out)`` up to ``ceil((i + 1) * n / n_out)``. MTCNN's published
@@ -7,10 +7,14 @@ detector's boxes identical to the reference's (OpenCV's INTER_AREA weights fract
 overlaps and moves boxes by pixels).
 
 A summed-area table of the image, built once, serves every pyramid level and every crop:
-each output pixel is four look-ups, in exact integer arithmetic.
+each output pixel is four look-ups, in exact integer arithmetic, and one float32 division;
+the result is PyTorch's to the last bit or one unit in the last place (PyTorch divides in
+another order).
 """
 
 from __future__ import annotations
+
+import functools
 
 import cv2
 import numpy as np
@@ -26,6 +30,22 @@ def _windows(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.ndarr
     lo = start[:, None] + (i * n) // size
     hi = start[:, None] + ((i + 1) * n + size - 1) // size
     return lo, hi
+
+
+@functools.lru_cache(maxsize=256)
+def _level_plan(
+    height: int, width: int, out_h: int, out_w: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row and column windows and cell sizes (float32[out_h, out_w, 1]) of one pyramid
+    level; images of one size share them."""
+    zero = np.zeros(1, np.int64)
+    ys, ye = (v[0] for v in _windows(zero, np.array([height]), out_h))
+    xs, xe = (v[0] for v in _windows(zero, np.array([width]), out_w))
+    count = ((ye - ys)[:, None] * (xe - xs)[None, :]).astype(np.float32)[:, :, None]
+    plan = (ys, ye, xs, xe, count)
+    for a in plan:
+        a.setflags(write=False)
+    return plan
 
 
 class AreaSampler:
@@ -47,18 +67,15 @@ class AreaSampler:
 
     def resize(self, height: int, width: int) -> np.ndarray:
         """The whole image at ``height`` x ``width``: float32[height, width, C]."""
-        zero = np.zeros(1, np.int64)
-        ys, ye = (v[0] for v in _windows(zero, np.array([self.height]), height))
-        xs, xe = (v[0] for v in _windows(zero, np.array([self.width]), width))
+        ys, ye, xs, xe, count = _level_plan(self.height, self.width, height, width)
         flat = self.table.reshape(self.table.shape[0], -1)
         rows = np.take(flat, ye, axis=0)
         rows -= np.take(flat, ys, axis=0)
         rows3 = rows.reshape(height, self.width + 1, -1)
         total = np.take(rows3, xe, axis=1)
         total -= np.take(rows3, xs, axis=1)
-        count = ((ye - ys)[:, None] * (xe - xs)[None, :]).astype(np.float32)
         out = total.astype(np.float32)
-        out /= count[:, :, None]
+        out /= count
         return np.asarray(out, dtype=np.float32)
 
     def crops(
