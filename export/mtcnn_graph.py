@@ -10,7 +10,10 @@ the PyTorch networks (boxes and landmarks within 0.5 px):
   ``BatchNormalization`` ops (which ONNX Runtime turns into blocked depthwise convolutions,
   the ``Add`` fused into the second) around a ``Relu``;
 * vector PReLU (after R-/O-Net's dense layers): ``max(x, 0) + a*min(x, 0)``, bit-exact
-  element-wise ops, faster than the broadcasting ``PRelu`` kernel.
+  element-wise ops, faster than the broadcasting ``PRelu`` kernel;
+* channel padding: P-Net's first layer has 10 channels and R-Net's 28, which ONNX
+  Runtime could not max-pool in its blocked layout; zero filters make them 16 and 32
+  (:func:`pad_channels`): detection 1.06x faster per LFW image.
 
 Measured with one thread on LFW-sized inputs against the previous graphs (PReLU as
 max/min element-wise ops throughout): R-Net 1.2x, O-Net 1.35x, P-Net a few per cent.
@@ -24,6 +27,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+# ONNX Runtime's blocked layout groups 16 channels with AVX-512 (8 with AVX2).
+CHANNEL_BLOCK = 16
 
 
 class GraphRewriteError(RuntimeError):
@@ -94,6 +100,49 @@ def rewrite_prelu(model: onnx.ModelProto) -> int:
     return replaced
 
 
+def _replace_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
+    for i, t in enumerate(graph.initializer):
+        if t.name == name:
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+            return
+    raise GraphRewriteError(f"no initializer {name}")
+
+
+def pad_channels(model: onnx.ModelProto, block: int = CHANNEL_BLOCK) -> int:
+    """Give every ``Conv -> PRelu -> MaxPool -> Conv`` chain a multiple of ``block``
+    channels in the middle: zero filters in the first convolution, zero inputs in the
+    second. The extra channels stay exactly zero and add exact zeros to the second
+    convolution's sums; ONNX Runtime then pools them in its blocked layout instead of
+    reordering to NCHW and back. Returns how many chains were padded."""
+    graph = model.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+
+    def only(name: str, op: str) -> onnx.NodeProto | None:
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    padded = 0
+    for conv in [n for n in graph.node if n.op_type == "Conv"]:
+        w1 = inits.get(conv.input[1])
+        prelu = only(conv.output[0], "PRelu")
+        pool = only(prelu.output[0], "MaxPool") if prelu else None
+        nxt = only(pool.output[0], "Conv") if pool else None
+        if w1 is None or w1.shape[0] % block == 0 or prelu is None or nxt is None:
+            continue
+        extra = -w1.shape[0] % block
+        b1, slope, w2 = inits[conv.input[2]], inits[prelu.input[1]], inits[nxt.input[1]]
+        _replace_initializer(graph, conv.input[1], np.pad(w1, [(0, extra)] + [(0, 0)] * 3))
+        _replace_initializer(graph, conv.input[2], np.pad(b1, (0, extra)))
+        _replace_initializer(graph, prelu.input[1], np.pad(slope, [(0, extra), (0, 0), (0, 0)]))
+        _replace_initializer(graph, nxt.input[1], np.pad(w2, [(0, 0), (0, extra), (0, 0), (0, 0)]))
+        padded += 1
+    return padded
+
+
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {i for n in graph.node for i in n.input}
     keep = [t for t in graph.initializer if t.name in used]
@@ -103,6 +152,7 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
 
 def optimise_mtcnn(model: onnx.ModelProto) -> onnx.ModelProto:
     """Apply the rewrites in place and return ``model``, checked."""
+    pad_channels(model)
     if rewrite_prelu(model) == 0:
         raise GraphRewriteError("no PRelu found: was the graph already rewritten?")
     _drop_unused_initializers(model.graph)

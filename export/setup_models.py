@@ -34,7 +34,7 @@ from facerec.models import ONNX_FILES, facerec_home, load_model_card, models_dir
 log = logging.getLogger(__name__)
 
 FACES_DIR = Path(__file__).parent / "faces"
-MANIFEST_VERSION = 6  # bump whenever the exported graphs or the recorded checks change
+MANIFEST_VERSION = 7  # bump whenever the exported graphs or the recorded checks change
 
 
 def _weights_fingerprint() -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export.mtcnn_graph import GraphRewriteError, optimise_mtcnn  # noqa: E402
+from export.mtcnn_graph import CHANNEL_BLOCK, GraphRewriteError, optimise_mtcnn  # noqa: E402
 from export.mtcnn_weights import load_mtcnn  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
 from facerec.models import facerec_home, model_path  # noqa: E402
@@ -23,6 +23,10 @@ def test_exported_graphs_have_no_prelu_and_keep_outputs(net: str) -> None:
     ops = {n.op_type for n in graph.node}
     assert "PRelu" not in ops and "BatchNormalization" in ops
     assert [o.name for o in graph.output][-1] == "prob"
+    # every pooled feature map has whole blocks of channels (P-Net 10 -> 16, R-Net 28 -> 32)
+    weights = {t.name: t.dims for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert all(weights[c.input[1]][0] % CHANNEL_BLOCK == 0 for c in convs[:2])
 
 
 @pytest.mark.parametrize(
