@@ -26,9 +26,10 @@ from facerec.runtime import create_session
 _STRIDE = 2
 _CELL = 12
 # Past these sizes a call's activations leave the core's cache and every pixel or crop
-# costs more (measured with one thread: P-Net 107 us per 1000 px at 150x150, 205 at
-# 1000x600; R-Net 85 us per crop in batches of 16, 116 in batches of 256; O-Net 414 us
-# in batches of 8, 516 in 64). Larger inputs are cut into calls of about these sizes.
+# costs more (one thread, before the channel padding: P-Net 107 us per 1000 px at 150x150,
+# 205 at 1000x600; R-Net 85 us per crop in batches of 16, 116 in batches of 256; O-Net
+# 414 us in batches of 8, 516 in 64; `python -m perf.detector` measures the current
+# graphs). Larger inputs are cut into calls of about these sizes.
 _PNET_CALL_PIXELS = 40_000
 _REFINE_CALL_CROPS = {24: 16, 48: 8}
 
