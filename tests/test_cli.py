@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,11 +50,27 @@ def check_face(face: dict[str, Any]) -> None:
 
 def test_help_lists_every_command() -> None:
     _, out = run("--help")
-    for command in ("models", "detect", "embed", "verify", "identify", "bench"):
+    # "models" comes from export, "serve" etc. from gateway: entry points, not core imports
+    for command in ("models", "detect", "embed", "verify", "identify", "bench", "serve", "keys"):
         assert command in out
     for command in ("models", "detect", "embed", "verify", "identify"):
         _, text = run(command, "--help")
         assert "usage: facerec" in text
+
+
+def test_closed_pipe_ends_quietly() -> None:
+    """`facerec ... --json | head -1`: no BrokenPipeError traceback, like other Unix tools."""
+    done = subprocess.run(
+        f"{shlex.join(FACEREC)} detect --json {shlex.quote(str(lfw_path('Amber_Tamblyn_0001')))}"
+        " | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.stdout == "{"
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
 def test_detect_json_and_bad_files_in_one_batch(bad_files: dict[str, Path]) -> None:

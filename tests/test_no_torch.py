@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import lfw_path
 
@@ -30,3 +32,41 @@ def test_pipeline_imports_no_torch() -> None:
         timeout=120,
     )
     assert done.stdout.strip() == ""
+
+
+FORBIDDEN = {
+    "torch", "torchvision", "h5py", "onnx", "fastapi", "flask", "starlette", "uvicorn",
+    "pydantic", "pydantic_settings", "training", "export", "gateway", "cryptography",
+    "sqlalchemy", "pymilvus",
+}  # fmt: skip
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name | ast.Attribute)
+            and getattr(node.func, "id", getattr(node.func, "attr", "")) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            roots.add(node.args[0].value.split(".")[0])
+    return roots
+
+
+def test_core_package_imports_nothing_heavy_anywhere() -> None:
+    """Statically, not only at run time: no module of ``facerec`` (lazy imports inside
+    functions included) imports torch, a web framework, or the gateway/export/training
+    packages."""
+    core = Path(__file__).resolve().parents[1] / "facerec"
+    offenders = {
+        str(path.relative_to(core)): sorted(_imported_roots(path) & FORBIDDEN)
+        for path in sorted(core.rglob("*.py"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from facerec import __version__
@@ -20,6 +22,10 @@ from facerec.models import PRECISIONS
 from facerec.pipeline import FacePipeline, PipelineConfig
 
 Handler = Callable[[argparse.Namespace, FacePipeline], int]
+Common = Callable[[argparse.ArgumentParser], None]
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", Common], None]
+COMMAND_GROUP = "facerec.commands"
+log = logging.getLogger(__name__)
 
 
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -71,11 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"facerec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("models", help="fetch, convert, export and check the model files")
-    _common(p)
-    p.add_argument("--force", action="store_true", help="redo every step even if up to date")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
     p = sub.add_parser("detect", help="find faces: boxes, scores, 5 landmarks")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     _common(p)
@@ -126,56 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_options(b)
     b.set_defaults(handler=bench.cmd_lfw)
     triton.add_commands(sub, _common)
-    _gateway_commands(sub)
+    _plugin_commands(sub)
     return parser
 
 
-def _gateway_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Commands of the REST gateway (the ``gateway`` extra), imported only when run."""
-    settings_help = "settings come from FACEREC_* variables or .env (see .env.example)"
-    p = sub.add_parser(
-        "serve",
-        help="run the REST gateway (embedded SQLite + Milvus Lite by default)",
-        epilog=settings_help,
-    )
-    p.add_argument("--host", default=None, help="bind address (FACEREC_HOST, 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (FACEREC_PORT, 8000)")
-    _common(p)
+def _plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands other packages register under the ``facerec.commands`` entry point group
+    (``models`` from ``export``, ``serve``/``keys``/``reindex``/``audit`` from ``gateway``).
 
-    p = sub.add_parser("keys", help="API keys and master-key rotation", epilog=settings_help)
-    keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    k = keys.add_parser("create", help="print a new API key (shown once)")
-    k.add_argument("--role", required=True, choices=["admin", "enrol", "verify", "identify"])
-    k.add_argument("--label", default="", help="a note on who holds the key")
-    _common(k)
-    k = keys.add_parser("list", help="API keys (ids and roles, never secrets)")
-    _common(k)
-    k = keys.add_parser("revoke", help="revoke an API key by id")
-    k.add_argument("key_id")
-    _common(k)
-    k = keys.add_parser(
-        "rotate",
-        help="re-wrap data keys under FACEREC_MASTER_KEY (old keys in "
-        "FACEREC_PREVIOUS_MASTER_KEYS) and re-protect the index; reads go on meanwhile",
-    )
-    k.add_argument("--keep-index", action="store_true", help="re-wrap keys only")
-    _common(k)
-
-    p = sub.add_parser(
-        "reindex",
-        help="rebuild the vector index from the encrypted system of record",
-        epilog=settings_help,
-    )
-    p.add_argument("--check", action="store_true", help="only repair differences (as at start-up)")
-    _common(p)
-
-    p = sub.add_parser("audit", help="the tamper-evident audit log", epilog=settings_help)
-    audit = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    a = audit.add_parser("verify", help="check the hash chain: exit 1 if any event was altered")
-    _common(a)
-
-
-GATEWAY_COMMANDS = ("serve", "keys", "reindex", "audit")
+    The core imports none of them: each entry point names a light registration function
+    that adds its sub-parsers and sets ``run`` on them; the heavy modules load when the
+    command runs. A package that cannot be imported (an extra not installed) adds nothing.
+    """
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            register: Register = ep.load()
+        except ImportError as exc:
+            log.debug("commands %s not available: %s", ep.name, exc)
+            continue
+        register(sub, _common)
 
 
 def pipeline_from_args(args: argparse.Namespace) -> FacePipeline:
@@ -193,6 +163,9 @@ def pipeline_from_args(args: argparse.Namespace) -> FacePipeline:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A closed pipe (`facerec ... --json | head`) ends the process quietly, as it does
+    # for other Unix tools, instead of a BrokenPipeError traceback.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -201,16 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args.progress = sys.stderr.isatty() and not args.json
     try:
-        if args.command == "models":
-            from facerec.cli.models import cmd_models
-
-            return cmd_models(args)
-        if args.command == "triton":
-            return triton.run(args)
-        if args.command in GATEWAY_COMMANDS:
-            from importlib import import_module
-
-            return int(import_module("gateway.cli").run(args))
+        if hasattr(args, "run"):
+            run: Callable[[argparse.Namespace], int] = args.run
+            return run(args)
         handler: Handler = args.handler
         return handler(args, pipeline_from_args(args))
     except FaceRecError as exc:

@@ -21,6 +21,7 @@ def add_commands(
 ) -> None:
     """``common`` adds the options every command has (``--json``, ``--verbose``)."""
     p = sub.add_parser("triton", help="NVIDIA Triton: model repository and server")
+    p.set_defaults(run=run)
     triton = p.add_subparsers(dest="triton_command", required=True, metavar="ACTION")
 
     r = triton.add_parser(

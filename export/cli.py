@@ -1,12 +1,13 @@
 """``facerec models``: the one-time conversion of the published weights.
 
-Conversion needs PyTorch, which serving never does, so it lives in the ``export`` package
-and is imported only here.
+Registered with the core CLI through the ``facerec.commands`` entry point. Conversion needs
+PyTorch, which serving never does: this module imports none of it until the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from facerec.cli.output import emit
 from facerec.errors import FaceRecError
@@ -15,6 +16,17 @@ from facerec.errors import FaceRecError
 class ExportToolsMissingError(FaceRecError):
     code = "export_tools_missing"
     http_status = 503
+
+
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    p = sub.add_parser("models", help="fetch, convert, export and check the model files")
+    common(p)
+    p.add_argument("--force", action="store_true", help="redo every step even if up to date")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_models)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -1,0 +1,69 @@
+"""The gateway's commands (``facerec serve|keys|reindex|audit``), registered with the core
+CLI through the ``facerec.commands`` entry point.
+
+This module only declares the options; :mod:`gateway.cli` (the web framework, the database,
+Milvus) is imported when one of the commands runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+SETTINGS_HELP = "settings come from FACEREC_* variables or .env (see .env.example)"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.cli import run
+
+    return run(args)
+
+
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the REST gateway (embedded SQLite + Milvus Lite by default)",
+        epilog=SETTINGS_HELP,
+    )
+    p.add_argument("--host", default=None, help="bind address (FACEREC_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (FACEREC_PORT, 8000)")
+    common(p)
+    p.set_defaults(run=_run)
+
+    p = sub.add_parser("keys", help="API keys and master-key rotation", epilog=SETTINGS_HELP)
+    p.set_defaults(run=_run)
+    keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = keys.add_parser("create", help="print a new API key (shown once)")
+    k.add_argument("--role", required=True, choices=["admin", "enrol", "verify", "identify"])
+    k.add_argument("--label", default="", help="a note on who holds the key")
+    common(k)
+    k = keys.add_parser("list", help="API keys (ids and roles, never secrets)")
+    common(k)
+    k = keys.add_parser("revoke", help="revoke an API key by id")
+    k.add_argument("key_id")
+    common(k)
+    k = keys.add_parser(
+        "rotate",
+        help="re-wrap data keys under FACEREC_MASTER_KEY (old keys in "
+        "FACEREC_PREVIOUS_MASTER_KEYS) and re-protect the index; reads go on meanwhile",
+    )
+    k.add_argument("--keep-index", action="store_true", help="re-wrap keys only")
+    common(k)
+
+    p = sub.add_parser(
+        "reindex",
+        help="rebuild the vector index from the encrypted system of record",
+        epilog=SETTINGS_HELP,
+    )
+    p.add_argument("--check", action="store_true", help="only repair differences (as at start-up)")
+    common(p)
+    p.set_defaults(run=_run)
+
+    p = sub.add_parser("audit", help="the tamper-evident audit log", epilog=SETTINGS_HELP)
+    p.set_defaults(run=_run)
+    audit = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    a = audit.add_parser("verify", help="check the hash chain: exit 1 if any event was altered")
+    common(a)
