@@ -10,15 +10,15 @@ from pathlib import Path
 
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
-from gateway.auditlog import AuditLog
-from gateway.auth import KeyManager
+from gateway.audit.log import AuditLog
+from gateway.auth.api_keys import KeyManager
 from gateway.batching import MicroBatcher
+from gateway.crypto.envelope import Keyring, MasterKey
+from gateway.index.manager import IndexManager, Reconciled
 from gateway.jobs import JobRunner
-from gateway.keys import Keyring, MasterKey
 from gateway.service import Caller, FaceService
 from gateway.settings import Settings
 from gateway.store import Store
-from gateway.vectors import IndexManager, Reconciled
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Any
 from facerec.cli.output import emit, fail
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
-from gateway.auditlog import AuditLog
-from gateway.auth import KeyManager
+from gateway.audit.log import AuditLog
+from gateway.auth.api_keys import KeyManager
 from gateway.bootstrap import open_audit, open_index, open_store
-from gateway.keys import MasterKey
+from gateway.crypto.envelope import MasterKey
 from gateway.service import Caller
 from gateway.settings import Settings, get_settings
 from gateway.store import Store

@@ -20,9 +20,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facerec.errors import FaceRecError, InvalidArgumentError
-from gateway.db import JobRow, now
 from gateway.errors import NotFoundError
 from gateway.service import Upload
+from gateway.storage.schema import JobRow, now
 from gateway.store import Store
 
 log = logging.getLogger(__name__)

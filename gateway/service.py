@@ -3,7 +3,7 @@
 Every operation that touches biometric data writes an audit event. Inference goes through
 the :class:`~gateway.batching.MicroBatcher`, so concurrent requests share pipeline calls.
 Enrolment writes the sealed template as ``pending``, then the protected vector, then marks
-the face ``indexed``; :meth:`gateway.vectors.IndexManager.reconcile` repairs any crash in
+the face ``indexed``; :meth:`gateway.index.manager.IndexManager.reconcile` repairs any crash in
 between at start-up.
 """
 
@@ -22,13 +22,13 @@ import numpy as np
 from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
 from facerec.imaging.decode import DecodeLimits, decode_image
 from facerec.pipeline import Face, FacePipeline, ImageFaces
-from gateway.audit import AuditEvent
-from gateway.auditlog import AuditLog
+from gateway.audit.chain import AuditEvent
+from gateway.audit.log import AuditLog
 from gateway.batching import MicroBatcher
 from gateway.errors import NotFoundError
-from gateway.index import check_id
+from gateway.index.manager import IndexManager
+from gateway.index.milvus import check_id
 from gateway.store import UNSET, Store, Subject
-from gateway.vectors import IndexManager
 
 log = logging.getLogger(__name__)
 

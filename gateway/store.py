@@ -1,7 +1,7 @@
 """The system of record: subjects, sealed templates, API keys and the audit log, in SQL.
 
 SQLite by default, any SQLAlchemy URL (PostgreSQL in the compose deployment) otherwise.
-Templates are stored only sealed (:mod:`gateway.keys`); each subject row holds its own
+Templates are stored only sealed (:mod:`gateway.crypto.envelope`); each subject row holds its own
 wrapped data key, so deleting the subject destroys the only way to open its templates.
 A face is written ``pending`` before its vector reaches the index and marked ``indexed``
 after, so a crash in between leaves a row that start-up repair can finish or undo.
@@ -24,8 +24,17 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from gateway.audit import AuditEvent, chain_event
-from gateway.db import (
+from gateway.audit.chain import AuditEvent, chain_event
+from gateway.crypto.envelope import (
+    Keyring,
+    WrappedKey,
+    new_data_key,
+    open_template,
+    seal_image,
+    seal_template,
+)
+from gateway.errors import ConflictError, NotFoundError
+from gateway.storage.schema import (
     ApiKeyRow,
     AuditRow,
     FaceRow,
@@ -35,15 +44,6 @@ from gateway.db import (
     new_id,
     now,
     open_engine,
-)
-from gateway.errors import ConflictError, NotFoundError
-from gateway.keys import (
-    Keyring,
-    WrappedKey,
-    new_data_key,
-    open_template,
-    seal_image,
-    seal_template,
 )
 
 UNSET: Any = object()

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from apiclient import image_files, settings_for
 from conftest import GALLERY
 from gateway.bootstrap import open_store
-from gateway.keys import MasterKey
+from gateway.crypto.envelope import MasterKey
 from servers import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.integration

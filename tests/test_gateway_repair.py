@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.keys import Keyring, MasterKey
+from gateway.crypto.envelope import Keyring, MasterKey
+from gateway.index.manager import IndexManager
 from gateway.store import Store
-from gateway.vectors import IndexManager
 
 
 def unit(seed: int) -> np.ndarray:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from facerec.errors import InvalidArgumentError
-from gateway.audit import AuditEvent, chain_event, verify_chain
+from gateway.audit.chain import AuditEvent, chain_event, verify_chain
+from gateway.crypto.envelope import Keyring, MasterKey, new_data_key, open_template, seal_template
+from gateway.crypto.vector_protection import VectorProtector
 from gateway.errors import IntegrityError, KeyMaterialError
-from gateway.keys import Keyring, MasterKey, new_data_key, open_template, seal_template
-from gateway.protect import VectorProtector
 
 
 def unit(rng: np.random.Generator, n: int, d: int = 128) -> np.ndarray:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from gateway.audit import verify_chain
+from gateway.audit.chain import verify_chain
+from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.errors import ConflictError, NotFoundError
-from gateway.keys import Keyring, MasterKey
 from gateway.store import Store
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request, UploadFile
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.apikeys import allowed
+from gateway.auth.api_keys import allowed
 from gateway.bootstrap import Gateway
 from gateway.errors import (
     AuthError,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.audit import AuditEvent, ChainReport, verify_chain
+from gateway.audit.chain import AuditEvent, ChainReport, verify_chain
 from gateway.store import Store
 
 

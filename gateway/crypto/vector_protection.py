@@ -14,7 +14,7 @@ import hashlib
 
 import numpy as np
 
-from gateway.keys import MasterKey
+from gateway.crypto.envelope import MasterKey
 
 
 class VectorProtector:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.index import FaceIndex, Hit
-from gateway.keys import MasterKey
-from gateway.protect import VectorProtector
+from gateway.crypto.envelope import MasterKey
+from gateway.crypto.vector_protection import VectorProtector
+from gateway.index.milvus import FaceIndex, Hit
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
