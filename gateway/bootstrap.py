@@ -18,7 +18,7 @@ from gateway.index.manager import IndexManager, Reconciled
 from gateway.jobs import JobRunner
 from gateway.service import Caller, FaceService
 from gateway.settings import Settings
-from gateway.store import Store
+from gateway.storage.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,23 @@ def load_keyring(settings: Settings) -> Keyring:
     return Keyring(current, older)
 
 
-def open_store(settings: Settings) -> Store:
+def open_database(settings: Settings) -> Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Store(settings.sqlite_url, load_keyring(settings))
+    return Database(settings.sqlite_url, load_keyring(settings))
 
 
-def open_index(settings: Settings, store: Store, dim: int) -> IndexManager:
+def open_index(settings: Settings, db: Database, dim: int) -> IndexManager:
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    return IndexManager(store, settings.index_uri, dim, settings.index_type, token)
+    return IndexManager(db, settings.index_uri, dim, settings.index_type, token)
 
 
-def open_audit(settings: Settings, store: Store) -> AuditLog:
-    return AuditLog(store, store.system_secret("audit"), settings.data_dir / "audit.head")
+def open_audit(settings: Settings, db: Database) -> AuditLog:
+    key = db.secrets.get_or_create("audit")
+    return AuditLog(db.audit, key, settings.data_dir / "audit.head")
+
+
+def open_keys(db: Database) -> KeyManager:
+    return KeyManager(db.api_keys, db.secrets.get_or_create("pepper"))
 
 
 @dataclass
@@ -94,16 +99,16 @@ class Gateway:
 
 
 def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Gateway:
-    store = open_store(settings)
+    db = open_database(settings)
     pipe = pipeline or FacePipeline.open(
         backend=settings.backend, url=settings.triton_url, protocol=settings.triton_protocol
     )
-    index = open_index(settings, store, pipe.card.embedding_size)
+    index = open_index(settings, db, pipe.card.embedding_size)
     repaired = index.reconcile()
-    audit = open_audit(settings, store)
+    audit = open_audit(settings, db)
     batcher = MicroBatcher(pipe, max_wait=settings.batch_max_wait_ms / 1000)
     service = FaceService(
-        store,
+        db,
         index,
         pipe,
         batcher,
@@ -112,17 +117,17 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         store_images=settings.store_images,
         min_quality=settings.enrol_min_quality,
     )
-    keys = KeyManager(store, store.system_secret("pepper"))
+    keys = open_keys(db)
     admin_file = None
     if (admin := settings.secret("admin_key")) is not None:
         keys.bootstrap_admin(admin)
     elif settings.env == "development" and not keys.list():
         admin_file = settings.data_dir / "admin.key"
-        issued = keys.create("admin", "development bootstrap")
+        issued, _ = keys.create("admin", "development bootstrap")
         if admin_file.exists():
             admin_file.unlink()
         _write_private(admin_file, issued.token + "\n")
         log.warning("development mode: created an admin API key, saved in %s", admin_file)
 
-    jobs = JobRunner(store, service.run_job)
+    jobs = JobRunner(db.jobs, service.run_job)
     return Gateway(settings, service, keys, jobs, repaired, admin_file)

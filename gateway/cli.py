@@ -15,12 +15,11 @@ from facerec.cli.output import emit, fail
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
 from gateway.audit.log import AuditLog
-from gateway.auth.api_keys import KeyManager
-from gateway.bootstrap import open_audit, open_index, open_store
+from gateway.bootstrap import open_audit, open_database, open_index, open_keys
 from gateway.crypto.envelope import MasterKey
 from gateway.service import Caller
 from gateway.settings import Settings, get_settings
-from gateway.store import Store
+from gateway.storage.database import Database
 
 log = logging.getLogger(__name__)
 CLI = Caller(key_id=None, role="cli", request_id=None)
@@ -51,11 +50,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     settings = get_settings()
-    store = open_store(settings)
-    keys = KeyManager(store, store.system_secret("pepper"))
-    audit = open_audit(settings, store)
+    db = open_database(settings)
+    keys = open_keys(db)
+    audit = open_audit(settings, db)
     if args.keys_command == "create":
-        issued = keys.create(args.role, args.label)
+        issued, _ = keys.create(args.role, args.label)
         audit.append(action="key_create", outcome="ok", role="cli", subject=None)
         _print(
             args, {"id": issued.key_id, "role": issued.role, "token": issued.token}, issued.token
@@ -85,16 +84,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
         audit.append(action="key_revoke", outcome="ok", role="cli")
         _print(args, {"revoked": args.key_id}, f"revoked {args.key_id}")
     elif args.keys_command == "rotate":
-        return _rotate(args, settings, store, audit)
+        return _rotate(args, settings, db, audit)
     return 0
 
 
-def _rotate(args: argparse.Namespace, settings: Settings, store: Store, audit: AuditLog) -> int:
+def _rotate(args: argparse.Namespace, settings: Settings, db: Database, audit: AuditLog) -> int:
     """Re-wrap every data key under the current master key, then move the index to a new
     protection key (reads continue on the old index until the new one is complete)."""
     card = load_model_card()
-    index = open_index(settings, store, card.embedding_size)
-    rewrapped = store.rotate_master_key()
+    index = open_index(settings, db, card.embedding_size)
+    rewrapped = db.rotate_master_key()
     moved = index.rotate(MasterKey.generate().secret) if not args.keep_index else 0
     audit.append(action="key_rotate", outcome="ok", role="cli")
     _print(
@@ -108,8 +107,8 @@ def _rotate(args: argparse.Namespace, settings: Settings, store: Store, audit: A
 def cmd_reindex(args: argparse.Namespace) -> int:
     """Rebuild the search index from the system of record (after a loss or a migration)."""
     settings = get_settings()
-    store = open_store(settings)
-    index = open_index(settings, store, load_model_card().embedding_size)
+    db = open_database(settings)
+    index = open_index(settings, db, load_model_card().embedding_size)
     if args.check:
         repaired = index.reconcile()
         data = repaired.__dict__
@@ -117,15 +116,15 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         return 0
     index.current.recreate()
     moved = index.rebuild(index.current)
-    open_audit(settings, store).append(action="reindex", outcome="ok", role="cli")
+    open_audit(settings, db).append(action="reindex", outcome="ok", role="cli")
     _print(args, {"vectors": moved}, f"re-indexed {moved} faces")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     settings = get_settings()
-    store = open_store(settings)
-    audit = open_audit(settings, store)
+    db = open_database(settings)
+    audit = open_audit(settings, db)
     if args.audit_command == "verify":
         report = audit.verify()
         _print(

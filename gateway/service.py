@@ -28,7 +28,8 @@ from gateway.batching import MicroBatcher
 from gateway.errors import NotFoundError
 from gateway.index.manager import IndexManager
 from gateway.index.milvus import check_id
-from gateway.store import UNSET, Store, Subject
+from gateway.storage.database import Database
+from gateway.storage.subjects import UNSET, Subject
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class FaceService:
 
     def __init__(
         self,
-        store: Store,
+        db: Database,
         index: IndexManager,
         pipeline: FacePipeline,
         batcher: MicroBatcher,
@@ -100,7 +101,7 @@ class FaceService:
         store_images: bool = False,
         min_quality: float = 0.5,
     ) -> None:
-        self.store, self.index, self.pipeline, self.batcher = store, index, pipeline, batcher
+        self.db, self.index, self.pipeline, self.batcher = db, index, pipeline, batcher
         self.audit_log = audit_log
         self.limits = limits
         self.store_images = store_images
@@ -161,12 +162,12 @@ class FaceService:
         expires_at: datetime | None,
         caller: Caller,
     ) -> Subject:
-        subject = self.store.create_subject(name, meta, expires_at)
+        subject = self.db.subjects.create(name, meta, expires_at)
         self.audit("create_subject", "ok", caller, subject=subject.id)
         return subject
 
     def get_subject(self, subject_id: str) -> Subject:
-        return self.store.get_subject(check_id(subject_id, "subject id"))
+        return self.db.subjects.get(check_id(subject_id, "subject id"))
 
     def update_subject(
         self,
@@ -176,7 +177,7 @@ class FaceService:
         meta: dict[str, Any] | None = None,
         expires_at: datetime | None = UNSET,
     ) -> Subject:
-        subject = self.store.update_subject(
+        subject = self.db.subjects.update(
             check_id(subject_id, "subject id"), name, meta, expires_at
         )
         self.audit("update_subject", "ok", caller, subject=subject_id)
@@ -186,9 +187,9 @@ class FaceService:
         self, subject_id: str, caller: Caller, action: str = "delete_subject"
     ) -> int:
         """Remove the vectors, then the record with its data key; returns the faces removed."""
-        self.store.get_subject(check_id(subject_id, "subject id"))
+        self.db.subjects.get(check_id(subject_id, "subject id"))
         self.index.delete_subject(subject_id)
-        faces = self.store.delete_subject(subject_id)
+        faces = self.db.subjects.delete(subject_id)
         self.index.delete_faces(faces)  # any face enrolled while the subject was going
         self.audit(action, "ok", caller, subject=subject_id)
         return len(faces)
@@ -196,7 +197,7 @@ class FaceService:
     def purge_expired(self, caller: Caller) -> list[str]:
         """Delete every subject whose expiry has passed (each audited as ``expire``)."""
         purged = []
-        for subject_id in self.store.expired_subjects():
+        for subject_id in self.db.subjects.expired():
             try:
                 self.delete_subject(subject_id, caller, action="expire")
                 purged.append(subject_id)
@@ -209,7 +210,7 @@ class FaceService:
         self, subject_id: str, uploads: Sequence[Upload], choice: str, caller: Caller
     ) -> list[dict[str, Any]]:
         """Add the face of each upload to a subject; one result (or error) per upload."""
-        self.store.get_subject(check_id(subject_id, "subject id"))
+        self.db.subjects.get(check_id(subject_id, "subject id"))
         if not uploads:
             raise InvalidArgumentError("no images uploaded", code="missing_image")
         analysed = self.analyze_many(uploads)
@@ -251,7 +252,7 @@ class FaceService:
                 quality=quality,
             )
         digest = hashlib.sha256(upload.data).hexdigest()
-        face_id = self.store.add_face(
+        face_id = self.db.subjects.add_face(
             subject_id,
             face.embedding,
             digest,
@@ -262,15 +263,17 @@ class FaceService:
         try:
             self.index.add([face_id], [subject_id], face.embedding[None, :])
         except Exception:
-            self.store.discard_faces([face_id])
+            self.db.subjects.discard_faces([face_id])
             raise
-        if not self.store.mark_indexed([face_id]):
+        if not self.db.subjects.mark_indexed([face_id]):
             self.index.delete_faces([face_id])  # the subject was deleted meanwhile
             raise NotFoundError(f"subject {subject_id} was deleted during enrolment")
         return {"face_id": face_id, "quality": quality, **face.to_dict()}
 
     def delete_face(self, subject_id: str, face_id: str, caller: Caller) -> None:
-        self.store.delete_face(check_id(subject_id, "subject id"), check_id(face_id, "face id"))
+        self.db.subjects.delete_face(
+            check_id(subject_id, "subject id"), check_id(face_id, "face id")
+        )
         self.index.delete_faces([face_id])
         self.audit("delete_face", "ok", caller, subject=subject_id)
 
@@ -280,8 +283,8 @@ class FaceService:
     ) -> dict[str, Any]:
         """1:1 against the subject's best-matching template."""
         limit = self._threshold(threshold)
-        self.store.get_subject(check_id(subject_id, "subject id"))
-        templates = [v for _, _, v in self.store.templates(subject_id)]
+        self.db.subjects.get(check_id(subject_id, "subject id"))
+        templates = [v for _, _, v in self.db.subjects.templates(subject_id)]
         if not templates:
             raise NoFaceError(
                 f"subject {subject_id} has no enrolled faces", code="subject_has_no_faces"
@@ -338,7 +341,7 @@ class FaceService:
             return []
         probes = np.stack([f.embedding for f in faces if f.embedding is not None])
         hits = self.index.search(probes, top_k=min(16 * top_k, 1000))
-        names = self.store.subject_names(sorted({h.subject_id for hs in hits for h in hs}))
+        names = self.db.subjects.names(sorted({h.subject_id for hs in hits for h in hs}))
         out = []
         for face, face_hits in zip(faces, hits, strict=True):
             best: dict[str, float] = {}

@@ -66,7 +66,7 @@ def require(role: str) -> Callable[..., Caller]:
             gateway.service.audit("auth", "refused", caller)
             raise ForbiddenError(f"a key with role {principal.role!r} may not {role}")
         if idempotency_key and request.method in ("POST", "PATCH", "DELETE"):
-            gateway.service.store.claim_request(f"{principal.key_id}:{idempotency_key}")
+            gateway.service.db.idempotency.claim(f"{principal.key_id}:{idempotency_key}")
         return caller
 
     return dependency

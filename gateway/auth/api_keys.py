@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from facerec.errors import FaceRecError
 from gateway.errors import AuthError
-from gateway.store import ApiKeyInfo, Store
+from gateway.storage.api_keys import ApiKeyInfo, ApiKeyRepository
 
 ROLES = ("admin", "enrol", "verify", "identify")
 PREFIX = "frk"
@@ -70,19 +70,19 @@ class Principal:
 class KeyManager:
     """Keys are checked with a pepper (a service secret), so the table alone proves nothing."""
 
-    def __init__(self, store: Store, pepper: bytes) -> None:
-        self.store, self.pepper = store, pepper
+    def __init__(self, records: ApiKeyRepository, pepper: bytes) -> None:
+        self.records, self.pepper = records, pepper
 
-    def create(self, role: str, label: str = "") -> IssuedKey:
+    def create(self, role: str, label: str = "") -> tuple[IssuedKey, ApiKeyInfo]:
+        """A new key: the token (to show once) and its stored record."""
         issued = issue_key(self.pepper, role)
-        self.store.add_api_key(issued.key_id, issued.role, issued.digest, label)
-        return issued
+        return issued, self.records.add(issued.key_id, issued.role, issued.digest, label)
 
     def bootstrap_admin(self, token: str) -> str:
         """Register ``token`` (``FACEREC_ADMIN_KEY``) as an admin key unless it exists."""
         key_id, secret = parse_token(token)
-        if self.store.api_key(key_id) is None:
-            self.store.add_api_key(key_id, "admin", digest_secret(self.pepper, secret), "bootstrap")
+        if self.records.get(key_id) is None:
+            self.records.add(key_id, "admin", digest_secret(self.pepper, secret), "bootstrap")
         return key_id
 
     def authenticate(self, token: str | None) -> Principal:
@@ -92,7 +92,7 @@ class KeyManager:
                 code="missing_api_key",
             )
         key_id, secret = parse_token(token)
-        record = self.store.api_key(key_id)
+        record = self.records.get(key_id)
         if record is None or not check_secret(self.pepper, secret, record.digest):
             raise AuthError("unknown API key", code="invalid_api_key")
         if record.revoked_at is not None:
@@ -100,7 +100,7 @@ class KeyManager:
         return Principal(record.id, record.role)
 
     def revoke(self, key_id: str) -> None:
-        self.store.revoke_api_key(key_id)
+        self.records.revoke(key_id)
 
     def list(self) -> list[ApiKeyInfo]:
-        return self.store.api_keys()
+        return self.records.all()

@@ -20,7 +20,7 @@ import numpy as np
 from gateway.crypto.envelope import MasterKey
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.index.milvus import FaceIndex, Hit
-from gateway.store import Store
+from gateway.storage.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,14 @@ class IndexManager:
 
     def __init__(
         self,
-        store: Store,
+        db: Database,
         uri: str,
         dim: int,
         index_type: str = "HNSW",
         token: str | None = None,
         refresh: float = 1.0,
     ) -> None:
-        self.store, self.uri, self.dim = store, uri, dim
+        self.db, self.uri, self.dim = db, uri, dim
         self.index_type, self.token, self.refresh = index_type, token, refresh
         self._lock = threading.Lock()
         self._opened: dict[bytes, FaceIndex] = {}
@@ -66,8 +66,8 @@ class IndexManager:
         return index
 
     def _load(self) -> tuple[FaceIndex, FaceIndex | None]:
-        current = self._open(self.store.system_secret(CURRENT))
-        nxt = self.store.peek_system_secret(NEXT)
+        current = self._open(self.db.secrets.get_or_create(CURRENT))
+        nxt = self.db.secrets.get(NEXT)
         return current, None if nxt is None else self._open(nxt)
 
     def _targets(self) -> tuple[FaceIndex, FaceIndex | None]:
@@ -118,7 +118,7 @@ class IndexManager:
     ) -> int:
         """Upsert every indexed template of the system of record (or those of ``only``)
         into ``index``; returns how many."""
-        indexed = self.store.indexed_face_ids() if only is None else only
+        indexed = self.db.subjects.indexed_face_ids() if only is None else only
         batch_ids: list[str] = []
         batch_subjects: list[str] = []
         batch_vectors: list[np.ndarray] = []
@@ -135,7 +135,7 @@ class IndexManager:
                 batch_subjects.clear()
                 batch_vectors.clear()
 
-        for face_id, subject_id, vector in self.store.templates():
+        for face_id, subject_id, vector in self.db.subjects.templates():
             if face_id in indexed:
                 batch_ids.append(face_id)
                 batch_subjects.append(subject_id)
@@ -153,12 +153,12 @@ class IndexManager:
         deletion cut short) are removed.
         """
         current, nxt = self._load()
-        pending = [face_id for face_id, _ in self.store.pending_faces()]
+        pending = self.db.subjects.pending_face_ids()
         for index in (current, nxt):
             if index is not None:
                 index.delete_faces(pending)
-        self.store.discard_faces(pending)
-        indexed = self.store.indexed_face_ids()
+        self.db.subjects.discard_faces(pending)
+        indexed = self.db.subjects.indexed_face_ids()
         if not pending and current.count() == len(indexed):
             return Reconciled(0, 0, 0)  # the usual case: nothing to compare id by id
         present = current.ids()
@@ -182,12 +182,12 @@ class IndexManager:
         Reads never stop: searches use the old collection until the new one is complete.
         """
         old = self._load()[0]
-        self.store.set_system_secret(NEXT, new_secret)
+        self.db.secrets.set(NEXT, new_secret)
         time.sleep(2 * self.refresh)  # every process now writes to both collections
         new = self._open(new_secret)
         moved = self.rebuild(new, progress)
-        self.store.set_system_secret(CURRENT, new_secret)
-        self.store.drop_system_secret(NEXT)
+        self.db.secrets.set(CURRENT, new_secret)
+        self.db.secrets.drop(NEXT)
         time.sleep(2 * self.refresh)  # every process now reads the new collection
         old.drop()
         self._opened = {k: v for k, v in self._opened.items() if v is not old}
@@ -198,5 +198,5 @@ class IndexManager:
     def reconcile_after_rotation(self) -> None:
         """Remove vectors of faces deleted while the new collection was being built."""
         current = self._current
-        orphans = sorted(current.ids() - self.store.face_ids())
+        orphans = sorted(current.ids() - self.db.subjects.face_ids())
         current.delete_faces(orphans)

@@ -24,7 +24,7 @@ def audit(
 ) -> AuditPage:
     """Audit events, oldest first; never images or embeddings."""
     if last is not None:
-        after = max(after, gateway.service.store.last_audit_seq() - last)
+        after = max(after, gateway.service.audit_log.last_seq() - last)
     events = gateway.service.audit_log.events(after, limit)
     return AuditPage(
         events=[AuditEventOut(**e.__dict__) for e in events],
@@ -50,10 +50,8 @@ def list_keys(gateway: GatewayDep, caller: AdminCaller) -> list[ApiKeyOut]:
 @router.post("/keys", status_code=201, response_model=ApiKeyOut)
 def create_key(body: ApiKeyIn, gateway: GatewayDep, caller: AdminCaller) -> ApiKeyOut:
     """A new API key; its token is shown in this response only."""
-    issued = gateway.keys.create(body.role, body.label)
+    issued, record = gateway.keys.create(body.role, body.label)
     gateway.service.audit("key_create", "ok", caller)
-    record = gateway.service.store.api_key(issued.key_id)
-    assert record is not None
     return ApiKeyOut(
         id=record.id,
         role=record.role,

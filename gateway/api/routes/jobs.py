@@ -9,7 +9,8 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from gateway.api.deps import GatewayDep, IdentifyCaller, Multipart, read_upload
 from gateway.api.schemas import JobOut
 from gateway.errors import ForbiddenError
-from gateway.jobs import Job, unpack_uploads
+from gateway.jobs import unpack_uploads
+from gateway.storage.jobs import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -16,7 +16,7 @@ from gateway.api.schemas import (
     SubjectPage,
     SubjectPatch,
 )
-from gateway.store import UNSET, Subject
+from gateway.storage.subjects import UNSET, Subject
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
@@ -45,7 +45,7 @@ def list_subjects(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SubjectPage:
-    page, total = service.store.list_subjects(offset, limit)
+    page, total = service.db.subjects.page(offset, limit)
     return SubjectPage(items=[_out(s) for s in page], total=total, offset=offset, limit=limit)
 
 
@@ -54,7 +54,7 @@ def get_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) -> Su
     subject = service.get_subject(subject_id)
     faces = [
         FaceOut(id=f.id, quality=f.quality, box=f.box, created_at=f.created_at)
-        for f in service.store.faces(subject_id)
+        for f in service.db.subjects.faces(subject_id)
         if f.state == "indexed"
     ]
     return SubjectDetail(**_out(subject).model_dump(), face_list=faces)
