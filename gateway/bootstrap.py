@@ -14,7 +14,8 @@ from gateway.audit.log import AuditLog
 from gateway.auth.api_keys import KeyManager
 from gateway.batching import MicroBatcher
 from gateway.crypto.envelope import Keyring, MasterKey
-from gateway.index.manager import IndexManager, Reconciled
+from gateway.gallery import Gallery, Reconciled
+from gateway.index.manager import IndexManager
 from gateway.jobs import JobRunner
 from gateway.service import Caller, FaceService
 from gateway.settings import Settings
@@ -51,9 +52,11 @@ def open_database(settings: Settings) -> Database:
     return Database(settings.sqlite_url, load_keyring(settings))
 
 
-def open_index(settings: Settings, db: Database, dim: int) -> IndexManager:
+def open_gallery(settings: Settings, db: Database, dim: int) -> Gallery:
+    """The faces of ``db`` with their vectors in the configured Milvus (``dim`` wide)."""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    return IndexManager(db, settings.index_uri, dim, settings.index_type, token)
+    index = IndexManager(db.secrets, settings.index_uri, dim, settings.index_type, token)
+    return Gallery(db.subjects, index)
 
 
 def open_audit(settings: Settings, db: Database) -> AuditLog:
@@ -103,13 +106,13 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
     pipe = pipeline or FacePipeline.open(
         backend=settings.backend, url=settings.triton_url, protocol=settings.triton_protocol
     )
-    index = open_index(settings, db, pipe.card.embedding_size)
-    repaired = index.reconcile()
+    gallery = open_gallery(settings, db, pipe.card.embedding_size)
+    repaired = gallery.reconcile()
     audit = open_audit(settings, db)
     batcher = MicroBatcher(pipe, max_wait=settings.batch_max_wait_ms / 1000)
     service = FaceService(
         db,
-        index,
+        gallery,
         pipe,
         batcher,
         audit,

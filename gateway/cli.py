@@ -15,7 +15,7 @@ from facerec.cli.output import emit, fail
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
 from gateway.audit.log import AuditLog
-from gateway.bootstrap import open_audit, open_database, open_index, open_keys
+from gateway.bootstrap import open_audit, open_database, open_gallery, open_keys
 from gateway.crypto.envelope import MasterKey
 from gateway.service import Caller
 from gateway.settings import Settings, get_settings
@@ -92,9 +92,9 @@ def _rotate(args: argparse.Namespace, settings: Settings, db: Database, audit: A
     """Re-wrap every data key under the current master key, then move the index to a new
     protection key (reads continue on the old index until the new one is complete)."""
     card = load_model_card()
-    index = open_index(settings, db, card.embedding_size)
+    gallery = open_gallery(settings, db, card.embedding_size)
     rewrapped = db.rotate_master_key()
-    moved = index.rotate(MasterKey.generate().secret) if not args.keep_index else 0
+    moved = gallery.rotate_index(MasterKey.generate().secret) if not args.keep_index else 0
     audit.append(action="key_rotate", outcome="ok", role="cli")
     _print(
         args,
@@ -108,14 +108,13 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     """Rebuild the search index from the system of record (after a loss or a migration)."""
     settings = get_settings()
     db = open_database(settings)
-    index = open_index(settings, db, load_model_card().embedding_size)
+    gallery = open_gallery(settings, db, load_model_card().embedding_size)
     if args.check:
-        repaired = index.reconcile()
+        repaired = gallery.reconcile()
         data = repaired.__dict__
         _print(args, data, ", ".join(f"{k}: {v}" for k, v in data.items()))
         return 0
-    index.current.recreate()
-    moved = index.rebuild(index.current)
+    moved = gallery.reindex()
     open_audit(settings, db).append(action="reindex", outcome="ok", role="cli")
     _print(args, {"vectors": moved}, f"re-indexed {moved} faces")
     return 0

@@ -2,9 +2,8 @@
 
 Every operation that touches biometric data writes an audit event. Inference goes through
 the :class:`~gateway.batching.MicroBatcher`, so concurrent requests share pipeline calls.
-Enrolment writes the sealed template as ``pending``, then the protected vector, then marks
-the face ``indexed``; :meth:`gateway.index.manager.IndexManager.reconcile` repairs any crash in
-between at start-up.
+What enrolment and deletion change in the database and the index, and in which order, is
+:class:`~gateway.gallery.Gallery`'s business.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.batching import MicroBatcher
 from gateway.errors import NotFoundError
-from gateway.index.manager import IndexManager
+from gateway.gallery import Gallery
 from gateway.index.milvus import check_id
 from gateway.storage.database import Database
 from gateway.storage.subjects import UNSET, Subject
@@ -93,7 +92,7 @@ class FaceService:
     def __init__(
         self,
         db: Database,
-        index: IndexManager,
+        gallery: Gallery,
         pipeline: FacePipeline,
         batcher: MicroBatcher,
         audit_log: AuditLog,
@@ -101,7 +100,8 @@ class FaceService:
         store_images: bool = False,
         min_quality: float = 0.5,
     ) -> None:
-        self.db, self.index, self.pipeline, self.batcher = db, index, pipeline, batcher
+        self.db, self.gallery, self.pipeline, self.batcher = db, gallery, pipeline, batcher
+        self.index = gallery.index
         self.audit_log = audit_log
         self.limits = limits
         self.store_images = store_images
@@ -112,7 +112,7 @@ class FaceService:
     def close(self) -> None:
         self._fanout.shutdown(wait=True)
         self.batcher.close()
-        self.index.close()
+        self.gallery.close()
 
     # -- helpers --------------------------------------------------------------------------
     def audit(self, action: str, outcome: str, caller: Caller, **values: Any) -> AuditEvent:
@@ -186,13 +186,10 @@ class FaceService:
     def delete_subject(
         self, subject_id: str, caller: Caller, action: str = "delete_subject"
     ) -> int:
-        """Remove the vectors, then the record with its data key; returns the faces removed."""
-        self.db.subjects.get(check_id(subject_id, "subject id"))
-        self.index.delete_subject(subject_id)
-        faces = self.db.subjects.delete(subject_id)
-        self.index.delete_faces(faces)  # any face enrolled while the subject was going
+        """Delete a subject, its faces and its data key; returns the faces removed."""
+        removed = self.gallery.delete_subject(check_id(subject_id, "subject id"))
         self.audit(action, "ok", caller, subject=subject_id)
-        return len(faces)
+        return removed
 
     def purge_expired(self, caller: Caller) -> list[str]:
         """Delete every subject whose expiry has passed (each audited as ``expire``)."""
@@ -252,7 +249,7 @@ class FaceService:
                 quality=quality,
             )
         digest = hashlib.sha256(upload.data).hexdigest()
-        face_id = self.db.subjects.add_face(
+        face_id = self.gallery.add_face(
             subject_id,
             face.embedding,
             digest,
@@ -260,21 +257,10 @@ class FaceService:
             face.box.tolist(),
             image=upload.data if self.store_images else None,
         )
-        try:
-            self.index.add([face_id], [subject_id], face.embedding[None, :])
-        except Exception:
-            self.db.subjects.discard_faces([face_id])
-            raise
-        if not self.db.subjects.mark_indexed([face_id]):
-            self.index.delete_faces([face_id])  # the subject was deleted meanwhile
-            raise NotFoundError(f"subject {subject_id} was deleted during enrolment")
         return {"face_id": face_id, "quality": quality, **face.to_dict()}
 
     def delete_face(self, subject_id: str, face_id: str, caller: Caller) -> None:
-        self.db.subjects.delete_face(
-            check_id(subject_id, "subject id"), check_id(face_id, "face id")
-        )
-        self.index.delete_faces([face_id])
+        self.gallery.delete_face(check_id(subject_id, "subject id"), check_id(face_id, "face id"))
         self.audit("delete_face", "ok", caller, subject=subject_id)
 
     # -- matching ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import GALLERY
-from gateway.bootstrap import open_audit, open_database, open_index
+from gateway.bootstrap import open_audit, open_database, open_gallery
 from gateway.settings import Settings
 from servers import start_gateway, stop_gateway
 
@@ -33,16 +33,16 @@ def check_consistent(data: Path) -> tuple[set[str], int]:
     settings = Settings(env="development", data_dir=data)
     db = open_database(settings)
     assert db.subjects.pending_face_ids() == []
-    index = open_index(settings, db, 128)
+    gallery = open_gallery(settings, db, 128)
     try:
         faces = db.subjects.face_ids()
-        assert index.current.ids() == faces
+        assert gallery.index.current.ids() == faces
         assert db.subjects.indexed_face_ids() == faces
         report = open_audit(settings, db).verify()
         assert report.ok, report
         return faces, report.events
     finally:
-        index.close()
+        gallery.close()
 
 
 def test_kill_during_enrolment_leaves_no_orphans(data: Path) -> None:

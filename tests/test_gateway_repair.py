@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from gateway.crypto.envelope import Keyring, MasterKey
+from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager
 from gateway.storage.database import Database
 
@@ -19,7 +20,8 @@ def unit(seed: int) -> np.ndarray:
 def test_reconcile_repairs_every_crash_point(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(MasterKey.generate()))
     store = db.subjects
-    index = IndexManager(db, str(tmp_path / "index.db"), 128, "FLAT")
+    index = IndexManager(db.secrets, str(tmp_path / "index.db"), 128, "FLAT")
+    gallery = Gallery(store, index)
     sid = store.create("A").id
 
     def face(seed: int) -> str:
@@ -35,13 +37,13 @@ def test_reconcile_repairs_every_crash_point(tmp_path: Path) -> None:
     store.mark_indexed([lost_vector])
     index.add(["orphan"], [sid], unit(5)[None])  # a deletion that died after the SQL delete
 
-    repaired = index.reconcile()
+    repaired = gallery.reconcile()
     assert (repaired.rolled_back, repaired.restored, repaired.orphans) == (2, 1, 1)
     assert store.face_ids() == {done, lost_vector} == store.indexed_face_ids()
     assert index.current.ids() == {done, lost_vector}
     hit = index.search(unit(4)[None], 1)[0][0]
     assert (hit.face_id, round(hit.similarity, 4)) == (lost_vector, 1.0)
-    assert index.reconcile() == type(repaired)(0, 0, 0)  # nothing left to do
+    assert gallery.reconcile() == type(repaired)(0, 0, 0)  # nothing left to do
     index.close()
 
 
@@ -49,7 +51,7 @@ def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path) -> None:
     old_master = MasterKey.generate()
     url, uri = f"sqlite:///{tmp_path / 'db.sqlite3'}", str(tmp_path / "index.db")
     db = Database(url, Keyring(old_master))
-    index = IndexManager(db, uri, 128, "FLAT", refresh=0.05)
+    index = IndexManager(db.secrets, uri, 128, "FLAT", refresh=0.05)
     sid = db.subjects.create("A").id
     ids = []
     for seed in range(5):
@@ -64,8 +66,8 @@ def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path) -> None:
     new_master = MasterKey.generate()
     db = Database(url, Keyring(new_master, [old_master]))
     assert db.rotate_master_key() == 1 + 1  # the subject's data key + the index secret
-    index = IndexManager(db, uri, 128, "FLAT", refresh=0.05)
-    moved = index.rotate(MasterKey.generate().secret)
+    index = IndexManager(db.secrets, uri, 128, "FLAT", refresh=0.05)
+    moved = Gallery(db.subjects, index).rotate_index(MasterKey.generate().secret)
     assert moved == 5
     assert index.current.collection != old_collection
     assert not index.current.client.has_collection(old_collection)

@@ -1,55 +1,44 @@
-"""The live search index, its protection key, and moving it to a new key without downtime.
+"""The live search index: which Milvus collections are in use, under which protection key.
 
 The index protection secret is a service secret in the system of record (wrapped by the
 master key). A rotation writes a second secret, ``index.next``; from then on every process
 writes each new vector to both collections while searches keep reading the current one.
-The rotation builds the new collection from the sealed templates, then makes it current and
-drops the old one. Processes notice either change within ``refresh`` seconds.
+Once the new collection is built (:meth:`gateway.gallery.Gallery.rotate_index`), it becomes
+current and the old one is dropped. Processes notice either change within ``refresh``
+seconds.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
 from gateway.crypto.envelope import MasterKey
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.index.milvus import FaceIndex, Hit
-from gateway.storage.database import Database
-
-log = logging.getLogger(__name__)
+from gateway.storage.secrets import SecretRepository
 
 CURRENT = "index"
 NEXT = "index.next"
 
 
-@dataclass(frozen=True)
-class Reconciled:
-    """What :meth:`IndexManager.reconcile` changed."""
-
-    rolled_back: int  # faces written but never confirmed: removed from both stores
-    restored: int  # indexed faces missing from the index: re-added from their templates
-    orphans: int  # vectors with no face record: removed
-
-
 class IndexManager:
-    """Vectors for the faces of one system of record, in one Milvus deployment."""
+    """The collections of one Milvus deployment: the current one, and the next one while a
+    rotation builds it. Writes go to both, searches to the current one."""
 
     def __init__(
         self,
-        db: Database,
+        secrets: SecretRepository,
         uri: str,
         dim: int,
         index_type: str = "HNSW",
         token: str | None = None,
         refresh: float = 1.0,
     ) -> None:
-        self.db, self.uri, self.dim = db, uri, dim
+        self.secrets, self.uri, self.dim = secrets, uri, dim
         self.index_type, self.token, self.refresh = index_type, token, refresh
         self._lock = threading.Lock()
         self._opened: dict[bytes, FaceIndex] = {}
@@ -66,8 +55,8 @@ class IndexManager:
         return index
 
     def _load(self) -> tuple[FaceIndex, FaceIndex | None]:
-        current = self._open(self.db.secrets.get_or_create(CURRENT))
-        nxt = self.db.secrets.get(NEXT)
+        current = self._open(self.secrets.get_or_create(CURRENT))
+        nxt = self.secrets.get(NEXT)
         return current, None if nxt is None else self._open(nxt)
 
     def _targets(self) -> tuple[FaceIndex, FaceIndex | None]:
@@ -80,6 +69,10 @@ class IndexManager:
     @property
     def current(self) -> FaceIndex:
         return self._targets()[0]
+
+    def collections(self) -> tuple[FaceIndex, FaceIndex | None]:
+        """The current collection and the next one (None outside a rotation), read afresh."""
+        return self._load()
 
     # -- operations -----------------------------------------------------------------------
     def add(
@@ -105,98 +98,29 @@ class IndexManager:
     def count(self) -> int:
         return self.current.count()
 
+    def ping(self) -> None:
+        """Raise unless Milvus answers."""
+        current = self.current
+        current.client.has_collection(current.collection)
+
     def close(self) -> None:
         for index in self._opened.values():
             index.close()
 
-    # -- maintenance ------------------------------------------------------------------------
-    def rebuild(
-        self,
-        index: FaceIndex,
-        progress: Callable[[int], None] | None = None,
-        only: set[str] | None = None,
-    ) -> int:
-        """Upsert every indexed template of the system of record (or those of ``only``)
-        into ``index``; returns how many."""
-        indexed = self.db.subjects.indexed_face_ids() if only is None else only
-        batch_ids: list[str] = []
-        batch_subjects: list[str] = []
-        batch_vectors: list[np.ndarray] = []
-        total = 0
-
-        def flush() -> None:
-            nonlocal total
-            if batch_ids:
-                index.add(batch_ids, batch_subjects, np.stack(batch_vectors))
-                total += len(batch_ids)
-                if progress is not None:
-                    progress(len(batch_ids))
-                batch_ids.clear()
-                batch_subjects.clear()
-                batch_vectors.clear()
-
-        for face_id, subject_id, vector in self.db.subjects.templates():
-            if face_id in indexed:
-                batch_ids.append(face_id)
-                batch_subjects.append(subject_id)
-                batch_vectors.append(vector)
-                if len(batch_ids) >= 1000:
-                    flush()
-        flush()
-        return total
-
-    def reconcile(self) -> Reconciled:
-        """Make the index agree with the system of record (run at start-up, before serving).
-
-        Faces still ``pending`` belong to enrolments that never answered: they are rolled
-        back. Indexed faces missing from the index are restored; vectors with no record (a
-        deletion cut short) are removed.
-        """
-        current, nxt = self._load()
-        pending = self.db.subjects.pending_face_ids()
-        for index in (current, nxt):
-            if index is not None:
-                index.delete_faces(pending)
-        self.db.subjects.discard_faces(pending)
-        indexed = self.db.subjects.indexed_face_ids()
-        if not pending and current.count() == len(indexed):
-            return Reconciled(0, 0, 0)  # the usual case: nothing to compare id by id
-        present = current.ids()
-        orphans = sorted(present - indexed)
-        current.delete_faces(orphans)
-        missing = indexed - present
-        if missing:
-            self.rebuild(current, only=missing)
-        if pending or orphans or missing:
-            log.warning(
-                "index repaired: %d rolled back, %d restored, %d orphans removed",
-                len(pending),
-                len(missing),
-                len(orphans),
-            )
-        return Reconciled(len(pending), len(missing), len(orphans))
-
-    def rotate(self, new_secret: bytes, progress: Callable[[int], None] | None = None) -> int:
-        """Move the index to a new protection secret; returns the number of vectors moved.
-
-        Reads never stop: searches use the old collection until the new one is complete.
-        """
+    # -- moving to a new protection key --------------------------------------------------
+    def begin_rotation(self, new_secret: bytes) -> tuple[FaceIndex, FaceIndex]:
+        """Start writing to a second collection under ``new_secret``; returns (the current
+        collection, the new one) once every process writes to both."""
         old = self._load()[0]
-        self.db.secrets.set(NEXT, new_secret)
+        self.secrets.set(NEXT, new_secret)
         time.sleep(2 * self.refresh)  # every process now writes to both collections
-        new = self._open(new_secret)
-        moved = self.rebuild(new, progress)
-        self.db.secrets.set(CURRENT, new_secret)
-        self.db.secrets.drop(NEXT)
+        return old, self._open(new_secret)
+
+    def finish_rotation(self, old: FaceIndex, new_secret: bytes) -> None:
+        """Make the collection of ``new_secret`` current and drop ``old``."""
+        self.secrets.set(CURRENT, new_secret)
+        self.secrets.drop(NEXT)
         time.sleep(2 * self.refresh)  # every process now reads the new collection
         old.drop()
         self._opened = {k: v for k, v in self._opened.items() if v is not old}
         self._current, self._next = self._load()
-        self.reconcile_after_rotation()
-        return moved
-
-    def reconcile_after_rotation(self) -> None:
-        """Remove vectors of faces deleted while the new collection was being built."""
-        current = self._current
-        orphans = sorted(current.ids() - self.db.subjects.face_ids())
-        current.delete_faces(orphans)
