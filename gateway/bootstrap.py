@@ -16,8 +16,10 @@ from gateway.batching import MicroBatcher
 from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.gallery import Gallery, Reconciled
 from gateway.index.manager import IndexManager
-from gateway.jobs import JobRunner
-from gateway.service import Caller, FaceService
+from gateway.service.admin import AdminService
+from gateway.service.faces import FaceService
+from gateway.service.jobs import JobService
+from gateway.service.types import Caller
 from gateway.settings import Settings
 from gateway.storage.database import Database
 
@@ -64,8 +66,9 @@ def open_audit(settings: Settings, db: Database) -> AuditLog:
     return AuditLog(db.audit, key, settings.data_dir / "audit.head")
 
 
-def open_keys(db: Database) -> KeyManager:
-    return KeyManager(db.api_keys, db.secrets.get_or_create("pepper"))
+def open_admin(settings: Settings, db: Database) -> AdminService:
+    keys = KeyManager(db.api_keys, db.secrets.get_or_create("pepper"))
+    return AdminService(keys, db.idempotency, open_audit(settings, db))
 
 
 @dataclass
@@ -74,8 +77,8 @@ class Gateway:
 
     settings: Settings
     service: FaceService
-    keys: KeyManager
-    jobs: JobRunner
+    admin: AdminService
+    jobs: JobService
     repaired: Reconciled
     admin_key_file: Path | None = None
 
@@ -108,22 +111,22 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
     )
     gallery = open_gallery(settings, db, pipe.card.embedding_size)
     repaired = gallery.reconcile()
-    audit = open_audit(settings, db)
+    admin = open_admin(settings, db)
     batcher = MicroBatcher(pipe, max_wait=settings.batch_max_wait_ms / 1000)
     service = FaceService(
         db,
         gallery,
         pipe,
         batcher,
-        audit,
+        admin.audit_log,
         DecodeLimits(max_bytes=settings.max_upload_bytes),
         store_images=settings.store_images,
         min_quality=settings.enrol_min_quality,
     )
-    keys = open_keys(db)
+    keys = admin.keys
     admin_file = None
-    if (admin := settings.secret("admin_key")) is not None:
-        keys.bootstrap_admin(admin)
+    if (token := settings.secret("admin_key")) is not None:
+        keys.bootstrap_admin(token)
     elif settings.env == "development" and not keys.list():
         admin_file = settings.data_dir / "admin.key"
         issued, _ = keys.create("admin", "development bootstrap")
@@ -132,5 +135,5 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         _write_private(admin_file, issued.token + "\n")
         log.warning("development mode: created an admin API key, saved in %s", admin_file)
 
-    jobs = JobRunner(db.jobs, service.run_job)
-    return Gateway(settings, service, keys, jobs, repaired, admin_file)
+    jobs = JobService(db.jobs, service, settings.max_job_images, settings.max_upload_bytes)
+    return Gateway(settings, service, admin, jobs, repaired, admin_file)

@@ -14,10 +14,10 @@ from typing import Any
 from facerec.cli.output import emit, fail
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
-from gateway.audit.log import AuditLog
-from gateway.bootstrap import open_audit, open_database, open_gallery, open_keys
+from gateway.bootstrap import open_admin, open_audit, open_database, open_gallery
 from gateway.crypto.envelope import MasterKey
-from gateway.service import Caller
+from gateway.service.admin import AdminService
+from gateway.service.types import Caller
 from gateway.settings import Settings, get_settings
 from gateway.storage.database import Database
 
@@ -51,14 +51,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     settings = get_settings()
     db = open_database(settings)
-    keys = open_keys(db)
-    audit = open_audit(settings, db)
+    admin = open_admin(settings, db)
     if args.keys_command == "create":
-        issued, _ = keys.create(args.role, args.label)
-        audit.append(action="key_create", outcome="ok", role="cli", subject=None)
-        _print(
-            args, {"id": issued.key_id, "role": issued.role, "token": issued.token}, issued.token
-        )
+        new = admin.create_key(args.role, args.label, CLI)
+        _print(args, {"id": new.record.id, "role": new.record.role, "token": new.token}, new.token)
     elif args.keys_command == "list":
         rows = [
             {
@@ -68,7 +64,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 "created_at": k.created_at,
                 "revoked_at": k.revoked_at,
             }
-            for k in keys.list()
+            for k in admin.list_keys()
         ]
         _print(
             args,
@@ -80,22 +76,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
             ),
         )
     elif args.keys_command == "revoke":
-        keys.revoke(args.key_id)
-        audit.append(action="key_revoke", outcome="ok", role="cli")
+        admin.revoke_key(args.key_id, CLI)
         _print(args, {"revoked": args.key_id}, f"revoked {args.key_id}")
     elif args.keys_command == "rotate":
-        return _rotate(args, settings, db, audit)
+        return _rotate(args, settings, db, admin)
     return 0
 
 
-def _rotate(args: argparse.Namespace, settings: Settings, db: Database, audit: AuditLog) -> int:
+def _rotate(args: argparse.Namespace, settings: Settings, db: Database, admin: AdminService) -> int:
     """Re-wrap every data key under the current master key, then move the index to a new
     protection key (reads continue on the old index until the new one is complete)."""
     card = load_model_card()
     gallery = open_gallery(settings, db, card.embedding_size)
     rewrapped = db.rotate_master_key()
     moved = gallery.rotate_index(MasterKey.generate().secret) if not args.keep_index else 0
-    audit.append(action="key_rotate", outcome="ok", role="cli")
+    admin.audit("key_rotate", "ok", CLI)
     _print(
         args,
         {"rewrapped": rewrapped, "vectors_moved": moved},
@@ -115,7 +110,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         _print(args, data, ", ".join(f"{k}: {v}" for k, v in data.items()))
         return 0
     moved = gallery.reindex()
-    open_audit(settings, db).append(action="reindex", outcome="ok", role="cli")
+    open_audit(settings, db).append(action="reindex", outcome="ok", **CLI.audit_fields())
     _print(args, {"vectors": moved}, f"re-indexed {moved} faces")
     return 0
 

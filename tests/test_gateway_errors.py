@@ -56,7 +56,7 @@ def snapshot(client: TestClient) -> dict[str, Any]:
         "subjects": subjects,
         "faces": faces,
         "index": gateway.service.index.count(),
-        "keys": [k.__dict__ for k in gateway.keys.list()],
+        "keys": [k.__dict__ for k in gateway.admin.list_keys()],
     }
 
 

@@ -1,4 +1,5 @@
-"""Asynchronous batch jobs: many images in, a job id out, progress and results on request.
+"""Asynchronous identification jobs: many images in, a job id out, progress and results on
+request.
 
 Uploads stay in memory only (no raw image reaches the disk); a job cut short by a restart
 is marked ``failed`` with the code ``interrupted`` when the service starts again.
@@ -11,12 +12,14 @@ import logging
 import queue
 import threading
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from facerec.errors import FaceRecError, InvalidArgumentError
-from gateway.service import Upload
-from gateway.storage.jobs import Job, JobRepository
+from gateway.errors import ForbiddenError
+from gateway.service.faces import FaceService
+from gateway.service.types import Caller, Job, Upload
+from gateway.storage.jobs import JobRepository
 from gateway.storage.schema import now
 
 log = logging.getLogger(__name__)
@@ -59,28 +62,36 @@ def unpack_uploads(uploads: Sequence[Upload], max_files: int, max_bytes: int) ->
     return out
 
 
-Worker = Callable[[Sequence[Upload], dict[str, Any]], list[dict[str, Any]]]
+class JobService:
+    """Jobs submitted, and one background thread working through them in order."""
 
-
-class JobRunner:
-    """One background thread working through queued jobs in order."""
-
-    def __init__(self, jobs: JobRepository, work: Worker) -> None:
-        self.jobs, self.work = jobs, work
+    def __init__(
+        self, jobs: JobRepository, faces: FaceService, max_files: int, max_bytes: int
+    ) -> None:
+        self.jobs, self.faces = jobs, faces
+        self.max_files, self.max_bytes = max_files, max_bytes
         self._queue: queue.Queue[tuple[str, list[Upload]] | None] = queue.Queue()
         self.jobs.fail_unfinished({"code": "interrupted", "message": "the service restarted"})
         self._thread = threading.Thread(target=self._run, name="jobs", daemon=True)
         self._thread.start()
 
-    def submit(
-        self, kind: str, uploads: list[Upload], params: dict[str, Any], key_id: str | None
+    def submit_identify(
+        self, uploads: Sequence[Upload], top_k: int, threshold: float | None, caller: Caller
     ) -> Job:
-        job = self.jobs.create(kind, key_id, len(uploads), params)
-        self._queue.put((job.id, uploads))
+        """Queue the identification of images and zip archives of them (at most
+        ``max_files`` images, each at most ``max_bytes``)."""
+        images = unpack_uploads(uploads, self.max_files, self.max_bytes)
+        params = {"top_k": top_k, "threshold": threshold, **caller.audit_fields()}
+        job = self.jobs.create("identify", caller.key_id, len(images), params)
+        self._queue.put((job.id, images))
         return job
 
-    def get(self, job_id: str) -> Job:
-        return self.jobs.get(job_id)
+    def get(self, job_id: str, caller: Caller) -> Job:
+        """A job, with its results so far; only its owner (or an admin) may see it."""
+        job = self.jobs.get(job_id)
+        if caller.role != "admin" and job.key_id != caller.key_id:
+            raise ForbiddenError("this job belongs to another API key")
+        return job
 
     def close(self) -> None:
         self._queue.put(None)
@@ -102,9 +113,13 @@ class JobRunner:
 
     def _process(self, job_id: str, uploads: list[Upload]) -> None:
         params = self.jobs.get(job_id).params
+        caller = Caller(params.get("key_id"), params.get("role"), params.get("request_id"))
+        top_k, threshold = int(params["top_k"]), params["threshold"]
         self.jobs.update(job_id, status="running")
-        results: list[Any] = []
+        results: list[dict[str, Any]] = []
         for start in range(0, len(uploads), CHUNK):
-            results.extend(self.work(uploads[start : start + CHUNK], params))
+            chunk = uploads[start : start + CHUNK]
+            identified = self.faces.identify_many(chunk, caller, top_k, threshold)
+            results.extend(r.to_dict() for r in identified)
             self.jobs.update(job_id, done=len(results), results=list(results))
         self.jobs.update(job_id, status="done", finished_at=now())
