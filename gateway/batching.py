@@ -53,8 +53,6 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.on_batch = on_batch
-        self.batches = 0
-        self.images = 0
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
@@ -109,8 +107,6 @@ class MicroBatcher:
                 item.future.set_exception(BatcherClosedError("the service is shutting down"))
 
     def _process(self, items: Sequence[_Item], primary_only: bool) -> None:
-        self.batches += 1
-        self.images += len(items)
         if self.on_batch is not None:
             self.on_batch(len(items))
         try:

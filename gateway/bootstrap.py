@@ -14,7 +14,7 @@ from gateway.audit.log import AuditLog
 from gateway.auth.api_keys import KeyManager
 from gateway.batching import MicroBatcher
 from gateway.crypto.envelope import Keyring, MasterKey
-from gateway.gallery import Gallery, Reconciled
+from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager
 from gateway.service.admin import AdminService
 from gateway.service.faces import FaceService
@@ -79,8 +79,6 @@ class Gateway:
     service: FaceService
     admin: AdminService
     jobs: JobService
-    repaired: Reconciled
-    admin_key_file: Path | None = None
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -110,7 +108,7 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         backend=settings.backend, url=settings.triton_url, protocol=settings.triton_protocol
     )
     gallery = open_gallery(settings, db, pipe.card.embedding_size)
-    repaired = gallery.reconcile()
+    gallery.reconcile()
     admin = open_admin(settings, db)
     batcher = MicroBatcher(pipe, max_wait=settings.batch_max_wait_ms / 1000)
     service = FaceService(
@@ -124,7 +122,6 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         min_quality=settings.enrol_min_quality,
     )
     keys = admin.keys
-    admin_file = None
     if (token := settings.secret("admin_key")) is not None:
         keys.bootstrap_admin(token)
     elif settings.env == "development" and not keys.list():
@@ -136,4 +133,4 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         log.warning("development mode: created an admin API key, saved in %s", admin_file)
 
     jobs = JobService(db.jobs, service, settings.max_job_images, settings.max_upload_bytes)
-    return Gateway(settings, service, admin, jobs, repaired, admin_file)
+    return Gateway(settings, service, admin, jobs)

@@ -74,7 +74,7 @@ def test_protected_vectors_keep_cosine_and_hide_embeddings() -> None:
     # ... nor links to the same embedding protected by another deployment.
     other = VectorProtector(MasterKey.generate(), 128).protect(gallery)
     assert np.abs((other * pg).sum(axis=1)).max() < 0.5
-    np.testing.assert_allclose(p.unprotect(pg), gallery, atol=1e-5)
+    np.testing.assert_allclose(p.matrix @ p.matrix.T, np.eye(128), atol=1e-5)  # orthogonal
     assert VectorProtector(MasterKey.parse(MasterKey.generate().secret.hex()), 128).key_id
 
 

@@ -13,10 +13,13 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from facerec.errors import FaceRecError
 from gateway.errors import AuthError
-from gateway.storage.api_keys import ApiKeyInfo, ApiKeyRepository
+
+if TYPE_CHECKING:  # the CLI's option parser imports ROLES without the database layer
+    from gateway.storage.api_keys import ApiKeyInfo, ApiKeyRepository
 
 ROLES = ("admin", "enrol", "verify", "identify")
 PREFIX = "frk"

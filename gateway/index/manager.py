@@ -95,9 +95,6 @@ class IndexManager:
             if index is not None:
                 index.delete_subject(subject_id)
 
-    def count(self) -> int:
-        return self.current.count()
-
     def ping(self) -> None:
         """Raise unless Milvus answers."""
         current = self.current
