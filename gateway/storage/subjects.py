@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
@@ -154,12 +154,14 @@ class SubjectRepository:
     def delete(self, subject_id: str) -> list[str]:
         """Delete a subject with its wrapped data key (crypto-shredding) and its faces;
         returns the deleted face ids, for the index."""
-        with Session(self.engine) as s, s.begin():
-            row = s.get(SubjectRow, subject_id)
-            if row is None:
+        with self.engine.begin() as conn:
+            face_ids = list(
+                conn.execute(select(FaceRow.id).where(FaceRow.subject_id == subject_id)).scalars()
+            )
+            # the foreign key's ON DELETE CASCADE takes every face, those inserted since too
+            gone = conn.execute(delete(SubjectRow).where(SubjectRow.id == subject_id))
+            if gone.rowcount == 0:
                 raise _missing(subject_id)
-            face_ids = [f.id for f in row.faces]
-            s.delete(row)
         self._flush_deleted()
         return face_ids
 
@@ -238,20 +240,35 @@ class SubjectRepository:
                     )
                 )
         except SqlIntegrityError:
+            # Either constraint: the subject was deleted since it was read (the foreign
+            # key), or this image is already enrolled for it (the unique constraint).
+            if not self.exists(subject_id):
+                raise _missing(subject_id) from None
             raise ConflictError(
                 "this image is already enrolled for this subject", code="duplicate_face"
             ) from None
         return face_id
 
+    def exists(self, subject_id: str) -> bool:
+        with Session(self.engine) as s:
+            return s.get(SubjectRow, subject_id) is not None
+
     def mark_indexed(self, face_ids: Sequence[str]) -> set[str]:
         """Mark faces indexed; returns those still present (a concurrent delete may have
-        removed the others, whose vectors the caller must then remove)."""
-        with Session(self.engine) as s, s.begin():
-            marked = set()
-            for row in s.scalars(select(FaceRow).where(FaceRow.id.in_(list(face_ids)))):
-                row.state = "indexed"
-                marked.add(row.id)
-            return marked
+        removed the others, whose vectors the caller must then remove).
+
+        One conditional ``UPDATE ... RETURNING``: a row deleted before it (or, on
+        PostgreSQL, by a delete it waited for) is simply not returned."""
+        if not face_ids:
+            return set()
+        query = (
+            update(FaceRow)
+            .where(FaceRow.id.in_(list(face_ids)))
+            .values(state="indexed")
+            .returning(FaceRow.id)
+        )
+        with self.engine.begin() as conn:
+            return set(conn.execute(query).scalars())
 
     def discard_faces(self, face_ids: Sequence[str]) -> None:
         """Remove face rows (a rolled-back enrolment)."""
