@@ -17,6 +17,11 @@ from gateway.audit.chain import AuditEvent, ChainReport, chain_event, verify_cha
 from gateway.storage.audit import AuditRepository
 
 
+def utc_timestamp() -> str:
+    """Now, as ISO 8601 in UTC with a ``Z`` (e.g. ``2026-11-30T01:02:03.456Z``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class AuditLog:
     """Appends chained events (keyed by ``key``) and checks the whole log."""
 
@@ -27,7 +32,7 @@ class AuditLog:
     def append(self, **values: Any) -> AuditEvent:
         """Chain and store one event (fields of :class:`AuditEvent`; ``time`` defaults to
         now)."""
-        values.setdefault("time", datetime.now(UTC).isoformat(timespec="milliseconds"))
+        values.setdefault("time", utc_timestamp())
         event = self.stored.append(lambda last: chain_event(self.key, last, **values))
         self._write_head(event)
         return event

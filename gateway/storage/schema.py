@@ -17,16 +17,45 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def to_utc(value: datetime) -> datetime:
+    """The same instant in UTC; a value without an offset is taken as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A point in time, stored in UTC and read back as an aware UTC ``datetime``.
+
+    SQLite has no time zones: SQLAlchemy's ``DateTime`` would store the wall-clock digits
+    and drop the offset (``12:00-08:00`` became ``12:00``, due eight hours early), and
+    PostgreSQL answers in the session's zone. Here every value is converted to UTC on the
+    way in (a value without an offset is taken as UTC) and marked UTC on the way out, so
+    both databases keep the instant and comparisons run on one clock.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        utc = to_utc(value)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else to_utc(value)
 
 
 def new_id() -> str:
@@ -42,8 +71,8 @@ class SubjectRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(256))
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     dek_key_id: Mapped[str] = mapped_column(String(64))
     dek_blob: Mapped[bytes] = mapped_column(LargeBinary)
     faces: Mapped[list[FaceRow]] = relationship(
@@ -62,7 +91,7 @@ class FaceRow(Base):
     box: Mapped[list[float]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     image: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # sealed, opt-in
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
     subject: Mapped[SubjectRow] = relationship(back_populates="faces")
 
 
@@ -72,8 +101,8 @@ class ApiKeyRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     digest: Mapped[str] = mapped_column(String(64))
     label: Mapped[str] = mapped_column(String(256), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class AuditRow(Base):
@@ -90,7 +119,7 @@ class SystemKeyRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     key_id: Mapped[str] = mapped_column(String(64))
     blob: Mapped[bytes] = mapped_column(LargeBinary)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
 
 
 class RequestRow(Base):
@@ -98,7 +127,7 @@ class RequestRow(Base):
 
     __tablename__ = "requests"
     key: Mapped[str] = mapped_column(String(160), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
 
 
 class JobRow(Base):
@@ -112,8 +141,8 @@ class JobRow(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     results: Mapped[list[Any]] = mapped_column(JSON, default=list)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

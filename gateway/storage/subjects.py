@@ -28,7 +28,7 @@ from gateway.crypto.envelope import (
     seal_template,
 )
 from gateway.errors import ConflictError, NotFoundError
-from gateway.storage.schema import FaceRow, SubjectRow, new_id, now
+from gateway.storage.schema import FaceRow, SubjectRow, new_id, now, to_utc
 
 UNSET: Any = object()  # "leave as it is", where None means "clear"
 
@@ -86,7 +86,7 @@ class SubjectRepository:
                 id=subject_id,
                 name=name,
                 meta=meta or {},
-                expires_at=expires_at,
+                expires_at=None if expires_at is None else to_utc(expires_at),
                 dek_key_id=wrapped.key_id,
                 dek_blob=wrapped.blob,
             )
@@ -118,7 +118,7 @@ class SubjectRepository:
             if meta is not None:
                 row.meta = meta
             if expires_at is not UNSET:
-                row.expires_at = expires_at
+                row.expires_at = None if expires_at is None else to_utc(expires_at)
             s.flush()
             return _subject(row, _face_count(s, subject_id))
 
