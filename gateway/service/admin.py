@@ -10,6 +10,7 @@ from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.auth.api_keys import KeyManager, allowed
 from gateway.errors import AuthError, ForbiddenError
+from gateway.service.names import clean_name
 from gateway.service.types import ApiKeyInfo, AuditPage, Caller, NewApiKey
 from gateway.storage.idempotency import IdempotencyRepository
 
@@ -49,7 +50,7 @@ class AdminService:
 
     # -- API keys -----------------------------------------------------------------------------
     def create_key(self, role: str, label: str, caller: Caller) -> NewApiKey:
-        issued, record = self.keys.create(role, label)
+        issued, record = self.keys.create(role, clean_name(label, "label", allow_empty=True))
         self.audit("key_create", "ok", caller)
         return NewApiKey(issued.token, record)
 

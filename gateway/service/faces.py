@@ -25,6 +25,7 @@ from gateway.batching import MicroBatcher
 from gateway.errors import NotFoundError
 from gateway.gallery import Gallery
 from gateway.index.milvus import check_id
+from gateway.service.names import clean_name
 from gateway.service.types import (
     UNSET,
     Caller,
@@ -168,7 +169,7 @@ class FaceService:
         expires_at: datetime | None,
         caller: Caller,
     ) -> Subject:
-        subject = self.db.subjects.create(name, meta, expires_at)
+        subject = self.db.subjects.create(clean_name(name), meta, expires_at)
         self.audit("create_subject", "ok", caller, subject=subject.id)
         return subject
 
@@ -194,7 +195,10 @@ class FaceService:
         expires_at: datetime | None = UNSET,
     ) -> Subject:
         subject = self.db.subjects.update(
-            check_id(subject_id, "subject id"), name, meta, expires_at
+            check_id(subject_id, "subject id"),
+            None if name is None else clean_name(name),
+            meta,
+            expires_at,
         )
         self.audit("update_subject", "ok", caller, subject=subject_id)
         return subject
