@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
@@ -20,16 +18,11 @@ from gateway.service.admin import AdminService
 from gateway.service.faces import FaceService
 from gateway.service.jobs import JobService
 from gateway.service.types import Caller
-from gateway.settings import Settings
+from gateway.settings import SQLITE_FILE, Settings
 from gateway.storage.database import Database
+from gateway.storage.files import create_private, prepare_data_dir, touch_private
 
 log = logging.getLogger(__name__)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def load_keyring(settings: Settings) -> Keyring:
@@ -42,7 +35,7 @@ def load_keyring(settings: Settings) -> Keyring:
     else:
         path = settings.data_dir / "master.key"
         if not path.exists():
-            _write_private(path, MasterKey.generate().secret.hex())
+            create_private(path, MasterKey.generate().secret.hex())
             log.warning("development mode: generated a master key in %s", path)
         current = MasterKey.parse(path.read_text())
     older = [MasterKey.parse(k.get_secret_value()) for k in settings.previous_master_keys]
@@ -50,7 +43,10 @@ def load_keyring(settings: Settings) -> Keyring:
 
 
 def open_database(settings: Settings) -> Database:
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The system of record, once the data directory is private (:mod:`.storage.files`)."""
+    prepare_data_dir(settings.data_dir)
+    if settings.database_url is None:
+        touch_private(settings.data_dir / SQLITE_FILE)
     return Database(settings.sqlite_url, load_keyring(settings))
 
 
@@ -129,7 +125,7 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         issued, _ = keys.create("admin", "development bootstrap")
         if admin_file.exists():
             admin_file.unlink()
-        _write_private(admin_file, issued.token + "\n")
+        create_private(admin_file, issued.token + "\n")
         log.warning("development mode: created an admin API key, saved in %s", admin_file)
 
     jobs = JobService(db.jobs, service, settings.max_job_images, settings.max_upload_bytes)

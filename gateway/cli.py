@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from typing import Any
 
 from facerec.cli.output import emit, fail
@@ -20,6 +21,7 @@ from gateway.service.admin import AdminService
 from gateway.service.types import Caller
 from gateway.settings import Settings, get_settings
 from gateway.storage.database import Database
+from gateway.storage.files import PRIVATE_UMASK
 
 log = logging.getLogger(__name__)
 CLI = Caller(key_id=None, role="cli", request_id=None)
@@ -133,6 +135,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    os.umask(PRIVATE_UMASK)  # what the service and its tools create is theirs alone
     try:
         handler = {
             "serve": cmd_serve,

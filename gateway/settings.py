@@ -14,6 +14,7 @@ from facerec.models import facerec_home
 from facerec.pipeline import DEFAULT_TRITON_URL
 
 PLACEHOLDER = "change-me"
+SQLITE_FILE = "facerec.sqlite3"  # in data_dir, unless database_url names a database
 
 
 class Settings(BaseSettings):
@@ -73,7 +74,7 @@ class Settings(BaseSettings):
 
     @property
     def sqlite_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'facerec.sqlite3'}"
+        return self.database_url or f"sqlite:///{self.data_dir / SQLITE_FILE}"
 
     @property
     def index_uri(self) -> str:
