@@ -14,7 +14,7 @@ from gateway.batching import MicroBatcher
 from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager
-from gateway.service.admin import AdminService
+from gateway.service.admin import SYSTEM, AdminService
 from gateway.service.faces import FaceService
 from gateway.service.jobs import JobService
 from gateway.service.types import Caller
@@ -99,13 +99,25 @@ class Gateway:
 
 
 def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Gateway:
+    """Open everything, bootstrap the admin key, repair the index (both audited)."""
     db = open_database(settings)
+    admin = open_admin(settings, db)
+    if (token := settings.secret("admin_key")) is not None:
+        admin.bootstrap_admin_key(token)  # refuses an unusable key before anything starts
+    elif settings.env == "development" and not admin.list_keys():
+        admin_file = settings.data_dir / "admin.key"
+        new = admin.create_key("admin", "development bootstrap", SYSTEM)
+        if admin_file.exists():
+            admin_file.unlink()
+        create_private(admin_file, new.token + "\n")
+        log.warning("development mode: created an admin API key, saved in %s", admin_file)
     pipe = pipeline or FacePipeline.open(
         backend=settings.backend, url=settings.triton_url, protocol=settings.triton_protocol
     )
     gallery = open_gallery(settings, db, pipe.card.embedding_size)
-    gallery.reconcile()
-    admin = open_admin(settings, db)
+    repaired = gallery.reconcile()
+    if repaired.changed:
+        admin.audit("repair", "ok", SYSTEM, detail=repaired.describe())
     batcher = MicroBatcher(pipe, max_wait=settings.batch_max_wait_ms / 1000)
     service = FaceService(
         db,
@@ -117,16 +129,5 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         store_images=settings.store_images,
         min_quality=settings.enrol_min_quality,
     )
-    keys = admin.keys
-    if (token := settings.secret("admin_key")) is not None:
-        keys.bootstrap_admin(token)
-    elif settings.env == "development" and not keys.list():
-        admin_file = settings.data_dir / "admin.key"
-        issued, _ = keys.create("admin", "development bootstrap")
-        if admin_file.exists():
-            admin_file.unlink()
-        create_private(admin_file, issued.token + "\n")
-        log.warning("development mode: created an admin API key, saved in %s", admin_file)
-
     jobs = JobService(db.jobs, service, settings.max_job_images, settings.max_upload_bytes)
     return Gateway(settings, service, admin, jobs)

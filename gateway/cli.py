@@ -12,10 +12,12 @@ import logging
 import os
 from typing import Any
 
+from pydantic import ValidationError
+
 from facerec.cli.output import emit, fail
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
-from gateway.bootstrap import open_admin, open_audit, open_database, open_gallery
+from gateway.bootstrap import open_admin, open_audit, open_database, open_gallery, open_gateway
 from gateway.crypto.envelope import MasterKey
 from gateway.service.admin import AdminService
 from gateway.service.types import Caller
@@ -39,14 +41,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="info" if args.verbose else "warning",
-        access_log=args.verbose,
-    )
+    # Opened before the server starts, so a refusal (an unusable FACEREC_ADMIN_KEY, a
+    # wrong master key) is one line on stderr and exit status 1, not a lifespan traceback.
+    gateway = open_gateway(settings)
+    try:
+        uvicorn.run(
+            create_app(settings, gateway=gateway),
+            host=host,
+            port=port,
+            log_level="info" if args.verbose else "warning",
+            access_log=args.verbose,
+        )
+    finally:
+        gateway.close()
     return 0
 
 
@@ -108,6 +115,10 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     gallery = open_gallery(settings, db, load_model_card().embedding_size)
     if args.check:
         repaired = gallery.reconcile()
+        if repaired.changed:
+            open_audit(settings, db).append(
+                action="repair", outcome="ok", detail=repaired.describe(), **CLI.audit_fields()
+            )
         data = repaired.__dict__
         _print(args, data, ", ".join(f"{k}: {v}" for k, v in data.items()))
         return 0
@@ -146,5 +157,17 @@ def run(args: argparse.Namespace) -> int:
         return handler(args)
     except FaceRecError as exc:
         return fail(exc, args.json)
-    except ValueError as exc:  # settings refused (pydantic) and the like
+    except ValidationError as exc:  # settings refused: one line per setting, no traceback
+        return fail(FaceRecError(settings_error(exc), code="invalid_settings"), args.json)
+    except ValueError as exc:
         return fail(FaceRecError(str(exc), code="invalid_settings"), args.json)
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A refused setting as one line: ``FACEREC_NAME: why`` (several joined by ``; ``)."""
+    parts = []
+    for error in exc.errors():
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        loc = [str(p) for p in error.get("loc", ())]
+        parts.append(f"FACEREC_{loc[0].upper()}: {message}" if loc else message)
+    return "; ".join(parts).replace("\n", " ")

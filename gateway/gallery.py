@@ -60,6 +60,14 @@ class Reconciled:
     restored: int  # indexed faces missing from the index: re-added from their templates
     orphans: int  # vectors with no face record: removed
 
+    @property
+    def changed(self) -> bool:
+        return bool(self.rolled_back or self.restored or self.orphans)
+
+    def describe(self) -> str:
+        """``rolled_back=N restored=N orphans=N`` (for the audit event)."""
+        return f"rolled_back={self.rolled_back} restored={self.restored} orphans={self.orphans}"
+
 
 class Gallery:
     """Faces of the system of record and their vectors in the index, changed together."""

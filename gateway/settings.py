@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from facerec.models import facerec_home
 from facerec.pipeline import DEFAULT_TRITON_URL
+from gateway.auth.api_keys import TOKEN_FORMAT, TOKEN_FORMAT_HELP
 
 PLACEHOLDER = "change-me"
 SQLITE_FILE = "facerec.sqlite3"  # in data_dir, unless database_url names a database
@@ -33,7 +34,7 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = None  # 64 hex digits or base64 of 32 bytes
     master_key_file: Path | None = None
     previous_master_keys: list[SecretStr] = []  # still unwrap during a rotation
-    admin_key: SecretStr | None = None  # bootstraps the first admin API key
+    admin_key: SecretStr | None = None  # the bootstrap admin API key (a new value rotates it)
     store_images: bool = False
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # per image
     max_request_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)  # whole request
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
+        token = self.secret("admin_key")
+        if token is not None and not TOKEN_FORMAT.fullmatch(token.strip()):
+            raise ValueError(f"FACEREC_ADMIN_KEY {TOKEN_FORMAT_HELP}")
         if self.env == "development":
             return self
         for name in ("master_key", "admin_key"):

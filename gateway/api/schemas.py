@@ -151,6 +151,9 @@ class AuditEventOut(BaseModel):
     request_id: str | None
     prev: str
     mac: str
+    threshold: float | None = None
+    target: str | None = None
+    detail: str | None = None
 
 
 class AuditPage(BaseModel):

@@ -38,15 +38,24 @@ class AuditEvent:
     request_id: str | None = None
     prev: str = GENESIS
     mac: str = ""
+    # Fields added later (LATER_FIELDS): the chain value covers them only when set, so
+    # the events written before they existed still verify.
+    threshold: float | None = None  # the decision threshold of a verify or identify
+    target: str | None = None  # what was acted on besides a subject (an API key's id)
+    detail: str | None = None  # counts and the like, written by the service, never input
 
     def body(self) -> dict[str, Any]:
-        """The fields the chain value covers (all but ``mac``)."""
+        """The fields the chain value covers (all but ``mac``; later fields when set)."""
         data = asdict(self)
         del data["mac"]
+        for name in LATER_FIELDS:
+            if data[name] is None:
+                del data[name]
         return data
 
 
 FIELDS = tuple(f.name for f in fields(AuditEvent))
+LATER_FIELDS = ("threshold", "target", "detail")
 
 
 def _mac(key: bytes, body: Mapping[str, Any]) -> str:
@@ -61,9 +70,9 @@ def chain_event(key: bytes, last: AuditEvent | None, **values: Any) -> AuditEven
         raise InvalidArgumentError(f"not audit fields: {sorted(unknown)}")
     if values.get("outcome") not in OUTCOMES:
         raise InvalidArgumentError(f"outcome must be one of {sorted(OUTCOMES)}")
-    score = values.get("score")
-    if score is not None:
-        values["score"] = round(float(score), 6)
+    for name in ("score", "threshold"):
+        if values.get(name) is not None:
+            values[name] = round(float(values[name]), 6)
     seq = 1 if last is None else last.seq + 1
     prev = GENESIS if last is None else last.mac
     event = AuditEvent(seq=seq, prev=prev, **values)

@@ -8,11 +8,13 @@ from typing import Any
 
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
-from gateway.auth.api_keys import KeyManager, allowed
+from gateway.auth.api_keys import Bootstrapped, KeyManager, allowed
 from gateway.errors import AuthError, ForbiddenError
 from gateway.service.names import clean_name
 from gateway.service.types import ApiKeyInfo, AuditPage, Caller, NewApiKey
 from gateway.storage.idempotency import IdempotencyRepository
+
+SYSTEM = Caller(role="system")  # the service itself (start-up, retention)
 
 
 class AdminService:
@@ -51,15 +53,25 @@ class AdminService:
     # -- API keys -----------------------------------------------------------------------------
     def create_key(self, role: str, label: str, caller: Caller) -> NewApiKey:
         issued, record = self.keys.create(role, clean_name(label, "label", allow_empty=True))
-        self.audit("key_create", "ok", caller)
+        self.audit("key_create", "ok", caller, target=record.id)
         return NewApiKey(issued.token, record)
+
+    def bootstrap_admin_key(self, token: str) -> Bootstrapped:
+        """Make ``FACEREC_ADMIN_KEY`` the bootstrap admin key, replacing an earlier one;
+        a change is audited (``bootstrap_key``: the key, and which keys it revoked)."""
+        done = self.keys.bootstrap_admin(token)
+        if done.changed:
+            how = "created" if done.added else "adopted"
+            detail = f"{how}; revoked {','.join(done.revoked)}" if done.revoked else how
+            self.audit("bootstrap_key", "ok", SYSTEM, target=done.key_id, detail=detail)
+        return done
 
     def list_keys(self) -> list[ApiKeyInfo]:
         return self.keys.list()
 
     def revoke_key(self, key_id: str, caller: Caller) -> None:
         self.keys.revoke(key_id)
-        self.audit("key_revoke", "ok", caller)
+        self.audit("key_revoke", "ok", caller, target=key_id)
 
     # -- audit log ------------------------------------------------------------------------------
     def audit_page(self, after: int = 0, limit: int = 100, last: int | None = None) -> AuditPage:

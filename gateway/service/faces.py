@@ -299,7 +299,12 @@ class FaceService:
         similarity = float(np.max(np.stack(templates) @ probe.embedding))
         match = similarity >= limit
         self.audit(
-            "verify", "match" if match else "no_match", caller, subject=subject_id, score=similarity
+            "verify",
+            "match" if match else "no_match",
+            caller,
+            subject=subject_id,
+            score=similarity,
+            threshold=limit,
         )
         return Verification(match, round(similarity, 6), limit, subject_id, probe)
 
@@ -320,7 +325,13 @@ class FaceService:
         assert a is not None and b is not None
         similarity = float(a @ b)
         match = similarity >= limit
-        self.audit("verify_pair", "match" if match else "no_match", caller, score=similarity)
+        self.audit(
+            "verify_pair",
+            "match" if match else "no_match",
+            caller,
+            score=similarity,
+            threshold=limit,
+        )
         return PairVerification(match, round(similarity, 6), limit, faces[0], faces[1])
 
     def identify_faces(
@@ -383,9 +394,10 @@ class FaceService:
                 caller,
                 subject=match.subject_id if match else None,
                 score=face.candidates[0].similarity if face.candidates else None,
+                threshold=limit,
             )
         if not faces:
-            self.audit("identify", "no_match", caller)
+            self.audit("identify", "no_match", caller, threshold=limit)
         return Identification(name, limit, faces)
 
     def detect(self, data: bytes) -> list[DetectedFace]:

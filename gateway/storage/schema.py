@@ -11,9 +11,11 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -21,9 +23,12 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from gateway.storage.migrate import migrate
 
 
 def now() -> datetime:
@@ -66,10 +71,22 @@ class Base(DeclarativeBase):
     pass
 
 
+DEFAULT_NAMESPACE = "default"
+DEFAULT_GALLERY = "default"
+
+
 class SubjectRow(Base):
     __tablename__ = "subjects"
+    __table_args__ = (Index("ix_subjects_scope", "namespace", "gallery"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(256))
+    # the tenant that owns it, and the gallery within that tenant (added in 0.2)
+    namespace: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_NAMESPACE, server_default=DEFAULT_NAMESPACE
+    )
+    gallery: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_GALLERY, server_default=DEFAULT_GALLERY
+    )
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -103,6 +120,13 @@ class ApiKeyRow(Base):
     label: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # made from FACEREC_ADMIN_KEY: replaced (revoked) when that setting changes
+    bootstrap: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # the tenant the key acts for, and the one gallery it is limited to (None: all)
+    namespace: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_NAMESPACE, server_default=DEFAULT_NAMESPACE
+    )
+    gallery: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AuditRow(Base):
@@ -123,11 +147,16 @@ class SystemKeyRow(Base):
 
 
 class RequestRow(Base):
-    """Idempotency keys already used by a mutating request (replays are refused)."""
+    """Idempotency keys of mutating requests: the request's fingerprint, and once it
+    succeeded its response (sealed), which a replay gets back."""
 
     __tablename__ = "requests"
     key: Mapped[str] = mapped_column(String(160), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    # Added with replayable responses; rows from before have none and stay refused.
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: in progress
+    response: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class JobRow(Base):
@@ -159,8 +188,10 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
 
 def open_engine(url: str) -> Engine:
-    """An engine with the schema created; SQLite gets WAL, foreign keys and secure delete."""
+    """An engine with the schema created or upgraded (:mod:`.migrate`); SQLite gets WAL,
+    foreign keys and secure delete."""
     engine = create_engine(url, pool_pre_ping=True)
     _sqlite_pragmas(engine)
     Base.metadata.create_all(engine)
+    migrate(engine, Base.metadata)
     return engine
