@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
@@ -64,7 +65,8 @@ def open_audit(settings: Settings, db: Database) -> AuditLog:
 
 def open_admin(settings: Settings, db: Database) -> AdminService:
     keys = KeyManager(db.api_keys, db.secrets.get_or_create("pepper"))
-    return AdminService(keys, db.idempotency, open_audit(settings, db))
+    response_key = db.secrets.get_or_create("idempotency")
+    return AdminService(keys, db.idempotency, open_audit(settings, db), response_key)
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Gateway:
                 purged = self.service.purge_expired(Caller(role="system"))
                 if purged:
                     log.info("purged %d expired subjects", len(purged))
+                self.admin.prune_requests(timedelta(hours=self.settings.idempotency_ttl_hours))
             except Exception:  # the loop must survive a failed round
                 log.exception("purging expired subjects failed")
 

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     enrol_min_quality: float = Field(default=0.5, ge=0.0, le=1.0)
     batch_max_wait_ms: float = Field(default=4.0, ge=0.0)  # micro-batching window
     purge_interval_s: float = Field(default=60.0, gt=0.0)  # how often expired subjects go
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0.0)  # how long replays answer
     backend: Literal["local", "triton"] = "local"  # where the networks run
     triton_url: str = DEFAULT_TRITON_URL  # host:port of Triton's gRPC (or HTTP) endpoint
     triton_protocol: Literal["grpc", "http"] = "grpc"

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request, Response
 
 from facerec import __version__
 from facerec.pipeline import FacePipeline
-from gateway.api import handlers
+from gateway.api import handlers, idempotency
 from gateway.api.routes import admin, health, jobs, recognition, subjects
 from gateway.bootstrap import Gateway, open_gateway
 from gateway.metrics import Metrics
@@ -57,6 +57,7 @@ def create_app(
     )
     app.state.metrics = Metrics()
     handlers.install(app)
+    idempotency.install(app)
 
     @app.middleware("http")
     async def _envelope(

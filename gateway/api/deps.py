@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, UploadFile
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
+from gateway.api import idempotency
 from gateway.bootstrap import Gateway
 from gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.service.admin import AdminService
 from gateway.service.faces import FaceService
 from gateway.service.jobs import JobService
-from gateway.service.types import Caller, Upload
+from gateway.service.types import Caller, StoredResponse, Upload
 from gateway.settings import Settings
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
@@ -65,12 +67,39 @@ def require(role: str) -> Callable[..., Caller]:
         admin: AdminDep,
         key: Annotated[str | None, Depends(_api_key)] = None,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
-        idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
     ) -> Caller:
         token = key or (bearer.credentials if bearer else None)
-        caller = admin.authorize(token, role, request_id(request))
-        if idempotency_key and request.method in ("POST", "PATCH", "DELETE"):
-            admin.claim_request(caller, idempotency_key)
+        return admin.authorize(token, role, request_id(request))
+
+    return dependency
+
+
+def changes(role: str) -> Callable[..., Awaitable[Caller]]:
+    """:func:`require` for a route that changes something: it also honours an
+    ``Idempotency-Key`` (:mod:`gateway.api.idempotency`)."""
+    authorized = Depends(require(role))  # a default, not an annotation: those cannot
+    # name a local (annotations are strings here, resolved in the module's namespace)
+
+    async def dependency(
+        request: Request,
+        admin: AdminDep,
+        caller: Caller = authorized,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                min_length=1,
+                max_length=128,
+                description="repeat a request safely: the same key and request get the "
+                "first response back",
+            ),
+        ] = None,
+    ) -> Caller:
+        if idempotency_key is not None:
+            digest = await idempotency.fingerprint(request, caller.key_id)
+            outcome = await run_in_threadpool(admin.begin_request, caller, idempotency_key, digest)
+            if isinstance(outcome, StoredResponse):
+                raise idempotency.Replay(outcome)
+            setattr(request.state, idempotency.STATE, outcome)
         return caller
 
     return dependency
@@ -80,6 +109,9 @@ AdminCaller = Annotated[Caller, Depends(require("admin"))]
 EnrolCaller = Annotated[Caller, Depends(require("enrol"))]
 VerifyCaller = Annotated[Caller, Depends(require("verify"))]
 IdentifyCaller = Annotated[Caller, Depends(require("identify"))]
+AdminChange = Annotated[Caller, Depends(changes("admin"))]
+EnrolChange = Annotated[Caller, Depends(changes("enrol"))]
+IdentifyChange = Annotated[Caller, Depends(changes("identify"))]
 
 
 def multipart_only(request: Request) -> None:

@@ -4,26 +4,54 @@ operation is audited."""
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from typing import Any
 
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.auth.api_keys import Bootstrapped, KeyManager, allowed
-from gateway.errors import AuthError, ForbiddenError
+from gateway.crypto.envelope import open_record, seal_record
+from gateway.errors import AuthError, ConflictError, ForbiddenError
 from gateway.service.names import clean_name
-from gateway.service.types import ApiKeyInfo, AuditPage, Caller, NewApiKey
+from gateway.service.types import (
+    ApiKeyInfo,
+    AuditPage,
+    Caller,
+    IdempotencyClaim,
+    NewApiKey,
+    StoredResponse,
+)
 from gateway.storage.idempotency import IdempotencyRepository
+from gateway.storage.schema import now
 
 SYSTEM = Caller(role="system")  # the service itself (start-up, retention)
+ABANDONED_AFTER = timedelta(minutes=10)  # an idempotency key held longer by no answer is free
+
+
+def _without_secrets(body: bytes) -> bytes:
+    """A response as kept for replays: a new API key's token is shown once, never kept."""
+    try:
+        doc = json.loads(body) if body else None
+    except ValueError:
+        return body
+    if isinstance(doc, dict) and doc.get("token") is not None:
+        return json.dumps({**doc, "token": None}).encode()
+    return body
 
 
 class AdminService:
     """What the REST API's access checks and admin routes (and the ``keys`` CLI) call."""
 
     def __init__(
-        self, keys: KeyManager, idempotency: IdempotencyRepository, audit_log: AuditLog
+        self,
+        keys: KeyManager,
+        idempotency: IdempotencyRepository,
+        audit_log: AuditLog,
+        response_key: bytes,
     ) -> None:
         self.keys, self.idempotency, self.audit_log = keys, idempotency, audit_log
+        self.response_key = response_key  # seals the responses kept for replays
 
     def audit(self, action: str, outcome: str, caller: Caller, **values: Any) -> AuditEvent:
         return self.audit_log.append(
@@ -45,10 +73,45 @@ class AdminService:
             raise ForbiddenError(f"a key with role {principal.role!r} may not {needed}")
         return caller
 
-    def claim_request(self, caller: Caller, idempotency_key: str) -> None:
-        """Use up ``idempotency_key`` for this caller; a second use is a 409
-        ``replayed_request``."""
-        self.idempotency.claim(f"{caller.key_id}:{idempotency_key}")
+    # -- idempotency keys ------------------------------------------------------------------
+    def begin_request(
+        self, caller: Caller, idempotency_key: str, fingerprint: str
+    ) -> IdempotencyClaim | StoredResponse:
+        """Claim ``idempotency_key`` for the request ``fingerprint`` (its method, path,
+        key id and body), or return the response the same request got before.
+
+        409 ``idempotency_key_reused`` when the key was used for another request,
+        409 ``request_in_progress`` while the first request with it still runs."""
+        key = f"{caller.key_id}:{idempotency_key}"
+        held = self.idempotency.claim(key, fingerprint, ABANDONED_AFTER)
+        if held is None:
+            return IdempotencyClaim(key, fingerprint)
+        if held.fingerprint != fingerprint:
+            raise ConflictError(
+                "this Idempotency-Key was used for a different request",
+                code="idempotency_key_reused",
+            )
+        if held.status is None or held.response is None:
+            error = ConflictError(
+                "a request with this Idempotency-Key is in progress; retry when it answers",
+                code="request_in_progress",
+            )
+            error.retriable = True
+            raise error
+        return StoredResponse(held.status, open_record(self.response_key, held.response, key))
+
+    def finish_request(self, claim: IdempotencyClaim, status: int, body: bytes) -> None:
+        """Keep a success's response (sealed, never a key's token) for replays; give the
+        key back after a failure, so that a corrected or later request may use it."""
+        if 200 <= status < 300:
+            sealed = seal_record(self.response_key, _without_secrets(body), claim.key)
+            self.idempotency.complete(claim.key, status, sealed)
+        else:
+            self.idempotency.release(claim.key, claim.fingerprint)
+
+    def prune_requests(self, older_than: timedelta) -> int:
+        """Forget idempotency keys older than ``older_than``; returns how many."""
+        return self.idempotency.prune(now() - older_than)
 
     # -- API keys -----------------------------------------------------------------------------
     def create_key(self, role: str, label: str, caller: Caller) -> NewApiKey:

@@ -30,12 +30,14 @@ __all__ = [
     "Enrolment",
     "FaceInfo",
     "FailedImage",
+    "IdempotencyClaim",
     "Identification",
     "IdentifiedFace",
     "Job",
     "NewApiKey",
     "PairVerification",
     "Readiness",
+    "StoredResponse",
     "Subject",
     "SubjectPage",
     "Upload",
@@ -54,6 +56,22 @@ class Caller:
     def audit_fields(self) -> dict[str, str | None]:
         """The caller as audit event fields."""
         return {"key_id": self.key_id, "role": self.role, "request_id": self.request_id}
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """An ``Idempotency-Key`` now held by the request in progress."""
+
+    key: str  # as stored: the caller's key id and the idempotency key
+    fingerprint: str  # of the request that holds it
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The response a request gave, returned again to a replay of it."""
+
+    status: int
+    body: bytes  # JSON, or empty
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
-from gateway.api.deps import IdentifyCaller, JobsDep, Multipart, SettingsDep, read_upload
+from gateway.api.deps import (
+    IdentifyCaller,
+    IdentifyChange,
+    JobsDep,
+    Multipart,
+    SettingsDep,
+    read_upload,
+)
 from gateway.api.schemas import JobOut
 from gateway.service.types import Job
 
@@ -33,7 +40,7 @@ def create_job(
     files: Annotated[list[UploadFile], File(description="images and/or zip archives of them")],
     jobs: JobsDep,
     settings: SettingsDep,
-    caller: IdentifyCaller,
+    caller: IdentifyChange,
     top_k: Annotated[int, Form(ge=1, le=100)] = 5,
     threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
 ) -> JobOut:

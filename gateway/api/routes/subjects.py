@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from gateway.api.deps import EnrolCaller, Multipart, ServiceDep, SettingsDep, read_upload
+from gateway.api.deps import (
+    EnrolCaller,
+    EnrolChange,
+    Multipart,
+    ServiceDep,
+    SettingsDep,
+    read_upload,
+)
 from gateway.api.schemas import (
     EnrolOut,
     EnrolResult,
@@ -34,7 +41,7 @@ def _out(s: Subject) -> SubjectOut:
 
 
 @router.post("", status_code=201, response_model=SubjectOut)
-def create_subject(body: SubjectIn, service: ServiceDep, caller: EnrolCaller) -> SubjectOut:
+def create_subject(body: SubjectIn, service: ServiceDep, caller: EnrolChange) -> SubjectOut:
     """Create a subject (a person); add faces with ``POST /v1/subjects/{id}/faces``."""
     return _out(service.create_subject(body.name, body.metadata, body.expires_at, caller))
 
@@ -64,14 +71,14 @@ def get_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) -> Su
 
 @router.patch("/{subject_id}", response_model=SubjectOut)
 def update_subject(
-    subject_id: str, body: SubjectPatch, service: ServiceDep, caller: EnrolCaller
+    subject_id: str, body: SubjectPatch, service: ServiceDep, caller: EnrolChange
 ) -> SubjectOut:
     expires = body.expires_at if "expires_at" in body.model_fields_set else UNSET
     return _out(service.update_subject(subject_id, caller, body.name, body.metadata, expires))
 
 
 @router.delete("/{subject_id}", status_code=204)
-def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) -> Response:
+def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolChange) -> Response:
     """Delete a subject: its vectors, its templates and its data key (crypto-shredding)."""
     service.delete_subject(subject_id, caller)
     return Response(status_code=204)
@@ -83,7 +90,7 @@ def add_faces(
     images: Annotated[list[UploadFile], File(description="one or more face images")],
     service: ServiceDep,
     settings: SettingsDep,
-    caller: EnrolCaller,
+    caller: EnrolChange,
     face: Annotated[
         str,
         Form(
@@ -105,7 +112,7 @@ def add_faces(
 
 @router.delete("/{subject_id}/faces/{face_id}", status_code=204)
 def delete_face(
-    subject_id: str, face_id: str, service: ServiceDep, caller: EnrolCaller
+    subject_id: str, face_id: str, service: ServiceDep, caller: EnrolChange
 ) -> Response:
     service.delete_face(subject_id, face_id, caller)
     return Response(status_code=204)
