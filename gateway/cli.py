@@ -62,14 +62,27 @@ def cmd_keys(args: argparse.Namespace) -> int:
     db = open_database(settings)
     admin = open_admin(settings, db)
     if args.keys_command == "create":
-        new = admin.create_key(args.role, args.label, CLI)
-        _print(args, {"id": new.record.id, "role": new.record.role, "token": new.token}, new.token)
+        new = admin.create_key(args.role, args.label, CLI, args.namespace, args.gallery)
+        record = new.record
+        _print(
+            args,
+            {
+                "id": record.id,
+                "role": record.role,
+                "namespace": record.namespace,
+                "gallery": record.gallery,
+                "token": new.token,
+            },
+            new.token,
+        )
     elif args.keys_command == "list":
         rows = [
             {
                 "id": k.id,
                 "role": k.role,
                 "label": k.label,
+                "namespace": k.namespace,
+                "gallery": k.gallery,
                 "created_at": k.created_at,
                 "revoked_at": k.revoked_at,
             }
@@ -80,7 +93,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
             {"keys": rows},
             "\n".join(
                 f"{r['id']}  {r['role']:<8}  "
-                f"{'revoked' if r['revoked_at'] else 'active '}  {r['label']}"
+                f"{'revoked' if r['revoked_at'] else 'active '}  "
+                f"{r['namespace']}{'/' + str(r['gallery']) if r['gallery'] else ''}  {r['label']}"
                 for r in rows
             ),
         )

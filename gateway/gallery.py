@@ -46,7 +46,7 @@ import numpy as np
 
 from gateway.errors import NotFoundError
 from gateway.index.manager import IndexManager
-from gateway.index.milvus import FaceIndex
+from gateway.index.milvus import DEFAULT_SCOPE, FaceIndex
 from gateway.storage.subjects import SubjectRepository
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,15 @@ class Gallery:
         quality: float,
         box: Sequence[float],
         image: bytes | None = None,
+        scope: tuple[str, str] = DEFAULT_SCOPE,
     ) -> str:
-        """Enrol one face (embedding float32[D]) of an existing subject; returns its id."""
+        """Enrol one face (embedding float32[D]) of an existing subject, whose
+        (namespace, gallery) is ``scope``; returns the face's id."""
         face_id = self.subjects.add_face(
             subject_id, embedding, content_hash, quality, box, image=image
         )
         try:
-            self.index.add([face_id], [subject_id], embedding[None, :])
+            self.index.add([face_id], [subject_id], embedding[None, :], [scope])
         except Exception:
             self.subjects.discard_faces([face_id])
             raise
@@ -151,6 +153,7 @@ class Gallery:
         """Upsert every indexed template of the system of record (or those of ``only``)
         into ``index``; returns how many."""
         indexed = self.subjects.indexed_face_ids() if only is None else only
+        scopes = self.subjects.scopes()
         batch_ids: list[str] = []
         batch_subjects: list[str] = []
         batch_vectors: list[np.ndarray] = []
@@ -159,7 +162,8 @@ class Gallery:
         def flush() -> None:
             nonlocal total
             if batch_ids:
-                index.add(batch_ids, batch_subjects, np.stack(batch_vectors))
+                batch_scopes = [scopes.get(s, DEFAULT_SCOPE) for s in batch_subjects]
+                index.add(batch_ids, batch_subjects, np.stack(batch_vectors), batch_scopes)
                 total += len(batch_ids)
                 if progress is not None:
                     progress(len(batch_ids))

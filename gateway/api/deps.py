@@ -18,6 +18,7 @@ from gateway.service.jobs import JobService
 from gateway.service.types import Caller, StoredResponse, Upload
 from gateway.settings import Settings
 
+NAMESPACE_PATTERN = "^[A-Za-z0-9_-]{1,64}$"  # namespaces and galleries
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
 _bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
 
@@ -67,9 +68,18 @@ def require(role: str) -> Callable[..., Caller]:
         admin: AdminDep,
         key: Annotated[str | None, Depends(_api_key)] = None,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+        x_namespace: Annotated[
+            str | None,
+            Header(
+                pattern=NAMESPACE_PATTERN,
+                description="the namespace (tenant) to act in: any for an admin key, "
+                "only its own for the others (default: the key's own)",
+            ),
+        ] = None,
     ) -> Caller:
         token = key or (bearer.credentials if bearer else None)
-        return admin.authorize(token, role, request_id(request))
+        caller = admin.authorize(token, role, request_id(request))
+        return caller if x_namespace is None else admin.in_namespace(caller, x_namespace)
 
     return dependency
 

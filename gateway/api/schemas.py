@@ -9,12 +9,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth.api_keys import ROLES
 
+SCOPE_NAME = "^[A-Za-z0-9_-]{1,64}$"
+
 
 class SubjectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=256)
     metadata: dict[str, Any] | None = None
-    expires_at: datetime | None = Field(None, description="purge this subject after this time")
+    expires_at: datetime | None = Field(
+        None, description="purge this subject after this time (no offset: UTC)"
+    )
+    gallery: str | None = Field(
+        None,
+        pattern=SCOPE_NAME,
+        description="the gallery within the namespace (default: the key's, or 'default')",
+    )
 
 
 class SubjectPatch(BaseModel):
@@ -34,6 +43,8 @@ class FaceOut(BaseModel):
 class SubjectOut(BaseModel):
     id: str
     name: str
+    namespace: str
+    gallery: str
     metadata: dict[str, Any]
     created_at: datetime
     expires_at: datetime | None
@@ -165,12 +176,20 @@ class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: str = Field(pattern=f"^({'|'.join(ROLES)})$")
     label: str = Field("", max_length=256)
+    namespace: str | None = Field(
+        None, pattern=SCOPE_NAME, description="the tenant it acts for (default: the caller's)"
+    )
+    gallery: str | None = Field(
+        None, pattern=SCOPE_NAME, description="limit it to one gallery of its namespace"
+    )
 
 
 class ApiKeyOut(BaseModel):
     id: str
     role: str
     label: str
+    namespace: str
+    gallery: str | None
     created_at: datetime
     revoked_at: datetime | None
     token: str | None = Field(None, description="shown once, at creation")

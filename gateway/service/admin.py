@@ -5,6 +5,7 @@ operation is audited."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -12,7 +13,8 @@ from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.auth.api_keys import Bootstrapped, KeyManager, allowed
 from gateway.crypto.envelope import open_record, seal_record
-from gateway.errors import AuthError, ConflictError, ForbiddenError
+from gateway.errors import AuthError, ConflictError, ForbiddenError, InvalidRequestError
+from gateway.index.milvus import check_id
 from gateway.service.names import clean_name
 from gateway.service.types import (
     ApiKeyInfo,
@@ -23,7 +25,7 @@ from gateway.service.types import (
     StoredResponse,
 )
 from gateway.storage.idempotency import IdempotencyRepository
-from gateway.storage.schema import now
+from gateway.storage.schema import DEFAULT_NAMESPACE, now
 
 SYSTEM = Caller(role="system")  # the service itself (start-up, retention)
 ABANDONED_AFTER = timedelta(minutes=10)  # an idempotency key held longer by no answer is free
@@ -67,10 +69,22 @@ class AdminService:
         except AuthError:
             self.audit("auth", "refused", Caller(None, None, request_id))
             raise
-        caller = Caller(principal.key_id, principal.role, request_id)
+        caller = Caller(
+            principal.key_id, principal.role, request_id, principal.namespace, principal.gallery
+        )
         if not allowed(principal.role, needed):
             self.audit("auth", "refused", caller)
             raise ForbiddenError(f"a key with role {principal.role!r} may not {needed}")
+        return caller
+
+    def in_namespace(self, caller: Caller, namespace: str) -> Caller:
+        """The caller acting in ``namespace`` (``X-Namespace``): any namespace for an admin
+        key; only its own for any other key (403 otherwise)."""
+        check_id(namespace, "namespace")
+        if caller.role == "admin":
+            return replace(caller, namespace=namespace)
+        if namespace != caller.namespace:
+            raise ForbiddenError(f"this key acts in namespace {caller.namespace!r} only")
         return caller
 
     # -- idempotency keys ------------------------------------------------------------------
@@ -114,8 +128,24 @@ class AdminService:
         return self.idempotency.prune(now() - older_than)
 
     # -- API keys -----------------------------------------------------------------------------
-    def create_key(self, role: str, label: str, caller: Caller) -> NewApiKey:
-        issued, record = self.keys.create(role, clean_name(label, "label", allow_empty=True))
+    def create_key(
+        self,
+        role: str,
+        label: str,
+        caller: Caller,
+        namespace: str | None = None,
+        gallery: str | None = None,
+    ) -> NewApiKey:
+        """A new key acting in ``namespace`` (default: the caller's), limited to
+        ``gallery`` when given (not for admin keys, which see every namespace)."""
+        if gallery is not None and role == "admin":
+            raise InvalidRequestError("an admin key cannot be limited to a gallery")
+        issued, record = self.keys.create(
+            role,
+            clean_name(label, "label", allow_empty=True),
+            check_id(namespace or caller.namespace or DEFAULT_NAMESPACE, "namespace"),
+            None if gallery is None else check_id(gallery, "gallery"),
+        )
         self.audit("key_create", "ok", caller, target=record.id)
         return NewApiKey(issued.token, record)
 

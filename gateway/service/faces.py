@@ -22,7 +22,7 @@ from facerec.pipeline import Face, FacePipeline, ImageFaces
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.batching import MicroBatcher
-from gateway.errors import NotFoundError
+from gateway.errors import ForbiddenError, NotFoundError
 from gateway.gallery import Gallery
 from gateway.index.milvus import check_id
 from gateway.service.names import clean_name
@@ -45,6 +45,7 @@ from gateway.service.types import (
     Verification,
 )
 from gateway.storage.database import Database
+from gateway.storage.schema import DEFAULT_GALLERY, DEFAULT_NAMESPACE
 
 QUALITY_SIDE = 80.0  # faces this many pixels across (short side) or more lose nothing
 
@@ -168,22 +169,34 @@ class FaceService:
         meta: dict[str, Any] | None,
         expires_at: datetime | None,
         caller: Caller,
+        gallery: str | None = None,
     ) -> Subject:
-        subject = self.db.subjects.create(clean_name(name), meta, expires_at)
+        """A new subject in the caller's namespace, in ``gallery`` (the key's own gallery
+        when it has one; another one is refused)."""
+        if caller.gallery is not None and gallery not in (None, caller.gallery):
+            raise ForbiddenError(f"this key may only add subjects to gallery {caller.gallery!r}")
+        chosen = check_id(gallery or caller.gallery or DEFAULT_GALLERY, "gallery")
+        subject = self.db.subjects.create(
+            clean_name(name), meta, expires_at, caller.namespace or DEFAULT_NAMESPACE, chosen
+        )
         self.audit("create_subject", "ok", caller, subject=subject.id)
         return subject
 
-    def get_subject(self, subject_id: str) -> Subject:
-        return self.db.subjects.get(check_id(subject_id, "subject id"))
+    def get_subject(self, subject_id: str, caller: Caller) -> Subject:
+        """A subject the caller may see; any other is 404, as if it did not exist."""
+        subject = self.db.subjects.get(check_id(subject_id, "subject id"))
+        if not caller.sees(subject):
+            raise NotFoundError(f"no subject {subject_id}", subject_id=subject_id)
+        return subject
 
-    def list_subjects(self, offset: int = 0, limit: int = 50) -> SubjectPage:
-        """One page of subjects, oldest first, and how many there are."""
-        items, total = self.db.subjects.page(offset, limit)
+    def list_subjects(self, caller: Caller, offset: int = 0, limit: int = 50) -> SubjectPage:
+        """One page of the subjects the caller may see, oldest first, and how many."""
+        items, total = self.db.subjects.page(offset, limit, caller.namespace, caller.gallery)
         return SubjectPage(items, total)
 
-    def faces(self, subject_id: str) -> list[FaceInfo]:
+    def faces(self, subject_id: str, caller: Caller) -> list[FaceInfo]:
         """The enrolled faces of a subject (those confirmed in the index), oldest first."""
-        faces = self.db.subjects.faces(check_id(subject_id, "subject id"))
+        faces = self.db.subjects.faces(self.get_subject(subject_id, caller).id)
         return [f for f in faces if f.state == "indexed"]
 
     def update_subject(
@@ -195,7 +208,7 @@ class FaceService:
         expires_at: datetime | None = UNSET,
     ) -> Subject:
         subject = self.db.subjects.update(
-            check_id(subject_id, "subject id"),
+            self.get_subject(subject_id, caller).id,
             None if name is None else clean_name(name),
             meta,
             expires_at,
@@ -207,7 +220,7 @@ class FaceService:
         self, subject_id: str, caller: Caller, action: str = "delete_subject"
     ) -> int:
         """Delete a subject, its faces and its data key; returns the faces removed."""
-        removed = self.gallery.delete_subject(check_id(subject_id, "subject id"))
+        removed = self.gallery.delete_subject(self.get_subject(subject_id, caller).id)
         self.audit(action, "ok", caller, subject=subject_id)
         return removed
 
@@ -228,7 +241,7 @@ class FaceService:
     ) -> Enrolment:
         """Add the face of each upload to a subject; one result (or error) per upload.
         When none was enrolled, the first error is raised (with every result attached)."""
-        self.db.subjects.get(check_id(subject_id, "subject id"))
+        subject = self.get_subject(subject_id, caller)
         if not uploads:
             raise InvalidArgumentError("no images uploaded", code="missing_image")
         analysed = self.analyze_many(uploads)
@@ -238,7 +251,7 @@ class FaceService:
             try:
                 if isinstance(found, FaceRecError):
                     raise found
-                results.append(self._enrol_one(subject_id, upload, found, choice))
+                results.append(self._enrol_one(subject, upload, found, choice))
                 self.audit("enrol", "ok", caller, subject=subject_id)
             except FaceRecError as exc:
                 failures.append(exc)
@@ -256,7 +269,7 @@ class FaceService:
         return Enrolment(subject_id, results)
 
     def _enrol_one(
-        self, subject_id: str, upload: Upload, found: ImageFaces, choice: str
+        self, subject: Subject, upload: Upload, found: ImageFaces, choice: str
     ) -> Enrolled:
         face = found.faces[select_face(found, choice)]
         assert face.embedding is not None  # analysed with embeddings
@@ -269,17 +282,19 @@ class FaceService:
             )
         digest = hashlib.sha256(upload.data).hexdigest()
         face_id = self.gallery.add_face(
-            subject_id,
+            subject.id,
             face.embedding,
             digest,
             quality,
             face.box.tolist(),
             image=upload.data if self.store_images else None,
+            scope=subject.scope,
         )
         return Enrolled(upload.name, face_id, quality, face)
 
     def delete_face(self, subject_id: str, face_id: str, caller: Caller) -> None:
-        self.gallery.delete_face(check_id(subject_id, "subject id"), check_id(face_id, "face id"))
+        subject = self.get_subject(subject_id, caller)
+        self.gallery.delete_face(subject.id, check_id(face_id, "face id"))
         self.audit("delete_face", "ok", caller, subject=subject_id)
 
     # -- matching ---------------------------------------------------------------------------
@@ -288,7 +303,7 @@ class FaceService:
     ) -> Verification:
         """1:1 against the subject's best-matching template."""
         limit = self._threshold(threshold)
-        self.db.subjects.get(check_id(subject_id, "subject id"))
+        self.get_subject(subject_id, caller)
         templates = [v for _, _, v in self.db.subjects.templates(subject_id)]
         if not templates:
             raise NoFaceError(
@@ -335,17 +350,19 @@ class FaceService:
         return PairVerification(match, round(similarity, 6), limit, faces[0], faces[1])
 
     def identify_faces(
-        self, faces: Sequence[Face], top_k: int, threshold: float | None
+        self, faces: Sequence[Face], top_k: int, threshold: float | None, caller: Caller
     ) -> list[IdentifiedFace]:
-        """Candidates (best face per subject, best first) and the open-set match per face."""
+        """Candidates (best face per subject, best first) and the open-set match per face,
+        among the subjects the caller may see."""
         limit = self._threshold(threshold)
         if not 1 <= top_k <= 100:
             raise InvalidArgumentError("top_k must be between 1 and 100")
         if not faces:
             return []
         probes = np.stack([f.embedding for f in faces if f.embedding is not None])
-        hits = self.index.search(probes, top_k=min(16 * top_k, 1000))
-        names = self.db.subjects.names(sorted({h.subject_id for hs in hits for h in hs}))
+        scope = {"namespace": caller.namespace, "gallery": caller.gallery}
+        hits = self.index.search(probes, top_k=min(16 * top_k, 1000), **scope)
+        names = self.db.subjects.names(sorted({h.subject_id for hs in hits for h in hs}), **scope)
         out = []
         for face, face_hits in zip(faces, hits, strict=True):
             best: dict[str, float] = {}
@@ -385,7 +402,7 @@ class FaceService:
     def _identified(
         self, name: str, found: ImageFaces, caller: Caller, top_k: int, limit: float
     ) -> Identification:
-        faces = self.identify_faces(found.faces, top_k, limit)
+        faces = self.identify_faces(found.faces, top_k, limit, caller)
         for face in faces:
             match = face.match
             self.audit(

@@ -81,7 +81,7 @@ class JobService:
         """Queue the identification of images and zip archives of them (at most
         ``max_files`` images, each at most ``max_bytes``)."""
         images = unpack_uploads(uploads, self.max_files, self.max_bytes)
-        params = {"top_k": top_k, "threshold": threshold, **caller.audit_fields()}
+        params = {"top_k": top_k, "threshold": threshold, **caller.to_params()}
         job = self.jobs.create("identify", caller.key_id, len(images), params)
         self._queue.put((job.id, images))
         return job
@@ -113,7 +113,7 @@ class JobService:
 
     def _process(self, job_id: str, uploads: list[Upload]) -> None:
         params = self.jobs.get(job_id).params
-        caller = Caller(params.get("key_id"), params.get("role"), params.get("request_id"))
+        caller = Caller.from_params(params)
         top_k, threshold = int(params["top_k"]), params["threshold"]
         self.jobs.update(job_id, status="running")
         results: list[dict[str, Any]] = []

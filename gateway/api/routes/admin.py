@@ -18,6 +18,8 @@ def _key_out(k: ApiKeyInfo, token: str | None = None) -> ApiKeyOut:
         id=k.id,
         role=k.role,
         label=k.label,
+        namespace=k.namespace,
+        gallery=k.gallery,
         created_at=k.created_at,
         revoked_at=k.revoked_at,
         token=token,
@@ -49,7 +51,7 @@ def list_keys(admin: AdminDep, caller: AdminCaller) -> list[ApiKeyOut]:
 @router.post("/keys", status_code=201, response_model=ApiKeyOut)
 def create_key(body: ApiKeyIn, admin: AdminDep, caller: AdminChange) -> ApiKeyOut:
     """A new API key; its token is shown in this response only."""
-    new = admin.create_key(body.role, body.label, caller)
+    new = admin.create_key(body.role, body.label, caller, body.namespace, body.gallery)
     return _key_out(new.record, new.token)
 
 

@@ -33,6 +33,8 @@ def _out(s: Subject) -> SubjectOut:
     return SubjectOut(
         id=s.id,
         name=s.name,
+        namespace=s.namespace,
+        gallery=s.gallery,
         metadata=s.meta,
         created_at=s.created_at,
         expires_at=s.expires_at,
@@ -43,7 +45,10 @@ def _out(s: Subject) -> SubjectOut:
 @router.post("", status_code=201, response_model=SubjectOut)
 def create_subject(body: SubjectIn, service: ServiceDep, caller: EnrolChange) -> SubjectOut:
     """Create a subject (a person); add faces with ``POST /v1/subjects/{id}/faces``."""
-    return _out(service.create_subject(body.name, body.metadata, body.expires_at, caller))
+    subject = service.create_subject(
+        body.name, body.metadata, body.expires_at, caller, gallery=body.gallery
+    )
+    return _out(subject)
 
 
 @router.get("", response_model=SubjectPage)
@@ -53,7 +58,7 @@ def list_subjects(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SubjectPage:
-    page = service.list_subjects(offset, limit)
+    page = service.list_subjects(caller, offset, limit)
     return SubjectPage(
         items=[_out(s) for s in page.items], total=page.total, offset=offset, limit=limit
     )
@@ -61,10 +66,10 @@ def list_subjects(
 
 @router.get("/{subject_id}", response_model=SubjectDetail)
 def get_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) -> SubjectDetail:
-    subject = service.get_subject(subject_id)
+    subject = service.get_subject(subject_id, caller)
     faces = [
         FaceOut(id=f.id, quality=f.quality, box=f.box, created_at=f.created_at)
-        for f in service.faces(subject_id)
+        for f in service.faces(subject_id, caller)
     ]
     return SubjectDetail(**_out(subject).model_dump(), face_list=faces)
 
