@@ -8,17 +8,20 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from facerec.imaging.budget import PixelBudget
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
 from gateway.audit.log import AuditLog
+from gateway.audit.refusals import RefusalLog
 from gateway.auth.api_keys import KeyManager
+from gateway.auth.throttle import FailureThrottle
 from gateway.batching import MicroBatcher
 from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager
 from gateway.service.admin import AdminService
 from gateway.service.faces import FaceService
-from gateway.service.jobs import JobService
+from gateway.service.jobs import JobLimits, JobService
 from gateway.service.types import Caller
 from gateway.settings import Settings
 from gateway.storage.database import Database
@@ -100,6 +103,7 @@ class Gateway:
         self._purger.join(timeout=30)
         self.jobs.close()
         self.service.close()
+        self.admin.close()
 
 
 def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Gateway:
@@ -110,6 +114,13 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
     gallery = open_gallery(settings, db, pipe.card.embedding_size)
     gallery.reconcile()
     admin = open_admin(settings, db)
+    admin.throttle = FailureThrottle(settings.auth_failures_per_minute)
+    admin.refusals = RefusalLog(
+        admin.audit_log.append,
+        settings.refusal_audit_window_s,
+        settings.refusal_audit_max_clients,
+    )
+    admin.refusals.start()
     batcher = MicroBatcher(pipe, max_wait=settings.batch_max_wait_ms / 1000)
     service = FaceService(
         db,
@@ -117,9 +128,11 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         pipe,
         batcher,
         admin.audit_log,
-        DecodeLimits(max_bytes=settings.max_upload_bytes),
+        DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
         store_images=settings.store_images,
         min_quality=settings.enrol_min_quality,
+        budget=PixelBudget(settings.max_pixels_in_flight, wait=settings.busy_wait_s),
+        trim_after_pixels=settings.trim_after_pixels,
     )
     keys = admin.keys
     if (token := settings.secret("admin_key")) is not None:
@@ -132,5 +145,12 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         _write_private(admin_file, issued.token + "\n")
         log.warning("development mode: created an admin API key, saved in %s", admin_file)
 
-    jobs = JobService(db.jobs, service, settings.max_job_images, settings.max_upload_bytes)
+    limits = JobLimits(
+        settings.max_job_images,
+        settings.max_upload_bytes,
+        settings.max_job_inflated_bytes,
+        settings.max_jobs_queued_per_key,
+        settings.max_jobs_queued,
+    )
+    jobs = JobService(db.jobs, service, limits, settings.data_dir / "spool")
     return Gateway(settings, service, admin, jobs)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request, UploadFile
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from gateway.api.policy import ROLE_ATTRIBUTE
 from gateway.bootstrap import Gateway
 from gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.service.admin import AdminService
@@ -58,7 +59,9 @@ def request_id(request: Request) -> str:
 def require(role: str) -> Callable[..., Caller]:
     """A dependency that authenticates the request and checks that its key may ``role``.
 
-    Refusals are audited (action ``auth``, outcome ``refused``)."""
+    The edge middleware (:mod:`gateway.api.edge`) has already done so from the headers,
+    before the body was read, and left the caller in ``request.state``; the check here
+    stands for an app run without it. Refusals are audited (action ``auth``)."""
 
     def dependency(
         request: Request,
@@ -67,12 +70,15 @@ def require(role: str) -> Callable[..., Caller]:
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
         idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
     ) -> Caller:
-        token = key or (bearer.credentials if bearer else None)
-        caller = admin.authorize(token, role, request_id(request))
+        caller: Caller | None = getattr(request.state, "caller", None)
+        if caller is None:
+            token = key or (bearer.credentials if bearer else None)
+            caller = admin.authorize(token, role, request_id(request))
         if idempotency_key and request.method in ("POST", "PATCH", "DELETE"):
             admin.claim_request(caller, idempotency_key)
         return caller
 
+    setattr(dependency, ROLE_ATTRIBUTE, role)  # read by gateway.api.policy
     return dependency
 
 

@@ -151,6 +151,8 @@ class AuditEventOut(BaseModel):
     request_id: str | None
     prev: str
     mac: str
+    client: str | None = Field(None, description="client address (refused requests)")
+    count: int | None = Field(None, description="refusals an aggregated event stands for")
 
 
 class AuditPage(BaseModel):

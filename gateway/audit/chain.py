@@ -38,14 +38,21 @@ class AuditEvent:
     request_id: str | None = None
     prev: str = GENESIS
     mac: str = ""
+    client: str | None = None  # the client address of a refused request
+    count: int | None = None  # refusals this event stands for (an aggregated row)
 
     def body(self) -> dict[str, Any]:
-        """The fields the chain value covers (all but ``mac``)."""
+        """The fields the chain value covers (all but ``mac``). ``client`` and ``count``
+        came later: left out when unset, so events written before them still verify."""
         data = asdict(self)
         del data["mac"]
+        for late in _LATE_FIELDS:
+            if data[late] is None:
+                del data[late]
         return data
 
 
+_LATE_FIELDS = ("client", "count")
 FIELDS = tuple(f.name for f in fields(AuditEvent))
 
 
