@@ -33,18 +33,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api.app import create_app
+    from gateway.api.server import server_config
 
     settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
+    config = server_config(
+        create_app(settings),
+        settings,
+        host,
+        port,
         log_level="info" if args.verbose else "warning",
         access_log=args.verbose,
     )
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=10.0, gt=0.0)  # whole request head
     body_timeout_s: float = Field(default=30.0, gt=0.0)  # body: this, plus 1 s per ...
     body_min_rate: int = Field(default=16 * 1024, ge=1)  # ... this many bytes received
-    keepalive_timeout_s: float = Field(default=5.0, gt=0.0)
+    keepalive_timeout_s: int = Field(default=5, ge=1)
     keepalive_max_requests: int = Field(default=1000, ge=1)
     max_connections: int = Field(default=512, ge=1)
     # -- refused requests ------------------------------------------------------------------
