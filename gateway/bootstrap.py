@@ -151,6 +151,7 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         settings.max_job_inflated_bytes,
         settings.max_jobs_queued_per_key,
         settings.max_jobs_queued,
+        settings.max_spool_bytes,
     )
     jobs = JobService(db.jobs, service, limits, settings.data_dir / "spool")
     return Gateway(settings, service, admin, jobs)

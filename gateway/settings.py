@@ -48,9 +48,10 @@ class Settings(BaseSettings):
     trim_after_pixels: int = Field(default=4_000_000, ge=0)  # malloc_trim after; 0: never
     # -- asynchronous jobs ----------------------------------------------------------------
     max_job_images: int = Field(default=2000, ge=1)  # POST /v1/jobs
-    max_job_inflated_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)  # unzipped
+    max_job_inflated_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # unzipped
     max_jobs_queued_per_key: int = Field(default=4, ge=1)
     max_jobs_queued: int = Field(default=32, ge=1)
+    max_spool_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=1024 * 1024)  # on disk
     # -- subject metadata -------------------------------------------------------------------
     max_metadata_depth: int = Field(default=16, ge=1, le=64)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=64)

@@ -143,6 +143,10 @@ def test_job_totals_and_counts_are_refused_before_spooling_past_them(tmp_path: P
     with pytest.raises(FaceRecError) as caught:
         spool_uploads([upload], spool, JobLimits(max_inflated_bytes=2500))
     assert caught.value.code == "archive_too_large" and spool.count == 2
+    spool = JobSpool(tmp_path, "l")  # the other queued jobs leave room for 3 images
+    with pytest.raises(FaceRecError) as caught:
+        spool_uploads([upload], spool, JobLimits(), room=3500)
+    assert caught.value.code == "too_many_jobs" and caught.value.http_status == 429
 
 
 def test_audit_events_from_before_the_client_field_still_verify() -> None:

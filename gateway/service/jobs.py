@@ -44,13 +44,15 @@ RETRY_AFTER_S = 30  # what a refused submission is told to wait
 class JobLimits:
     """``max_files``: images per job; ``max_image_bytes``: per image (a zip member's
     inflated size); ``max_inflated_bytes``: all images of a job together, inflated;
-    ``max_queued_per_key`` and ``max_queued``: jobs waiting or running."""
+    ``max_queued_per_key`` and ``max_queued``: jobs waiting or running;
+    ``max_spool_bytes``: the images of all of them together, on disk."""
 
     max_files: int = 2000
     max_image_bytes: int = 20 * 1024 * 1024
     max_inflated_bytes: int = 1024 * 1024 * 1024
     max_queued_per_key: int = 4
     max_queued: int = 32
+    max_spool_bytes: int = 4 * 1024 * 1024 * 1024  # all queued jobs' inputs on disk
 
 
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, upload: str) -> bytes:
@@ -68,15 +70,19 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, upload: str)
     return bytes(out)
 
 
-def spool_uploads(uploads: Sequence[Upload], spool: JobSpool, limits: JobLimits) -> None:
+def spool_uploads(
+    uploads: Sequence[Upload], spool: JobSpool, limits: JobLimits, room: int | None = None
+) -> None:
     """Write the images of ``uploads`` (zip archives expanded) into ``spool``; refuses the
     whole job when there are more than ``limits.max_files`` images, when one is too large,
-    or when together they inflate beyond ``limits.max_inflated_bytes``."""
+    when together they inflate beyond ``limits.max_inflated_bytes``, or beyond ``room``
+    (what the other queued jobs leave of the spool's bound: 429 ``too_many_jobs``)."""
     images = 0
     for upload in uploads:
         if not upload.data.startswith(b"PK\x03\x04"):
             images += 1
             _check_count(images, limits)
+            _check_room(spool.bytes + len(upload.data), limits, room)
             spool.add(upload.name, upload.data)
             continue
         try:
@@ -114,6 +120,21 @@ def spool_uploads(uploads: Sequence[Upload], spool: JobSpool, limits: JobLimits)
         raise InvalidArgumentError("no images in the upload", code="missing_image")
 
 
+def _check_room(total: int, limits: JobLimits, room: int | None) -> None:
+    if total > limits.max_inflated_bytes:
+        raise PayloadTooLargeError(
+            f"the images of this job inflate beyond {limits.max_inflated_bytes} bytes",
+            code="archive_too_large",
+            limit=limits.max_inflated_bytes,
+        )
+    if room is not None and total > room:
+        raise TooManyRequestsError(
+            "the queued jobs fill the job spool; retry later",
+            code="too_many_jobs",
+            retry_after=RETRY_AFTER_S,
+        )
+
+
 def _check_count(images: int, limits: JobLimits) -> None:
     if images > limits.max_files:
         raise PayloadTooLargeError(
@@ -132,6 +153,7 @@ class JobService:
         self.jobs, self.faces, self.limits, self.spool_dir = jobs, faces, limits, spool_dir
         self._queue: queue.Queue[tuple[str, str, JobSpool] | None] = queue.Queue()
         self._pending: Counter[str] = Counter()  # jobs queued or running, per key
+        self._spooled = 0  # bytes in the spools of those jobs
         self._lock = threading.Lock()
         self.jobs.fail_unfinished({"code": "interrupted", "message": "the service restarted"})
         if removed := clear_spools(spool_dir):
@@ -171,8 +193,12 @@ class JobService:
         self._claim_slot(key)
         spool = JobSpool(self.spool_dir, new_id())
         try:
-            spool_uploads(uploads, spool, self.limits)
+            with self._lock:
+                room = self.limits.max_spool_bytes - self._spooled
+            spool_uploads(uploads, spool, self.limits, room)
             spool.finish()
+            with self._lock:
+                self._spooled += spool.bytes
             params = {"top_k": top_k, "threshold": threshold, **caller.audit_fields()}
             job = self.jobs.create("identify", caller.key_id, spool.count, params)
         except BaseException:
@@ -212,6 +238,8 @@ class JobService:
                 self.jobs.update(job_id, status="failed", error=error, finished_at=now())
             finally:
                 spool.discard()
+                with self._lock:
+                    self._spooled -= spool.bytes
                 self._release_slot(key)
             del item, spool  # nothing of the job stays referenced while the next one waits
 
