@@ -101,12 +101,7 @@ def spool_uploads(
                         f"{limits.max_image_bytes} bytes",
                         code="file_too_large",
                     )
-                if spool.bytes + m.file_size > limits.max_inflated_bytes:
-                    raise PayloadTooLargeError(
-                        f"the images of this job inflate beyond {limits.max_inflated_bytes} bytes",
-                        code="archive_too_large",
-                        limit=limits.max_inflated_bytes,
-                    )
+                _check_room(spool.bytes + m.file_size, limits, room)
                 spool.add(f"{upload.name}/{m.filename}", _read_member(archive, m, upload.name))
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
             raise InvalidArgumentError(
