@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     max_batch_images: int = Field(default=32, ge=1)  # POST /v1/batch/identify
     # -- pixels: per image, and decoded at once across requests ---------------------------
     max_image_pixels: int = Field(default=40_000_000, ge=10_000)
-    max_pixels_in_flight: int = Field(default=100_000_000, ge=10_000)
+    max_pixels_in_flight: int = Field(default=60_000_000, ge=10_000)
     busy_wait_s: float = Field(default=10.0, ge=0.0)  # queue this long for pixels, then 503
     trim_after_pixels: int = Field(default=4_000_000, ge=0)  # malloc_trim after; 0: never
     # -- asynchronous jobs ----------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 from facerec.errors import FaceRecError, InvalidArgumentError
 from gateway.auth.throttle import TooManyRequestsError
 from gateway.errors import ForbiddenError, PayloadTooLargeError
+from gateway.memory import release_memory
 from gateway.service.faces import FaceService
 from gateway.service.spool import JobSpool, clear_spools
 from gateway.service.types import Caller, Job, Upload
@@ -35,7 +36,8 @@ from gateway.storage.schema import new_id, now
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-CHUNK = 8  # images analysed together, and how often progress is saved
+CHUNK = 8  # images analysed together, and how often progress is saved ...
+CHUNK_BYTES = 32 * 1024 * 1024  # ... or fewer, when their files reach this size together
 READ_CHUNK = 64 * 1024  # zip members are inflated this much at a time
 RETRY_AFTER_S = 30  # what a refused submission is told to wait
 
@@ -192,6 +194,8 @@ class JobService:
                 room = self.limits.max_spool_bytes - self._spooled
             spool_uploads(uploads, spool, self.limits, room)
             spool.finish()
+            if spool.bytes >= CHUNK_BYTES:
+                release_memory()  # the inflated members have passed through
             with self._lock:
                 self._spooled += spool.bytes
             params = {"top_k": top_k, "threshold": threshold, **caller.audit_fields()}
@@ -237,6 +241,7 @@ class JobService:
                     self._spooled -= spool.bytes
                 self._release_slot(key)
             del item, spool  # nothing of the job stays referenced while the next one waits
+            release_memory()
 
     def _process(self, job_id: str, spool: JobSpool) -> None:
         params = self.jobs.get(job_id).params
@@ -247,7 +252,8 @@ class JobService:
         chunk: list[Upload] = []
         for upload in spool:
             chunk.append(upload)
-            if len(chunk) == CHUNK or len(results) + len(chunk) == spool.count:
+            last = len(results) + len(chunk) == spool.count
+            if last or len(chunk) == CHUNK or sum(len(u.data) for u in chunk) >= CHUNK_BYTES:
                 identified = self.faces.identify_many(chunk, caller, top_k, threshold)
                 results.extend(r.to_dict() for r in identified)
                 self.jobs.update(job_id, done=len(results), results=list(results))
