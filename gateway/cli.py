@@ -7,6 +7,7 @@ itself needs no web framework.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from typing import Any
@@ -46,7 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level="info" if args.verbose else "warning",
         access_log=args.verbose,
     )
-    uvicorn.Server(config).run()
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGINT, as uvicorn.run does
+        uvicorn.Server(config).run()
     return 0
 
 
