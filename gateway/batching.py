@@ -92,15 +92,19 @@ class MicroBatcher:
     def _run(self) -> None:
         while True:
             first = self._queue.get()
-            if first is None:
+            if first is None or self._round(first):
                 break
-            items, stop = self._collect(first)
-            for primary_only in (False, True):
-                group = [i for i in items if i.primary_only == primary_only]
-                if group:
-                    self._process(group, primary_only)
-            if stop:
-                break
+            del first  # no frame stays referenced while the worker waits
+
+    def _round(self, first: _Item) -> bool:
+        """One batch; True when a close() was seen. (A function of its own, so the
+        batch's images are released when it returns.)"""
+        items, stop = self._collect(first)
+        for primary_only in (False, True):
+            group = [i for i in items if i.primary_only == primary_only]
+            if group:
+                self._process(group, primary_only)
+        return stop
         while not self._queue.empty():  # fail whatever arrived after close()
             item = self._queue.get_nowait()
             if item is not None:

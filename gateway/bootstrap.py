@@ -7,17 +7,20 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
+from facerec.imaging.budget import PixelBudget
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
 from gateway.audit.log import AuditLog
+from gateway.audit.refusals import RefusalLog
 from gateway.auth.api_keys import KeyManager
+from gateway.auth.throttle import FailureThrottle
 from gateway.batching import MicroBatcher
 from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager
 from gateway.service.admin import SYSTEM, AdminService
 from gateway.service.faces import FaceService
-from gateway.service.jobs import JobService
+from gateway.service.jobs import JobLimits, JobService
 from gateway.service.types import Caller
 from gateway.settings import SQLITE_FILE, Settings
 from gateway.storage.database import Database
@@ -99,6 +102,7 @@ class Gateway:
         self._purger.join(timeout=30)
         self.jobs.close()
         self.service.close()
+        self.admin.close()
 
 
 def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Gateway:
@@ -114,6 +118,13 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
             admin_file.unlink()
         create_private(admin_file, new.token + "\n")
         log.warning("development mode: created an admin API key, saved in %s", admin_file)
+    admin.throttle = FailureThrottle(settings.auth_failures_per_minute)
+    admin.refusals = RefusalLog(
+        admin.audit_log.append,
+        settings.refusal_audit_window_s,
+        settings.refusal_audit_max_clients,
+    )
+    admin.refusals.start()
     pipe = pipeline or FacePipeline.open(
         backend=settings.backend, url=settings.triton_url, protocol=settings.triton_protocol
     )
@@ -128,9 +139,19 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         pipe,
         batcher,
         admin.audit_log,
-        DecodeLimits(max_bytes=settings.max_upload_bytes),
+        DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
         store_images=settings.store_images,
         min_quality=settings.enrol_min_quality,
+        budget=PixelBudget(settings.max_pixels_in_flight, wait=settings.busy_wait_s),
+        trim_after_pixels=settings.trim_after_pixels,
     )
-    jobs = JobService(db.jobs, service, settings.max_job_images, settings.max_upload_bytes)
+    limits = JobLimits(
+        settings.max_job_images,
+        settings.max_upload_bytes,
+        settings.max_job_inflated_bytes,
+        settings.max_jobs_queued_per_key,
+        settings.max_jobs_queued,
+        settings.max_spool_bytes,
+    )
+    jobs = JobService(db.jobs, service, limits, settings.data_dir / "spool")
     return Gateway(settings, service, admin, jobs)

@@ -7,6 +7,7 @@ itself needs no web framework.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api.app import create_app
+    from gateway.api.server import server_config
 
     settings = get_settings()
     host = args.host or settings.host
@@ -45,13 +47,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # wrong master key) is one line on stderr and exit status 1, not a lifespan traceback.
     gateway = open_gateway(settings)
     try:
-        uvicorn.run(
+        config = server_config(
             create_app(settings, gateway=gateway),
-            host=host,
-            port=port,
+            settings,
+            host,
+            port,
             log_level="info" if args.verbose else "warning",
             access_log=args.verbose,
         )
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGINT, as uvicorn.run does
+            uvicorn.Server(config).run()
     finally:
         gateway.close()
     return 0

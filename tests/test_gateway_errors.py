@@ -100,9 +100,14 @@ def test_auth_failures(client: TestClient, kerry: str) -> None:
     client.headers["X-API-Key"] = admin
     after = snapshot(client)
     assert after["subjects"] == before["subjects"] and after["index"] == before["index"]
+    client.app.state.gateway.admin.refusals.flush(everything=True)  # type: ignore[attr-defined]
     events = client.get("/v1/audit", params={"limit": 1000}).json()["events"]
     refused = [e for e in events if e["action"] == "auth" and e["outcome"] == "refused"]
-    assert len(refused) == 7  # every refused request is audited
+    # Every refused request is audited: the 3 of a key holder one by one, the 4 without a
+    # valid key as the client's first refusal plus one event counting the other 3.
+    assert [e["key_id"] for e in refused if e["key_id"]] == [verify_id] * 3
+    assert sum(e["count"] or 1 for e in refused) == 7
+    assert all(e["client"] == "testclient" for e in refused)
 
 
 def test_bad_requests_change_nothing(client: TestClient, kerry: str) -> None:
@@ -114,12 +119,19 @@ def test_bad_requests_change_nothing(client: TestClient, kerry: str) -> None:
         (lambda: client.post("/v1/identify", data={"top_k": "3"}), 415, "unsupported_media_type"),
         (lambda: client.post("/v1/identify", files={"other": ("a", b"x")}), 422, "invalid_request"),
         (lambda: client.post("/v1/identify", json={"image": "x"}), 415, "unsupported_media_type"),
-        (
+        (  # over the image limit (200 KB) within the route's (image + 64 KiB of form)
+            lambda: client.post(
+                "/v1/identify", files={"image": ("big.png", png(noise[:265, :265]), "image/png")}
+            ),
+            413,
+            "file_too_large",
+        ),
+        (  # over the route's limit: refused as the bytes arrive, before the form is parsed
             lambda: client.post(
                 "/v1/identify", files={"image": ("big.png", png(noise), "image/png")}
             ),
             413,
-            "file_too_large",
+            "payload_too_large",
         ),
         (
             lambda: client.post("/v1/identify", files={"image": ("a.txt", b"hello", "text/plain")}),

@@ -10,6 +10,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api import idempotency
+from gateway.api.policy import ROLE_ATTRIBUTE
 from gateway.bootstrap import Gateway
 from gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.service.admin import AdminService
@@ -61,7 +62,9 @@ def request_id(request: Request) -> str:
 def require(role: str) -> Callable[..., Caller]:
     """A dependency that authenticates the request and checks that its key may ``role``.
 
-    Refusals are audited (action ``auth``, outcome ``refused``)."""
+    The edge middleware (:mod:`gateway.api.edge`) has already done so from the headers,
+    before the body was read, and left the caller in ``request.state``; the check here
+    stands for an app run without it. Refusals are audited (action ``auth``)."""
 
     def dependency(
         request: Request,
@@ -77,10 +80,13 @@ def require(role: str) -> Callable[..., Caller]:
             ),
         ] = None,
     ) -> Caller:
-        token = key or (bearer.credentials if bearer else None)
-        caller = admin.authorize(token, role, request_id(request))
+        caller: Caller | None = getattr(request.state, "caller", None)
+        if caller is None:
+            token = key or (bearer.credentials if bearer else None)
+            caller = admin.authorize(token, role, request_id(request))
         return caller if x_namespace is None else admin.in_namespace(caller, x_namespace)
 
+    setattr(dependency, ROLE_ATTRIBUTE, role)  # read by gateway.api.policy
     return dependency
 
 
@@ -112,6 +118,7 @@ def changes(role: str) -> Callable[..., Awaitable[Caller]]:
             setattr(request.state, idempotency.STATE, outcome)
         return caller
 
+    setattr(dependency, ROLE_ATTRIBUTE, role)  # read by gateway.api.policy
     return dependency
 
 

@@ -162,9 +162,11 @@ class AuditEventOut(BaseModel):
     request_id: str | None
     prev: str
     mac: str
-    threshold: float | None = None
-    target: str | None = None
-    detail: str | None = None
+    client: str | None = Field(None, description="client address (refused requests)")
+    count: int | None = Field(None, description="refusals an aggregated event stands for")
+    threshold: float | None = Field(None, description="the decision threshold (verify, identify)")
+    target: str | None = Field(None, description="the key a key operation acted on")
+    detail: str | None = Field(None, description="what a service event did (e.g. a repair)")
 
 
 class AuditPage(BaseModel):

@@ -38,24 +38,26 @@ class AuditEvent:
     request_id: str | None = None
     prev: str = GENESIS
     mac: str = ""
-    # Fields added later (LATER_FIELDS): the chain value covers them only when set, so
+    # Fields added later (LATE_FIELDS): the chain value covers them only when set, so
     # the events written before they existed still verify.
+    client: str | None = None  # the client address of a refused request
+    count: int | None = None  # refusals this event stands for (an aggregated row)
     threshold: float | None = None  # the decision threshold of a verify or identify
     target: str | None = None  # what was acted on besides a subject (an API key's id)
     detail: str | None = None  # counts and the like, written by the service, never input
 
     def body(self) -> dict[str, Any]:
-        """The fields the chain value covers (all but ``mac``; later fields when set)."""
+        """The fields the chain value covers (all but ``mac``; late fields when set)."""
         data = asdict(self)
         del data["mac"]
-        for name in LATER_FIELDS:
-            if data[name] is None:
-                del data[name]
+        for late in _LATE_FIELDS:
+            if data[late] is None:
+                del data[late]
         return data
 
 
+_LATE_FIELDS = ("client", "count", "threshold", "target", "detail")
 FIELDS = tuple(f.name for f in fields(AuditEvent))
-LATER_FIELDS = ("threshold", "target", "detail")
 
 
 def _mac(key: bytes, body: Mapping[str, Any]) -> str:

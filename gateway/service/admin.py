@@ -1,6 +1,7 @@
 """Access and administration, independent of HTTP: checking a caller's key and role,
 idempotency keys, API keys, and reading the audit log. Every refusal and every key
-operation is audited."""
+operation is audited; refusals of callers without a valid key are rate-limited per client
+and audited in aggregate (:mod:`gateway.auth.throttle`, :mod:`gateway.audit.refusals`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any
 
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
+from gateway.audit.refusals import RefusalLog
 from gateway.auth.api_keys import Bootstrapped, KeyManager, allowed
+from gateway.auth.throttle import FailureThrottle, TooManyRequestsError
 from gateway.crypto.envelope import open_record, seal_record
 from gateway.errors import AuthError, ConflictError, ForbiddenError, InvalidRequestError
 from gateway.index.milvus import check_id
@@ -51,9 +54,18 @@ class AdminService:
         idempotency: IdempotencyRepository,
         audit_log: AuditLog,
         response_key: bytes,
+        throttle: FailureThrottle | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self.keys, self.idempotency, self.audit_log = keys, idempotency, audit_log
         self.response_key = response_key  # seals the responses kept for replays
+        self.throttle = throttle
+        self.refusals = refusals
+
+    def close(self) -> None:
+        """Write the refusals still being counted."""
+        if self.refusals is not None:
+            self.refusals.close()
 
     def audit(self, action: str, outcome: str, caller: Caller, **values: Any) -> AuditEvent:
         return self.audit_log.append(
@@ -61,21 +73,41 @@ class AdminService:
         )
 
     # -- access -----------------------------------------------------------------------------
-    def authorize(self, token: str | None, needed: str, request_id: str | None) -> Caller:
+    def authorize(
+        self, token: str | None, needed: str, request_id: str | None, client: str | None = None
+    ) -> Caller:
         """The caller presenting ``token``, if its key is valid and its role may ``needed``
-        (:class:`AuthError` or :class:`ForbiddenError` otherwise, both audited)."""
+        (:class:`AuthError` or :class:`ForbiddenError` otherwise, both audited with the
+        ``client`` address). A client with too many failed attempts gets
+        :class:`TooManyRequestsError` before its key is looked at."""
+        anonymous = Caller(None, None, request_id)
+        if self.throttle is not None and client is not None:
+            try:
+                self.throttle.check(client)
+            except TooManyRequestsError:
+                self._refused(client, "auth_throttled", anonymous)
+                raise
         try:
             principal = self.keys.authenticate(token)
         except AuthError:
-            self.audit("auth", "refused", Caller(None, None, request_id))
+            if self.throttle is not None and client is not None:
+                self.throttle.failed(client)
+            self._refused(client, "auth", anonymous)
             raise
         caller = Caller(
             principal.key_id, principal.role, request_id, principal.namespace, principal.gallery
         )
         if not allowed(principal.role, needed):
-            self.audit("auth", "refused", caller)
+            self.audit("auth", "refused", caller, client=client)  # a key holder: each one
             raise ForbiddenError(f"a key with role {principal.role!r} may not {needed}")
         return caller
+
+    def _refused(self, client: str | None, action: str, caller: Caller) -> None:
+        """Audit a refusal of a caller without a valid key (aggregated per client)."""
+        if self.refusals is None:
+            self.audit(action, "refused", caller, client=client)
+        else:
+            self.refusals.refused(client, action, **caller.audit_fields())
 
     def in_namespace(self, caller: Caller, namespace: str) -> Caller:
         """The caller acting in ``namespace`` (``X-Namespace``): any namespace for an admin

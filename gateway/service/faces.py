@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
-from facerec.imaging.decode import DecodeLimits, decode_image
+from facerec.imaging.budget import PixelBudget
+from facerec.imaging.decode import DecodeLimits, decode_image, probe_image
 from facerec.pipeline import Face, FacePipeline, ImageFaces
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
@@ -25,6 +26,7 @@ from gateway.batching import MicroBatcher
 from gateway.errors import ForbiddenError, NotFoundError
 from gateway.gallery import Gallery
 from gateway.index.milvus import check_id
+from gateway.memory import release_memory
 from gateway.service.names import clean_name
 from gateway.service.types import (
     UNSET,
@@ -100,8 +102,12 @@ class FaceService:
         limits: DecodeLimits,
         store_images: bool = False,
         min_quality: float = 0.5,
+        budget: PixelBudget | None = None,
+        trim_after_pixels: int = 0,
     ) -> None:
         self.db, self.gallery, self.pipeline, self.batcher = db, gallery, pipeline, batcher
+        self.budget = budget or PixelBudget(10 * limits.max_pixels)
+        self.trim_after_pixels = trim_after_pixels
         self.index = gallery.index
         self.audit_log = audit_log
         self.limits = limits
@@ -134,7 +140,17 @@ class FaceService:
         return Readiness(checks)
 
     def _analyze(self, data: bytes, primary_only: bool = False) -> ImageFaces:
-        return self.batcher.analyze(decode_image(data, self.limits), primary_only)
+        """Decode and analyse one upload. The header is checked first (a file too short for
+        its frame is ``truncated_image``); then the frame's pixels are reserved in the
+        budget shared by every request in flight, from decoding until the analysis is
+        done, so concurrent large images wait (or get 503 ``busy``) instead of adding up."""
+        pixels = probe_image(data, self.limits).pixels
+        try:
+            with self.budget.reserve(pixels):
+                return self.batcher.analyze(decode_image(data, self.limits), primary_only)
+        finally:
+            if self.trim_after_pixels and pixels >= self.trim_after_pixels:
+                release_memory()
 
     def analyze_many(
         self, uploads: Sequence[Upload], primary_only: bool = False

@@ -1,11 +1,9 @@
-"""Liveness, readiness, metrics and the try-it page (no API key needed)."""
+"""Liveness, readiness and metrics (no API key needed)."""
 
 from __future__ import annotations
 
-from importlib import resources
-
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from facerec import __version__
@@ -36,10 +34,3 @@ def metrics(request: Request) -> Response:
     return Response(
         generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )
-
-
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
-def page() -> HTMLResponse:
-    """A small page to try the API: enrol, identify, verify, audit."""
-    html = resources.files("gateway").joinpath("static/index.html").read_text()
-    return HTMLResponse(html)

@@ -35,7 +35,13 @@ def _out(job: Job, with_results: bool) -> JobOut:
     )
 
 
-@router.post("", status_code=202, response_model=JobOut, dependencies=[Multipart])
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    dependencies=[Multipart],
+    openapi_extra={"x-body": "archive"},  # the archive limit (gateway.api.policy)
+)
 def create_job(
     files: Annotated[list[UploadFile], File(description="images and/or zip archives of them")],
     jobs: JobsDep,
@@ -45,7 +51,7 @@ def create_job(
     threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
 ) -> JobOut:
     """Queue an identification job; poll ``GET /v1/jobs/{id}`` for progress and results."""
-    uploads = [read_upload(f, settings.max_request_bytes) for f in files]
+    uploads = [read_upload(f, settings.max_archive_bytes) for f in files]
     return _out(jobs.submit_identify(uploads, top_k, threshold, caller), False)
 
 

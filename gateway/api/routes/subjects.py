@@ -24,18 +24,24 @@ from gateway.api.schemas import (
     SubjectPage,
     SubjectPatch,
 )
+from gateway.service.metadata import MetadataLimits, check_metadata, readable
 from gateway.service.types import UNSET, Subject
+from gateway.settings import Settings
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
 
-def _out(s: Subject) -> SubjectOut:
+def _limits(settings: Settings) -> MetadataLimits:
+    return MetadataLimits(settings.max_metadata_depth, settings.max_metadata_bytes)
+
+
+def _out(s: Subject, limits: MetadataLimits) -> SubjectOut:
     return SubjectOut(
         id=s.id,
         name=s.name,
         namespace=s.namespace,
         gallery=s.gallery,
-        metadata=s.meta,
+        metadata=readable(s.meta, limits),  # a row from before the limits cannot break this
         created_at=s.created_at,
         expires_at=s.expires_at,
         faces=s.faces,
@@ -43,43 +49,62 @@ def _out(s: Subject) -> SubjectOut:
 
 
 @router.post("", status_code=201, response_model=SubjectOut)
-def create_subject(body: SubjectIn, service: ServiceDep, caller: EnrolChange) -> SubjectOut:
-    """Create a subject (a person); add faces with ``POST /v1/subjects/{id}/faces``."""
+def create_subject(
+    body: SubjectIn, service: ServiceDep, settings: SettingsDep, caller: EnrolChange
+) -> SubjectOut:
+    """Create a subject (a person); add faces with ``POST /v1/subjects/{id}/faces``.
+    ``metadata``: at most ``FACEREC_MAX_METADATA_DEPTH`` levels and
+    ``FACEREC_MAX_METADATA_BYTES`` bytes as JSON."""
+    limits = _limits(settings)
+    check_metadata(body.metadata, limits)
     subject = service.create_subject(
         body.name, body.metadata, body.expires_at, caller, gallery=body.gallery
     )
-    return _out(subject)
+    return _out(subject, limits)
 
 
 @router.get("", response_model=SubjectPage)
 def list_subjects(
     service: ServiceDep,
+    settings: SettingsDep,
     caller: EnrolCaller,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SubjectPage:
     page = service.list_subjects(caller, offset, limit)
     return SubjectPage(
-        items=[_out(s) for s in page.items], total=page.total, offset=offset, limit=limit
+        items=[_out(s, _limits(settings)) for s in page.items],
+        total=page.total,
+        offset=offset,
+        limit=limit,
     )
 
 
 @router.get("/{subject_id}", response_model=SubjectDetail)
-def get_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) -> SubjectDetail:
+def get_subject(
+    subject_id: str, service: ServiceDep, settings: SettingsDep, caller: EnrolCaller
+) -> SubjectDetail:
     subject = service.get_subject(subject_id, caller)
     faces = [
         FaceOut(id=f.id, quality=f.quality, box=f.box, created_at=f.created_at)
         for f in service.faces(subject_id, caller)
     ]
-    return SubjectDetail(**_out(subject).model_dump(), face_list=faces)
+    return SubjectDetail(**_out(subject, _limits(settings)).model_dump(), face_list=faces)
 
 
 @router.patch("/{subject_id}", response_model=SubjectOut)
 def update_subject(
-    subject_id: str, body: SubjectPatch, service: ServiceDep, caller: EnrolChange
+    subject_id: str,
+    body: SubjectPatch,
+    service: ServiceDep,
+    settings: SettingsDep,
+    caller: EnrolChange,
 ) -> SubjectOut:
+    limits = _limits(settings)
+    check_metadata(body.metadata, limits)
     expires = body.expires_at if "expires_at" in body.model_fields_set else UNSET
-    return _out(service.update_subject(subject_id, caller, body.name, body.metadata, expires))
+    subject = service.update_subject(subject_id, caller, body.name, body.metadata, expires)
+    return _out(subject, limits)
 
 
 @router.delete("/{subject_id}", status_code=204)
