@@ -8,11 +8,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from facerec.batching import MicroBatcher
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
 from gateway.auditlog import AuditLog
 from gateway.auth import KeyManager
-from gateway.batching import MicroBatcher
 from gateway.jobs import JobRunner
 from gateway.keys import Keyring, MasterKey
 from gateway.service import Caller, FaceService

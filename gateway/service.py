@@ -1,7 +1,7 @@
 """The gateway's operations, independent of HTTP: enrolment, 1:1 and 1:N matching, deletion.
 
 Every operation that touches biometric data writes an audit event. Inference goes through
-the :class:`~gateway.batching.MicroBatcher`, so concurrent requests share pipeline calls.
+the :class:`~facerec.batching.MicroBatcher`, so concurrent requests share pipeline calls.
 Enrolment writes the sealed template as ``pending``, then the protected vector, then marks
 the face ``indexed``; :meth:`gateway.vectors.IndexManager.reconcile` repairs any crash in
 between at start-up.
@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from facerec.batching import MicroBatcher
 from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
 from facerec.imaging.decode import DecodeLimits, decode_image
 from facerec.pipeline import Face, FacePipeline, ImageFaces
 from gateway.audit import AuditEvent
 from gateway.auditlog import AuditLog
-from gateway.batching import MicroBatcher
 from gateway.errors import NotFoundError
 from gateway.index import check_id
 from gateway.store import UNSET, Store, Subject
