@@ -227,6 +227,8 @@ class FrameSource:
 
     def _set(self, **changes: Any) -> None:
         with self._cond:
+            if self._closed:
+                changes.pop("state", None)  # "closed" stays
             self._stats = replace(self._stats, **changes)
             self._cond.notify_all()
 
@@ -302,6 +304,8 @@ class FrameSource:
             if not self.live and not self.options.realtime:
                 while self._slot is not None and not self._closed:
                     self._cond.wait()  # a file read as fast as possible: drop nothing
+            if self._closed:
+                return
             dropped = self._stats.dropped + (self._slot is not None)
             self._slot = (index, stamp, bgr, now)
             self._stats = replace(

@@ -35,8 +35,8 @@ class TrackerConfig:
     coast: float = 0.5
     reattach_window: float = 3.0
     reattach_similarity: float = 0.6
-    nearby_similarity: float = 0.3
-    nearby_distance: float = 1.0
+    nearby_similarity: float = 0.1
+    nearby_distance: float = 0.75
     min_hits: int = 1
     measurement_noise: float = 0.06  # box measurement std, as a fraction of box height
     acceleration_noise: float = 3.0  # centre acceleration std, box heights per s²
@@ -227,18 +227,29 @@ class Tracker:
     ) -> Association:
         """Match detections (boxes float32[K, 4], scores float32[K], landmarks
         float32[K, 5, 2]) to the active tracks' predicted boxes by IoU; matched tracks take
-        the detection, the others count a miss."""
+        the detection, the others count a miss. Tracks seen in the previous round choose
+        first, so a coasting track's drifting prediction cannot take a face that another
+        track has been following."""
+        matched: list[tuple[Track, int]] = []
+        claimed: set[int] = set()
         active = self.active()
-        predicted = np.array([tr.predicted_box for tr in active]).reshape(-1, 4)
-        pairs = greedy_pairs(iou_matrix(predicted, boxes), self.config.iou_threshold)
-        matched = []
-        for r, c in pairs:
-            active[r].observe(boxes[c], float(scores[c]), landmarks[c], t)
-            matched.append((active[r], c))
-        claimed = {c for _, c in pairs}
-        for r, track in enumerate(active):
-            if r not in {p[0] for p in pairs}:
+        for fresh in (True, False):
+            group = [tr for tr in active if (tr.misses == 0) == fresh]
+            free = [c for c in range(len(boxes)) if c not in claimed]
+            if not group or not free:
+                continue
+            predicted = np.array([tr.predicted_box for tr in group]).reshape(-1, 4)
+            iou = iou_matrix(predicted, boxes[free])
+            for r, j in greedy_pairs(iou, self.config.iou_threshold):
+                c = free[j]
+                matched.append((group[r], c))
+                claimed.add(c)
+        hit = {id(tr) for tr, _ in matched}
+        for track in active:
+            if id(track) not in hit:
                 track.misses += 1
+        for track, c in matched:
+            track.observe(boxes[c], float(scores[c]), landmarks[c], t)
         return Association(matched, [c for c in range(len(boxes)) if c not in claimed])
 
     def start(self, box: np.ndarray, score: float, landmarks: np.ndarray, t: float) -> Track:
