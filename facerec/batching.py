@@ -11,7 +11,8 @@ them, and hands each caller its own result. Three kinds of work:
 - :meth:`MicroBatcher.embed`: embeddings of aligned crops (the faces a video tracker
   chose), from every caller concatenated into one embedder call.
 
-Images of a batch are split over the pipeline's worker threads, and so are the crops.
+Images of a batch are split over the pipeline's worker threads, and so are the crops;
+different kinds of work in one batch run at the same time.
 Under load a request costs a share of a batch instead of a whole call; alone it waits at
 most ``max_wait``. With the Triton backend the embedder calls go on to Triton's dynamic
 batching, which merges them again across processes.
@@ -23,8 +24,9 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,7 +71,10 @@ class MicroBatcher:
         self.batches = 0  # pipeline calls made (one per kind of work in a batch)
         self.images = 0  # images analysed or searched for faces
         self.crops = 0  # crops embedded
+        self.calls: Counter[str] = Counter()  # pipeline calls per kind of work
         self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._groups = ThreadPoolExecutor(4, thread_name_prefix="micro-batch")
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self._thread.start()
@@ -96,6 +101,7 @@ class MicroBatcher:
         self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=10)
+        self._groups.shutdown(wait=False)
 
     def _submit(self, kind: Kind, data: np.ndarray) -> Any:
         if self._closed:
@@ -128,10 +134,16 @@ class MicroBatcher:
             if first is None:
                 break
             items, stop = self._collect(first)
-            for kind in ("analyze", "primary", "detect", "embed"):
-                group = [i for i in items if i.kind == kind]
-                if group:
-                    self._process(group)
+            groups = [
+                [i for i in items if i.kind == kind]
+                for kind in ("analyze", "primary", "detect", "embed")
+                if any(i.kind == kind for i in items)
+            ]
+            if len(groups) == 1:
+                self._process(groups[0])
+            else:  # e.g. one stream's frame to detect and another's crops to embed: at once
+                for done in [self._groups.submit(self._process, g) for g in groups]:
+                    done.result()
             if stop:
                 break
         while not self._queue.empty():  # fail whatever arrived after close()
@@ -140,19 +152,23 @@ class MicroBatcher:
                 item.future.set_exception(BatcherClosedError("the service is shutting down"))
 
     def _process(self, items: Sequence[_Item]) -> None:
-        self.batches += 1
         kind = items[0].kind
+        with self._lock:
+            self.batches += 1
+            self.calls[kind] += 1
         if self.on_batch is not None:
             self.on_batch(len(items))
         try:
             results: list[Any]
             if kind == "embed":
                 sizes = [len(i.data) for i in items]
-                self.crops += sum(sizes)
+                with self._lock:
+                    self.crops += sum(sizes)
                 flat = self._embed(np.concatenate([i.data for i in items]))
                 results = np.split(flat, np.cumsum(sizes)[:-1])
             else:
-                self.images += len(items)
+                with self._lock:
+                    self.images += len(items)
                 images = [i.data for i in items]
                 if kind == "detect":
                     results = self.pipeline.parallel(self.pipeline.detect, images)

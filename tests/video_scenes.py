@@ -248,8 +248,9 @@ def evaluate(
     their IoU stays >= ``min_iou``; an ID switch is a target matched to another track than
     the last time. IDF1 uses the best one-to-one mapping of people to track ids. The
     right name of a person is their own if enrolled, else null. Time to name: from the
-    first frame a person is at least ``TARGET`` visible to the first processed frame
-    naming them correctly, in stream time (``times``: frame -> seconds; default frame/fps).
+    first frame a person is at least ``TARGET`` visible (processed or not) to the first
+    processed frame naming them correctly, in stream seconds: ``times`` maps a processed
+    frame to when its result was ready (default: its own time, frame / fps).
     """
     names = set(enrolled if enrolled is not None else [n for n, _, p in CAST if p])
     last: dict[str, int] = {}
@@ -260,13 +261,14 @@ def evaluate(
     hyp_counts: dict[int, int] = {}
     seen_at: dict[str, float] = {}
     named_at: dict[str, float] = {}
+    for k, frame in enumerate(scene.truth):
+        for g in frame:
+            if g.visible >= TARGET and g.person not in seen_at:
+                seen_at[g.person] = k / scene.fps
     for k in sorted(runs):
         t = times[k] if times else k / scene.fps
         gts = scene.truth[k]
         hyps = runs[k]
-        for g in gts:
-            if g.visible >= TARGET and g.person not in seen_at:
-                seen_at[g.person] = t
         pairs: dict[int, int] = {}  # gt index -> hyp index
         used: set[int] = set()
         for gi, g in enumerate(gts):  # keep last frame's correspondences
