@@ -134,3 +134,17 @@ def test_vote_stays_unknown_below_threshold_and_weighs_area() -> None:
     vote.add([Candidate("ann", 0.8)], 0.4, 1.0)
     vote.add([Candidate("ann", 0.8)], 0.4, 1.0)
     assert vote.subject == "ann"
+
+
+def test_a_coasting_prediction_does_not_take_a_face_another_track_follows() -> None:
+    """A walks right and vanishes; its prediction drifts onto B, who stood still and now
+    steps right, onto the very spot: B keeps its face although A's prediction overlaps it
+    more than B's own (tracks seen in the last round choose first)."""
+    tracker = Tracker(TrackerConfig(coast=1.0))
+    ids = step(tracker, [box(100, 100), box(400, 100)], 0.0)
+    a, b = ids[0], ids[1]
+    for k in range(1, 11):  # A at 208 px/s; B still
+        assert step(tracker, [box(100 + 20.8 * k, 100), box(400, 100)], k * 0.1) == {0: a, 1: b}
+    for k in range(11, 15):  # A is gone
+        assert step(tracker, [box(400, 100)], k * 0.1) == {0: b}
+    assert step(tracker, [box(412, 100)], 1.5) == {0: b}  # where A's prediction is now

@@ -94,6 +94,9 @@ def add_command(
         help="give up on a live source after S seconds without frames (default: never)",
     )
     common(p)
+    for action in p._actions:
+        if "--json" in action.option_strings:
+            action.help = "print only JSON lines on stdout: one per frame, then its events"
     pipeline_options(p)
     p.set_defaults(handler=cmd_watch)
 
