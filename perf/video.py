@@ -505,6 +505,9 @@ def main() -> None:
     parser.add_argument("--soak-seconds", type=float, default=600.0, help="(600: the goal's)")
     parser.add_argument("--parts", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--quick", action="store_true", help="shorter scene, fewer streams")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the parts not run from --out's video.json"
+    )
     parser.add_argument("--soak-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.soak_child:
@@ -515,6 +518,13 @@ def main() -> None:
         parser.error("--out is required")
     args.out.mkdir(parents=True, exist_ok=True)
     result = run_all(args)
+    previous = args.out / "video.json"
+    if args.keep and previous.is_file():  # parts not run this time stay as they were
+        kept = json.loads(previous.read_text())
+        for part in SECTIONS:
+            if part not in args.parts and part in kept:
+                result[part] = kept[part]
+        result["kept_from_before"] = [p for p in SECTIONS if p not in args.parts and p in kept]
     (args.out / "video.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out / "video.png")
     text = table(result)

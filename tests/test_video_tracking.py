@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from facerec.matching import Candidate
-from facerec.video.identity import IdentityVote, VoteConfig, vote_weight
+from facerec.video.identity import IdentityVote, VoteConfig, inside_fraction, vote_weight
 from facerec.video.tracker import BoxFilter, Tracker, TrackerConfig, greedy_pairs, iou_matrix
 
 MARKS = np.zeros((5, 2), np.float32)
@@ -128,6 +128,10 @@ def test_vote_stays_unknown_below_threshold_and_weighs_area() -> None:
     cfg = VoteConfig(reference_area=100.0)
     assert vote_weight(0.5, 50.0, cfg) == pytest.approx(0.25)
     assert vote_weight(1.0, 400.0, cfg) == pytest.approx(1.0)
+    half_out = np.array([-40.0, 10.0, 40.0, 90.0])  # half beyond the left edge
+    assert inside_fraction(half_out, 640, 480) == pytest.approx(0.5)
+    assert inside_fraction(box(100, 100), 640, 480) == 1.0
+    assert vote_weight(1.0, 400.0, cfg, inside_fraction(half_out, 640, 480)) == 0.5
     # big clear views outweigh a small one that disagrees
     vote = IdentityVote(VoteConfig(min_votes=2))
     vote.add([Candidate("bob", 0.5)], 0.4, vote_weight(0.9, 20.0, cfg))

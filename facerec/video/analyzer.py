@@ -25,7 +25,13 @@ import numpy as np
 from facerec.batching import MicroBatcher
 from facerec.detection.types import Detections
 from facerec.errors import InvalidArgumentError
-from facerec.video.identity import IdentityVote, MatchPolicy, VoteConfig, vote_weight
+from facerec.video.identity import (
+    IdentityVote,
+    MatchPolicy,
+    VoteConfig,
+    inside_fraction,
+    vote_weight,
+)
 from facerec.video.tracker import Track, Tracker, TrackerConfig
 
 EVENTS = ("track_started", "identified", "track_lost", "track_resumed", "track_ended")
@@ -35,14 +41,16 @@ EVENTS = ("track_started", "identified", "track_lost", "track_resumed", "track_e
 class VideoConfig:
     """``detect_every``: run the detector on every N-th processed frame (the tracker
     predicts in between). ``embed_every``: re-embed a track every K processed frames
-    (``embed_every_unknown`` while it has no name yet, so it is named sooner);
+    (every ``embed_every_unknown`` while it has no name and fewer than ``eager_votes``
+    votes, so a new face is named sooner and a stranger does not cost forever);
     ``embed_growth``: or when its box area grew by this fraction; ``embed_budget``: at most
     this many such re-embeddings per frame (new faces are always embedded). ``top_k``:
     candidates asked of the matching policy per embedding."""
 
     detect_every: int = 1
     embed_every: int = 10
-    embed_every_unknown: int = 3
+    embed_every_unknown: int = 1
+    eager_votes: int = 6
     embed_growth: float = 0.2
     embed_budget: int = 4
     top_k: int = 3
@@ -227,9 +235,9 @@ class StreamAnalyzer:
                 self._info[track.id] = _TrackInfo(IdentityVote(self.config.vote))
             self._announce(track, frame, t, events)
             if new_emb.shape[1]:
-                self._vote(track, new_emb[k], frame, t, events)
+                self._vote(track, new_emb[k], image.shape, frame, t, events)
         for (track, _), emb in zip(refresh, embeddings[len(unmatched) :], strict=True):
-            self._vote(track, emb, frame, t, events)
+            self._vote(track, emb, image.shape, frame, t, events)
         for track, _ in matched:
             self._announce(track, frame, t, events)
 
@@ -241,18 +249,29 @@ class StreamAnalyzer:
             info = self._info[track.id]
             waited = self.processed - info.embedded_frame
             grown = track.area >= (1.0 + self.config.embed_growth) * info.embedded_area
-            named = self.policy is None or info.identity.subject is not None
-            every = self.config.embed_every if named else self.config.embed_every_unknown
+            eager = (
+                self.policy is not None
+                and info.identity.subject is None
+                and len(info.identity.votes) < self.config.eager_votes
+            )
+            every = self.config.embed_every_unknown if eager else self.config.embed_every
             if grown or waited >= every:
                 due.append((not grown, -waited, track.id, (track, c)))
         due.sort(key=lambda d: d[:3])
         return [d[3] for d in due[: self.config.embed_budget]]
 
     def _vote(
-        self, track: Track, embedding: np.ndarray, frame: int, t: float, events: list[TrackEvent]
+        self,
+        track: Track,
+        embedding: np.ndarray,
+        shape: tuple[int, ...],
+        frame: int,
+        t: float,
+        events: list[TrackEvent],
     ) -> None:
         info = self._info[track.id]
-        weight = vote_weight(track.score, track.area, self.config.vote)
+        inside = inside_fraction(track.box, shape[1], shape[0])
+        weight = vote_weight(track.score, track.area, self.config.vote, inside)
         track.observe_appearance(embedding, weight)
         info.embedded_frame = self.processed
         info.embedded_area = track.area

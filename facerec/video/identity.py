@@ -3,7 +3,8 @@
 Each embedding of a track is one vote: for the subject the open-set matching policy names
 (its top candidate, when that clears the policy's threshold), or for "unknown". A vote
 weighs the detector's score times the face's area (relative to ``reference_area``, capped
-at 1), so a blurred, partial or distant view counts less than a clear, near one. The
+at 1) times the part of its box inside the frame, so an unsure, distant or cut-off view
+counts less than a clear, near one. The
 track is named once one subject holds ``min_share`` of the weight with at least
 ``min_votes`` votes; until then it is ``unknown``. A named track keeps its name unless
 another subject comes to hold ``switch_share``: the label does not flicker.
@@ -65,9 +66,21 @@ class Vote:
     weight: float
 
 
-def vote_weight(score: float, area: float, config: VoteConfig) -> float:
-    """Detector score times the face's relative area (capped at 1)."""
-    return float(score) * min(1.0, max(area, 0.0) / config.reference_area)
+def vote_weight(score: float, area: float, config: VoteConfig, inside: float = 1.0) -> float:
+    """Detector score times the face's relative area (capped at 1) times the fraction of
+    its box inside the frame (a face cut by the frame's edge is only partly seen)."""
+    return float(score) * min(1.0, max(area, 0.0) / config.reference_area) * inside
+
+
+def inside_fraction(box: np.ndarray, width: int, height: int) -> float:
+    """The fraction of ``box`` (x1, y1, x2, y2) that lies inside a width x height frame."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    area = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+    if area <= 0:
+        return 0.0
+    ix = max(0.0, min(x2, width) - max(x1, 0.0))
+    iy = max(0.0, min(y2, height) - max(y1, 0.0))
+    return ix * iy / area
 
 
 class IdentityVote:
