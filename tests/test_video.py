@@ -351,3 +351,18 @@ def test_frame_result_json_shape(scene: vs.Scene, pipeline: FacePipeline) -> Non
     assert doc["faces"] and all(f["match"] is None for f in doc["faces"])
     json.dumps(doc, allow_nan=False)
     assert np.isfinite([v for f in doc["faces"] for v in f["box"]]).all()
+
+
+def test_detector_runs_when_frames_come_far_apart(scene: vs.Scene, pipeline: FacePipeline) -> None:
+    """Every 3rd frame, unless more than max_detect_gap (0.3 s) passed since the last
+    detection: frames 0.5 s apart (a slow consumer dropping frames) are all detected."""
+    batcher = MicroBatcher(pipeline)
+    try:
+        analyzer = StreamAnalyzer(batcher, config=VideoConfig(detect_every=3))
+        flags = [analyzer.process(scene.frames[k], k, k * 0.5).detected for k in range(4)]
+        analyzer = StreamAnalyzer(batcher, config=VideoConfig(detect_every=3))
+        close = [analyzer.process(scene.frames[k], k, k * 0.04).detected for k in range(4)]
+    finally:
+        batcher.close()
+    assert flags == [True, True, True, True]
+    assert close == [True, False, False, True]

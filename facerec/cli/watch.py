@@ -112,9 +112,11 @@ def _sentence(event: TrackEvent) -> str:
     if event.event == "identified":
         d = event.data
         return f"{head} identified: {who} (similarity {d['similarity']:.3f}, {d['votes']} votes)"
+    if event.event == "track_started":
+        return f"{head} started"
     if event.event == "track_ended":
         return f"{head} ended after {event.data['duration']:.1f} s: {who}"
-    return f"{head} {event.event.removeprefix('track_')}" + (f": {who}" if who else "")
+    return f"{head} {event.event.removeprefix('track_')}: {who}"
 
 
 class _Status:

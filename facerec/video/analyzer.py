@@ -40,7 +40,9 @@ EVENTS = ("track_started", "identified", "track_lost", "track_resumed", "track_e
 @dataclass(frozen=True)
 class VideoConfig:
     """``detect_every``: run the detector on every N-th processed frame (the tracker
-    predicts in between). ``embed_every``: re-embed a track every K processed frames
+    predicts in between), and whenever ``max_detect_gap`` seconds of the stream passed
+    since it last ran (frames dropped behind a slow consumer, a slow camera: predictions
+    across longer gaps would lose faces). ``embed_every``: re-embed a track every K processed frames
     (every ``embed_every_unknown`` while it has no name and fewer than ``eager_votes``
     votes, so a new face is named sooner and a stranger does not cost forever);
     ``embed_growth``: or when its box area grew by this fraction; ``embed_budget``: at most
@@ -48,6 +50,7 @@ class VideoConfig:
     candidates asked of the matching policy per embedding."""
 
     detect_every: int = 1
+    max_detect_gap: float = 0.3
     embed_every: int = 10
     embed_every_unknown: int = 1
     eager_votes: int = 6
@@ -155,6 +158,8 @@ class StreamAnalyzer:
         self.tracker = Tracker(self.config.tracker)
         self.processed = 0
         self.embedded = 0  # crops embedded for this stream
+        self._since_detect = self.config.detect_every  # frames since the detector ran
+        self._detected_at = -float("inf")
         self._info: dict[int, _TrackInfo] = {}
         self._lock = threading.Lock()
 
@@ -181,8 +186,13 @@ class StreamAnalyzer:
     def _process(self, image: np.ndarray, frame: int, t: float, dropped: int) -> FrameResult:
         events: list[TrackEvent] = []
         self.tracker.predict(t)
-        detected = self.processed % self.config.detect_every == 0
+        detected = (
+            self._since_detect >= self.config.detect_every
+            or t - self._detected_at >= self.config.max_detect_gap
+        )
+        self._since_detect = 1 if detected else self._since_detect + 1
         if detected:
+            self._detected_at = t
             found = self.batcher.detect(image)
             assoc = self.tracker.associate(found.boxes, found.scores, found.landmarks, t)
             self._embed_and_start(image, found, assoc.matched, assoc.unmatched, frame, t, events)
