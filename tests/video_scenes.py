@@ -260,6 +260,7 @@ def evaluate(
     gt_counts: dict[str, int] = {}
     hyp_counts: dict[int, int] = {}
     seen_at: dict[str, float] = {}
+    missed: list[float] = []  # the visible fraction of each target not found
     named_at: dict[str, float] = {}
     for k, frame in enumerate(scene.truth):
         for g in frame:
@@ -296,6 +297,7 @@ def evaluate(
             gt_counts[g.person] = gt_counts.get(g.person, 0) + 1
             if hi is None:
                 fn += 1
+                missed.append(round(g.visible, 2))
                 continue
             h = hyps[hi]
             matches += 1
@@ -339,6 +341,11 @@ def evaluate(
         "identity_recall": right_names / targets if targets else 0.0,
         "wrong_names": named_wrong,
         "time_to_name": ttn,
+        "missed_visible": {
+            "under 0.7": sum(v < 0.7 for v in missed),
+            "0.7-0.9": sum(0.7 <= v < 0.9 for v in missed),
+            "0.9 and more": sum(v >= 0.9 for v in missed),
+        },
         "never_named": sorted(p for p in names if p in seen_at and p not in named_at),
         "tracks_per_person": {p: sorted({i for (q, i) in overlap if q == p}) for p in people},
     }
