@@ -11,14 +11,17 @@ from pathlib import Path
 from facerec.batching import MicroBatcher
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
-from gateway.auditlog import AuditLog
-from gateway.auth import KeyManager
-from gateway.jobs import JobRunner
-from gateway.keys import Keyring, MasterKey
-from gateway.service import Caller, FaceService
+from gateway.audit.log import AuditLog
+from gateway.auth.api_keys import KeyManager
+from gateway.crypto.envelope import Keyring, MasterKey
+from gateway.gallery import Gallery
+from gateway.index.manager import IndexManager
+from gateway.service.admin import AdminService
+from gateway.service.faces import FaceService
+from gateway.service.jobs import JobService
+from gateway.service.types import Caller
 from gateway.settings import Settings
-from gateway.store import Store
-from gateway.vectors import IndexManager, Reconciled
+from gateway.storage.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +49,26 @@ def load_keyring(settings: Settings) -> Keyring:
     return Keyring(current, older)
 
 
-def open_store(settings: Settings) -> Store:
+def open_database(settings: Settings) -> Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Store(settings.sqlite_url, load_keyring(settings))
+    return Database(settings.sqlite_url, load_keyring(settings))
 
 
-def open_index(settings: Settings, store: Store, dim: int) -> IndexManager:
+def open_gallery(settings: Settings, db: Database, dim: int) -> Gallery:
+    """The faces of ``db`` with their vectors in the configured Milvus (``dim`` wide)."""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    return IndexManager(store, settings.index_uri, dim, settings.index_type, token)
+    index = IndexManager(db.secrets, settings.index_uri, dim, settings.index_type, token)
+    return Gallery(db.subjects, index)
 
 
-def open_audit(settings: Settings, store: Store) -> AuditLog:
-    return AuditLog(store, store.system_secret("audit"), settings.data_dir / "audit.head")
+def open_audit(settings: Settings, db: Database) -> AuditLog:
+    key = db.secrets.get_or_create("audit")
+    return AuditLog(db.audit, key, settings.data_dir / "audit.head")
+
+
+def open_admin(settings: Settings, db: Database) -> AdminService:
+    keys = KeyManager(db.api_keys, db.secrets.get_or_create("pepper"))
+    return AdminService(keys, db.idempotency, open_audit(settings, db))
 
 
 @dataclass
@@ -66,10 +77,8 @@ class Gateway:
 
     settings: Settings
     service: FaceService
-    keys: KeyManager
-    jobs: JobRunner
-    repaired: Reconciled
-    admin_key_file: Path | None = None
+    admin: AdminService
+    jobs: JobService
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -94,35 +103,34 @@ class Gateway:
 
 
 def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Gateway:
-    store = open_store(settings)
+    db = open_database(settings)
     pipe = pipeline or FacePipeline.open(
         backend=settings.backend, url=settings.triton_url, protocol=settings.triton_protocol
     )
-    index = open_index(settings, store, pipe.card.embedding_size)
-    repaired = index.reconcile()
-    audit = open_audit(settings, store)
+    gallery = open_gallery(settings, db, pipe.card.embedding_size)
+    gallery.reconcile()
+    admin = open_admin(settings, db)
     batcher = MicroBatcher(pipe, max_wait=settings.batch_max_wait_ms / 1000)
     service = FaceService(
-        store,
-        index,
+        db,
+        gallery,
         pipe,
         batcher,
-        audit,
+        admin.audit_log,
         DecodeLimits(max_bytes=settings.max_upload_bytes),
         store_images=settings.store_images,
         min_quality=settings.enrol_min_quality,
     )
-    keys = KeyManager(store, store.system_secret("pepper"))
-    admin_file = None
-    if (admin := settings.secret("admin_key")) is not None:
-        keys.bootstrap_admin(admin)
+    keys = admin.keys
+    if (token := settings.secret("admin_key")) is not None:
+        keys.bootstrap_admin(token)
     elif settings.env == "development" and not keys.list():
         admin_file = settings.data_dir / "admin.key"
-        issued = keys.create("admin", "development bootstrap")
+        issued, _ = keys.create("admin", "development bootstrap")
         if admin_file.exists():
             admin_file.unlink()
         _write_private(admin_file, issued.token + "\n")
         log.warning("development mode: created an admin API key, saved in %s", admin_file)
 
-    jobs = JobRunner(store, service.run_job)
-    return Gateway(settings, service, keys, jobs, repaired, admin_file)
+    jobs = JobService(db.jobs, service, settings.max_job_images, settings.max_upload_bytes)
+    return Gateway(settings, service, admin, jobs)

@@ -14,13 +14,12 @@ from typing import Any
 from facerec.cli.output import emit, fail
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
-from gateway.auditlog import AuditLog
-from gateway.auth import KeyManager
-from gateway.bootstrap import open_audit, open_index, open_store
-from gateway.keys import MasterKey
-from gateway.service import Caller
+from gateway.bootstrap import open_admin, open_audit, open_database, open_gallery
+from gateway.crypto.envelope import MasterKey
+from gateway.service.admin import AdminService
+from gateway.service.types import Caller
 from gateway.settings import Settings, get_settings
-from gateway.store import Store
+from gateway.storage.database import Database
 
 log = logging.getLogger(__name__)
 CLI = Caller(key_id=None, role="cli", request_id=None)
@@ -51,15 +50,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     settings = get_settings()
-    store = open_store(settings)
-    keys = KeyManager(store, store.system_secret("pepper"))
-    audit = open_audit(settings, store)
+    db = open_database(settings)
+    admin = open_admin(settings, db)
     if args.keys_command == "create":
-        issued = keys.create(args.role, args.label)
-        audit.append(action="key_create", outcome="ok", role="cli", subject=None)
-        _print(
-            args, {"id": issued.key_id, "role": issued.role, "token": issued.token}, issued.token
-        )
+        new = admin.create_key(args.role, args.label, CLI)
+        _print(args, {"id": new.record.id, "role": new.record.role, "token": new.token}, new.token)
     elif args.keys_command == "list":
         rows = [
             {
@@ -69,7 +64,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 "created_at": k.created_at,
                 "revoked_at": k.revoked_at,
             }
-            for k in keys.list()
+            for k in admin.list_keys()
         ]
         _print(
             args,
@@ -81,22 +76,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
             ),
         )
     elif args.keys_command == "revoke":
-        keys.revoke(args.key_id)
-        audit.append(action="key_revoke", outcome="ok", role="cli")
+        admin.revoke_key(args.key_id, CLI)
         _print(args, {"revoked": args.key_id}, f"revoked {args.key_id}")
     elif args.keys_command == "rotate":
-        return _rotate(args, settings, store, audit)
+        return _rotate(args, settings, db, admin)
     return 0
 
 
-def _rotate(args: argparse.Namespace, settings: Settings, store: Store, audit: AuditLog) -> int:
+def _rotate(args: argparse.Namespace, settings: Settings, db: Database, admin: AdminService) -> int:
     """Re-wrap every data key under the current master key, then move the index to a new
     protection key (reads continue on the old index until the new one is complete)."""
     card = load_model_card()
-    index = open_index(settings, store, card.embedding_size)
-    rewrapped = store.rotate_master_key()
-    moved = index.rotate(MasterKey.generate().secret) if not args.keep_index else 0
-    audit.append(action="key_rotate", outcome="ok", role="cli")
+    gallery = open_gallery(settings, db, card.embedding_size)
+    rewrapped = db.rotate_master_key()
+    moved = gallery.rotate_index(MasterKey.generate().secret) if not args.keep_index else 0
+    admin.audit("key_rotate", "ok", CLI)
     _print(
         args,
         {"rewrapped": rewrapped, "vectors_moved": moved},
@@ -108,24 +102,23 @@ def _rotate(args: argparse.Namespace, settings: Settings, store: Store, audit: A
 def cmd_reindex(args: argparse.Namespace) -> int:
     """Rebuild the search index from the system of record (after a loss or a migration)."""
     settings = get_settings()
-    store = open_store(settings)
-    index = open_index(settings, store, load_model_card().embedding_size)
+    db = open_database(settings)
+    gallery = open_gallery(settings, db, load_model_card().embedding_size)
     if args.check:
-        repaired = index.reconcile()
+        repaired = gallery.reconcile()
         data = repaired.__dict__
         _print(args, data, ", ".join(f"{k}: {v}" for k, v in data.items()))
         return 0
-    index.current.recreate()
-    moved = index.rebuild(index.current)
-    open_audit(settings, store).append(action="reindex", outcome="ok", role="cli")
+    moved = gallery.reindex()
+    open_audit(settings, db).append(action="reindex", outcome="ok", **CLI.audit_fields())
     _print(args, {"vectors": moved}, f"re-indexed {moved} faces")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     settings = get_settings()
-    store = open_store(settings)
-    audit = open_audit(settings, store)
+    db = open_database(settings)
+    audit = open_audit(settings, db)
     if args.audit_command == "verify":
         report = audit.verify()
         _print(

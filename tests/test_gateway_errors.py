@@ -55,8 +55,8 @@ def snapshot(client: TestClient) -> dict[str, Any]:
     return {
         "subjects": subjects,
         "faces": faces,
-        "index": gateway.service.index.count(),
-        "keys": [k.__dict__ for k in gateway.keys.list()],
+        "index": gateway.service.index.current.count(),
+        "keys": [k.__dict__ for k in gateway.admin.list_keys()],
     }
 
 

@@ -219,6 +219,8 @@ def test_enrol_refuses_two_faces(page: Page, server: Server) -> None:
     page.click("#enrol-submit")
     expect(page.locator("#enrol-result .verdict")).to_contain_text("0 of 1", timeout=TIMEOUT_MS)
     expect(page.locator("#enrol-result li")).to_contain_text("multiple_faces: ")
+    # the verdict shows before the page deletes the empty subject; the button comes back after
+    expect(page.locator("#enrol-submit")).to_be_enabled(timeout=TIMEOUT_MS)
     names = [s["name"] for s in server.get("/v1/subjects")["items"]]
     assert "Two faces" not in names  # the page removes a subject left without a face
 

@@ -35,10 +35,12 @@ def create_app(
 ) -> FastAPI:
     """The app; with ``gateway`` given it is used as is (and not closed on shutdown)."""
 
+    conf = settings or (gateway.settings if gateway else get_settings())
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = gateway is None
-        gw = gateway or open_gateway(settings or get_settings(), pipeline)
+        gw = gateway or open_gateway(conf, pipeline)
         gw.service.batcher.on_batch = app.state.metrics.batch_size.observe
         app.state.gateway = gw
         try:
@@ -54,7 +56,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.metrics = Metrics()
-    conf = settings or (gateway.settings if gateway else None)
     handlers.install(app)
 
     @app.middleware("http")
@@ -64,7 +65,7 @@ def create_app(
         given = request.headers.get("x-request-id", "")
         rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         request.state.request_id = rid
-        limit = (conf or get_settings()).max_request_bytes
+        limit = conf.max_request_bytes
         length = request.headers.get("content-length")
         start = time.perf_counter()
         if length is not None and (not length.isdigit() or int(length) > limit):

@@ -1,4 +1,4 @@
-"""Typed dependencies of the routes: the running gateway, the caller, uploads."""
+"""Typed dependencies of the routes: the services, the settings, the caller, uploads."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ from typing import Annotated
 from fastapi import Depends, Header, Request, UploadFile
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.apikeys import allowed
 from gateway.bootstrap import Gateway
-from gateway.errors import (
-    AuthError,
-    ForbiddenError,
-    PayloadTooLargeError,
-    UnsupportedMediaTypeError,
-)
-from gateway.service import Caller, FaceService, Upload
+from gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.service.admin import AdminService
+from gateway.service.faces import FaceService
+from gateway.service.jobs import JobService
+from gateway.service.types import Caller, Upload
+from gateway.settings import Settings
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
 _bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
@@ -34,7 +32,22 @@ def get_service(gateway: GatewayDep) -> FaceService:
     return gateway.service
 
 
+def get_admin(gateway: GatewayDep) -> AdminService:
+    return gateway.admin
+
+
+def get_jobs(gateway: GatewayDep) -> JobService:
+    return gateway.jobs
+
+
+def get_gateway_settings(gateway: GatewayDep) -> Settings:
+    return gateway.settings
+
+
 ServiceDep = Annotated[FaceService, Depends(get_service)]
+AdminDep = Annotated[AdminService, Depends(get_admin)]
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+SettingsDep = Annotated[Settings, Depends(get_gateway_settings)]
 
 
 def request_id(request: Request) -> str:
@@ -49,24 +62,15 @@ def require(role: str) -> Callable[..., Caller]:
 
     def dependency(
         request: Request,
-        gateway: GatewayDep,
+        admin: AdminDep,
         key: Annotated[str | None, Depends(_api_key)] = None,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
         idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
     ) -> Caller:
-        rid = request_id(request)
         token = key or (bearer.credentials if bearer else None)
-        try:
-            principal = gateway.keys.authenticate(token)
-        except AuthError:
-            gateway.service.audit("auth", "refused", Caller(None, None, rid))
-            raise
-        caller = Caller(principal.key_id, principal.role, rid)
-        if not allowed(principal.role, role):
-            gateway.service.audit("auth", "refused", caller)
-            raise ForbiddenError(f"a key with role {principal.role!r} may not {role}")
+        caller = admin.authorize(token, role, request_id(request))
         if idempotency_key and request.method in ("POST", "PATCH", "DELETE"):
-            gateway.service.store.claim_request(f"{principal.key_id}:{idempotency_key}")
+            admin.claim_request(caller, idempotency_key)
         return caller
 
     return dependency

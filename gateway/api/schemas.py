@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.auth.api_keys import ROLES
+
 
 class SubjectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -158,7 +160,7 @@ class AuditPage(BaseModel):
 
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: str = Field(pattern="^(admin|enrol|verify|identify)$")
+    role: str = Field(pattern=f"^({'|'.join(ROLES)})$")
     label: str = Field("", max_length=256)
 
 

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from facerec import __version__
-from gateway.api.deps import GatewayDep
+from gateway.api.deps import ServiceDep
 
 router = APIRouter(tags=["health"])
 
@@ -21,25 +21,13 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(gateway: GatewayDep) -> JSONResponse:
+def readyz(service: ServiceDep) -> JSONResponse:
     """The models, the database and the index all answer."""
-    checks: dict[str, str] = {}
-    try:
-        gateway.service.store.last_audit_seq()
-        checks["database"] = "ok"
-    except Exception as exc:  # readiness reports, never raises
-        checks["database"] = f"error: {type(exc).__name__}"
-    try:
-        gateway.service.index.current.client.has_collection(
-            gateway.service.index.current.collection
-        )
-        checks["index"] = "ok"
-    except Exception as exc:
-        checks["index"] = f"error: {type(exc).__name__}"
-    pipeline = gateway.service.pipeline
-    checks["models"] = "ok" if pipeline is not None and pipeline.ready() else "error: unavailable"
-    ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    readiness = service.readiness()
+    return JSONResponse(
+        {"ready": readiness.ready, "checks": readiness.checks},
+        status_code=200 if readiness.ready else 503,
+    )
 
 
 @router.get("/metrics", response_class=Response)

@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from gateway.api.deps import EnrolCaller, GatewayDep, Multipart, ServiceDep, read_upload
+from gateway.api.deps import EnrolCaller, Multipart, ServiceDep, SettingsDep, read_upload
 from gateway.api.schemas import (
     EnrolOut,
+    EnrolResult,
     FaceOut,
     SubjectDetail,
     SubjectIn,
@@ -16,7 +17,7 @@ from gateway.api.schemas import (
     SubjectPage,
     SubjectPatch,
 )
-from gateway.store import UNSET, Subject
+from gateway.service.types import UNSET, Subject
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
@@ -45,8 +46,10 @@ def list_subjects(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SubjectPage:
-    page, total = service.store.list_subjects(offset, limit)
-    return SubjectPage(items=[_out(s) for s in page], total=total, offset=offset, limit=limit)
+    page = service.list_subjects(offset, limit)
+    return SubjectPage(
+        items=[_out(s) for s in page.items], total=page.total, offset=offset, limit=limit
+    )
 
 
 @router.get("/{subject_id}", response_model=SubjectDetail)
@@ -54,8 +57,7 @@ def get_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) -> Su
     subject = service.get_subject(subject_id)
     faces = [
         FaceOut(id=f.id, quality=f.quality, box=f.box, created_at=f.created_at)
-        for f in service.store.faces(subject_id)
-        if f.state == "indexed"
+        for f in service.faces(subject_id)
     ]
     return SubjectDetail(**_out(subject).model_dump(), face_list=faces)
 
@@ -79,7 +81,8 @@ def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) ->
 def add_faces(
     subject_id: str,
     images: Annotated[list[UploadFile], File(description="one or more face images")],
-    gateway: GatewayDep,
+    service: ServiceDep,
+    settings: SettingsDep,
     caller: EnrolCaller,
     face: Annotated[
         str,
@@ -91,13 +94,12 @@ def add_faces(
     ] = "only",
 ) -> EnrolOut:
     """Enrol the face in each image; each gets its own result or error."""
-    limit = gateway.settings.max_upload_bytes
-    uploads = [read_upload(f, limit) for f in images]
-    results = gateway.service.enrol(subject_id, uploads, face, caller)
+    uploads = [read_upload(f, settings.max_upload_bytes) for f in images]
+    enrolment = service.enrol(subject_id, uploads, face, caller)
     return EnrolOut(
-        subject_id=subject_id,
-        results=results,  # type: ignore[arg-type]
-        enrolled=sum(1 for r in results if "face_id" in r),
+        subject_id=enrolment.subject_id,
+        results=[EnrolResult.model_validate(r.to_dict()) for r in enrolment.results],
+        enrolled=enrolment.enrolled,
     )
 
 

@@ -14,11 +14,11 @@ import hashlib
 
 import numpy as np
 
-from gateway.keys import MasterKey
+from gateway.crypto.envelope import MasterKey
 
 
 class VectorProtector:
-    """``protect``/``unprotect`` with the orthogonal matrix of one master key."""
+    """``protect`` with the orthogonal matrix of one master key."""
 
     def __init__(self, master: MasterKey, dim: int) -> None:
         seed = master.derive("index-protection")
@@ -33,6 +33,3 @@ class VectorProtector:
     def protect(self, vectors: np.ndarray) -> np.ndarray:
         """float32[N, D] embeddings -> float32[N, D] protected vectors (same norms)."""
         return np.asarray(vectors, np.float32) @ self.matrix.T
-
-    def unprotect(self, vectors: np.ndarray) -> np.ndarray:
-        return np.asarray(vectors, np.float32) @ self.matrix

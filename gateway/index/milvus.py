@@ -2,8 +2,8 @@
 
 One code path serves Milvus Lite (a local ``.db`` file, the embedded default) and a Milvus
 server or cluster (an ``http://host:port`` URI). Only protected vectors are stored (see
-:mod:`gateway.protect`); the collection is named after the protector's key id, so a key
-rotation builds a new collection beside the old one and then switches over.
+:mod:`gateway.crypto.vector_protection`); the collection is named after the protector's key
+id, so a key rotation builds a new collection beside the old one and then switches over.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 
 from facerec.errors import InvalidArgumentError
-from gateway.protect import VectorProtector
+from gateway.crypto.vector_protection import VectorProtector
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INDEX_TYPES = ("FLAT", "HNSW")

@@ -1,4 +1,4 @@
-"""The audit log as a service: chained events in SQL, and the chain's head kept apart.
+"""The audit log as the service writes it: chained events in SQL, the chain's head apart.
 
 The head (last ``seq`` and chain value) is written to a small file beside the data after
 every append, so cutting events from the end of the SQL log is detected too.
@@ -13,18 +13,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.audit import AuditEvent, ChainReport, verify_chain
-from gateway.store import Store
+from gateway.audit.chain import AuditEvent, ChainReport, chain_event, verify_chain
+from gateway.storage.audit import AuditRepository
 
 
 class AuditLog:
-    def __init__(self, store: Store, key: bytes, head_file: Path | None) -> None:
-        self.store, self.key, self.head_file = store, key, head_file
+    """Appends chained events (keyed by ``key``) and checks the whole log."""
+
+    def __init__(self, events: AuditRepository, key: bytes, head_file: Path | None) -> None:
+        self.stored, self.key, self.head_file = events, key, head_file
         self._lock = threading.Lock()
 
     def append(self, **values: Any) -> AuditEvent:
+        """Chain and store one event (fields of :class:`AuditEvent`; ``time`` defaults to
+        now)."""
         values.setdefault("time", datetime.now(UTC).isoformat(timespec="milliseconds"))
-        event = self.store.append_audit(self.key, **values)
+        event = self.stored.append(lambda last: chain_event(self.key, last, **values))
         self._write_head(event)
         return event
 
@@ -46,7 +50,11 @@ class AuditLog:
             os.replace(tmp, self.head_file)
 
     def verify(self) -> ChainReport:
-        return verify_chain(self.key, self.store.audit_events(), self.head())
+        return verify_chain(self.key, self.stored.events(), self.head())
 
     def events(self, after: int = 0, limit: int = 100) -> list[AuditEvent]:
-        return self.store.audit_events(after, limit)
+        """Events with ``seq > after``, oldest first."""
+        return self.stored.events(after, limit)
+
+    def last_seq(self) -> int:
+        return self.stored.last_seq()

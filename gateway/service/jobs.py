@@ -1,4 +1,5 @@
-"""Asynchronous batch jobs: many images in, a job id out, progress and results on request.
+"""Asynchronous identification jobs: many images in, a job id out, progress and results on
+request.
 
 Uploads stay in memory only (no raw image reaches the disk); a job cut short by a restart
 is marked ``failed`` with the code ``interrupted`` when the service starts again.
@@ -11,53 +12,20 @@ import logging
 import queue
 import threading
 import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from facerec.errors import FaceRecError, InvalidArgumentError
-from gateway.db import JobRow, now
-from gateway.errors import NotFoundError
-from gateway.service import Upload
-from gateway.store import Store
+from gateway.errors import ForbiddenError
+from gateway.service.faces import FaceService
+from gateway.service.types import Caller, Job, Upload
+from gateway.storage.jobs import JobRepository
+from gateway.storage.schema import now
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 CHUNK = 8  # images analysed together, and how often progress is saved
-
-
-@dataclass(frozen=True)
-class Job:
-    id: str
-    kind: str
-    status: str  # queued | running | done | failed
-    total: int
-    done: int
-    params: dict[str, Any]
-    results: list[Any]
-    error: dict[str, Any] | None
-    created_at: datetime
-    finished_at: datetime | None
-
-
-def _job(row: JobRow) -> Job:
-    return Job(
-        row.id,
-        row.kind,
-        row.status,
-        row.total,
-        row.done,
-        dict(row.params),
-        list(row.results),
-        row.error,
-        row.created_at,
-        row.finished_at,
-    )
 
 
 def unpack_uploads(uploads: Sequence[Upload], max_files: int, max_bytes: int) -> list[Upload]:
@@ -94,43 +62,36 @@ def unpack_uploads(uploads: Sequence[Upload], max_files: int, max_bytes: int) ->
     return out
 
 
-Worker = Callable[[Sequence[Upload], dict[str, Any]], list[dict[str, Any]]]
+class JobService:
+    """Jobs submitted, and one background thread working through them in order."""
 
-
-class JobRunner:
-    """One background thread working through queued jobs in order."""
-
-    def __init__(self, store: Store, work: Worker) -> None:
-        self.store, self.work = store, work
+    def __init__(
+        self, jobs: JobRepository, faces: FaceService, max_files: int, max_bytes: int
+    ) -> None:
+        self.jobs, self.faces = jobs, faces
+        self.max_files, self.max_bytes = max_files, max_bytes
         self._queue: queue.Queue[tuple[str, list[Upload]] | None] = queue.Queue()
-        self._mark_interrupted()
+        self.jobs.fail_unfinished({"code": "interrupted", "message": "the service restarted"})
         self._thread = threading.Thread(target=self._run, name="jobs", daemon=True)
         self._thread.start()
 
-    def _mark_interrupted(self) -> None:
-        with Session(self.store.engine) as s, s.begin():
-            for row in s.scalars(select(JobRow).where(JobRow.status.in_(["queued", "running"]))):
-                row.status = "failed"
-                row.error = {"code": "interrupted", "message": "the service restarted"}
-                row.finished_at = now()
-
-    def submit(
-        self, kind: str, uploads: list[Upload], params: dict[str, Any], key_id: str | None
+    def submit_identify(
+        self, uploads: Sequence[Upload], top_k: int, threshold: float | None, caller: Caller
     ) -> Job:
-        with Session(self.store.engine) as s, s.begin():
-            row = JobRow(kind=kind, key_id=key_id, total=len(uploads), params=params, results=[])
-            s.add(row)
-            s.flush()
-            job = _job(row)
-        self._queue.put((job.id, uploads))
+        """Queue the identification of images and zip archives of them (at most
+        ``max_files`` images, each at most ``max_bytes``)."""
+        images = unpack_uploads(uploads, self.max_files, self.max_bytes)
+        params = {"top_k": top_k, "threshold": threshold, **caller.audit_fields()}
+        job = self.jobs.create("identify", caller.key_id, len(images), params)
+        self._queue.put((job.id, images))
         return job
 
-    def get(self, job_id: str) -> Job:
-        with Session(self.store.engine) as s:
-            row = s.get(JobRow, job_id)
-            if row is None:
-                raise NotFoundError(f"no job {job_id}")
-            return _job(row)
+    def get(self, job_id: str, caller: Caller) -> Job:
+        """A job, with its results so far; only its owner (or an admin) may see it."""
+        job = self.jobs.get(job_id)
+        if caller.role != "admin" and job.key_id != caller.key_id:
+            raise ForbiddenError("this job belongs to another API key")
+        return job
 
     def close(self) -> None:
         self._queue.put(None)
@@ -148,20 +109,17 @@ class JobRunner:
                     if isinstance(exc, FaceRecError)
                     else {"code": "internal_error", "message": "the job failed"}
                 )
-                self._update(job_id, status="failed", error=error, finished_at=now())
+                self.jobs.update(job_id, status="failed", error=error, finished_at=now())
 
     def _process(self, job_id: str, uploads: list[Upload]) -> None:
-        params = self.get(job_id).params
-        self._update(job_id, status="running")
-        results: list[Any] = []
+        params = self.jobs.get(job_id).params
+        caller = Caller(params.get("key_id"), params.get("role"), params.get("request_id"))
+        top_k, threshold = int(params["top_k"]), params["threshold"]
+        self.jobs.update(job_id, status="running")
+        results: list[dict[str, Any]] = []
         for start in range(0, len(uploads), CHUNK):
-            results.extend(self.work(uploads[start : start + CHUNK], params))
-            self._update(job_id, done=len(results), results=list(results))
-        self._update(job_id, status="done", finished_at=now())
-
-    def _update(self, job_id: str, **values: Any) -> None:
-        with Session(self.store.engine) as s, s.begin():
-            row = s.get(JobRow, job_id)
-            if row is not None:
-                for k, v in values.items():
-                    setattr(row, k, v)
+            chunk = uploads[start : start + CHUNK]
+            identified = self.faces.identify_many(chunk, caller, top_k, threshold)
+            results.extend(r.to_dict() for r in identified)
+            self.jobs.update(job_id, done=len(results), results=list(results))
+        self.jobs.update(job_id, status="done", finished_at=now())

@@ -1,19 +1,16 @@
-"""The gateway's operations, independent of HTTP: enrolment, 1:1 and 1:N matching, deletion.
+"""The face operations, independent of HTTP: subjects, enrolment, 1:1 and 1:N matching.
 
 Every operation that touches biometric data writes an audit event. Inference goes through
 the :class:`~facerec.batching.MicroBatcher`, so concurrent requests share pipeline calls.
-Enrolment writes the sealed template as ``pending``, then the protected vector, then marks
-the face ``indexed``; :meth:`gateway.vectors.IndexManager.reconcile` repairs any crash in
-between at start-up.
+What enrolment and deletion change in the database and the index, and in which order, is
+:class:`~gateway.gallery.Gallery`'s business.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,31 +20,32 @@ from facerec.batching import MicroBatcher
 from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
 from facerec.imaging.decode import DecodeLimits, decode_image
 from facerec.pipeline import Face, FacePipeline, ImageFaces
-from gateway.audit import AuditEvent
-from gateway.auditlog import AuditLog
+from gateway.audit.chain import AuditEvent
+from gateway.audit.log import AuditLog
 from gateway.errors import NotFoundError
-from gateway.index import check_id
-from gateway.store import UNSET, Store, Subject
-from gateway.vectors import IndexManager
-
-log = logging.getLogger(__name__)
+from gateway.gallery import Gallery
+from gateway.index.milvus import check_id
+from gateway.service.types import (
+    UNSET,
+    Caller,
+    Candidate,
+    DetectedFace,
+    Enrolled,
+    Enrolment,
+    FaceInfo,
+    FailedImage,
+    Identification,
+    IdentifiedFace,
+    PairVerification,
+    Readiness,
+    Subject,
+    SubjectPage,
+    Upload,
+    Verification,
+)
+from gateway.storage.database import Database
 
 QUALITY_SIDE = 80.0  # faces this many pixels across (short side) or more lose nothing
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who sent a request: the API key's id and role, and the request id."""
-
-    key_id: str | None = None
-    role: str | None = None
-    request_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Upload:
-    name: str
-    data: bytes
 
 
 class MultipleFacesError(FaceRecError):
@@ -87,12 +85,13 @@ def select_face(faces: ImageFaces, choice: str) -> int:
 
 
 class FaceService:
-    """The operations behind the REST API (and the admin CLI)."""
+    """Subjects, enrolment, verification, identification, detection: what the REST API's
+    face routes call."""
 
     def __init__(
         self,
-        store: Store,
-        index: IndexManager,
+        db: Database,
+        gallery: Gallery,
         pipeline: FacePipeline,
         batcher: MicroBatcher,
         audit_log: AuditLog,
@@ -100,7 +99,8 @@ class FaceService:
         store_images: bool = False,
         min_quality: float = 0.5,
     ) -> None:
-        self.store, self.index, self.pipeline, self.batcher = store, index, pipeline, batcher
+        self.db, self.gallery, self.pipeline, self.batcher = db, gallery, pipeline, batcher
+        self.index = gallery.index
         self.audit_log = audit_log
         self.limits = limits
         self.store_images = store_images
@@ -111,18 +111,25 @@ class FaceService:
     def close(self) -> None:
         self._fanout.shutdown(wait=True)
         self.batcher.close()
-        self.index.close()
+        self.gallery.close()
 
     # -- helpers --------------------------------------------------------------------------
     def audit(self, action: str, outcome: str, caller: Caller, **values: Any) -> AuditEvent:
         return self.audit_log.append(
-            action=action,
-            outcome=outcome,
-            key_id=caller.key_id,
-            role=caller.role,
-            request_id=caller.request_id,
-            **values,
+            action=action, outcome=outcome, **caller.audit_fields(), **values
         )
+
+    def readiness(self) -> Readiness:
+        """Whether the database, the index and the models answer (never raises)."""
+        checks: dict[str, str] = {}
+        for name, ping in (("database", self.db.ping), ("index", self.index.ping)):
+            try:
+                ping()
+                checks[name] = "ok"
+            except Exception as exc:  # readiness reports, never raises
+                checks[name] = f"error: {type(exc).__name__}"
+        checks["models"] = "ok" if self.pipeline.ready() else "error: unavailable"
+        return Readiness(checks)
 
     def _analyze(self, data: bytes, primary_only: bool = False) -> ImageFaces:
         return self.batcher.analyze(decode_image(data, self.limits), primary_only)
@@ -161,12 +168,22 @@ class FaceService:
         expires_at: datetime | None,
         caller: Caller,
     ) -> Subject:
-        subject = self.store.create_subject(name, meta, expires_at)
+        subject = self.db.subjects.create(name, meta, expires_at)
         self.audit("create_subject", "ok", caller, subject=subject.id)
         return subject
 
     def get_subject(self, subject_id: str) -> Subject:
-        return self.store.get_subject(check_id(subject_id, "subject id"))
+        return self.db.subjects.get(check_id(subject_id, "subject id"))
+
+    def list_subjects(self, offset: int = 0, limit: int = 50) -> SubjectPage:
+        """One page of subjects, oldest first, and how many there are."""
+        items, total = self.db.subjects.page(offset, limit)
+        return SubjectPage(items, total)
+
+    def faces(self, subject_id: str) -> list[FaceInfo]:
+        """The enrolled faces of a subject (those confirmed in the index), oldest first."""
+        faces = self.db.subjects.faces(check_id(subject_id, "subject id"))
+        return [f for f in faces if f.state == "indexed"]
 
     def update_subject(
         self,
@@ -176,7 +193,7 @@ class FaceService:
         meta: dict[str, Any] | None = None,
         expires_at: datetime | None = UNSET,
     ) -> Subject:
-        subject = self.store.update_subject(
+        subject = self.db.subjects.update(
             check_id(subject_id, "subject id"), name, meta, expires_at
         )
         self.audit("update_subject", "ok", caller, subject=subject_id)
@@ -185,18 +202,15 @@ class FaceService:
     def delete_subject(
         self, subject_id: str, caller: Caller, action: str = "delete_subject"
     ) -> int:
-        """Remove the vectors, then the record with its data key; returns the faces removed."""
-        self.store.get_subject(check_id(subject_id, "subject id"))
-        self.index.delete_subject(subject_id)
-        faces = self.store.delete_subject(subject_id)
-        self.index.delete_faces(faces)  # any face enrolled while the subject was going
+        """Delete a subject, its faces and its data key; returns the faces removed."""
+        removed = self.gallery.delete_subject(check_id(subject_id, "subject id"))
         self.audit(action, "ok", caller, subject=subject_id)
-        return len(faces)
+        return removed
 
     def purge_expired(self, caller: Caller) -> list[str]:
         """Delete every subject whose expiry has passed (each audited as ``expire``)."""
         purged = []
-        for subject_id in self.store.expired_subjects():
+        for subject_id in self.db.subjects.expired():
             try:
                 self.delete_subject(subject_id, caller, action="expire")
                 purged.append(subject_id)
@@ -207,40 +221,39 @@ class FaceService:
     # -- enrolment ------------------------------------------------------------------------
     def enrol(
         self, subject_id: str, uploads: Sequence[Upload], choice: str, caller: Caller
-    ) -> list[dict[str, Any]]:
-        """Add the face of each upload to a subject; one result (or error) per upload."""
-        self.store.get_subject(check_id(subject_id, "subject id"))
+    ) -> Enrolment:
+        """Add the face of each upload to a subject; one result (or error) per upload.
+        When none was enrolled, the first error is raised (with every result attached)."""
+        self.db.subjects.get(check_id(subject_id, "subject id"))
         if not uploads:
             raise InvalidArgumentError("no images uploaded", code="missing_image")
         analysed = self.analyze_many(uploads)
-        results: list[dict[str, Any]] = []
+        results: list[Enrolled | FailedImage] = []
         failures: list[FaceRecError] = []
         for upload, found in zip(uploads, analysed, strict=True):
             try:
                 if isinstance(found, FaceRecError):
                     raise found
-                results.append(
-                    {"image": upload.name, **self._enrol_one(subject_id, upload, found, choice)}
-                )
+                results.append(self._enrol_one(subject_id, upload, found, choice))
                 self.audit("enrol", "ok", caller, subject=subject_id)
             except FaceRecError as exc:
                 failures.append(exc)
-                results.append({"image": upload.name, "error": exc.to_dict()})
+                results.append(FailedImage(upload.name, exc))
                 self.audit("enrol", "refused", caller, subject=subject_id)
         if len(failures) == len(uploads):  # nothing enrolled: the request as a whole failed
             first = failures[0]
             error = FaceRecError(
                 first.message if len(uploads) == 1 else f"no image was enrolled ({first.message})",
                 code=first.code,
-                results=results,
+                results=[r.to_dict() for r in results],
             )
             error.http_status = first.http_status
             raise error
-        return results
+        return Enrolment(subject_id, results)
 
     def _enrol_one(
         self, subject_id: str, upload: Upload, found: ImageFaces, choice: str
-    ) -> dict[str, Any]:
+    ) -> Enrolled:
         face = found.faces[select_face(found, choice)]
         assert face.embedding is not None  # analysed with embeddings
         quality = face_quality(face)
@@ -251,7 +264,7 @@ class FaceService:
                 quality=quality,
             )
         digest = hashlib.sha256(upload.data).hexdigest()
-        face_id = self.store.add_face(
+        face_id = self.gallery.add_face(
             subject_id,
             face.embedding,
             digest,
@@ -259,29 +272,20 @@ class FaceService:
             face.box.tolist(),
             image=upload.data if self.store_images else None,
         )
-        try:
-            self.index.add([face_id], [subject_id], face.embedding[None, :])
-        except Exception:
-            self.store.discard_faces([face_id])
-            raise
-        if not self.store.mark_indexed([face_id]):
-            self.index.delete_faces([face_id])  # the subject was deleted meanwhile
-            raise NotFoundError(f"subject {subject_id} was deleted during enrolment")
-        return {"face_id": face_id, "quality": quality, **face.to_dict()}
+        return Enrolled(upload.name, face_id, quality, face)
 
     def delete_face(self, subject_id: str, face_id: str, caller: Caller) -> None:
-        self.store.delete_face(check_id(subject_id, "subject id"), check_id(face_id, "face id"))
-        self.index.delete_faces([face_id])
+        self.gallery.delete_face(check_id(subject_id, "subject id"), check_id(face_id, "face id"))
         self.audit("delete_face", "ok", caller, subject=subject_id)
 
     # -- matching ---------------------------------------------------------------------------
     def verify(
         self, data: bytes, subject_id: str, caller: Caller, threshold: float | None = None
-    ) -> dict[str, Any]:
+    ) -> Verification:
         """1:1 against the subject's best-matching template."""
         limit = self._threshold(threshold)
-        self.store.get_subject(check_id(subject_id, "subject id"))
-        templates = [v for _, _, v in self.store.templates(subject_id)]
+        self.db.subjects.get(check_id(subject_id, "subject id"))
+        templates = [v for _, _, v in self.db.subjects.templates(subject_id)]
         if not templates:
             raise NoFaceError(
                 f"subject {subject_id} has no enrolled faces", code="subject_has_no_faces"
@@ -293,17 +297,11 @@ class FaceService:
         self.audit(
             "verify", "match" if match else "no_match", caller, subject=subject_id, score=similarity
         )
-        return {
-            "match": match,
-            "similarity": round(similarity, 6),
-            "threshold": limit,
-            "subject_id": subject_id,
-            "face": probe.to_dict(),
-        }
+        return Verification(match, round(similarity, 6), limit, subject_id, probe)
 
     def verify_pair(
         self, data_a: bytes, data_b: bytes, caller: Caller, threshold: float | None = None
-    ) -> dict[str, Any]:
+    ) -> PairVerification:
         limit = self._threshold(threshold)
         found = self.analyze_many([Upload("image_a", data_a), Upload("image_b", data_b)], True)
         faces = []
@@ -319,17 +317,11 @@ class FaceService:
         similarity = float(a @ b)
         match = similarity >= limit
         self.audit("verify_pair", "match" if match else "no_match", caller, score=similarity)
-        return {
-            "match": match,
-            "similarity": round(similarity, 6),
-            "threshold": limit,
-            "face_a": faces[0].to_dict(),
-            "face_b": faces[1].to_dict(),
-        }
+        return PairVerification(match, round(similarity, 6), limit, faces[0], faces[1])
 
     def identify_faces(
         self, faces: Sequence[Face], top_k: int, threshold: float | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[IdentifiedFace]:
         """Candidates (best face per subject, best first) and the open-set match per face."""
         limit = self._threshold(threshold)
         if not 1 <= top_k <= 100:
@@ -338,7 +330,7 @@ class FaceService:
             return []
         probes = np.stack([f.embedding for f in faces if f.embedding is not None])
         hits = self.index.search(probes, top_k=min(16 * top_k, 1000))
-        names = self.store.subject_names(sorted({h.subject_id for hs in hits for h in hs}))
+        names = self.db.subjects.names(sorted({h.subject_id for hs in hits for h in hs}))
         out = []
         for face, face_hits in zip(faces, hits, strict=True):
             best: dict[str, float] = {}
@@ -346,17 +338,14 @@ class FaceService:
                 if h.subject_id in names and h.similarity > best.get(h.subject_id, -2.0):
                     best[h.subject_id] = h.similarity
             ranked = sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
-            candidates = [
-                {"subject_id": s, "name": names[s], "similarity": round(sim, 6)}
-                for s, sim in ranked
-            ]
+            candidates = [Candidate(s, names[s], round(sim, 6)) for s, sim in ranked]
             match = candidates[0] if candidates and ranked[0][1] >= limit else None
-            out.append({**face.to_dict(), "candidates": candidates, "match": match})
+            out.append(IdentifiedFace(face, candidates, match))
         return out
 
     def identify(
         self, upload: Upload, caller: Caller, top_k: int = 5, threshold: float | None = None
-    ) -> dict[str, Any]:
+    ) -> Identification:
         """Every face of one image, with candidates and the open-set match."""
         limit = self._threshold(threshold)
         return self._identified(upload.name, self._analyze(upload.data), caller, top_k, limit)
@@ -367,44 +356,41 @@ class FaceService:
         caller: Caller,
         top_k: int = 5,
         threshold: float | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Identification | FailedImage]:
         """:meth:`identify` for several uploads; a bad upload yields its error entry."""
         limit = self._threshold(threshold)
-        results: list[dict[str, Any]] = []
+        results: list[Identification | FailedImage] = []
         for upload, found in zip(uploads, self.analyze_many(uploads), strict=True):
             if isinstance(found, FaceRecError):
-                results.append({"image": upload.name, "error": found.to_dict()})
+                results.append(FailedImage(upload.name, found))
             else:
                 results.append(self._identified(upload.name, found, caller, top_k, limit))
         return results
 
     def _identified(
         self, name: str, found: ImageFaces, caller: Caller, top_k: int, limit: float
-    ) -> dict[str, Any]:
+    ) -> Identification:
         faces = self.identify_faces(found.faces, top_k, limit)
         for face in faces:
-            match = face["match"]
+            match = face.match
             self.audit(
                 "identify",
                 "match" if match else "no_match",
                 caller,
-                subject=match["subject_id"] if match else None,
-                score=face["candidates"][0]["similarity"] if face["candidates"] else None,
+                subject=match.subject_id if match else None,
+                score=face.candidates[0].similarity if face.candidates else None,
             )
         if not faces:
             self.audit("identify", "no_match", caller)
-        return {"image": name, "threshold": limit, "faces": faces}
+        return Identification(name, limit, faces)
 
-    def run_job(self, uploads: Sequence[Upload], params: dict[str, Any]) -> list[dict[str, Any]]:
-        """One chunk of an asynchronous identification job (see :mod:`gateway.jobs`)."""
-        caller = Caller(params.get("key_id"), params.get("role"), params.get("request_id"))
-        return self.identify_many(uploads, caller, int(params["top_k"]), params["threshold"])
-
-    def detect(self, data: bytes) -> list[dict[str, Any]]:
+    def detect(self, data: bytes) -> list[DetectedFace]:
+        """Every face with its box, score, landmarks and enrolment quality."""
         faces = self._analyze(data)
-        return [{**f.to_dict(), "quality": face_quality(f)} for f in faces.faces]
+        return [DetectedFace(f, face_quality(f)) for f in faces.faces]
 
-    def embed(self, data: bytes, caller: Caller) -> list[dict[str, Any]]:
+    def embed(self, data: bytes, caller: Caller) -> list[Face]:
+        """Every face with its embedding float32[D] (audited: embeddings are biometric)."""
         faces = self._analyze(data)
         self.audit("embed", "ok", caller)
-        return [f.to_dict(with_embedding=True) for f in faces.faces]
+        return faces.faces
