@@ -10,12 +10,12 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -29,6 +29,8 @@ from facerec.models import PRECISIONS, ModelCard, load_model_card, model_path
 from facerec.runtime import default_threads
 
 DEFAULT_TRITON_URL = "127.0.0.1:8001"
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -269,13 +271,17 @@ class FacePipeline:
         The batch is split across the worker threads; each part's crops are embedded
         together.
         """
-        if self._pool is None or len(images) < 2:
-            return self._analyze(images, primary_only, embed)
-        n = min(self.workers, len(images))
-        bounds = np.linspace(0, len(images), n + 1).astype(int)
-        parts = [images[lo:hi] for lo, hi in itertools.pairwise(bounds)]
-        done = self._pool.map(lambda part: self._analyze(part, primary_only, embed), parts)
-        return [result for part in done for result in part]
+        return self.parallel(lambda part: self._analyze(part, primary_only, embed), images)
+
+    def parallel(self, fn: Callable[[Sequence[T]], list[R]], items: Sequence[T]) -> list[R]:
+        """``fn`` over ``items`` cut into one contiguous part per worker thread, the parts'
+        results joined in order (``fn`` returns one result per item)."""
+        if self._pool is None or len(items) < 2:
+            return fn(items)
+        n = min(self.workers, len(items))
+        bounds = np.linspace(0, len(items), n + 1).astype(int)
+        parts = [items[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+        return [result for part in self._pool.map(fn, parts) for result in part]
 
     def _analyze(
         self, images: Sequence[np.ndarray], primary_only: bool, embed: bool

@@ -153,16 +153,20 @@ def gallery_images(root: Path) -> list[tuple[str, Path]]:
     return items
 
 
-def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
-    try:
-        items = gallery_images(args.gallery)
-    except FaceRecError as exc:
-        return fail(exc, args.json)
+def load_gallery(
+    pipeline: FacePipeline, root: Path, progress: bool = False
+) -> tuple[Gallery, list[tuple[str, Path]], list[dict[str, Any]]]:
+    """The gallery of ``root`` (one sub-folder of images per person, the primary face of
+    each image enrolled), its images, and an error entry per image that gave no face.
+
+    Raises ``not_found`` / ``empty_gallery`` when there is nothing to enrol.
+    """
+    items = gallery_images(root)
     gallery = Gallery(pipeline.card.embedding_size)
     gallery_errors = []
     paths = [p for _, p in items]
     owner = dict((p, name) for name, p in items)
-    for o in analyze_files(pipeline, paths, True, True, progress=args.progress):
+    for o in analyze_files(pipeline, paths, True, True, progress=progress):
         err = _require_face(o)
         if err is not None:
             gallery_errors.append({"image": str(o.path), **error_entry(err)})
@@ -170,10 +174,15 @@ def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         assert o.faces is not None and o.faces.faces[0].embedding is not None
         gallery.add(owner[o.path], o.faces.faces[0].embedding[None])
     if len(gallery) == 0:
-        return fail(
-            InvalidArgumentError("no gallery image had a usable face", code="empty_gallery"),
-            args.json,
-        )
+        raise InvalidArgumentError("no gallery image had a usable face", code="empty_gallery")
+    return gallery, items, gallery_errors
+
+
+def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
+    try:
+        gallery, items, gallery_errors = load_gallery(pipeline, args.gallery, args.progress)
+    except FaceRecError as exc:
+        return fail(exc, args.json)
     threshold = args.threshold if args.threshold is not None else pipeline.threshold
     entries: list[Any] = []
     lines: list[str] = []

@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from facerec import __version__
-from facerec.cli import bench, images, triton
+from facerec.cli import bench, images, triton, watch
 from facerec.cli.output import fail
 from facerec.detection.mtcnn import MTCNNConfig
 from facerec.errors import FaceRecError
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_options(b)
     b.set_defaults(handler=bench.cmd_lfw)
     triton.add_commands(sub, _common)
+    watch.add_command(sub, _common, _pipeline_options)
     _plugin_commands(sub)
     return parser
 
