@@ -99,24 +99,37 @@ class NonMated:
     (excluded), or -1 when it has none in the pool.
     """
 
-    def __init__(self, scores: np.ndarray, own: np.ndarray) -> None:
+    def __init__(self, scores: np.ndarray, own: np.ndarray, max_fpir: float = 1.0) -> None:
         p, s = scores.shape
         rows = np.asarray(scores, np.float64).copy()
         has_own = own >= 0
         rows[np.flatnonzero(has_own), own[has_own]] = -3.0  # below any cosine
-        rows.sort(axis=1)
-        self._stride = 8.0  # rows live in disjoint ranges [8r - 3, 8r + 1]
-        self._flat = (rows + self._stride * np.arange(p)[:, None]).ravel()
-        self._row_end = (np.arange(p) + 1) * s
-        self._offset = self._stride * np.arange(p)
         self.others = np.full(p, s) - has_own  # M: candidate subjects per probe
-        self.top = rows[:, -1].copy()  # best candidate score per probe
+        self.top = rows.max(axis=1)  # best candidate score per probe
+        # Thresholds for FPIRs up to max_fpir lie above the score that a fraction
+        # 2 * max_fpir of all pairs reach (at G = 1 the FPIR is that fraction; it only grows
+        # with G): only scores >= that floor are kept, each row sorted, shifted into its own
+        # range [8r - 3, 8r + 1] and laid end to end, so one searchsorted counts every row's
+        # scores above a threshold.
+        valid = rows[rows > -2.0]
+        self.floor = (
+            float(np.quantile(valid, max(0.0, 1.0 - 2.0 * max_fpir))) if valid.size else -1.0
+        )
+        keep = rows >= self.floor
+        kept = np.sort(np.where(keep, rows, -3.0), axis=1)
+        counts = keep.sum(axis=1)
+        self._row_end = np.cumsum(counts)
+        self._offset = 8.0 * np.arange(p)
+        shifted = kept + self._offset[:, None]
+        self._flat = shifted[np.arange(s)[None, :] >= (s - counts)[:, None]]
 
     def __len__(self) -> int:
         return len(self.others)
 
     def above(self, threshold: float) -> np.ndarray:
-        """int[P]: candidate subjects scoring >= ``threshold``, per probe."""
+        """int[P]: candidate subjects scoring >= ``threshold`` (>= the floor), per probe."""
+        if threshold < self.floor:
+            raise ValueError(f"threshold {threshold} is below the stored floor {self.floor}")
         start = np.searchsorted(self._flat, self._offset + threshold, side="left")
         return np.asarray(self._row_end - start)
 
@@ -129,9 +142,12 @@ class NonMated:
         """Expected FPIR at ``threshold`` for galleries of ``gallery`` subjects."""
         return float(self.false_alarm(threshold, gallery).mean())
 
-    def threshold(self, fpir: float, gallery: int, iterations: int = 60) -> float:
-        """The lowest threshold whose expected FPIR at ``gallery`` is <= ``fpir``."""
-        lo, hi = -1.0, 1.0 + 1e-6  # FPIR(hi) = 0
+    def threshold(self, fpir: float, gallery: int, iterations: int = 34) -> float:
+        """The lowest threshold whose expected FPIR at ``gallery`` is <= ``fpir``
+        (bisection to about 1e-10)."""
+        lo, hi = self.floor, 1.0 + 1e-6  # FPIR(hi) = 0
+        if self.fpir(lo, gallery) <= fpir:
+            raise ValueError(f"FPIR {fpir} is reached below the stored floor {self.floor}")
         for _ in range(iterations):
             mid = (lo + hi) / 2
             if self.fpir(mid, gallery) <= fpir:
@@ -178,8 +194,10 @@ class Mated:
 def det_curve(
     nonmated: NonMated, mated: Mated, gallery: int, thresholds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(FPIR float64[T], FNIR float64[T]) at ``thresholds`` for galleries of ``gallery``."""
+    """(FPIR float64[T], FNIR float64[T]) at ``thresholds`` for galleries of ``gallery``
+    (thresholds below the non-mated searches' floor count as the floor)."""
     first = mated.first(gallery)
+    thresholds = np.maximum(thresholds, nonmated.floor)
     fpir = np.array([nonmated.fpir(float(t), gallery) for t in thresholds])
     fnir = np.array([1.0 - float((first * (mated.own >= t)).mean()) for t in thresholds])
     return fpir, fnir
