@@ -232,6 +232,29 @@ def candidates_from_hits(
     return ranked if top is None else ranked[:top]
 
 
+def rank_candidates(
+    probe: np.ndarray,
+    hits: Iterable[Hit],
+    scoring: Scoring = DEFAULT_SCORING,
+    templates: Mapping[str, np.ndarray] | None = None,
+    top: int = 5,
+) -> list[Candidate]:
+    """The subjects of one probe float32[D] from a vector index's face ``hits``, best first.
+
+    With ``templates`` (subject id -> float32[K, D], for the subjects among the hits) the
+    hit subjects are re-scored exactly with all their templates (:func:`rerank`: any
+    method, ``centroid`` included); without, ``max``/``topk`` come from the hits alone
+    (:func:`candidates_from_hits`). Hits of subjects missing from ``templates`` (deleted
+    meanwhile) are dropped.
+    """
+    hits = list(hits)
+    if templates is None:
+        return candidates_from_hits(hits, scoring, top)
+    wanted = {h.subject_id for h in hits}
+    chosen = {s: t for s, t in templates.items() if s in wanted and len(t)}
+    return rerank(probe[None], chosen, scoring, top)[0]
+
+
 @dataclass(frozen=True)
 class Decision:
     """The open-set answer for one probe: ``match`` (the best candidate if its score

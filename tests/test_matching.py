@@ -19,6 +19,7 @@ from facerec.matching import (
     candidates_from_hits,
     centroid,
     decide,
+    rank_candidates,
     rerank,
 )
 from facerec.models import load_model_card
@@ -150,6 +151,19 @@ def test_rerank_matches_a_gallery(two_subjects: dict[str, np.ndarray]) -> None:
         for name, t in two_subjects.items():
             gallery.add(name, t)
         assert rerank(probes, two_subjects, scoring) == gallery.search(probes)
+
+
+def test_rank_candidates_from_index_hits(two_subjects: dict[str, np.ndarray]) -> None:
+    """What a service does with a face index: hits, then (for centroid) the hit subjects'
+    templates; a subject the index returned but the store no longer has is dropped."""
+    probe = unit(0)
+    hits = [Hit("a1", "a", cos(10)), Hit("b1", "b", cos(40)), Hit("x1", "gone", 0.99)]
+    with_templates = rank_candidates(probe, hits, Scoring("centroid"), two_subjects)
+    assert [c.subject_id for c in with_templates] == ["a", "b"]
+    assert with_templates[0].similarity == pytest.approx(cos(30), abs=1e-6)
+    from_hits = rank_candidates(probe, hits, Scoring("max"), top=2)
+    assert [c.subject_id for c in from_hits] == ["gone", "a"]
+    assert rank_candidates(probe, [], Scoring("centroid"), two_subjects) == []
 
 
 def point(threshold: float) -> OperatingPoint:

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from facerec.evaluation.lfw_faces import LfwFaces
 from facerec.evaluation.openset import Mated, NonMated, calibrate, none_drawn, subject_scores
+from facerec.evaluation.openset_lfw import Identities, enrol, split_halves
 from facerec.matching import Gallery, Scoring
 
 
@@ -111,3 +113,44 @@ def test_subject_scores_match_the_gallery(method: str) -> None:
         gallery.scores(x[probes]),
         atol=1e-6,
     )
+
+
+def fake_lfw(counts: dict[str, int]) -> LfwFaces:
+    """An LfwFaces with ``counts[name]`` images per person (random unit embeddings)."""
+    keys = sorted(f"{name}_{i:04d}" for name, n in counts.items() for i in range(1, n + 1))
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(len(keys), 8)).astype(np.float32)
+    n = len(keys)
+    return LfwFaces(
+        keys=keys,
+        embeddings=x / np.linalg.norm(x, axis=1, keepdims=True),
+        boxes=np.tile(np.array([50, 50, 150, 150], np.float32), (n, 1)),
+        landmarks=np.zeros((n, 5, 2), np.float32),
+        scores=np.ones(n, np.float32),
+        found=np.ones(n, bool),
+        detected=np.ones(n, np.int32),
+        sharpness=np.full(n, 100.0, np.float32),
+        image_size=np.full((n, 2), 250, np.int32),
+    )
+
+
+def test_protocol_identities_halves_and_enrolment() -> None:
+    counts = {"Sepp_Blatter": 2, "Joseph_Blatter": 1, "Ann": 5, "Bob": 1, "Cy": 3, "Di": 1}
+    faces = fake_lfw(counts)
+    merged = Identities.of(faces)
+    assert "Sepp_Blatter" not in merged.names and len(merged) == 5  # one person, two names
+    assert len(merged.images[merged.names.index("Joseph_Blatter")]) == 3
+    assert len(Identities.of(faces, merge=False)) == 6
+    half = split_halves(merged, seed=0)
+    assert sorted(np.bincount(half)) == [2, 3]
+    by_count = sorted(zip(merged.counts(), half, strict=True))
+    assert len({h for c, h in by_count if c == 1}) == 2  # one-photo people in both halves
+    pool = np.arange(len(merged))
+    three = enrol(merged, pool, 3)
+    sizes = {merged.names[s]: len(t) for s, t in enumerate(three.templates)}
+    assert sizes == {"Ann": 3, "Bob": 1, "Cy": 2, "Di": 1, "Joseph_Blatter": 2}
+    assert len(three.probes) == (5 - 3) + (3 - 2) + (3 - 2)  # the rest of each person
+    one = enrol(merged, pool, 1)
+    assert all(len(t) == 1 for t in one.templates) and len(one.probes) == 4 + 2 + 2
+    for s, t in enumerate(three.templates):  # no probe is also a template of its subject
+        assert not set(three.probes[three.probe_subject == s]) & set(t)

@@ -167,6 +167,32 @@ def refusals(faces: LfwFaces, gates: EnrolmentGates) -> dict[str, int]:
     return dict(out)
 
 
+def consistency_rates(
+    faces: LfwFaces, identities: Identities, gates: EnrolmentGates, seed: int = 0
+) -> dict[str, Any]:
+    """The consistency gate on LFW: how often it refuses a person's own photo (against the
+    centroid of up to 3 of their other photos) and accepts another person's (against a
+    random other person's centroid)."""
+    limit = gates.min_consistency
+    rng = np.random.default_rng(seed)
+    people = [g for g in identities.images if len(g) >= 2]
+    own, other = [], []
+    x = faces.embeddings
+    for k, rows in enumerate(people):
+        for i in rows:
+            own.append(float(centroid(x[[r for r in rows if r != i][:3]]) @ x[i]))
+        stranger = people[(k + 1 + int(rng.integers(len(people) - 1))) % len(people)]
+        other.append(float(centroid(x[stranger[:3]]) @ x[rows[0]]))
+    a, b = np.asarray(own), np.asarray(other)
+    return {
+        "min_consistency": limit,
+        "own_photos": len(a),
+        "own_refused": float((a < limit).mean()) if limit is not None else 0.0,
+        "other_person_photos": len(b),
+        "other_person_accepted": float((b >= limit).mean()) if limit is not None else 1.0,
+    }
+
+
 def _gated(rows: np.ndarray, want: int, faces: LfwFaces, gates: EnrolmentGates) -> list[int]:
     chosen: list[int] = []
     for row in rows:
