@@ -48,11 +48,6 @@ class Scoring:
         if self.k < 1:
             raise InvalidArgumentError("k must be at least 1")
 
-    @property
-    def name(self) -> str:
-        """``max``, ``centroid`` or ``topk`` (``k`` travels separately)."""
-        return self.method
-
     @classmethod
     def parse(cls, method: str, k: int = 2) -> Scoring:
         """A :class:`Scoring` from user input (raises :class:`InvalidArgumentError`)."""

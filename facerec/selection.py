@@ -16,7 +16,7 @@ pass (``facerec bench lfw-openset`` reports how many each gate refuses).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -126,7 +126,6 @@ class FaceQuality:
     pose: Pose
     sharpness: float | None = None
     consistency: float | None = None
-    passed: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
