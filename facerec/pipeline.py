@@ -27,6 +27,7 @@ from facerec.embedding import FaceEmbedder, OnnxEmbedder, embed_with_flip
 from facerec.errors import InvalidArgumentError
 from facerec.models import PRECISIONS, ModelCard, load_model_card, model_path
 from facerec.runtime import default_threads
+from facerec.selection import primary_face
 
 DEFAULT_TRITON_URL = "127.0.0.1:8001"
 T = TypeVar("T")
@@ -87,20 +88,6 @@ class ImageFaces:
 
     faces: list[Face]
     detected: int
-
-
-def primary_face(detections: Detections, height: int, width: int) -> int:
-    """Index of the face a single-face operation should use: the largest and most central.
-
-    Score = box area - 2 * squared distance of the box centre from the image centre.
-    """
-    if len(detections) == 0:
-        raise InvalidArgumentError("no faces to choose from")
-    b = detections.boxes
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    cx = (b[:, 0] + b[:, 2]) / 2 - width / 2
-    cy = (b[:, 1] + b[:, 3]) / 2 - height / 2
-    return int(np.argmax(area - 2.0 * (cx**2 + cy**2)))
 
 
 def detect_bounded(
@@ -166,9 +153,8 @@ class FacePipeline:
         self.timer = StageTimer()
         self.workers = max(1, config.workers or default_threads())
         self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
-        calibration = card.calibration(config.alignment, config.flip, config.precision)
-        self.threshold = calibration.threshold
-        self.threshold_far_1e3 = calibration.threshold_far_1e3
+        self.calibration = card.calibration(config.alignment, config.flip, config.precision)
+        self.threshold = self.calibration.threshold  # 1:1 verification default
 
     @classmethod
     def local(cls, config: PipelineConfig | None = None, home: Path | None = None) -> FacePipeline:

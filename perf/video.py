@@ -54,7 +54,7 @@ import video_scenes as vs  # noqa: E402
 from media_servers import RtspServer  # noqa: E402
 
 from facerec.batching import MicroBatcher  # noqa: E402
-from facerec.cli.images import load_gallery  # noqa: E402
+from facerec.cli.identify import open_gallery  # noqa: E402
 from facerec.detection.mtcnn import MTCNNConfig  # noqa: E402
 from facerec.pipeline import FacePipeline, PipelineConfig  # noqa: E402
 from facerec.video import (  # noqa: E402
@@ -107,8 +107,8 @@ def measured(row: dict[str, Any]) -> Iterator[None]:
 
 
 def policy_for(pipeline: FacePipeline, gallery: Path) -> MatchPolicy:
-    g, _, _ = load_gallery(pipeline, gallery)
-    return GalleryPolicy(g, pipeline.threshold)
+    enrolled = open_gallery(pipeline, gallery)  # the default operating point (FPIR 1e-3)
+    return GalleryPolicy(enrolled.gallery, enrolled.point)
 
 
 def run_stream(

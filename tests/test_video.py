@@ -24,7 +24,7 @@ import video_scenes as vs
 from media_servers import MjpegServer, RtspServer
 
 from facerec.batching import MicroBatcher
-from facerec.cli.images import load_gallery
+from facerec.cli.identify import open_gallery
 from facerec.errors import FaceRecError
 from facerec.pipeline import FacePipeline
 from facerec.video import (
@@ -63,9 +63,9 @@ def files(scene: vs.Scene, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 @pytest.fixture(scope="module")
 def policy(pipeline: FacePipeline, files: dict[str, Path]) -> GalleryPolicy:
-    gallery, _, errors = load_gallery(pipeline, files["gallery"])
-    assert not errors and sorted(gallery.subjects) == sorted(ENROLLED)
-    return GalleryPolicy(gallery, pipeline.threshold)
+    enrolled = open_gallery(pipeline, files["gallery"])  # the default operating point
+    assert not enrolled.refused and sorted(enrolled.gallery.subjects) == sorted(ENROLLED)
+    return GalleryPolicy(enrolled.gallery, enrolled.point)
 
 
 def watch(*args: str | Path, timeout: float = 300) -> tuple[int, list[dict[str, Any]], str]:

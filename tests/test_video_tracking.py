@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from facerec.matching import Candidate
+from facerec.openset import OperatingPoint
 from facerec.video.identity import IdentityVote, VoteConfig, inside_fraction, vote_weight
 from facerec.video.tracker import BoxFilter, Tracker, TrackerConfig, greedy_pairs, iou_matrix
 
@@ -101,29 +102,28 @@ def test_lost_track_is_continued_by_appearance_not_by_a_stranger() -> None:
     assert track.state == "ended" and track.id not in tracker.tracks
 
 
-def votes(*entries: tuple[str | None, float]) -> list[list[Candidate]]:
-    return [[Candidate(s or "someone", sim)] for s, sim in entries]
+AT_04 = OperatingPoint(0.4, None, 2, "centroid", "explicit")
 
 
 def test_vote_names_after_enough_agreeing_votes_and_does_not_flicker() -> None:
     vote = IdentityVote(VoteConfig(min_votes=2, min_share=0.6, switch_share=0.75))
-    assert not vote.add([Candidate("ann", 0.8)], 0.4, 1.0)
+    assert not vote.add([Candidate("ann", 0.8)], AT_04, 1.0)
     assert vote.subject is None  # one vote is not enough
-    assert vote.add([Candidate("ann", 0.7)], 0.4, 1.0)
+    assert vote.add([Candidate("ann", 0.7)], AT_04, 1.0)
     assert vote.subject == "ann" and vote.support == 2
     assert vote.similarity == pytest.approx(0.75)
     for _ in range(3):  # a run of stray votes for someone else does not move the name
-        assert not vote.add([Candidate("bob", 0.9)], 0.4, 1.0)
+        assert not vote.add([Candidate("bob", 0.9)], AT_04, 1.0)
         assert vote.subject == "ann"
     for _ in range(12):  # unless they come to hold the switching share
-        vote.add([Candidate("bob", 0.9)], 0.4, 1.0)
+        vote.add([Candidate("bob", 0.9)], AT_04, 1.0)
     assert vote.subject == "bob"
 
 
 def test_vote_stays_unknown_below_threshold_and_weighs_area() -> None:
     vote = IdentityVote()
     for _ in range(5):
-        vote.add([Candidate("ann", 0.3)], 0.4, 1.0)
+        vote.add([Candidate("ann", 0.3)], AT_04, 1.0)
     assert vote.subject is None and vote.last_similarity == pytest.approx(0.3)
     cfg = VoteConfig(reference_area=100.0)
     assert vote_weight(0.5, 50.0, cfg) == pytest.approx(0.25)
@@ -134,9 +134,9 @@ def test_vote_stays_unknown_below_threshold_and_weighs_area() -> None:
     assert vote_weight(1.0, 400.0, cfg, inside_fraction(half_out, 640, 480)) == 0.5
     # big clear views outweigh a small one that disagrees
     vote = IdentityVote(VoteConfig(min_votes=2))
-    vote.add([Candidate("bob", 0.5)], 0.4, vote_weight(0.9, 20.0, cfg))
-    vote.add([Candidate("ann", 0.8)], 0.4, 1.0)
-    vote.add([Candidate("ann", 0.8)], 0.4, 1.0)
+    vote.add([Candidate("bob", 0.5)], AT_04, vote_weight(0.9, 20.0, cfg))
+    vote.add([Candidate("ann", 0.8)], AT_04, 1.0)
+    vote.add([Candidate("ann", 0.8)], AT_04, 1.0)
     assert vote.subject == "ann"
 
 

@@ -25,9 +25,10 @@ import cv2
 from tqdm import tqdm
 
 from facerec.batching import MicroBatcher
-from facerec.cli.images import load_gallery
+from facerec.cli import identify
 from facerec.cli.output import error_entry
 from facerec.errors import FaceRecError, InvalidArgumentError
+from facerec.matching import Scoring
 from facerec.pipeline import FacePipeline
 from facerec.video import (
     FrameResult,
@@ -85,7 +86,7 @@ def add_command(
         help="files: play at the file's frame rate, dropping frames when behind "
         "(default: every frame, as fast as possible)",
     )
-    p.add_argument("--threshold", type=float, default=None, help="cosine threshold (calibrated)")
+    identify.add_options(p)  # --fpir, --threshold, --score, --force: as identify
     p.add_argument("--open-timeout", type=float, default=10.0, metavar="S", help="(10 s)")
     p.add_argument("--read-timeout", type=float, default=10.0, metavar="S", help="(10 s)")
     p.add_argument(
@@ -169,9 +170,16 @@ def cmd_watch(args: argparse.Namespace, pipeline: FacePipeline) -> int:
 def _watch(args: argparse.Namespace, pipeline: FacePipeline) -> int:
     policy: MatchPolicy | None = None
     if args.gallery is not None:
-        gallery, _, _ = load_gallery(pipeline, args.gallery, args.progress)
-        threshold = args.threshold if args.threshold is not None else pipeline.threshold
-        policy = GalleryPolicy(gallery, threshold)
+        enrolled = identify.open_gallery(
+            pipeline,
+            args.gallery,
+            Scoring.parse(args.score),
+            args.fpir,
+            args.threshold,
+            args.force,
+            args.progress,
+        )
+        policy = GalleryPolicy(enrolled.gallery, enrolled.point)
     if args.every < 1 or args.embed_every < 1:
         raise InvalidArgumentError("--every and --embed-every must be at least 1")
     options = SourceOptions(

@@ -288,7 +288,7 @@ class StreamAnalyzer:
         if self.policy is None:
             return
         candidates = self.policy.search(embedding[None], self.config.top_k)[0]
-        if info.identity.add(candidates, self.policy.threshold, weight) and track.reported:
+        if info.identity.add(candidates, self.policy.point, weight) and track.reported:
             events.append(self._identified(track, frame, t))
 
     def _announce(self, track: Track, frame: int, t: float, events: list[TrackEvent]) -> None:

@@ -9,9 +9,10 @@ track is named once one subject holds ``min_share`` of the weight with at least
 ``min_votes`` votes; until then it is ``unknown``. A named track keeps its name unless
 another subject comes to hold ``switch_share``: the label does not flicker.
 
-The matching policy is an interface (:class:`MatchPolicy`), so the project's open-set
-policy plugs in; :class:`GalleryPolicy` adapts an in-memory
-:class:`~facerec.matching.Gallery` and a threshold.
+Each vote is decided by the project's one open-set rule (:func:`facerec.matching.decide`)
+at the operating point of the :class:`MatchPolicy`: a threshold for a target FPIR and
+the gallery's size, from the model card, or an explicit one. :class:`GalleryPolicy`
+adapts an in-memory :class:`~facerec.matching.Gallery`; the gateway adapts its index.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from typing import Protocol
 
 import numpy as np
 
-from facerec.matching import Candidate, Gallery, best_match
+from facerec.matching import Candidate, Gallery, decide
+from facerec.openset import OperatingPoint
 
 
 class MatchPolicy(Protocol):
-    """Open-set 1:N matching: ranked candidates for probes, and the similarity the top
-    candidate must reach to be a match."""
+    """Open-set 1:N matching: ranked candidates for probes, and the operating point (the
+    threshold the top candidate must reach, and where it came from)."""
 
     @property
-    def threshold(self) -> float: ...
+    def point(self) -> OperatingPoint: ...
 
     def search(self, probes: np.ndarray, top_k: int = 5) -> list[list[Candidate]]:
         """For each probe (float32[N, D], unit rows), up to ``top_k`` subjects, best
@@ -41,10 +43,10 @@ class MatchPolicy(Protocol):
 
 @dataclass(frozen=True)
 class GalleryPolicy:
-    """:class:`MatchPolicy` over an in-memory gallery and a fixed threshold."""
+    """:class:`MatchPolicy` over an in-memory gallery at one operating point."""
 
     gallery: Gallery
-    threshold: float
+    point: OperatingPoint
 
     def search(self, probes: np.ndarray, top_k: int = 5) -> list[list[Candidate]]:
         return self.gallery.search(probes, top_k)
@@ -98,10 +100,12 @@ class IdentityVote:
         """The top candidate's similarity in the latest vote."""
         return self.votes[-1].similarity if self.votes else None
 
-    def add(self, candidates: Sequence[Candidate], threshold: float, weight: float) -> bool:
-        """Count one embedding's candidates (best first); True when the name changed."""
-        subject = best_match(candidates, threshold)
-        similarity = candidates[0].similarity if candidates else 0.0
+    def add(self, candidates: Sequence[Candidate], point: OperatingPoint, weight: float) -> bool:
+        """Count one embedding's candidates, decided at ``point``; True when the name
+        changed."""
+        decision = decide(candidates, point)
+        subject = decision.match.subject_id if decision.match is not None else None
+        similarity = decision.candidates[0].similarity if decision.candidates else 0.0
         self.votes.append(Vote(subject, similarity, weight))
         return self._decide()
 
