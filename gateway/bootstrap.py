@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
+from facerec.batching import MicroBatcher
 from facerec.imaging.budget import PixelBudget
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
@@ -14,7 +15,6 @@ from gateway.audit.log import AuditLog
 from gateway.audit.refusals import RefusalLog
 from gateway.auth.api_keys import KeyManager
 from gateway.auth.throttle import FailureThrottle
-from gateway.batching import MicroBatcher
 from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager

@@ -1,7 +1,7 @@
 """The face operations, independent of HTTP: subjects, enrolment, 1:1 and 1:N matching.
 
 Every operation that touches biometric data writes an audit event. Inference goes through
-the :class:`~gateway.batching.MicroBatcher`, so concurrent requests share pipeline calls.
+the :class:`~facerec.batching.MicroBatcher`, so concurrent requests share pipeline calls.
 What enrolment and deletion change in the database and the index, and in which order, is
 :class:`~gateway.gallery.Gallery`'s business.
 """
@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from facerec.batching import MicroBatcher
 from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
 from facerec.imaging.budget import PixelBudget
 from facerec.imaging.decode import DecodeLimits, decode_image, probe_image
 from facerec.pipeline import Face, FacePipeline, ImageFaces
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
-from gateway.batching import MicroBatcher
 from gateway.errors import ForbiddenError, NotFoundError
 from gateway.gallery import Gallery
 from gateway.index.milvus import check_id
