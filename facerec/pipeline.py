@@ -215,6 +215,12 @@ class FacePipeline:
             )
         raise InvalidArgumentError(f"FACEREC_BACKEND must be 'local' or 'triton', not {name!r}")
 
+    @property
+    def in_process(self) -> bool:
+        """Whether detector and embedder both run here on ONNX Runtime (the embedded
+        default), so that worker processes can each open their own copy."""
+        return isinstance(self.detector, MTCNNDetector) and isinstance(self.embedder, OnnxEmbedder)
+
     def ready(self) -> bool:
         """Whether the networks can run now: always in-process; for a remote backend,
         whether its server has the models loaded."""

@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from conftest import GALLERY, lfw_path
 from conftest import LFW as LFW_DIR
+from facerec.pipeline import FacePipeline
 
 FACEREC = [sys.executable, "-m", "facerec.cli.main"]
 
@@ -109,6 +111,37 @@ def test_embed_json(tmp_path: Path) -> None:
     check_face(face)
     assert len(face["embedding"]) == 128
     assert doc["images"][1]["error"]["code"] == "no_face"
+
+
+def test_many_files_in_worker_processes_match_one_process(bad_files: dict[str, Path]) -> None:
+    """34 files (the default takes worker processes from 32 on, one per core): the same
+    faces and embeddings, in input order, and a bad file's error in its place, as when
+    everything runs in this process."""
+    faces = sorted(LFW_DIR.glob("*.jpg"))
+    files = [*faces, bad_files["text"], *faces][:34]
+    _, many = run("embed", "--json", *files)
+    _, one = run("embed", "--json", "--processes", "1", *files)
+    assert [i["image"] for i in many["images"]] == [str(f) for f in files]
+    assert [i["image"] for i in one["images"]] == [str(f) for f in files]
+    for a, b in zip(many["images"], one["images"], strict=True):
+        assert ("error" in a) == ("error" in b)
+        if "error" in a:
+            assert a["error"]["code"] == b["error"]["code"] == "not_an_image"
+            continue
+        assert len(a["faces"]) == len(b["faces"]) >= 1
+        for fa, fb in zip(a["faces"], b["faces"], strict=True):
+            assert np.allclose(fa["box"], fb["box"], atol=1e-3)
+            assert float(np.dot(fa["embedding"], fb["embedding"])) > 0.9999
+
+
+def test_worker_processes_choice(local_pipeline: FacePipeline) -> None:
+    from facerec.cli.images import PROCESS_MIN_FILES, worker_processes
+    from facerec.runtime import default_threads
+
+    assert worker_processes(local_pipeline, PROCESS_MIN_FILES - 1) == 1
+    assert worker_processes(local_pipeline, PROCESS_MIN_FILES) == default_threads()
+    assert worker_processes(local_pipeline, 3, requested=2) == 2
+    assert worker_processes(local_pipeline, 500, requested=1) == 1
 
 
 def test_verify_json() -> None:

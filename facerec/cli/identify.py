@@ -62,14 +62,21 @@ def _gallery_face(
 
 
 def build_gallery(
-    pipeline: FacePipeline, root: Path, scoring: Scoring, force: bool, progress: bool
+    pipeline: FacePipeline,
+    root: Path,
+    scoring: Scoring,
+    force: bool,
+    progress: bool,
+    processes: int | None = None,
 ) -> tuple[Gallery, int, list[dict[str, Any]]]:
-    """(gallery, images seen, refused images with their errors) from ``root``."""
+    """(gallery, images seen, refused images with their errors) from ``root``; the photos
+    are analysed as :func:`~facerec.cli.images.analyze_files` does (``processes``)."""
     items = gallery_images(root)
     owner = {p: name for name, p in items}
     faces: dict[str, list[tuple[Path, Face]]] = defaultdict(list)
     refused: list[dict[str, Any]] = []
-    for o in analyze_files(pipeline, [p for _, p in items], True, True, progress=progress):
+    paths = [p for _, p in items]
+    for o in analyze_files(pipeline, paths, True, True, progress=progress, processes=processes):
         err = _require_face(o)
         if err is not None:
             refused.append({"image": str(o.path), "subject": owner[o.path], **error_entry(err)})
@@ -117,6 +124,7 @@ def open_gallery(
     threshold: float | None = None,
     force: bool = False,
     progress: bool = False,
+    processes: int | None = None,
 ) -> GalleryAtPoint:
     """Enrol the folder ``root`` (see :func:`build_gallery`) and fix the operating point
     for its size: ``threshold`` if given, else the card's threshold for ``fpir`` (else
@@ -126,7 +134,7 @@ def open_gallery(
         pipeline.card, cfg.alignment, cfg.flip, cfg.precision, scoring
     )
     policy.operating_point(1, fpir, threshold)  # a bad setting fails before any work
-    gallery, seen, refused = build_gallery(pipeline, root, scoring, force, progress)
+    gallery, seen, refused = build_gallery(pipeline, root, scoring, force, progress, processes)
     if len(gallery) == 0:
         raise InvalidArgumentError(
             "no gallery image had a usable face", code="empty_gallery", refused=refused
@@ -145,6 +153,7 @@ def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
             args.threshold,
             args.force,
             args.progress,
+            args.processes,
         )
     except FaceRecError as exc:
         return fail(exc, args.json)
@@ -158,7 +167,9 @@ def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         + f", {point.method} scoring)"
     ]
     lines += [f"gallery photo refused: {r['image']} [{r['error']['code']}]" for r in refused]
-    for o in analyze_files(pipeline, args.probes, False, True, progress=args.progress):
+    for o in analyze_files(
+        pipeline, args.probes, False, True, progress=args.progress, processes=args.processes
+    ):
         err = _require_face(o)
         if err is not None:
             _record_error(entries, lines, o.path, err)

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     _common(p)
     _pipeline_options(p)
+    images.add_processes_option(p)
     p.set_defaults(handler=images.cmd_detect, embed=False)
 
     p = sub.add_parser("embed", help="128-d embeddings of the faces in each image")
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     _pipeline_options(p)
+    images.add_processes_option(p)
     p.set_defaults(handler=images.cmd_embed)
 
     p = sub.add_parser("verify", help="are two images the same person? (1:1)")
@@ -109,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_options(p)
     _common(p)
     _pipeline_options(p)
+    images.add_processes_option(p)
     p.set_defaults(handler=identify.cmd_identify)
 
     p = sub.add_parser("bench", help="benchmarks")
