@@ -22,7 +22,10 @@ from gateway.index.manager import IndexManager
 from gateway.service.admin import AdminService
 from gateway.service.faces import FaceService
 from gateway.service.jobs import JobLimits, JobService
+from gateway.service.sources import SourcePolicy
+from gateway.service.streams import StreamService
 from gateway.service.types import Caller
+from gateway.service.video import LiveLimits, VideoService
 from gateway.settings import Settings
 from gateway.storage.database import Database
 
@@ -82,6 +85,8 @@ class Gateway:
     service: FaceService
     admin: AdminService
     jobs: JobService
+    video: VideoService
+    streams: StreamService
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -102,6 +107,8 @@ class Gateway:
         self._stop.set()
         self._purger.join(timeout=30)
         self.jobs.close()
+        self.streams.close()
+        self.video.close()
         self.service.close()
         self.admin.close()
 
@@ -154,4 +161,6 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         settings.max_spool_bytes,
     )
     jobs = JobService(db.jobs, service, limits, settings.data_dir / "spool")
-    return Gateway(settings, service, admin, jobs)
+    video = VideoService(service, LiveLimits.from_settings(settings))
+    streams = StreamService(video, SourcePolicy.from_settings(settings), settings.max_streams)
+    return Gateway(settings, service, admin, jobs, video, streams)

@@ -68,6 +68,19 @@ class Settings(BaseSettings):
     refusal_audit_max_clients: int = Field(default=100, ge=1)  # detailed rows per window
     trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-For is used
     enrol_min_quality: float = Field(default=0.5, ge=0.0, le=1.0)
+    # -- video (README "Video"): WebSocket frames and server-side streams ------------------
+    stream_max_connections: int = Field(default=16, ge=1)  # WebSockets open at once
+    stream_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # one message
+    stream_max_frame_pixels: int = Field(default=3840 * 2160, ge=10_000)  # one frame
+    stream_max_fps: float = Field(default=30.0, gt=0.0)  # frames a connection may send
+    stream_auth_timeout_s: float = Field(default=10.0, gt=0.0)  # key in the first message
+    stream_idle_timeout_s: float = Field(default=60.0, gt=0.0)  # no message for this long
+    stream_send_timeout_s: float = Field(default=10.0, gt=0.0)  # a client not reading
+    stream_ping_s: float = Field(default=20.0, gt=0.0)  # ping interval, and pong timeout
+    max_streams: int = Field(default=8, ge=1)  # server-side stream workers
+    stream_allowed_schemes: str = "rtsp,rtsps,http,https"  # comma-separated
+    stream_allowed_hosts: str = ""  # host names, *.domain, addresses or networks (CIDR)
+    stream_file_dir: Path | None = None  # file: sources allowed only under this folder
     batch_max_wait_ms: float = Field(default=4.0, ge=0.0)  # micro-batching window
     purge_interval_s: float = Field(default=60.0, gt=0.0)  # how often expired subjects go
     backend: Literal["local", "triton"] = "local"  # where the networks run

@@ -20,6 +20,9 @@ from facerec.batching import MicroBatcher
 from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
 from facerec.imaging.budget import PixelBudget
 from facerec.imaging.decode import DecodeLimits, decode_image, probe_image
+from facerec.matching import Candidate as MatchCandidate
+from facerec.matching import Hit, IdentificationPolicy, Scoring, candidates_from_hits
+from facerec.openset import OperatingPoint
 from facerec.pipeline import Face, FacePipeline, ImageFaces
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
@@ -358,6 +361,34 @@ class FaceService:
             match = candidates[0] if candidates and ranked[0][1] >= limit else None
             out.append(IdentifiedFace(face, candidates, match))
         return out
+
+    def match_embeddings(
+        self, probes: np.ndarray, top_k: int, **_: Any
+    ) -> list[list[MatchCandidate]]:
+        """Subjects ranked for each probe float32[N, D] (a subject's best face), best first,
+        at most ``top_k`` each: the open-set search video votes with (no audit here: the
+        caller audits what it decides)."""
+        hits = self.index.search(probes, top_k=min(16 * top_k, 1000))
+        known = self.db.subjects.names(sorted({h.subject_id for hs in hits for h in hs}))
+        return [
+            candidates_from_hits(
+                [Hit(h.face_id, h.subject_id, h.similarity) for h in hs if h.subject_id in known],
+                Scoring("max"),
+                top_k,
+            )
+            for hs in hits
+        ]
+
+    def operating_point(
+        self, fpir: float | None = None, threshold: float | None = None
+    ) -> OperatingPoint:
+        """The identification threshold for the gallery's current size at ``fpir`` (the
+        model card's table for best-face scores), or ``threshold`` when given."""
+        cfg = self.pipeline.config
+        policy = IdentificationPolicy.from_card(
+            self.pipeline.card, cfg.alignment, cfg.flip, cfg.precision, Scoring("max")
+        )
+        return policy.operating_point(self.db.subjects.page(0, 1)[1], fpir, threshold)
 
     def identify(
         self, upload: Upload, caller: Caller, top_k: int = 5, threshold: float | None = None
