@@ -37,7 +37,7 @@ from servers import Service, free_port, start_gateway, stop_gateway
 pytestmark = pytest.mark.integration
 
 FPS = 10.0
-MAX_CONNECTIONS = 8
+MAX_CONNECTIONS = 12
 MAX_FPS = 1000
 PING_S = 3
 FRAME_KEYS = {"frame", "time", "faces", "dropped"}

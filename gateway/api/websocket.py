@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from facerec.errors import FaceRecError
 from gateway.api.edge import client_address
@@ -94,6 +94,8 @@ class Channel:
                 await asyncio.wait_for(self.ws.send_text(text), self.timeout)
             except TimeoutError:
                 raise SendTimeoutError from None
+            except WebSocketDisconnect:  # the client went: its receive() says so too
+                self.closed = True
 
     async def close(self, code: int, reason: str = "", error: FaceRecError | None = None) -> None:
         """Send ``error`` (if any), then the close frame; never waits longer than the
@@ -106,7 +108,7 @@ class Channel:
             async with self._lock:
                 self.closed = True
                 await asyncio.wait_for(self.ws.close(code, reason[:120]), self.timeout)
-        except (SendTimeoutError, TimeoutError, RuntimeError, OSError):
+        except (SendTimeoutError, TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
             self.closed = True
 
 
