@@ -11,7 +11,9 @@ from pathlib import Path
 from facerec.batching import MicroBatcher
 from facerec.imaging.budget import PixelBudget
 from facerec.imaging.decode import DecodeLimits
+from facerec.matching import Scoring
 from facerec.pipeline import FacePipeline
+from facerec.selection import EnrolmentGates
 from gateway.audit.log import AuditLog
 from gateway.audit.refusals import RefusalLog
 from gateway.auth.api_keys import KeyManager
@@ -55,6 +57,20 @@ def load_keyring(settings: Settings) -> Keyring:
 def open_database(settings: Settings) -> Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Database(settings.sqlite_url, load_keyring(settings))
+
+
+def enrolment_gates(settings: Settings) -> EnrolmentGates:
+    """The enrolment gates of the settings (``FACEREC_ENROL_*``)."""
+    return EnrolmentGates(
+        min_face_size=settings.enrol_min_face_size,
+        min_score=settings.enrol_min_score,
+        min_sharpness=settings.enrol_min_sharpness,
+        max_yaw=settings.enrol_max_yaw,
+        max_pitch=settings.enrol_max_pitch,
+        max_roll=settings.enrol_max_roll,
+        min_consistency=settings.enrol_min_consistency,
+        max_outside=settings.enrol_max_outside,
+    )
 
 
 def open_gallery(settings: Settings, db: Database, dim: int) -> Gallery:
@@ -130,7 +146,9 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         admin.audit_log,
         DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
         store_images=settings.store_images,
-        min_quality=settings.enrol_min_quality,
+        gates=enrolment_gates(settings),
+        fpir=settings.identify_fpir,
+        scoring=Scoring(settings.identify_score),
         budget=PixelBudget(settings.max_pixels_in_flight, wait=settings.busy_wait_s),
         trim_after_pixels=settings.trim_after_pixels,
     )

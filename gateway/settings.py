@@ -10,10 +10,20 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from facerec.matching import DEFAULT_SCORING, ScoreMethod
 from facerec.models import facerec_home
+from facerec.openset import DEFAULT_FPIR
 from facerec.pipeline import DEFAULT_TRITON_URL
+from facerec.selection import DEFAULT_GATES
 
 PLACEHOLDER = "change-me"
+
+
+def _gate(name: str) -> float:
+    """The core's default threshold of one enrolment gate (:data:`DEFAULT_GATES`)."""
+    value = getattr(DEFAULT_GATES, name)
+    assert value is not None, name
+    return float(value)
 
 
 class Settings(BaseSettings):
@@ -67,7 +77,18 @@ class Settings(BaseSettings):
     refusal_audit_window_s: float = Field(default=60.0, gt=0.0)  # aggregation window
     refusal_audit_max_clients: int = Field(default=100, ge=1)  # detailed rows per window
     trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-For is used
-    enrol_min_quality: float = Field(default=0.5, ge=0.0, le=1.0)
+    # -- enrolment gates (facerec.selection; the core's defaults; 0 / a large value: off) -
+    enrol_min_face_size: float = Field(default=_gate("min_face_size"), ge=0.0)  # px
+    enrol_min_score: float = Field(default=_gate("min_score"), ge=0.0, le=1.0)
+    enrol_max_outside: float = Field(default=_gate("max_outside"), ge=0.0, le=1.0)
+    enrol_min_sharpness: float = Field(default=_gate("min_sharpness"), ge=0.0)
+    enrol_max_yaw: float = Field(default=_gate("max_yaw"), gt=0.0)
+    enrol_max_pitch: float = Field(default=_gate("max_pitch"), gt=0.0)
+    enrol_max_roll: float = Field(default=_gate("max_roll"), gt=0.0)  # degrees
+    enrol_min_consistency: float = Field(default=_gate("min_consistency"), ge=-1.0, le=1.0)
+    # -- identification (facerec.matching, facerec.openset) ------------------------------
+    identify_fpir: float = Field(default=DEFAULT_FPIR, gt=0.0, lt=1.0)  # target FPIR
+    identify_score: ScoreMethod = DEFAULT_SCORING.method  # subject score over its templates
     batch_max_wait_ms: float = Field(default=4.0, ge=0.0)  # micro-batching window
     purge_interval_s: float = Field(default=60.0, gt=0.0)  # how often expired subjects go
     backend: Literal["local", "triton"] = "local"  # where the networks run

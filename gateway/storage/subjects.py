@@ -284,6 +284,41 @@ class SubjectRepository:
         with Session(self.engine) as s:
             return list(s.scalars(select(FaceRow.id).where(FaceRow.state == "pending")))
 
+    def enrolled_count(self) -> int:
+        """Subjects with at least one indexed face (the gallery size of 1:N)."""
+        with Session(self.engine) as s:
+            query = select(func.count(func.distinct(FaceRow.subject_id))).where(
+                FaceRow.state == "indexed"
+            )
+            return int(s.scalar(query) or 0)
+
+    def candidate_templates(self, subject_ids: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+        """Name and indexed templates float32[K, D] of each of ``subject_ids`` that exists
+        and has any, opened, in one query (the candidates of an identification)."""
+        if not subject_ids:
+            return {}
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(
+                    SubjectRow.id,
+                    SubjectRow.name,
+                    SubjectRow.dek_key_id,
+                    SubjectRow.dek_blob,
+                    FaceRow.id,
+                    FaceRow.template,
+                )
+                .join(FaceRow, FaceRow.subject_id == SubjectRow.id)
+                .where(SubjectRow.id.in_(set(subject_ids)), FaceRow.state == "indexed")
+            ).all()
+        keys: dict[str, bytes] = {}
+        found: dict[str, tuple[str, list[np.ndarray]]] = {}
+        for sid, name, key_id, blob, face_id, template in rows:
+            if sid not in keys:
+                keys[sid] = self.keyring.unwrap(WrappedKey(key_id, blob), sid)
+                found[sid] = (name, [])
+            found[sid][1].append(open_template(keys[sid], template, sid, face_id))
+        return {sid: (name, np.stack(vectors)) for sid, (name, vectors) in found.items()}
+
     def templates(self, subject_id: str | None = None) -> Iterator[tuple[str, str, np.ndarray]]:
         """(face id, subject id, embedding float32[D]) of every face (or of one subject's),
         opened."""
