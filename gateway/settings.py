@@ -15,8 +15,10 @@ from facerec.models import facerec_home
 from facerec.openset import DEFAULT_FPIR
 from facerec.pipeline import DEFAULT_TRITON_URL
 from facerec.selection import DEFAULT_GATES
+from gateway.auth.api_keys import TOKEN_FORMAT, TOKEN_FORMAT_HELP
 
 PLACEHOLDER = "change-me"
+SQLITE_FILE = "facerec.sqlite3"  # in data_dir, unless database_url names a database
 
 
 def _gate(name: str) -> float:
@@ -42,7 +44,7 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = None  # 64 hex digits or base64 of 32 bytes
     master_key_file: Path | None = None
     previous_master_keys: list[SecretStr] = []  # still unwrap during a rotation
-    admin_key: SecretStr | None = None  # bootstraps the first admin API key
+    admin_key: SecretStr | None = None  # the bootstrap admin API key (a new value rotates it)
     store_images: bool = False
     # -- limits (README "Limits"): request bodies, counted as they arrive ------------------
     max_json_bytes: int = Field(default=64 * 1024, ge=1024)  # routes without files
@@ -91,6 +93,7 @@ class Settings(BaseSettings):
     identify_score: ScoreMethod = DEFAULT_SCORING.method  # subject score over its templates
     batch_max_wait_ms: float = Field(default=4.0, ge=0.0)  # micro-batching window
     purge_interval_s: float = Field(default=60.0, gt=0.0)  # how often expired subjects go
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0.0)  # how long replays answer
     backend: Literal["local", "triton"] = "local"  # where the networks run
     triton_url: str = DEFAULT_TRITON_URL  # host:port of Triton's gRPC (or HTTP) endpoint
     triton_protocol: Literal["grpc", "http"] = "grpc"
@@ -99,6 +102,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
+        token = self.secret("admin_key")
+        if token is not None and not TOKEN_FORMAT.fullmatch(token.strip()):
+            raise ValueError(f"FACEREC_ADMIN_KEY {TOKEN_FORMAT_HELP}")
         if self.env == "development":
             return self
         for name in ("master_key", "admin_key"):
@@ -123,7 +129,7 @@ class Settings(BaseSettings):
 
     @property
     def sqlite_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'facerec.sqlite3'}"
+        return self.database_url or f"sqlite:///{self.data_dir / SQLITE_FILE}"
 
     @property
     def index_uri(self) -> str:

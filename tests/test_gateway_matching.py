@@ -58,12 +58,18 @@ def record(tmp_path: Path) -> Iterator[tuple[Database, Gallery]]:
 
 
 def enrol(
-    db: Database, gallery: Gallery, name: str, templates: np.ndarray
+    db: Database,
+    gallery: Gallery,
+    name: str,
+    templates: np.ndarray,
+    scope: tuple[str, str] = ("default", "default"),
 ) -> tuple[str, list[str]]:
-    """(subject id, face ids) of a new subject with ``templates`` float32[K, 128]."""
-    sid = db.subjects.create(name).id
+    """(subject id, face ids) of a new subject of ``scope`` (namespace, gallery) with
+    ``templates`` float32[K, 128]."""
+    sid = db.subjects.create(name, namespace=scope[0], gallery=scope[1]).id
     faces = [
-        gallery.add_face(sid, t, f"{name}-{k}", 0.9, [0, 0, 1, 1]) for k, t in enumerate(templates)
+        gallery.add_face(sid, t, f"{name}-{k}", 0.9, [0, 0, 1, 1], scope=scope)
+        for k, t in enumerate(templates)
     ]
     return sid, faces
 
@@ -120,7 +126,7 @@ def test_operating_point_follows_the_gallery_size(record: tuple[Database, Galler
     for k in range(3):
         enrol(db, gallery, f"p{k}", unit(rng.standard_normal((2, 128))))
     db.subjects.create("nobody")  # no face: not in the gallery
-    matcher.size.changed()
+    matcher.sizes.changed()
     point = matcher.operating_point()
     expected = policy().operating_point(3, 1e-3)
     assert point == expected and point.gallery_size == 3
@@ -133,6 +139,49 @@ def test_operating_point_follows_the_gallery_size(record: tuple[Database, Galler
         matcher.operating_point(fpir=0.5)
     with pytest.raises(FpirOutOfRangeError):  # the service's own FPIR is checked at start
         IndexMatcher(policy(), gallery.index, db.subjects, 0.5)
+
+
+def test_a_caller_searches_and_is_sized_by_its_namespace_and_gallery(
+    record: tuple[Database, Gallery],
+) -> None:
+    """The same person enrolled in two namespaces and two galleries: each caller's
+    candidates come from its own scope only, and its operating point is the one for the
+    size of that scope's gallery."""
+    db, gallery = record
+    rng = np.random.default_rng(3)
+    probe = unit(rng.standard_normal(128))
+    mine = {
+        scope: enrol(db, gallery, f"{scope}", around(probe, 0.8, rng, 2), scope)[0]
+        for scope in (("acme", "default"), ("acme", "lobby"), ("globex", "default"))
+    }
+    for k in range(4):  # more people at globex only
+        enrol(db, gallery, f"g{k}", unit(rng.standard_normal((2, 128))), ("globex", "default"))
+    matcher = IndexMatcher(policy(), gallery.index, db.subjects, 1e-3)
+
+    def found(scope: tuple[str | None, str | None]) -> set[str]:
+        (ranked,), names = matcher.match(probe[None], top_k=20, scope=scope)
+        assert set(names) >= {c.subject_id for c in ranked}
+        return {c.subject_id for c in ranked}
+
+    assert found(("acme", None)) == {mine["acme", "default"], mine["acme", "lobby"]}
+    assert found(("acme", "lobby")) == {mine["acme", "lobby"]}
+    assert mine["globex", "default"] in found(("globex", None))
+    assert not found(("globex", None)) & set(found(("acme", None)))
+    assert len(found((None, None))) == 7
+
+    def size(namespace: str, gallery_name: str | None = None) -> int:
+        caller = Caller("k", "identify", None, namespace, gallery_name)
+        point = matcher.operating_point(caller=caller)
+        assert point == policy().operating_point(point.gallery_size, 1e-3)
+        return point.gallery_size
+
+    assert (size("acme"), size("acme", "lobby"), size("globex"), size("nobody")) == (2, 1, 5, 0)
+    assert matcher.operating_point().gallery_size == 7  # the service itself: everywhere
+    # a change is applied at once to the sizes that hold it, and to those only
+    enrol(db, gallery, "new", unit(rng.standard_normal((1, 128))), ("acme", "lobby"))
+    matcher.sizes.changed(+1, ("acme", "lobby"))
+    assert (size("acme"), size("acme", "lobby"), size("globex"), size("nobody")) == (3, 2, 5, 0)
+    assert matcher.operating_point().gallery_size == 8
 
 
 def test_a_key_without_the_admin_role_cannot_loosen_the_threshold(

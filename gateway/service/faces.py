@@ -35,7 +35,7 @@ from facerec.pipeline import Face, FacePipeline, ImageFaces
 from facerec.selection import DEFAULT_GATES, EnrolmentGates, check_enrolment, consensus_order
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
-from gateway.errors import NotFoundError
+from gateway.errors import ForbiddenError, NotFoundError
 from gateway.gallery import Gallery
 from gateway.index.milvus import check_id
 from gateway.memory import release_memory
@@ -46,7 +46,8 @@ from gateway.service.enrolment import (
     face_at,
     face_quality,
 )
-from gateway.service.matching import IndexMatcher, visible
+from gateway.service.matching import IndexMatcher, scope_of, visible
+from gateway.service.names import clean_name
 from gateway.service.types import (
     UNSET,
     Caller,
@@ -66,6 +67,7 @@ from gateway.service.types import (
 )
 from gateway.service.types import Candidate as NamedCandidate
 from gateway.storage.database import Database
+from gateway.storage.schema import DEFAULT_GALLERY, DEFAULT_NAMESPACE
 
 
 class FaceService:
@@ -178,22 +180,34 @@ class FaceService:
         meta: dict[str, Any] | None,
         expires_at: datetime | None,
         caller: Caller,
+        gallery: str | None = None,
     ) -> Subject:
-        subject = self.db.subjects.create(name, meta, expires_at)
+        """A new subject in the caller's namespace, in ``gallery`` (the key's own gallery
+        when it has one; another one is refused)."""
+        if caller.gallery is not None and gallery not in (None, caller.gallery):
+            raise ForbiddenError(f"this key may only add subjects to gallery {caller.gallery!r}")
+        chosen = check_id(gallery or caller.gallery or DEFAULT_GALLERY, "gallery")
+        subject = self.db.subjects.create(
+            clean_name(name), meta, expires_at, caller.namespace or DEFAULT_NAMESPACE, chosen
+        )
         self.audit("create_subject", "ok", caller, subject=subject.id)
         return subject
 
-    def get_subject(self, subject_id: str) -> Subject:
-        return self.db.subjects.get(check_id(subject_id, "subject id"))
+    def get_subject(self, subject_id: str, caller: Caller) -> Subject:
+        """A subject the caller may see; any other is 404, as if it did not exist."""
+        subject = self.db.subjects.get(check_id(subject_id, "subject id"))
+        if not caller.sees(subject):
+            raise NotFoundError(f"no subject {subject_id}", subject_id=subject_id)
+        return subject
 
-    def list_subjects(self, offset: int = 0, limit: int = 50) -> SubjectPage:
-        """One page of subjects, oldest first, and how many there are."""
-        items, total = self.db.subjects.page(offset, limit)
+    def list_subjects(self, caller: Caller, offset: int = 0, limit: int = 50) -> SubjectPage:
+        """One page of the subjects the caller may see, oldest first, and how many."""
+        items, total = self.db.subjects.page(offset, limit, caller.namespace, caller.gallery)
         return SubjectPage(items, total)
 
-    def faces(self, subject_id: str) -> list[FaceInfo]:
+    def faces(self, subject_id: str, caller: Caller) -> list[FaceInfo]:
         """The enrolled faces of a subject (those confirmed in the index), oldest first."""
-        faces = self.db.subjects.faces(check_id(subject_id, "subject id"))
+        faces = self.db.subjects.faces(self.get_subject(subject_id, caller).id)
         return [f for f in faces if f.state == "indexed"]
 
     def update_subject(
@@ -205,7 +219,10 @@ class FaceService:
         expires_at: datetime | None = UNSET,
     ) -> Subject:
         subject = self.db.subjects.update(
-            check_id(subject_id, "subject id"), name, meta, expires_at
+            self.get_subject(subject_id, caller).id,
+            None if name is None else clean_name(name),
+            meta,
+            expires_at,
         )
         self.audit("update_subject", "ok", caller, subject=subject_id)
         return subject
@@ -214,8 +231,9 @@ class FaceService:
         self, subject_id: str, caller: Caller, action: str = "delete_subject"
     ) -> int:
         """Delete a subject, its faces and its data key; returns the faces removed."""
-        removed = self.gallery.delete_subject(check_id(subject_id, "subject id"))
-        self.matcher.size.changed(-1 if removed else 0)
+        subject = self.get_subject(subject_id, caller)
+        removed = self.gallery.delete_subject(subject.id)
+        self.matcher.sizes.changed(-1 if removed else 0, subject.scope)
         self.audit(action, "ok", caller, subject=subject_id)
         return removed
 
@@ -239,15 +257,16 @@ class FaceService:
         caller: Caller,
         force: bool = False,
     ) -> Enrolment:
-        """Add the chosen face of each upload to a subject; one result (or error) per upload,
-        in upload order. Every face passes the enrolment gates
+        """Add the chosen face of each upload to a subject the caller may see; one result
+        (or error) per upload, in upload order. Every face passes the enrolment gates
         (:func:`facerec.selection.check_enrolment`), consistency against the subject's
         templates included unless ``force`` (then audited ``forced`` where it would have
         refused). The faces of one request are taken most typical first
         (:func:`facerec.selection.consensus_order`), so one wrong photo among several cannot
         turn the others away. When none was enrolled, the first error is raised (with
         every result attached)."""
-        self.db.subjects.get(check_id(subject_id, "subject id"))
+        subject = self.get_subject(subject_id, caller)
+        subject_id = subject.id
         if not uploads:
             raise InvalidArgumentError("no images uploaded", code="missing_image")
         prepared = list(self._fanout.map(lambda u: self._prepare(u, choice), uploads))
@@ -264,7 +283,7 @@ class FaceService:
                 if isinstance(found, FaceRecError):
                     raise found
                 templates = np.stack(accepted) if accepted else None
-                enrolled = self._enrol_one(subject_id, upload, found, templates, force)
+                enrolled = self._enrol_one(subject, upload, found, templates, force)
                 accepted.append(found.embedding)
                 results[i] = enrolled
                 outcome = "forced" if enrolled.forced else "ok"
@@ -274,7 +293,7 @@ class FaceService:
                 self.audit("enrol", "refused", caller, subject=subject_id)
         done = [r for r in results if r is not None]
         if not had_faces and any(isinstance(r, Enrolled) for r in done):
-            self.matcher.size.changed(+1)
+            self.matcher.sizes.changed(+1, subject.scope)
         failures = [r.error for r in done if isinstance(r, FailedImage)]
         if len(failures) == len(uploads):  # nothing enrolled: the request as a whole failed
             first = failures[0]
@@ -306,7 +325,7 @@ class FaceService:
 
     def _enrol_one(
         self,
-        subject_id: str,
+        subject: Subject,
         upload: Upload,
         prepared: Prepared,
         templates: np.ndarray | None,
@@ -322,19 +341,21 @@ class FaceService:
             forced = consistency < least
         summary = enrolment_quality(quality)
         face_id = self.gallery.add_face(
-            subject_id,
+            subject.id,
             prepared.embedding,
             prepared.digest,
             summary,
             face.box.tolist(),
             image=upload.data if self.store_images else None,
+            scope=subject.scope,
         )
         return Enrolled(upload.name, face_id, summary, face, quality.to_dict(), forced)
 
     def delete_face(self, subject_id: str, face_id: str, caller: Caller) -> None:
-        self.gallery.delete_face(check_id(subject_id, "subject id"), check_id(face_id, "face id"))
-        last = not any(f.state == "indexed" for f in self.db.subjects.faces(subject_id))
-        self.matcher.size.changed(-1 if last else 0)
+        subject = self.get_subject(subject_id, caller)
+        self.gallery.delete_face(subject.id, check_id(face_id, "face id"))
+        last = not any(f.state == "indexed" for f in self.db.subjects.faces(subject.id))
+        self.matcher.sizes.changed(-1 if last else 0, subject.scope)
         self.audit("delete_face", "ok", caller, subject=subject_id)
 
     # -- matching ---------------------------------------------------------------------------
@@ -343,7 +364,7 @@ class FaceService:
     ) -> Verification:
         """1:1 against the subject's best-matching template."""
         limit = self._threshold(threshold)
-        self.db.subjects.get(check_id(subject_id, "subject id"))
+        self.get_subject(subject_id, caller)
         templates = [v for _, _, v in self.db.subjects.templates(subject_id)]
         if not templates:
             raise NoFaceError(
@@ -354,7 +375,12 @@ class FaceService:
         similarity = float(np.max(np.stack(templates) @ probe.embedding))
         match = similarity >= limit
         self.audit(
-            "verify", "match" if match else "no_match", caller, subject=subject_id, score=similarity
+            "verify",
+            "match" if match else "no_match",
+            caller,
+            subject=subject_id,
+            score=similarity,
+            threshold=limit,
         )
         return Verification(match, round(similarity, 6), limit, subject_id, probe)
 
@@ -375,7 +401,13 @@ class FaceService:
         assert a is not None and b is not None
         similarity = float(a @ b)
         match = similarity >= limit
-        self.audit("verify_pair", "match" if match else "no_match", caller, score=similarity)
+        self.audit(
+            "verify_pair",
+            "match" if match else "no_match",
+            caller,
+            score=similarity,
+            threshold=limit,
+        )
         return PairVerification(match, round(similarity, 6), limit, faces[0], faces[1])
 
     # -- 1:N -------------------------------------------------------------------------------
@@ -393,7 +425,7 @@ class FaceService:
     ) -> tuple[list[list[Candidate]], dict[str, str]]:
         """(ranked candidates per probe, names of their subjects)."""
         _check_top_k(top_k)
-        return self.matcher.match(probes, top_k)
+        return self.matcher.match(probes, top_k, scope_of(caller))
 
     def operating_point(
         self,
@@ -483,9 +515,10 @@ class FaceService:
                 caller,
                 subject=match.subject_id if match else None,
                 score=None if face.best is None else round(face.best, 6),
+                threshold=point.threshold,
             )
         if not faces:
-            self.audit("identify", "no_match", caller)
+            self.audit("identify", "no_match", caller, threshold=point.threshold)
         return Identification(name, point, faces)
 
     def detect(self, data: bytes) -> list[DetectedFace]:

@@ -206,12 +206,7 @@ class JobService:
                 release_memory()  # the inflated members have passed through
             with self._lock:
                 self._spooled += spool.bytes
-            params = {
-                "top_k": top_k,
-                "threshold": threshold,
-                "fpir": fpir,
-                **caller.audit_fields(),
-            }
+            params = {"top_k": top_k, "threshold": threshold, "fpir": fpir, **caller.to_params()}
             job = self.jobs.create("identify", caller.key_id, spool.count, params)
         except BaseException:
             spool.discard()
@@ -258,7 +253,7 @@ class JobService:
 
     def _process(self, job_id: str, spool: JobSpool) -> None:
         params = self.jobs.get(job_id).params
-        caller = Caller(params.get("key_id"), params.get("role"), params.get("request_id"))
+        caller = Caller.from_params(params)
         top_k, threshold, fpir = int(params["top_k"]), params["threshold"], params.get("fpir")
         self.jobs.update(job_id, status="running")
         results: list[dict[str, Any]] = []

@@ -6,6 +6,11 @@
   the policy's scoring (``centroid`` by default: the cosine with the normalised mean of a
   subject's templates). ``perf/identify_scoring.py`` measured this against keeping a
   centroid per subject in the index (README, "1:N in the gateway").
+- **Scope**: a caller searches only its namespace and gallery
+  (:class:`~gateway.service.types.Caller`): the index is filtered by them, the templates
+  are opened only for subjects within them, and the operating point is the one for the
+  size of that scope's gallery (:class:`GallerySizes`), so neither a candidate nor the
+  gallery size of another tenant reaches the response.
 - **Operating point** (:meth:`IndexMatcher.operating_point`): the policy's threshold for
   the gallery's size (:class:`GallerySize`) at a target FPIR (``FACEREC_IDENTIFY_FPIR``,
   or the request's), unless the request gives an explicit threshold.
@@ -38,6 +43,20 @@ MAX_HITS = 1000
 MIN_RERANK = 10  # subjects re-scored with their templates: at least this many ...
 RERANK_PER_CANDIDATE = 2  # ... or this many per candidate wanted
 TOLERANCE = 1e-9  # thresholds closer than this are the same
+MAX_SCOPES = 4096  # gallery sizes cached per (namespace, gallery); the oldest go first
+
+Scope = tuple[str | None, str | None]  # (namespace, gallery); None: any
+EVERYWHERE: Scope = (None, None)
+
+
+def scope_of(caller: Caller | None) -> Scope:
+    """The (namespace, gallery) ``caller`` searches: everywhere for the service itself."""
+    return EVERYWHERE if caller is None else (caller.namespace, caller.gallery)
+
+
+def _within(scope: Scope, subject_scope: tuple[str, str]) -> bool:
+    """Whether a subject of ``subject_scope`` counts in the gallery of ``scope``."""
+    return all(want is None or want == got for want, got in zip(scope, subject_scope, strict=True))
 
 
 def hits_wanted(top_k: int) -> int:
@@ -131,6 +150,43 @@ class GallerySize:
             return self._value if self._value is not None else value
 
 
+class GallerySizes:
+    """A :class:`GallerySize` per scope searched, made on first use (``count(namespace,
+    gallery)`` counts one); at most :data:`MAX_SCOPES` are kept."""
+
+    def __init__(
+        self, count: Callable[[str | None, str | None], int], max_age: float = 30.0
+    ) -> None:
+        self._count, self.max_age = count, max_age
+        self._lock = threading.Lock()
+        self._sizes: dict[Scope, GallerySize] = {}
+
+    def _size(self, scope: Scope) -> GallerySize:
+        with self._lock:
+            size = self._sizes.get(scope)
+            if size is None:
+                if len(self._sizes) >= MAX_SCOPES:
+                    del self._sizes[next(iter(self._sizes))]
+                size = GallerySize(lambda: self._count(*scope), self.max_age)
+                self._sizes[scope] = size
+            return size
+
+    def get(self, scope: Scope = EVERYWHERE) -> int:
+        """The number of enrolled subjects in ``scope``."""
+        return self._size(scope).get()
+
+    def changed(self, delta: int = 0, where: tuple[str, str] | None = None) -> None:
+        """The gallery changed here: by ``delta`` subjects in the subject scope ``where``
+        (every cached size that holds it); None: somewhere, every size is recounted."""
+        with self._lock:
+            sizes = list(self._sizes.items())
+        for scope, size in sizes:
+            if where is None:
+                size.changed()
+            elif _within(scope, where):
+                size.changed(delta)
+
+
 class IndexMatcher:
     """Candidates from the index ranked by the policy, and the operating point to decide at."""
 
@@ -140,19 +196,25 @@ class IndexMatcher:
         index: IndexManager,
         subjects: SubjectRepository,
         fpir: float,
-        size: GallerySize | None = None,
+        sizes: GallerySizes | None = None,
     ) -> None:
         self.policy, self.index, self.subjects = policy, index, subjects
         self.fpir = check_fpir(fpir)
-        self.size = size or GallerySize(subjects.enrolled_count)
+        self.sizes = sizes or GallerySizes(subjects.enrolled_count)
         policy.operating_point(1, self.fpir)  # an FPIR outside the card's range fails here
 
-    def match(self, probes: np.ndarray, top_k: int) -> tuple[list[list[Candidate]], dict[str, str]]:
-        """For each probe float32[N, D], up to ``top_k`` subjects ranked by the policy's
-        scoring, best first; and the names of the subjects among them."""
+    def match(
+        self, probes: np.ndarray, top_k: int, scope: Scope = EVERYWHERE
+    ) -> tuple[list[list[Candidate]], dict[str, str]]:
+        """For each probe float32[N, D], up to ``top_k`` subjects of ``scope`` (namespace,
+        gallery) ranked by the policy's scoring, best first; and the names of the subjects
+        among them."""
         if len(probes) == 0:
             return [], {}
-        hits = self.index.search(probes, top_k=hits_wanted(top_k))
+        namespace, gallery = scope
+        hits = self.index.search(
+            probes, top_k=hits_wanted(top_k), namespace=namespace, gallery=gallery
+        )
         limit = rerank_limit(top_k)
         kept: list[list[Hit]] = []
         for face_hits in hits:  # best first: keep the hits of the first ``limit`` subjects
@@ -166,7 +228,7 @@ class IndexMatcher:
                 mine.append(Hit(h.face_id, h.subject_id, h.similarity))
             kept.append(mine)
         found = self.subjects.candidate_templates(
-            sorted({h.subject_id for mine in kept for h in mine})
+            sorted({h.subject_id for mine in kept for h in mine}), namespace, gallery
         )
         templates = {sid: vectors for sid, (_, vectors) in found.items()}
         scoring = self.policy.scoring
@@ -182,10 +244,11 @@ class IndexMatcher:
         threshold: float | None = None,
         caller: Caller | None = None,
     ) -> OperatingPoint:
-        """The threshold for the gallery's current size: ``threshold`` if given, else the
-        policy's for ``fpir`` (default: the service's). A caller without the admin role
-        may only make it stricter than the service's (:class:`ThresholdNotAllowedError`)."""
-        size = self.size.get()
+        """The threshold for the current size of the gallery ``caller`` searches (its
+        namespace and gallery): ``threshold`` if given, else the policy's for ``fpir``
+        (default: the service's). A caller without the admin role may only make it
+        stricter than the service's (:class:`ThresholdNotAllowedError`)."""
+        size = self.sizes.get(scope_of(caller))
         point = self.policy.operating_point(size, self.fpir if fpir is None else fpir, threshold)
         if not privileged(caller):
             floor = self.policy.operating_point(size, self.fpir)

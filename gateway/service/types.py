@@ -31,12 +31,14 @@ __all__ = [
     "Enrolment",
     "FaceInfo",
     "FailedImage",
+    "IdempotencyClaim",
     "Identification",
     "IdentifiedFace",
     "Job",
     "NewApiKey",
     "PairVerification",
     "Readiness",
+    "StoredResponse",
     "Subject",
     "SubjectPage",
     "Upload",
@@ -46,15 +48,51 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: the API key's id and role, and the request id."""
+    """Who sent a request: the API key's id and role, the request id, and what the key
+    may see: subjects of ``namespace`` (None: every namespace, for the service itself and
+    its command line) and, when ``gallery`` is set, of that gallery only."""
 
     key_id: str | None = None
     role: str | None = None
     request_id: str | None = None
+    namespace: str | None = None
+    gallery: str | None = None
 
     def audit_fields(self) -> dict[str, str | None]:
         """The caller as audit event fields."""
         return {"key_id": self.key_id, "role": self.role, "request_id": self.request_id}
+
+    def sees(self, subject: Subject) -> bool:
+        """Whether ``subject`` is within this caller's namespace and gallery."""
+        return (self.namespace is None or subject.namespace == self.namespace) and (
+            self.gallery is None or subject.gallery == self.gallery
+        )
+
+    def to_params(self) -> dict[str, str | None]:
+        """The caller as JSON (a job keeps who submitted it); :meth:`from_params` reads it."""
+        return {**self.audit_fields(), "namespace": self.namespace, "gallery": self.gallery}
+
+    @staticmethod
+    def from_params(params: dict[str, Any]) -> Caller:
+        return Caller(
+            *(params.get(k) for k in ("key_id", "role", "request_id", "namespace", "gallery"))
+        )
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """An ``Idempotency-Key`` now held by the request in progress."""
+
+    key: str  # as stored: the caller's key id and the idempotency key
+    fingerprint: str  # of the request that holds it
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The response a request gave, returned again to a replay of it."""
+
+    status: int
+    body: bytes  # JSON, or empty
 
 
 @dataclass(frozen=True)

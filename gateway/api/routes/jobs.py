@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Query, UploadFile
 
-from gateway.api.deps import IdentifyCaller, JobsDep, Multipart, SettingsDep, read_upload
+from gateway.api.deps import (
+    IdentifyCaller,
+    IdentifyChange,
+    JobsDep,
+    Multipart,
+    SettingsDep,
+    read_upload,
+)
 from gateway.api.routes.recognition import Fpir, IdentifyThreshold, TopK
 from gateway.api.schemas import IDENTIFY_ERRORS, JobOut
 from gateway.service.types import Job
@@ -41,7 +48,7 @@ def create_job(
     files: Annotated[list[UploadFile], File(description="images and/or zip archives of them")],
     jobs: JobsDep,
     settings: SettingsDep,
-    caller: IdentifyCaller,
+    caller: IdentifyChange,
     top_k: TopK = 5,
     threshold: IdentifyThreshold = None,
     fpir: Fpir = None,

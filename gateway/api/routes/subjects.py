@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from gateway.api.deps import EnrolCaller, Multipart, ServiceDep, SettingsDep, read_upload
+from gateway.api.deps import (
+    EnrolCaller,
+    EnrolChange,
+    Multipart,
+    ServiceDep,
+    SettingsDep,
+    read_upload,
+)
 from gateway.api.schemas import (
     ENROL_ERRORS,
     EnrolOut,
@@ -33,6 +40,8 @@ def _out(s: Subject, limits: MetadataLimits) -> SubjectOut:
     return SubjectOut(
         id=s.id,
         name=s.name,
+        namespace=s.namespace,
+        gallery=s.gallery,
         metadata=readable(s.meta, limits),  # a row from before the limits cannot break this
         created_at=s.created_at,
         expires_at=s.expires_at,
@@ -42,14 +51,17 @@ def _out(s: Subject, limits: MetadataLimits) -> SubjectOut:
 
 @router.post("", status_code=201, response_model=SubjectOut)
 def create_subject(
-    body: SubjectIn, service: ServiceDep, settings: SettingsDep, caller: EnrolCaller
+    body: SubjectIn, service: ServiceDep, settings: SettingsDep, caller: EnrolChange
 ) -> SubjectOut:
     """Create a subject (a person); add faces with ``POST /v1/subjects/{id}/faces``.
     ``metadata``: at most ``FACEREC_MAX_METADATA_DEPTH`` levels and
     ``FACEREC_MAX_METADATA_BYTES`` bytes as JSON."""
     limits = _limits(settings)
     check_metadata(body.metadata, limits)
-    return _out(service.create_subject(body.name, body.metadata, body.expires_at, caller), limits)
+    subject = service.create_subject(
+        body.name, body.metadata, body.expires_at, caller, gallery=body.gallery
+    )
+    return _out(subject, limits)
 
 
 @router.get("", response_model=SubjectPage)
@@ -60,7 +72,7 @@ def list_subjects(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SubjectPage:
-    page = service.list_subjects(offset, limit)
+    page = service.list_subjects(caller, offset, limit)
     return SubjectPage(
         items=[_out(s, _limits(settings)) for s in page.items],
         total=page.total,
@@ -73,10 +85,10 @@ def list_subjects(
 def get_subject(
     subject_id: str, service: ServiceDep, settings: SettingsDep, caller: EnrolCaller
 ) -> SubjectDetail:
-    subject = service.get_subject(subject_id)
+    subject = service.get_subject(subject_id, caller)
     faces = [
         FaceOut(id=f.id, quality=f.quality, box=f.box, created_at=f.created_at)
-        for f in service.faces(subject_id)
+        for f in service.faces(subject_id, caller)
     ]
     return SubjectDetail(**_out(subject, _limits(settings)).model_dump(), face_list=faces)
 
@@ -87,7 +99,7 @@ def update_subject(
     body: SubjectPatch,
     service: ServiceDep,
     settings: SettingsDep,
-    caller: EnrolCaller,
+    caller: EnrolChange,
 ) -> SubjectOut:
     limits = _limits(settings)
     check_metadata(body.metadata, limits)
@@ -97,7 +109,7 @@ def update_subject(
 
 
 @router.delete("/{subject_id}", status_code=204)
-def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) -> Response:
+def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolChange) -> Response:
     """Delete a subject: its vectors, its templates and its data key (crypto-shredding)."""
     service.delete_subject(subject_id, caller)
     return Response(status_code=204)
@@ -111,7 +123,7 @@ def add_faces(
     images: Annotated[list[UploadFile], File(description="one or more face images")],
     service: ServiceDep,
     settings: SettingsDep,
-    caller: EnrolCaller,
+    caller: EnrolChange,
     face: Annotated[
         str,
         Form(
@@ -146,7 +158,7 @@ def add_faces(
 
 @router.delete("/{subject_id}/faces/{face_id}", status_code=204)
 def delete_face(
-    subject_id: str, face_id: str, service: ServiceDep, caller: EnrolCaller
+    subject_id: str, face_id: str, service: ServiceDep, caller: EnrolChange
 ) -> Response:
     service.delete_face(subject_id, face_id, caller)
     return Response(status_code=204)
