@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import timedelta
 
 from facerec.batching import MicroBatcher
 from facerec.imaging.budget import PixelBudget
 from facerec.imaging.decode import DecodeLimits
+from facerec.matching import Scoring
 from facerec.pipeline import FacePipeline
+from facerec.selection import EnrolmentGates
 from gateway.audit.log import AuditLog
 from gateway.audit.refusals import RefusalLog
 from gateway.auth.api_keys import KeyManager
@@ -19,23 +20,18 @@ from gateway.auth.throttle import FailureThrottle
 from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager
-from gateway.service.admin import AdminService
+from gateway.service.admin import SYSTEM, AdminService
 from gateway.service.faces import FaceService
 from gateway.service.jobs import JobLimits, JobService
 from gateway.service.sources import SourcePolicy
 from gateway.service.streams import StreamService
 from gateway.service.types import Caller
 from gateway.service.video import LiveLimits, VideoService
-from gateway.settings import Settings
+from gateway.settings import SQLITE_FILE, Settings
 from gateway.storage.database import Database
+from gateway.storage.files import create_private, prepare_data_dir, touch_private
 
 log = logging.getLogger(__name__)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def load_keyring(settings: Settings) -> Keyring:
@@ -48,7 +44,7 @@ def load_keyring(settings: Settings) -> Keyring:
     else:
         path = settings.data_dir / "master.key"
         if not path.exists():
-            _write_private(path, MasterKey.generate().secret.hex())
+            create_private(path, MasterKey.generate().secret.hex())
             log.warning("development mode: generated a master key in %s", path)
         current = MasterKey.parse(path.read_text())
     older = [MasterKey.parse(k.get_secret_value()) for k in settings.previous_master_keys]
@@ -56,8 +52,25 @@ def load_keyring(settings: Settings) -> Keyring:
 
 
 def open_database(settings: Settings) -> Database:
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The system of record, once the data directory is private (:mod:`.storage.files`)."""
+    prepare_data_dir(settings.data_dir)
+    if settings.database_url is None:
+        touch_private(settings.data_dir / SQLITE_FILE)
     return Database(settings.sqlite_url, load_keyring(settings))
+
+
+def enrolment_gates(settings: Settings) -> EnrolmentGates:
+    """The enrolment gates of the settings (``FACEREC_ENROL_*``)."""
+    return EnrolmentGates(
+        min_face_size=settings.enrol_min_face_size,
+        min_score=settings.enrol_min_score,
+        min_sharpness=settings.enrol_min_sharpness,
+        max_yaw=settings.enrol_max_yaw,
+        max_pitch=settings.enrol_max_pitch,
+        max_roll=settings.enrol_max_roll,
+        min_consistency=settings.enrol_min_consistency,
+        max_outside=settings.enrol_max_outside,
+    )
 
 
 def open_gallery(settings: Settings, db: Database, dim: int) -> Gallery:
@@ -74,7 +87,8 @@ def open_audit(settings: Settings, db: Database) -> AuditLog:
 
 def open_admin(settings: Settings, db: Database) -> AdminService:
     keys = KeyManager(db.api_keys, db.secrets.get_or_create("pepper"))
-    return AdminService(keys, db.idempotency, open_audit(settings, db))
+    response_key = db.secrets.get_or_create("idempotency")
+    return AdminService(keys, db.idempotency, open_audit(settings, db), response_key)
 
 
 @dataclass
@@ -100,6 +114,7 @@ class Gateway:
                 purged = self.service.purge_expired(Caller(role="system"))
                 if purged:
                     log.info("purged %d expired subjects", len(purged))
+                self.admin.prune_requests(timedelta(hours=self.settings.idempotency_ttl_hours))
             except Exception:  # the loop must survive a failed round
                 log.exception("purging expired subjects failed")
 
@@ -114,13 +129,18 @@ class Gateway:
 
 
 def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Gateway:
+    """Open everything, bootstrap the admin key, repair the index (both audited)."""
     db = open_database(settings)
-    pipe = pipeline or FacePipeline.open(
-        backend=settings.backend, url=settings.triton_url, protocol=settings.triton_protocol
-    )
-    gallery = open_gallery(settings, db, pipe.card.embedding_size)
-    gallery.reconcile()
     admin = open_admin(settings, db)
+    if (token := settings.secret("admin_key")) is not None:
+        admin.bootstrap_admin_key(token)  # refuses an unusable key before anything starts
+    elif settings.env == "development" and not admin.list_keys():
+        admin_file = settings.data_dir / "admin.key"
+        new = admin.create_key("admin", "development bootstrap", SYSTEM)
+        if admin_file.exists():
+            admin_file.unlink()
+        create_private(admin_file, new.token + "\n")
+        log.warning("development mode: created an admin API key, saved in %s", admin_file)
     admin.throttle = FailureThrottle(settings.auth_failures_per_minute)
     admin.refusals = RefusalLog(
         admin.audit_log.append,
@@ -128,6 +148,13 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         settings.refusal_audit_max_clients,
     )
     admin.refusals.start()
+    pipe = pipeline or FacePipeline.open(
+        backend=settings.backend, url=settings.triton_url, protocol=settings.triton_protocol
+    )
+    gallery = open_gallery(settings, db, pipe.card.embedding_size)
+    repaired = gallery.reconcile()
+    if repaired.changed:
+        admin.audit("repair", "ok", SYSTEM, detail=repaired.describe())
     batcher = MicroBatcher(pipe, max_wait=settings.batch_max_wait_ms / 1000)
     service = FaceService(
         db,
@@ -137,21 +164,12 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         admin.audit_log,
         DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
         store_images=settings.store_images,
-        min_quality=settings.enrol_min_quality,
+        gates=enrolment_gates(settings),
+        fpir=settings.identify_fpir,
+        scoring=Scoring(settings.identify_score),
         budget=PixelBudget(settings.max_pixels_in_flight, wait=settings.busy_wait_s),
         trim_after_pixels=settings.trim_after_pixels,
     )
-    keys = admin.keys
-    if (token := settings.secret("admin_key")) is not None:
-        keys.bootstrap_admin(token)
-    elif settings.env == "development" and not keys.list():
-        admin_file = settings.data_dir / "admin.key"
-        issued, _ = keys.create("admin", "development bootstrap")
-        if admin_file.exists():
-            admin_file.unlink()
-        _write_private(admin_file, issued.token + "\n")
-        log.warning("development mode: created an admin API key, saved in %s", admin_file)
-
     limits = JobLimits(
         settings.max_job_images,
         settings.max_upload_bytes,

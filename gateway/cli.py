@@ -10,17 +10,21 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 from typing import Any
+
+from pydantic import ValidationError
 
 from facerec.cli.output import emit, fail
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
-from gateway.bootstrap import open_admin, open_audit, open_database, open_gallery
+from gateway.bootstrap import open_admin, open_audit, open_database, open_gallery, open_gateway
 from gateway.crypto.envelope import MasterKey
 from gateway.service.admin import AdminService
 from gateway.service.types import Caller
 from gateway.settings import Settings, get_settings
 from gateway.storage.database import Database
+from gateway.storage.files import PRIVATE_UMASK
 
 log = logging.getLogger(__name__)
 CLI = Caller(key_id=None, role="cli", request_id=None)
@@ -39,16 +43,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
-    config = server_config(
-        create_app(settings),
-        settings,
-        host,
-        port,
-        log_level="info" if args.verbose else "warning",
-        access_log=args.verbose,
-    )
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGINT, as uvicorn.run does
-        uvicorn.Server(config).run()
+    # Opened before the server starts, so a refusal (an unusable FACEREC_ADMIN_KEY, a
+    # wrong master key) is one line on stderr and exit status 1, not a lifespan traceback.
+    gateway = open_gateway(settings)
+    try:
+        config = server_config(
+            create_app(settings, gateway=gateway),
+            settings,
+            host,
+            port,
+            log_level="info" if args.verbose else "warning",
+            access_log=args.verbose,
+        )
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGINT, as uvicorn.run does
+            uvicorn.Server(config).run()
+    finally:
+        gateway.close()
     return 0
 
 
@@ -57,14 +67,27 @@ def cmd_keys(args: argparse.Namespace) -> int:
     db = open_database(settings)
     admin = open_admin(settings, db)
     if args.keys_command == "create":
-        new = admin.create_key(args.role, args.label, CLI)
-        _print(args, {"id": new.record.id, "role": new.record.role, "token": new.token}, new.token)
+        new = admin.create_key(args.role, args.label, CLI, args.namespace, args.gallery)
+        record = new.record
+        _print(
+            args,
+            {
+                "id": record.id,
+                "role": record.role,
+                "namespace": record.namespace,
+                "gallery": record.gallery,
+                "token": new.token,
+            },
+            new.token,
+        )
     elif args.keys_command == "list":
         rows = [
             {
                 "id": k.id,
                 "role": k.role,
                 "label": k.label,
+                "namespace": k.namespace,
+                "gallery": k.gallery,
                 "created_at": k.created_at,
                 "revoked_at": k.revoked_at,
             }
@@ -75,7 +98,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
             {"keys": rows},
             "\n".join(
                 f"{r['id']}  {r['role']:<8}  "
-                f"{'revoked' if r['revoked_at'] else 'active '}  {r['label']}"
+                f"{'revoked' if r['revoked_at'] else 'active '}  "
+                f"{r['namespace']}{'/' + str(r['gallery']) if r['gallery'] else ''}  {r['label']}"
                 for r in rows
             ),
         )
@@ -110,6 +134,10 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     gallery = open_gallery(settings, db, load_model_card().embedding_size)
     if args.check:
         repaired = gallery.reconcile()
+        if repaired.changed:
+            open_audit(settings, db).append(
+                action="repair", outcome="ok", detail=repaired.describe(), **CLI.audit_fields()
+            )
         data = repaired.__dict__
         _print(args, data, ", ".join(f"{k}: {v}" for k, v in data.items()))
         return 0
@@ -137,6 +165,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    os.umask(PRIVATE_UMASK)  # what the service and its tools create is theirs alone
     try:
         handler = {
             "serve": cmd_serve,
@@ -147,5 +176,17 @@ def run(args: argparse.Namespace) -> int:
         return handler(args)
     except FaceRecError as exc:
         return fail(exc, args.json)
-    except ValueError as exc:  # settings refused (pydantic) and the like
+    except ValidationError as exc:  # settings refused: one line per setting, no traceback
+        return fail(FaceRecError(settings_error(exc), code="invalid_settings"), args.json)
+    except ValueError as exc:
         return fail(FaceRecError(str(exc), code="invalid_settings"), args.json)
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A refused setting as one line: ``FACEREC_NAME: why`` (several joined by ``; ``)."""
+    parts = []
+    for error in exc.errors():
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        loc = [str(p) for p in error.get("loc", ())]
+        parts.append(f"FACEREC_{loc[0].upper()}: {message}" if loc else message)
+    return "; ".join(parts).replace("\n", " ")

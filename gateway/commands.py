@@ -41,6 +41,10 @@ def add_commands(
     k = keys.add_parser("create", help="print a new API key (shown once)")
     k.add_argument("--role", required=True, choices=ROLES)
     k.add_argument("--label", default="", help="a note on who holds the key")
+    k.add_argument(
+        "--namespace", default=None, help="the tenant the key acts for (default: 'default')"
+    )
+    k.add_argument("--gallery", default=None, help="limit the key to this gallery of its namespace")
     common(k)
     k = keys.add_parser("list", help="API keys (ids and roles, never secrets)")
     common(k)

@@ -10,10 +10,22 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from facerec.matching import DEFAULT_SCORING, ScoreMethod
 from facerec.models import facerec_home
+from facerec.openset import DEFAULT_FPIR
 from facerec.pipeline import DEFAULT_TRITON_URL
+from facerec.selection import DEFAULT_GATES
+from gateway.auth.api_keys import TOKEN_FORMAT, TOKEN_FORMAT_HELP
 
 PLACEHOLDER = "change-me"
+SQLITE_FILE = "facerec.sqlite3"  # in data_dir, unless database_url names a database
+
+
+def _gate(name: str) -> float:
+    """The core's default threshold of one enrolment gate (:data:`DEFAULT_GATES`)."""
+    value = getattr(DEFAULT_GATES, name)
+    assert value is not None, name
+    return float(value)
 
 
 class Settings(BaseSettings):
@@ -32,7 +44,7 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = None  # 64 hex digits or base64 of 32 bytes
     master_key_file: Path | None = None
     previous_master_keys: list[SecretStr] = []  # still unwrap during a rotation
-    admin_key: SecretStr | None = None  # bootstraps the first admin API key
+    admin_key: SecretStr | None = None  # the bootstrap admin API key (a new value rotates it)
     store_images: bool = False
     # -- limits (README "Limits"): request bodies, counted as they arrive ------------------
     max_json_bytes: int = Field(default=64 * 1024, ge=1024)  # routes without files
@@ -67,7 +79,18 @@ class Settings(BaseSettings):
     refusal_audit_window_s: float = Field(default=60.0, gt=0.0)  # aggregation window
     refusal_audit_max_clients: int = Field(default=100, ge=1)  # detailed rows per window
     trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-For is used
-    enrol_min_quality: float = Field(default=0.5, ge=0.0, le=1.0)
+    # -- enrolment gates (facerec.selection; the core's defaults; 0 / a large value: off) -
+    enrol_min_face_size: float = Field(default=_gate("min_face_size"), ge=0.0)  # px
+    enrol_min_score: float = Field(default=_gate("min_score"), ge=0.0, le=1.0)
+    enrol_max_outside: float = Field(default=_gate("max_outside"), ge=0.0, le=1.0)
+    enrol_min_sharpness: float = Field(default=_gate("min_sharpness"), ge=0.0)
+    enrol_max_yaw: float = Field(default=_gate("max_yaw"), gt=0.0)
+    enrol_max_pitch: float = Field(default=_gate("max_pitch"), gt=0.0)
+    enrol_max_roll: float = Field(default=_gate("max_roll"), gt=0.0)  # degrees
+    enrol_min_consistency: float = Field(default=_gate("min_consistency"), ge=-1.0, le=1.0)
+    # -- identification (facerec.matching, facerec.openset) ------------------------------
+    identify_fpir: float = Field(default=DEFAULT_FPIR, gt=0.0, lt=1.0)  # target FPIR
+    identify_score: ScoreMethod = DEFAULT_SCORING.method  # subject score over its templates
     # -- video (README "Video"): WebSocket frames and server-side streams ------------------
     stream_max_connections: int = Field(default=16, ge=1)  # WebSockets open at once
     stream_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # one message
@@ -83,6 +106,7 @@ class Settings(BaseSettings):
     stream_file_dir: Path | None = None  # file: sources allowed only under this folder
     batch_max_wait_ms: float = Field(default=4.0, ge=0.0)  # micro-batching window
     purge_interval_s: float = Field(default=60.0, gt=0.0)  # how often expired subjects go
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0.0)  # how long replays answer
     backend: Literal["local", "triton"] = "local"  # where the networks run
     triton_url: str = DEFAULT_TRITON_URL  # host:port of Triton's gRPC (or HTTP) endpoint
     triton_protocol: Literal["grpc", "http"] = "grpc"
@@ -91,6 +115,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
+        token = self.secret("admin_key")
+        if token is not None and not TOKEN_FORMAT.fullmatch(token.strip()):
+            raise ValueError(f"FACEREC_ADMIN_KEY {TOKEN_FORMAT_HELP}")
         if self.env == "development":
             return self
         for name in ("master_key", "admin_key"):
@@ -115,7 +142,7 @@ class Settings(BaseSettings):
 
     @property
     def sqlite_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'facerec.sqlite3'}"
+        return self.database_url or f"sqlite:///{self.data_dir / SQLITE_FILE}"
 
     @property
     def index_uri(self) -> str:

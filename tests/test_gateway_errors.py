@@ -292,12 +292,20 @@ def test_subject_without_faces_and_face_choice(client: TestClient) -> None:
     ]
 
 
-def test_replayed_requests_are_refused(client: TestClient) -> None:
+def test_reused_idempotency_keys_change_nothing(client: TestClient) -> None:
+    """A key reused for another request is refused; its replay changes nothing either
+    (``tests/test_gateway_idempotency.py`` has the whole contract)."""
     h = {"Idempotency-Key": "create-bob-1"}
-    assert client.post("/v1/subjects", json={"name": "Bob"}, headers=h).status_code == 201
+    created = client.post("/v1/subjects", json={"name": "Bob"}, headers=h)
+    assert created.status_code == 201
     before = snapshot(client)
-    expect(client.post("/v1/subjects", json={"name": "Bob"}, headers=h), 409, "replayed_request")
-    sid = before["subjects"]["items"][0]["id"]
+    expect(
+        client.post("/v1/subjects", json={"name": "Rob"}, headers=h), 409, "idempotency_key_reused"
+    )
+    replay = client.post("/v1/subjects", json={"name": "Bob"}, headers=h)
+    assert replay.status_code == 201 and replay.json() == created.json()
+    assert snapshot(client) == before
+    sid = created.json()["id"]
     h2 = {"Idempotency-Key": "bob-faces-1"}
     r = client.post(f"/v1/subjects/{sid}/faces", files=image_files(KERRY[:1]), headers=h2)
     assert r.status_code == 200
@@ -305,7 +313,7 @@ def test_replayed_requests_are_refused(client: TestClient) -> None:
     expect(
         client.post(f"/v1/subjects/{sid}/faces", files=image_files(KERRY[1:2]), headers=h2),
         409,
-        "replayed_request",
+        "idempotency_key_reused",
     )
     assert snapshot(client) == mid
 

@@ -105,3 +105,29 @@ def test_stored_audit_chain_detects_edits(db: Database) -> None:
         conn.execute(text("UPDATE audit_events SET body=:b WHERE seq=7"), {"b": json.dumps(body)})
     report = verify_chain(key, db.audit.events())
     assert not report.ok and report.first_bad_seq == 7
+
+
+def test_idempotency_claims(db: Database) -> None:
+    from datetime import timedelta
+
+    from gateway.storage.schema import now
+
+    keys = db.idempotency
+    hour = timedelta(hours=1)
+    assert keys.claim("k1:a", "f1", hour) is None  # ours
+    held = keys.claim("k1:a", "f1", hour)
+    assert held is not None and held.status is None  # in progress
+    keys.release("k1:a", "f1")
+    assert keys.claim("k1:a", "f2", hour) is None  # released: free again, for any request
+    keys.complete("k1:a", 201, b"sealed")
+    held = keys.claim("k1:a", "f2", hour)
+    assert held is not None and (held.fingerprint, held.status, held.response) == (
+        "f2",
+        201,
+        b"sealed",
+    )
+    keys.release("k1:a", "f2")  # a finished request's key is never released
+    assert keys.keys() == ["k1:a"]
+    assert keys.claim("k1:b", "f3", hour) is None
+    assert keys.claim("k1:b", "f4", timedelta(0)) is None  # abandoned claims are taken over
+    assert keys.prune(now() + timedelta(seconds=1)) == 2 and keys.keys() == []

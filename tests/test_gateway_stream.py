@@ -305,6 +305,74 @@ def test_websocket_tracks_and_names_the_people_of_the_video(
     assert len([e for e in logged if e["action"] == "stream_track_ended"]) == len(ended)
 
 
+def scene_over_ws(
+    service: Service, jpegs: list[bytes], key: str, namespace: str | None = None
+) -> tuple[list[Any], list[Any]]:
+    """Every frame of the scene over one connection, each sent once the previous one's
+    result came (none dropped): (frame results, events)."""
+    headers = {"X-API-Key": key, **({"X-Namespace": namespace} if namespace else {})}
+    frames: list[Any] = []
+    events: list[Any] = []
+    with connect(ws_url(service), additional_headers=headers, max_size=None) as ws:
+        assert json.loads(ws.recv(timeout=10))["ready"] is True
+        for k, data in enumerate(jpegs):
+            ws.send(data)
+            doc, extra = result_of(ws, k)
+            assert "error" not in doc, doc
+            frames.append(doc)
+            events += extra
+        ws.send(json.dumps({"end": True}))
+        code, reason, rest = closed_with(ws)
+        assert (code, reason) == (1000, "end")
+    return frames, events + rest
+
+
+def test_a_key_sees_its_namespace_only_and_nothing_below_the_threshold(
+    service: Service, enrolled: dict[str, str], jpegs: list[bytes], keys: dict[str, str]
+) -> None:
+    """Video decides for the caller exactly as ``/v1/identify`` does: the key's namespace
+    only, at the service's operating point or a stricter one, and a key without the admin
+    role never sees the score of a face left unnamed."""
+    with service.client() as client:
+        r = client.post("/v1/keys", json={"role": "identify", "namespace": "elsewhere"})
+        assert r.status_code == 201, r.text
+        elsewhere = r.json()["token"]
+
+    def faces(frames: list[Any]) -> list[Any]:
+        return [face for f in frames for face in f["faces"]]
+
+    def named(events: list[Any]) -> set[str]:
+        return {e["subject"] for e in events if e["event"] == "identified"}
+
+    frames, events = scene_over_ws(service, jpegs, service.key)  # admin, its namespace
+    assert named(events) == set(ENROLLED)
+    assert any(f["match"] is None and f["similarity"] is not None for f in faces(frames))
+    frames, events = scene_over_ws(service, jpegs, keys["identify"])
+    assert named(events) == set(ENROLLED)
+    unnamed = [f for f in faces(frames) if f["match"] is None]
+    assert unnamed and all(f["similarity"] is None for f in unnamed)
+    assert all(f["subject_id"] == enrolled[f["match"]] for f in faces(frames) if f["match"])
+    for key, namespace in ((elsewhere, None), (service.key, "elsewhere")):
+        frames, events = scene_over_ws(service, jpegs[::4], key, namespace)
+        assert faces(frames) and named(events) == set()
+        assert all(f["match"] is None and f["subject_id"] is None for f in faces(frames))
+        if key == elsewhere:
+            assert all(f["similarity"] is None for f in faces(frames))
+
+    # a looser operating point than the service's, or another namespace: refused
+    for key, query, headers, refusal in (
+        (keys["identify"], "?threshold=-1", {}, "threshold_not_allowed"),
+        (keys["identify"], "?fpir=0.01", {}, "threshold_not_allowed"),
+        (keys["identify"], "", {"X-Namespace": "elsewhere"}, "forbidden"),
+    ):
+        url = ws_url(service) + query
+        with connect(url, additional_headers={"X-API-Key": key, **headers}) as ws:
+            assert closed_with(ws)[:2] == (4403, refusal)
+    for key, query in ((keys["identify"], "?threshold=0.99"), (service.key, "?threshold=-1")):
+        with connect(ws_url(service) + query, additional_headers={"X-API-Key": key}) as ws:
+            assert json.loads(ws.recv(timeout=10))["ready"] is True
+
+
 def test_newest_frame_is_analysed_and_the_rest_counted_as_dropped(
     service: Service, jpegs: list[bytes]
 ) -> None:
@@ -545,6 +613,7 @@ def test_stream_worker_reconnects_after_an_rtsp_outage(
         assert r.status_code == 201, r.text
         stream = r.json()
         sid = stream["id"]
+        assert stream["namespace"] == "default"  # the admin key's: whose subjects it names
         events = Events(service, sid)
 
         def status() -> dict[str, Any]:

@@ -10,7 +10,7 @@ from starlette.formparsers import MultiPartParser
 
 from facerec import __version__
 from facerec.pipeline import FacePipeline
-from gateway.api import handlers
+from gateway.api import handlers, idempotency
 from gateway.api.edge import EdgeMiddleware
 from gateway.api.policy import Policies
 from gateway.api.routes import admin, health, jobs, live, pages, recognition, streams, subjects
@@ -57,6 +57,7 @@ def create_app(
     )
     app.state.metrics = Metrics()
     handlers.install(app)
+    idempotency.install(app)
     routers = [subjects.router, recognition.router, jobs.router, admin.router, health.router]
     routers += [live.router, streams.router]
     for router in (*routers, pages.router):

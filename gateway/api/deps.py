@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, UploadFile
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
+from gateway.api import idempotency
 from gateway.api.policy import ROLE_ATTRIBUTE
 from gateway.bootstrap import Gateway
 from gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.service.admin import AdminService
 from gateway.service.faces import FaceService
 from gateway.service.jobs import JobService
-from gateway.service.types import Caller, Upload
+from gateway.service.types import Caller, StoredResponse, Upload
 from gateway.settings import Settings
 
+NAMESPACE_PATTERN = "^[A-Za-z0-9_-]{1,64}$"  # namespaces and galleries
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
 _bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
 
@@ -68,14 +71,51 @@ def require(role: str) -> Callable[..., Caller]:
         admin: AdminDep,
         key: Annotated[str | None, Depends(_api_key)] = None,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
-        idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+        x_namespace: Annotated[
+            str | None,
+            Header(
+                pattern=NAMESPACE_PATTERN,
+                description="the namespace (tenant) to act in: any for an admin key, "
+                "only its own for the others (default: the key's own)",
+            ),
+        ] = None,
     ) -> Caller:
         caller: Caller | None = getattr(request.state, "caller", None)
         if caller is None:
             token = key or (bearer.credentials if bearer else None)
             caller = admin.authorize(token, role, request_id(request))
-        if idempotency_key and request.method in ("POST", "PATCH", "DELETE"):
-            admin.claim_request(caller, idempotency_key)
+        return caller if x_namespace is None else admin.in_namespace(caller, x_namespace)
+
+    setattr(dependency, ROLE_ATTRIBUTE, role)  # read by gateway.api.policy
+    return dependency
+
+
+def changes(role: str) -> Callable[..., Awaitable[Caller]]:
+    """:func:`require` for a route that changes something: it also honours an
+    ``Idempotency-Key`` (:mod:`gateway.api.idempotency`)."""
+    authorized = Depends(require(role))  # a default, not an annotation: those cannot
+    # name a local (annotations are strings here, resolved in the module's namespace)
+
+    async def dependency(
+        request: Request,
+        admin: AdminDep,
+        caller: Caller = authorized,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                min_length=1,
+                max_length=128,
+                description="repeat a request safely: the same key and request get the "
+                "first response back",
+            ),
+        ] = None,
+    ) -> Caller:
+        if idempotency_key is not None:
+            digest = await idempotency.fingerprint(request, caller.key_id)
+            outcome = await run_in_threadpool(admin.begin_request, caller, idempotency_key, digest)
+            if isinstance(outcome, StoredResponse):
+                raise idempotency.Replay(outcome)
+            setattr(request.state, idempotency.STATE, outcome)
         return caller
 
     setattr(dependency, ROLE_ATTRIBUTE, role)  # read by gateway.api.policy
@@ -86,6 +126,9 @@ AdminCaller = Annotated[Caller, Depends(require("admin"))]
 EnrolCaller = Annotated[Caller, Depends(require("enrol"))]
 VerifyCaller = Annotated[Caller, Depends(require("verify"))]
 IdentifyCaller = Annotated[Caller, Depends(require("identify"))]
+AdminChange = Annotated[Caller, Depends(changes("admin"))]
+EnrolChange = Annotated[Caller, Depends(changes("enrol"))]
+IdentifyChange = Annotated[Caller, Depends(changes("identify"))]
 
 
 def multipart_only(request: Request) -> None:

@@ -33,6 +33,7 @@ TOO_BIG = 1009  # a message over FACEREC_STREAM_MAX_FRAME_BYTES
 INTERNAL = 1011  # an unexpected error on our side
 TRY_LATER = 1013  # every video connection slot is taken
 INVALID_REQUEST = 4400  # bad query parameters (every, fpir, threshold, after)
+FORBIDDEN = 4403  # another namespace (X-Namespace), or a looser threshold than allowed
 NOT_FOUND = 4404  # no such stream
 TIMEOUT = 4408  # no message for FACEREC_STREAM_IDLE_TIMEOUT_S, or results not read
 FRAME_TOO_LARGE = 4413  # a frame over FACEREC_STREAM_MAX_FRAME_PIXELS (from its header)
@@ -45,6 +46,7 @@ CLOSE_CODES = {
     INTERNAL: "internal_error",
     TRY_LATER: "too_many_connections",
     INVALID_REQUEST: "invalid_request",
+    FORBIDDEN: "forbidden",
     NOT_FOUND: "not_found",
     TIMEOUT: "timeout",
     FRAME_TOO_LARGE: "frame_too_large",
@@ -114,12 +116,29 @@ class Channel:
 
 async def authenticate(channel: Channel, role: str, timeout: float) -> Caller | None:
     """The caller of an accepted connection: the one the edge authenticated from the
-    headers, or the key of the first message. On failure the connection is closed
-    (1008, the error code as reason) and None returned."""
+    headers, or the key of the first message, acting in the ``X-Namespace`` header's
+    namespace when one is given (any for an admin key, only its own for another). On
+    failure the connection is closed (1008 for the key, 4403 for the namespace; the error
+    code as reason) and None returned."""
     ws = channel.ws
+    admin = ws.app.state.gateway.admin
     caller: Caller | None = getattr(ws.state, "caller", None)
-    if caller is not None:
+    if caller is None:
+        caller = await _first_message_key(channel, role, timeout)
+    namespace = ws.headers.get("x-namespace")
+    if caller is None or namespace is None:
         return caller
+    try:  # as on the REST routes: an admin key acts in any namespace, another in its own
+        acting: Caller = admin.in_namespace(caller, namespace)
+    except FaceRecError as exc:
+        await channel.close(FORBIDDEN if exc.http_status == 403 else INVALID_REQUEST, exc.code, exc)
+        return None
+    return acting
+
+
+async def _first_message_key(channel: Channel, role: str, timeout: float) -> Caller | None:
+    """The caller whose key is the first message's ``api_key`` (closing on failure)."""
+    ws = channel.ws
     admin = ws.app.state.gateway.admin
     request_id: str = ws.state.request_id
     try:
@@ -145,7 +164,7 @@ async def authenticate(channel: Channel, role: str, timeout: float) -> Caller | 
     except ValueError:
         pass
     try:  # through authorize() even without a key: refusals are audited and throttled
-        caller = await anyio.to_thread.run_sync(
+        caller: Caller = await anyio.to_thread.run_sync(
             admin.authorize,
             token if isinstance(token, str) and token else None,
             role,

@@ -20,7 +20,9 @@ from typing import Any
 from facerec.errors import InvalidArgumentError
 
 GENESIS = "0" * 64
-OUTCOMES = frozenset({"ok", "match", "no_match", "refused", "error"})
+# "forced": an enrolment the consistency gate would have refused, kept because the caller
+# asked (force).
+OUTCOMES = frozenset({"ok", "forced", "match", "no_match", "refused", "error"})
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,16 @@ class AuditEvent:
     request_id: str | None = None
     prev: str = GENESIS
     mac: str = ""
+    # Fields added later (LATE_FIELDS): the chain value covers them only when set, so
+    # the events written before they existed still verify.
     client: str | None = None  # the client address of a refused request
     count: int | None = None  # refusals this event stands for (an aggregated row)
+    threshold: float | None = None  # the decision threshold of a verify or identify
+    target: str | None = None  # what was acted on besides a subject (an API key's id)
+    detail: str | None = None  # counts and the like, written by the service, never input
 
     def body(self) -> dict[str, Any]:
-        """The fields the chain value covers (all but ``mac``). ``client`` and ``count``
-        came later: left out when unset, so events written before them still verify."""
+        """The fields the chain value covers (all but ``mac``; late fields when set)."""
         data = asdict(self)
         del data["mac"]
         for late in _LATE_FIELDS:
@@ -52,7 +58,7 @@ class AuditEvent:
         return data
 
 
-_LATE_FIELDS = ("client", "count")
+_LATE_FIELDS = ("client", "count", "threshold", "target", "detail")
 FIELDS = tuple(f.name for f in fields(AuditEvent))
 
 
@@ -68,9 +74,9 @@ def chain_event(key: bytes, last: AuditEvent | None, **values: Any) -> AuditEven
         raise InvalidArgumentError(f"not audit fields: {sorted(unknown)}")
     if values.get("outcome") not in OUTCOMES:
         raise InvalidArgumentError(f"outcome must be one of {sorted(OUTCOMES)}")
-    score = values.get("score")
-    if score is not None:
-        values["score"] = round(float(score), 6)
+    for name in ("score", "threshold"):
+        if values.get(name) is not None:
+            values[name] = round(float(values[name]), 6)
     seq = 1 if last is None else last.seq + 1
     prev = GENESIS if last is None else last.mac
     event = AuditEvent(seq=seq, prev=prev, **values)

@@ -7,7 +7,6 @@ every append, so cutting events from the end of the SQL log is detected too.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +14,12 @@ from typing import Any
 
 from gateway.audit.chain import AuditEvent, ChainReport, chain_event, verify_chain
 from gateway.storage.audit import AuditRepository
+from gateway.storage.files import replace_private
+
+
+def utc_timestamp() -> str:
+    """Now, as ISO 8601 in UTC with a ``Z`` (e.g. ``2026-11-30T01:02:03.456Z``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AuditLog:
@@ -27,7 +32,7 @@ class AuditLog:
     def append(self, **values: Any) -> AuditEvent:
         """Chain and store one event (fields of :class:`AuditEvent`; ``time`` defaults to
         now)."""
-        values.setdefault("time", datetime.now(UTC).isoformat(timespec="milliseconds"))
+        values.setdefault("time", utc_timestamp())
         event = self.stored.append(lambda last: chain_event(self.key, last, **values))
         self._write_head(event)
         return event
@@ -45,9 +50,7 @@ class AuditLog:
             current = self.head()
             if current is not None and current[0] >= event.seq:
                 return  # another process already recorded a later event
-            tmp = self.head_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"seq": event.seq, "mac": event.mac}))
-            os.replace(tmp, self.head_file)
+            replace_private(self.head_file, json.dumps({"seq": event.seq, "mac": event.mac}))
 
     def verify(self) -> ChainReport:
         return verify_chain(self.key, self.stored.events(), self.head())

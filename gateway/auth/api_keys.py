@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from facerec.errors import FaceRecError
@@ -45,6 +46,15 @@ def issue_key(pepper: bytes, role: str) -> IssuedKey:
     return IssuedKey(key_id, role, f"{PREFIX}_{key_id}_{secret}", digest_secret(pepper, secret))
 
 
+# What FACEREC_ADMIN_KEY must look like (what `facerec keys create` prints: a 12-digit
+# hex id and a 43-character secret).
+TOKEN_FORMAT = re.compile(r"^frk_([A-Za-z0-9]{1,32})_([A-Za-z0-9_-]{16,512})$")
+TOKEN_FORMAT_HELP = (
+    "must read frk_<id>_<secret> as `facerec keys create` prints it: an id of 1-32 letters "
+    "or digits and a secret of at least 16 letters, digits, '-' or '_'"
+)
+
+
 def parse_token(token: str) -> tuple[str, str]:
     """``(key_id, secret)`` from a presented token, or :class:`AuthError`."""
     parts = token.strip().split("_", 2)
@@ -64,10 +74,31 @@ def allowed(role: str, needed: str) -> bool:
 
 @dataclass(frozen=True)
 class Principal:
-    """The holder of a valid key: its id and role."""
+    """The holder of a valid key: its id, role, tenant and gallery scope (None: all)."""
 
     key_id: str
     role: str
+    namespace: str = "default"
+    gallery: str | None = None
+
+
+@dataclass(frozen=True)
+class Bootstrapped:
+    """What :meth:`KeyManager.bootstrap_admin` did with ``FACEREC_ADMIN_KEY``."""
+
+    key_id: str
+    added: bool  # a new record was made for it
+    revoked: list[str] = field(default_factory=list)  # earlier bootstrap keys it replaced
+
+    @property
+    def changed(self) -> bool:
+        return self.added or bool(self.revoked)
+
+
+class BootstrapKeyError(FaceRecError):
+    """``FACEREC_ADMIN_KEY`` cannot be used: the service refuses to start."""
+
+    code = "invalid_admin_key"
 
 
 class KeyManager:
@@ -76,17 +107,57 @@ class KeyManager:
     def __init__(self, records: ApiKeyRepository, pepper: bytes) -> None:
         self.records, self.pepper = records, pepper
 
-    def create(self, role: str, label: str = "") -> tuple[IssuedKey, ApiKeyInfo]:
+    def create(
+        self,
+        role: str,
+        label: str = "",
+        namespace: str = "default",
+        gallery: str | None = None,
+    ) -> tuple[IssuedKey, ApiKeyInfo]:
         """A new key: the token (to show once) and its stored record."""
         issued = issue_key(self.pepper, role)
-        return issued, self.records.add(issued.key_id, issued.role, issued.digest, label)
+        record = self.records.add(
+            issued.key_id, issued.role, issued.digest, label, namespace=namespace, gallery=gallery
+        )
+        return issued, record
 
-    def bootstrap_admin(self, token: str) -> str:
-        """Register ``token`` (``FACEREC_ADMIN_KEY``) as an admin key unless it exists."""
-        key_id, secret = parse_token(token)
-        if self.records.get(key_id) is None:
-            self.records.add(key_id, "admin", digest_secret(self.pepper, secret), "bootstrap")
-        return key_id
+    def bootstrap_admin(self, token: str) -> Bootstrapped:
+        """Make ``token`` (``FACEREC_ADMIN_KEY``) the bootstrap admin key.
+
+        A token seen before changes nothing. A new one is added and every earlier
+        bootstrap key is revoked: changing the setting and restarting rotates the key.
+        An existing admin key (say, one made by ``facerec keys create``) may be named too;
+        it then becomes the bootstrap key. Refused (:class:`BootstrapKeyError`): a
+        malformed token, a revoked key, a key of another role, or the id of a key with a
+        different secret.
+        """
+        match = TOKEN_FORMAT.fullmatch(token.strip())
+        if match is None:
+            raise BootstrapKeyError(f"FACEREC_ADMIN_KEY {TOKEN_FORMAT_HELP}")
+        key_id, secret = match.groups()
+        record = self.records.get(key_id)
+        added = record is None
+        if record is None:
+            digest = digest_secret(self.pepper, secret)
+            self.records.add(key_id, "admin", digest, "bootstrap", bootstrap=True)
+        elif not check_secret(self.pepper, secret, record.digest):
+            raise BootstrapKeyError(
+                f"FACEREC_ADMIN_KEY has the id of key {key_id} but not its secret"
+            )
+        elif record.revoked_at is not None:
+            raise BootstrapKeyError(
+                f"FACEREC_ADMIN_KEY is key {key_id}, which was revoked: set a new key"
+            )
+        elif record.role != "admin":
+            raise BootstrapKeyError(
+                f"FACEREC_ADMIN_KEY is key {key_id}, a {record.role!r} key, not an admin key"
+            )
+        elif not record.bootstrap:
+            self.records.mark_bootstrap(key_id)
+        revoked = [k for k in self.records.active_bootstrap() if k != key_id]
+        for old in revoked:
+            self.records.revoke(old)
+        return Bootstrapped(key_id, added, revoked)
 
     def authenticate(self, token: str | None) -> Principal:
         if not token:
@@ -100,7 +171,7 @@ class KeyManager:
             raise AuthError("unknown API key", code="invalid_api_key")
         if record.revoked_at is not None:
             raise AuthError("this API key was revoked", code="revoked_api_key")
-        return Principal(record.id, record.role)
+        return Principal(record.id, record.role, record.namespace, record.gallery)
 
     def revoke(self, key_id: str) -> None:
         self.records.revoke(key_id)

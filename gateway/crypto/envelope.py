@@ -148,6 +148,16 @@ def seal_image(data_key: bytes, data: bytes, subject_id: str, face_id: str) -> b
     )
 
 
+def seal_record(key: bytes, data: bytes, context: str) -> bytes:
+    """Encrypt ``data`` under ``key``, bound to ``context`` (e.g. the row it is kept in)."""
+    return _seal(key, data, b"facerec/record/v1/" + context.encode())
+
+
+def open_record(key: bytes, blob: bytes, context: str) -> bytes:
+    """Decrypt what :func:`seal_record` sealed for the same ``context``."""
+    return _open(key, blob, b"facerec/record/v1/" + context.encode(), "record")
+
+
 def open_template(data_key: bytes, blob: bytes, subject_id: str, face_id: str) -> np.ndarray:
     """Decrypt a template sealed by :func:`seal_template` -> float32[D]."""
     raw = _open(data_key, blob, _template_aad(subject_id, face_id), "template")

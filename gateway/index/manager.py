@@ -76,14 +76,24 @@ class IndexManager:
 
     # -- operations -----------------------------------------------------------------------
     def add(
-        self, face_ids: Sequence[str], subject_ids: Sequence[str], embeddings: np.ndarray
+        self,
+        face_ids: Sequence[str],
+        subject_ids: Sequence[str],
+        embeddings: np.ndarray,
+        scopes: Sequence[tuple[str, str]] | None = None,
     ) -> None:
         for index in self._targets():
             if index is not None:
-                index.add(face_ids, subject_ids, embeddings)
+                index.add(face_ids, subject_ids, embeddings, scopes)
 
-    def search(self, embeddings: np.ndarray, top_k: int) -> list[list[Hit]]:
-        return self.current.search(embeddings, top_k)
+    def search(
+        self,
+        embeddings: np.ndarray,
+        top_k: int,
+        namespace: str | None = None,
+        gallery: str | None = None,
+    ) -> list[list[Hit]]:
+        return self.current.search(embeddings, top_k, namespace=namespace, gallery=gallery)
 
     def delete_faces(self, face_ids: Sequence[str]) -> None:
         for index in self._targets():

@@ -19,6 +19,7 @@ from pymilvus import DataType, MilvusClient
 from facerec.errors import InvalidArgumentError
 from gateway.crypto.vector_protection import VectorProtector
 
+log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INDEX_TYPES = ("FLAT", "HNSW")
 
@@ -28,6 +29,21 @@ def check_id(value: str, what: str = "id") -> str:
     if not _ID.fullmatch(value):
         raise InvalidArgumentError(f"invalid {what} {value!r}", code="invalid_id")
     return value
+
+
+DEFAULT_SCOPE = ("default", "default")  # (namespace, gallery) of data from before scopes
+SCOPE_FIELDS = ("namespace", "gallery")
+
+
+def scope_filter(namespace: str | None, gallery: str | None) -> str:
+    """The Milvus filter expression limiting a search to a namespace (and a gallery);
+    empty for neither. Values are checked like ids, so nothing else reaches the filter."""
+    terms = [
+        f'{name} == "{check_id(value, name)}"'
+        for name, value in (("namespace", namespace), ("gallery", gallery))
+        if value is not None
+    ]
+    return " and ".join(terms)
 
 
 @dataclass(frozen=True)
@@ -78,11 +94,19 @@ class FaceIndex:
 
     def _ensure(self, index_type: str) -> None:
         if self.client.has_collection(self.collection):
-            self.client.load_collection(self.collection)
-            return
+            fields = self.client.describe_collection(self.collection)["fields"]
+            if set(SCOPE_FIELDS) <= {f["name"] for f in fields}:
+                self.client.load_collection(self.collection)
+                return
+            # A collection from before namespaces: the vectors are rebuilt from the system
+            # of record by the start-up repair (or `facerec reindex`).
+            log.warning("index %s has no namespace field: recreating it", self.collection)
+            self.client.drop_collection(self.collection)
         schema = self.client.create_schema(auto_id=False)
         schema.add_field("face_id", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("subject_id", DataType.VARCHAR, max_length=64)
+        for name in SCOPE_FIELDS:
+            schema.add_field(name, DataType.VARCHAR, max_length=64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.protector.dim)
         params = self.client.prepare_index_params()
         extra = {"M": 16, "efConstruction": 200} if index_type == "HNSW" else {}
@@ -90,10 +114,16 @@ class FaceIndex:
         self.client.create_collection(self.collection, schema=schema, index_params=params)
 
     def add(
-        self, face_ids: Sequence[str], subject_ids: Sequence[str], embeddings: np.ndarray
+        self,
+        face_ids: Sequence[str],
+        subject_ids: Sequence[str],
+        embeddings: np.ndarray,
+        scopes: Sequence[tuple[str, str]] | None = None,
     ) -> None:
-        """Insert (or replace) faces; ``embeddings`` float32[N, D] unit rows."""
-        if not (len(face_ids) == len(subject_ids) == len(embeddings)):
+        """Insert (or replace) faces; ``embeddings`` float32[N, D] unit rows; ``scopes``
+        the (namespace, gallery) of each face's subject (default: the default ones)."""
+        scopes = [DEFAULT_SCOPE] * len(face_ids) if scopes is None else scopes
+        if not (len(face_ids) == len(subject_ids) == len(embeddings) == len(scopes)):
             raise InvalidArgumentError("face_ids, subject_ids and embeddings differ in length")
         if len(face_ids) == 0:
             return
@@ -102,20 +132,31 @@ class FaceIndex:
             {
                 "face_id": check_id(f, "face id"),
                 "subject_id": check_id(s, "subject id"),
+                "namespace": check_id(scope[0], "namespace"),
+                "gallery": check_id(scope[1], "gallery"),
                 "vector": v.tolist(),
             }
-            for f, s, v in zip(face_ids, subject_ids, vectors, strict=True)
+            for f, s, scope, v in zip(face_ids, subject_ids, scopes, vectors, strict=True)
         ]
         self.client.upsert(self.collection, rows)
 
-    def search(self, embeddings: np.ndarray, top_k: int = 5, ef: int = 64) -> list[list[Hit]]:
-        """Per probe float32[D], the ``top_k`` best faces, best first."""
+    def search(
+        self,
+        embeddings: np.ndarray,
+        top_k: int = 5,
+        ef: int = 64,
+        namespace: str | None = None,
+        gallery: str | None = None,
+    ) -> list[list[Hit]]:
+        """Per probe float32[D], the ``top_k`` best faces (of ``namespace`` and ``gallery``
+        when given), best first."""
         if len(embeddings) == 0:
             return []
         probes = self.protector.protect(embeddings)
         found = self.client.search(
             self.collection,
             [p.tolist() for p in probes],
+            filter=scope_filter(namespace, gallery),
             limit=top_k,
             output_fields=["subject_id"],
             search_params={"params": {"ef": max(ef, top_k)}},

@@ -123,14 +123,15 @@ class StreamWorker:
         self.shown_source = redact(spec.source)
         self.created_at = datetime.now(UTC)
         self.video = video
-        self.caller = Caller(caller.key_id, caller.role, self.id)  # events audited per stream
+        # events audited per stream; identified in the namespace it was started in
+        self.caller = Caller(caller.key_id, caller.role, self.id, caller.namespace, caller.gallery)
         self.feed = EventFeed()
-        analyzer = video.analyzer(spec.every, spec.fpir, spec.threshold)  # may raise
+        self.analyzer = video.analyzer(self.caller, spec.every, spec.fpir, spec.threshold)
         try:
             self.source = open_source(spec.source, options)
         except SourceError as exc:  # a file OpenCV cannot read (live sources are retried)
             raise InvalidSourceError(str(self._hide(exc.message)), code=exc.code) from None
-        self.stream = VideoStream(self.source, analyzer)
+        self.stream = VideoStream(self.source, self.analyzer)
         self.error: str | None = None
         self._state = "connecting"
         self._state_lock = threading.Lock()
@@ -150,13 +151,13 @@ class StreamWorker:
     def _run(self) -> None:
         try:
             for _, result in self.stream:
-                self.video.audit(result.events, self.caller)
-                for doc in self.video.messages(None, result.events):
+                self.video.audit(result.events, self.caller, self.analyzer)
+                for doc in self.video.messages(None, result.events, self.caller):
                     self.feed.publish(doc)
                 self.watch_state()
             ended = self.stream.finish()
-            self.video.audit(ended, self.caller)
-            for doc in self.video.messages(None, ended):
+            self.video.audit(ended, self.caller, self.analyzer)
+            for doc in self.video.messages(None, ended, self.caller):
                 self.feed.publish(doc)
         except Exception as exc:  # a worker reports its failure in its status, never dies silently
             log.exception("stream %s failed", self.id)
@@ -188,6 +189,7 @@ class StreamWorker:
             "id": self.id,
             "source": self.shown_source,
             "label": self.spec.label,
+            "namespace": self.caller.namespace,
             "every": self.spec.every,
             "created_at": self.created_at,
             "state": state,

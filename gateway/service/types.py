@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facerec.errors import FaceRecError
+from facerec.openset import OperatingPoint
 from facerec.pipeline import Face
 from gateway.audit.chain import AuditEvent
 from gateway.storage.api_keys import ApiKeyInfo
@@ -30,12 +31,14 @@ __all__ = [
     "Enrolment",
     "FaceInfo",
     "FailedImage",
+    "IdempotencyClaim",
     "Identification",
     "IdentifiedFace",
     "Job",
     "NewApiKey",
     "PairVerification",
     "Readiness",
+    "StoredResponse",
     "Subject",
     "SubjectPage",
     "Upload",
@@ -45,15 +48,51 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: the API key's id and role, and the request id."""
+    """Who sent a request: the API key's id and role, the request id, and what the key
+    may see: subjects of ``namespace`` (None: every namespace, for the service itself and
+    its command line) and, when ``gallery`` is set, of that gallery only."""
 
     key_id: str | None = None
     role: str | None = None
     request_id: str | None = None
+    namespace: str | None = None
+    gallery: str | None = None
 
     def audit_fields(self) -> dict[str, str | None]:
         """The caller as audit event fields."""
         return {"key_id": self.key_id, "role": self.role, "request_id": self.request_id}
+
+    def sees(self, subject: Subject) -> bool:
+        """Whether ``subject`` is within this caller's namespace and gallery."""
+        return (self.namespace is None or subject.namespace == self.namespace) and (
+            self.gallery is None or subject.gallery == self.gallery
+        )
+
+    def to_params(self) -> dict[str, str | None]:
+        """The caller as JSON (a job keeps who submitted it); :meth:`from_params` reads it."""
+        return {**self.audit_fields(), "namespace": self.namespace, "gallery": self.gallery}
+
+    @staticmethod
+    def from_params(params: dict[str, Any]) -> Caller:
+        return Caller(
+            *(params.get(k) for k in ("key_id", "role", "request_id", "namespace", "gallery"))
+        )
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """An ``Idempotency-Key`` now held by the request in progress."""
+
+    key: str  # as stored: the caller's key id and the idempotency key
+    fingerprint: str  # of the request that holds it
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The response a request gave, returned again to a replay of it."""
+
+    status: int
+    body: bytes  # JSON, or empty
 
 
 @dataclass(frozen=True)
@@ -77,18 +116,30 @@ class FailedImage:
 
 @dataclass(frozen=True)
 class Enrolled:
-    """One face added to a subject."""
+    """One face added to a subject: its summary ``quality`` in [0, 1], what the enrolment
+    gates measured (:meth:`facerec.selection.FaceQuality.to_dict`), and whether it is
+    there only because ``force`` skipped the consistency gate."""
 
     image: str
     face_id: str
     quality: float  # in [0, 1]
     face: Face
+    measures: dict[str, Any] = field(default_factory=dict)
+    forced: bool = False
+
+    @property
+    def consistency(self) -> float | None:
+        """Cosine to the centroid of the subject's templates before it (None: the first)."""
+        value = self.measures.get("consistency")
+        return None if value is None else float(value)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image": self.image,
             "face_id": self.face_id,
             "quality": self.quality,
+            "measures": self.measures,
+            "forced": self.forced,
             **self.face.to_dict(),
         }
 
@@ -147,7 +198,9 @@ class PairVerification:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A subject close to a probe face: its best face's similarity."""
+    """A subject close to a probe face, and its score under the identification policy's
+    scoring (:class:`facerec.matching.Scoring`: by default the cosine with the centroid
+    of its templates)."""
 
     subject_id: str
     name: str
@@ -162,8 +215,9 @@ class IdentifiedFace:
     """One face of a probe image, its candidates (best first) and the open-set match."""
 
     face: Face
-    candidates: list[Candidate]
+    candidates: list[Candidate]  # those the caller may see (facerec serve's visibility rule)
     match: Candidate | None  # None: no one is close enough
+    best: float | None = None  # the best candidate's score, seen or not (for the audit)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,16 +229,21 @@ class IdentifiedFace:
 
 @dataclass(frozen=True)
 class Identification:
-    """Every face of one image, identified."""
+    """Every face of one image, identified at one operating point (threshold, target
+    FPIR, gallery size, scoring method and where the threshold came from)."""
 
     image: str
-    threshold: float
+    point: OperatingPoint
     faces: list[IdentifiedFace]
+
+    @property
+    def threshold(self) -> float:
+        return self.point.threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image": self.image,
-            "threshold": self.threshold,
+            **self.point.to_dict(),
             "faces": [f.to_dict() for f in self.faces],
         }
 

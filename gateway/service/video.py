@@ -5,12 +5,15 @@ Every stream gets its own :class:`~facerec.video.StreamAnalyzer` (tracker and id
 votes) over the service's one pipeline and :class:`~facerec.batching.MicroBatcher`, so the
 frames and face crops of every WebSocket and every stream are batched together with the
 REST requests. Identities are decided through :class:`IndexPolicy`, the
-:class:`~facerec.video.MatchPolicy` of the gateway's index (candidates from
+:class:`~facerec.video.MatchPolicy` of the gateway's index for one caller (candidates from
 :meth:`FaceService.match_embeddings`, the threshold from
-:meth:`FaceService.operating_point` for the gallery's current size). Results name subjects
-by their name (``match``) and id (``subject_id``). ``identified`` and ``track_ended``
-events are audited like identifications: subject id and similarity, never an image or an
-embedding.
+:meth:`FaceService.operating_point`), exactly as ``POST /v1/identify`` decides for that
+caller: only the subjects of its namespace (and gallery) are searched, the operating point
+is the one for the size of that gallery, and a caller without the admin role may not
+loosen it (``threshold_not_allowed``) nor see the similarity of a face left unnamed (the
+score of a candidate below the threshold). Results name subjects by their name (``match``)
+and id (``subject_id``). ``identified`` and ``track_ended`` events are audited like
+identifications: subject id, similarity and threshold, never an image or an embedding.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from facerec.matching import Candidate
 from facerec.openset import OperatingPoint
 from facerec.video import FrameResult, StreamAnalyzer, TrackEvent, VideoConfig
 from gateway.service.faces import FaceService
+from gateway.service.matching import privileged
 from gateway.service.types import Caller
 from gateway.settings import Settings
 
@@ -77,20 +81,23 @@ class LiveLimits:
 
 
 class IndexPolicy:
-    """:class:`~facerec.video.MatchPolicy` over the gateway's index: candidates from
-    :meth:`FaceService.match_embeddings`; the operating point from
-    :meth:`FaceService.operating_point`, recomputed every ``refresh_s`` seconds (the gallery
-    grows and shrinks while a stream runs)."""
+    """:class:`~facerec.video.MatchPolicy` over the gateway's index for ``caller``:
+    candidates from :meth:`FaceService.match_embeddings` (its namespace and gallery only);
+    the operating point from :meth:`FaceService.operating_point` (for that gallery's size;
+    a looser one than the service's is refused unless ``caller`` is an admin), recomputed
+    every ``refresh_s`` seconds (the gallery grows and shrinks while a stream runs)."""
 
     def __init__(
         self,
         faces: FaceService,
+        caller: Caller,
         fpir: float | None = None,
         threshold: float | None = None,
         refresh_s: float = 5.0,
     ) -> None:
-        self.faces, self.fpir, self.threshold, self.refresh_s = faces, fpir, threshold, refresh_s
-        self._point = faces.operating_point(fpir, threshold)  # a bad setting fails here
+        self.faces, self.caller, self.refresh_s = faces, caller, refresh_s
+        self.fpir, self.threshold = fpir, threshold
+        self._point = faces.operating_point(fpir, threshold, caller)  # a bad one fails here
         self._at = time.monotonic()
         self._lock = threading.Lock()
 
@@ -98,12 +105,12 @@ class IndexPolicy:
     def point(self) -> OperatingPoint:
         with self._lock:
             if time.monotonic() - self._at >= self.refresh_s:
-                self._point = self.faces.operating_point(self.fpir, self.threshold)
+                self._point = self.faces.operating_point(self.fpir, self.threshold, self.caller)
                 self._at = time.monotonic()
             return self._point
 
     def search(self, probes: np.ndarray, top_k: int = 5) -> list[list[Candidate]]:
-        return self.faces.match_embeddings(probes, top_k)
+        return self.faces.match_embeddings(probes, top_k, self.caller)
 
 
 class SubjectNames:
@@ -195,19 +202,29 @@ class VideoService:
 
     # -- analysis ---------------------------------------------------------------------------
     def analyzer(
-        self, every: int = 1, fpir: float | None = None, threshold: float | None = None
+        self,
+        caller: Caller,
+        every: int = 1,
+        fpir: float | None = None,
+        threshold: float | None = None,
     ) -> StreamAnalyzer:
-        """A new stream's tracker and identity votes over the shared batcher."""
+        """A new stream's tracker and identity votes over the shared batcher, deciding for
+        ``caller`` (:class:`IndexPolicy`)."""
         if not 1 <= every <= 30:
             raise InvalidArgumentError("every must be between 1 and 30", code="invalid_request")
-        policy = IndexPolicy(self.faces, fpir, threshold)
+        policy = IndexPolicy(self.faces, caller, fpir, threshold)
         return StreamAnalyzer(self.faces.batcher, policy, VideoConfig(detect_every=every))
 
     def messages(
-        self, result: FrameResult | None, events: Sequence[TrackEvent]
+        self,
+        result: FrameResult | None,
+        events: Sequence[TrackEvent],
+        caller: Caller | None = None,
     ) -> list[dict[str, Any]]:
         """The frame's JSON result (if any), then its events: ``match``/``subject`` are
-        subject names, ``subject_id`` their ids."""
+        subject names, ``subject_id`` their ids. For a ``caller`` without the admin role an
+        unnamed face has no ``similarity`` (it would be a candidate's below the threshold)."""
+        hide_scores = not privileged(caller)
         ids = {f.match for f in result.faces if f.match} if result else set()
         ids |= {e.data["subject"] for e in events if e.data.get("subject")}
         names = self.names.get(ids)
@@ -217,6 +234,8 @@ class VideoService:
             for face in doc["faces"]:
                 face["subject_id"] = face["match"]
                 face["match"] = names.get(face["match"]) if face["match"] else None
+                if hide_scores and face["subject_id"] is None:
+                    face["similarity"] = None
             out.append(doc)
         for event in events:
             doc = event.to_dict()
@@ -226,8 +245,12 @@ class VideoService:
             out.append(doc)
         return out
 
-    def audit(self, events: Sequence[TrackEvent], caller: Caller) -> None:
-        """``identified`` and ``track_ended`` as audit events (subject id, similarity)."""
+    def audit(self, events: Sequence[TrackEvent], caller: Caller, analyzer: StreamAnalyzer) -> None:
+        """``identified`` and ``track_ended`` as audit events (subject id, similarity, and
+        the threshold ``analyzer`` decides at)."""
+        if not any(e.event in AUDITED_EVENTS for e in events):
+            return
+        threshold = None if analyzer.policy is None else analyzer.policy.point.threshold
         for event in events:
             action = AUDITED_EVENTS.get(event.event)
             if action is None:
@@ -239,6 +262,7 @@ class VideoService:
                 caller,
                 subject=subject,
                 score=event.data.get("similarity"),
+                threshold=threshold,
             )
 
     def session(
@@ -248,7 +272,7 @@ class VideoService:
         fpir: float | None = None,
         threshold: float | None = None,
     ) -> LiveSession:
-        return LiveSession(self, caller, self.analyzer(every, fpir, threshold))
+        return LiveSession(self, caller, self.analyzer(caller, every, fpir, threshold))
 
 
 class LiveSession:
@@ -277,11 +301,11 @@ class LiveSession:
             image = decode_image(data, self.video.decode_limits)
             result = self.analyzer.process(image, frame, t, dropped)
         self._last = (frame, t)
-        self.video.audit(result.events, self.caller)
-        return self.video.messages(result, result.events)
+        self.video.audit(result.events, self.caller, self.analyzer)
+        return self.video.messages(result, result.events, self.caller)
 
     def finish(self) -> list[dict[str, Any]]:
         """``track_ended`` for the tracks still open (the connection is closing)."""
         events = self.analyzer.finish(*self._last)
-        self.video.audit(events, self.caller)
-        return self.video.messages(None, events)
+        self.video.audit(events, self.caller, self.analyzer)
+        return self.video.messages(None, events, self.caller)

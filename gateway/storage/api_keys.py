@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.errors import ConflictError, NotFoundError
-from gateway.storage.schema import ApiKeyRow, now
+from gateway.storage.schema import DEFAULT_NAMESPACE, ApiKeyRow, now
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,23 @@ class ApiKeyInfo:
     label: str
     created_at: datetime
     revoked_at: datetime | None
+    bootstrap: bool = False  # made from FACEREC_ADMIN_KEY
+    namespace: str = DEFAULT_NAMESPACE  # the tenant it acts for
+    gallery: str | None = None  # the one gallery it is limited to (None: all)
 
 
 def _info(row: ApiKeyRow) -> ApiKeyInfo:
-    return ApiKeyInfo(row.id, row.role, row.digest, row.label, row.created_at, row.revoked_at)
+    return ApiKeyInfo(
+        row.id,
+        row.role,
+        row.digest,
+        row.label,
+        row.created_at,
+        row.revoked_at,
+        bool(row.bootstrap),
+        row.namespace,
+        row.gallery,
+    )
 
 
 class ApiKeyRepository:
@@ -34,10 +47,28 @@ class ApiKeyRepository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def add(self, key_id: str, role: str, digest: str, label: str = "") -> ApiKeyInfo:
+    def add(
+        self,
+        key_id: str,
+        role: str,
+        digest: str,
+        label: str = "",
+        *,
+        bootstrap: bool = False,
+        namespace: str = DEFAULT_NAMESPACE,
+        gallery: str | None = None,
+    ) -> ApiKeyInfo:
         try:
             with Session(self.engine) as s, s.begin():
-                row = ApiKeyRow(id=key_id, role=role, digest=digest, label=label)
+                row = ApiKeyRow(
+                    id=key_id,
+                    role=role,
+                    digest=digest,
+                    label=label,
+                    bootstrap=bootstrap,
+                    namespace=namespace,
+                    gallery=gallery,
+                )
                 s.add(row)
                 s.flush()
                 return _info(row)
@@ -61,3 +92,20 @@ class ApiKeyRepository:
                 raise NotFoundError(f"no API key {key_id}")
             if row.revoked_at is None:
                 row.revoked_at = now()
+
+    def mark_bootstrap(self, key_id: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFoundError(f"no API key {key_id}")
+            row.bootstrap = True
+
+    def active_bootstrap(self) -> list[str]:
+        """Ids of the bootstrap keys not revoked, oldest first."""
+        with Session(self.engine) as s:
+            query = (
+                select(ApiKeyRow.id)
+                .where(ApiKeyRow.bootstrap.is_(True), ApiKeyRow.revoked_at.is_(None))
+                .order_by(ApiKeyRow.created_at)
+            )
+            return list(s.scalars(query))

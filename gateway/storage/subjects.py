@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
@@ -28,9 +28,18 @@ from gateway.crypto.envelope import (
     seal_template,
 )
 from gateway.errors import ConflictError, NotFoundError
-from gateway.storage.schema import FaceRow, SubjectRow, new_id, now
+from gateway.storage.schema import (
+    DEFAULT_GALLERY,
+    DEFAULT_NAMESPACE,
+    FaceRow,
+    SubjectRow,
+    new_id,
+    now,
+    to_utc,
+)
 
 UNSET: Any = object()  # "leave as it is", where None means "clear"
+_Q = TypeVar("_Q", bound=Select[*tuple[Any, ...]])  # any SELECT
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,12 @@ class Subject:
     created_at: datetime
     expires_at: datetime | None
     faces: int
+    namespace: str = DEFAULT_NAMESPACE  # the tenant it belongs to
+    gallery: str = DEFAULT_GALLERY  # the gallery within that tenant
+
+    @property
+    def scope(self) -> tuple[str, str]:
+        return self.namespace, self.gallery
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,25 @@ class FaceInfo:
 
 
 def _subject(row: SubjectRow, faces: int) -> Subject:
-    return Subject(row.id, row.name, dict(row.meta), row.created_at, row.expires_at, faces)
+    return Subject(
+        row.id,
+        row.name,
+        dict(row.meta),
+        row.created_at,
+        row.expires_at,
+        faces,
+        row.namespace,
+        row.gallery,
+    )
+
+
+def _in_scope(query: _Q, namespace: str | None, gallery: str | None) -> _Q:
+    """``query`` limited to the subjects of ``namespace`` and ``gallery`` (None: any)."""
+    if namespace is not None:
+        query = query.where(SubjectRow.namespace == namespace)
+    if gallery is not None:
+        query = query.where(SubjectRow.gallery == gallery)
+    return query
 
 
 def _face(row: FaceRow) -> FaceInfo:
@@ -77,7 +110,12 @@ class SubjectRepository:
 
     # -- subjects ---------------------------------------------------------------------
     def create(
-        self, name: str, meta: dict[str, Any] | None = None, expires_at: datetime | None = None
+        self,
+        name: str,
+        meta: dict[str, Any] | None = None,
+        expires_at: datetime | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        gallery: str = DEFAULT_GALLERY,
     ) -> Subject:
         subject_id = new_id()
         wrapped = self.keyring.wrap(new_data_key(), subject_id)
@@ -85,8 +123,10 @@ class SubjectRepository:
             row = SubjectRow(
                 id=subject_id,
                 name=name,
+                namespace=namespace,
+                gallery=gallery,
                 meta=meta or {},
-                expires_at=expires_at,
+                expires_at=None if expires_at is None else to_utc(expires_at),
                 dek_key_id=wrapped.key_id,
                 dek_blob=wrapped.blob,
             )
@@ -118,48 +158,72 @@ class SubjectRepository:
             if meta is not None:
                 row.meta = meta
             if expires_at is not UNSET:
-                row.expires_at = expires_at
+                row.expires_at = None if expires_at is None else to_utc(expires_at)
             s.flush()
             return _subject(row, _face_count(s, subject_id))
 
-    def page(self, offset: int = 0, limit: int = 50) -> tuple[list[Subject], int]:
-        """One page of subjects, oldest first, and the total number of subjects."""
+    def page(
+        self,
+        offset: int = 0,
+        limit: int = 50,
+        namespace: str | None = None,
+        gallery: str | None = None,
+    ) -> tuple[list[Subject], int]:
+        """One page of subjects (of ``namespace`` and ``gallery`` when given), oldest
+        first, and how many there are."""
         with Session(self.engine) as s:
             counts = (
                 select(FaceRow.subject_id, func.count().label("n"))
                 .group_by(FaceRow.subject_id)
                 .subquery()
             )
-            rows = s.execute(
+            query = (
                 select(SubjectRow, func.coalesce(counts.c.n, 0))
                 .outerjoin(counts, counts.c.subject_id == SubjectRow.id)
                 .order_by(SubjectRow.created_at, SubjectRow.id)
                 .offset(offset)
                 .limit(limit)
             )
+            rows = s.execute(_in_scope(query, namespace, gallery))
             page = [_subject(r, int(n)) for r, n in rows]
-            total = int(s.scalar(select(func.count()).select_from(SubjectRow)) or 0)
+            count = _in_scope(select(func.count()).select_from(SubjectRow), namespace, gallery)
+            total = int(s.scalar(count) or 0)
             return page, total
 
-    def names(self, subject_ids: Sequence[str]) -> dict[str, str]:
-        """Names of the subjects that exist among ``subject_ids``."""
+    def names(
+        self,
+        subject_ids: Sequence[str],
+        namespace: str | None = None,
+        gallery: str | None = None,
+    ) -> dict[str, str]:
+        """Names of the subjects that exist among ``subject_ids`` (and are in
+        ``namespace`` and ``gallery`` when given)."""
         if not subject_ids:
             return {}
         with Session(self.engine) as s:
-            rows = s.execute(
-                select(SubjectRow.id, SubjectRow.name).where(SubjectRow.id.in_(set(subject_ids)))
+            query = select(SubjectRow.id, SubjectRow.name).where(
+                SubjectRow.id.in_(set(subject_ids))
             )
+            rows = s.execute(_in_scope(query, namespace, gallery))
             return {r[0]: r[1] for r in rows}
+
+    def scopes(self) -> dict[str, tuple[str, str]]:
+        """(namespace, gallery) of every subject, by id (to rebuild the index)."""
+        with Session(self.engine) as s:
+            rows = s.execute(select(SubjectRow.id, SubjectRow.namespace, SubjectRow.gallery))
+            return {r[0]: (r[1], r[2]) for r in rows}
 
     def delete(self, subject_id: str) -> list[str]:
         """Delete a subject with its wrapped data key (crypto-shredding) and its faces;
         returns the deleted face ids, for the index."""
-        with Session(self.engine) as s, s.begin():
-            row = s.get(SubjectRow, subject_id)
-            if row is None:
+        with self.engine.begin() as conn:
+            face_ids = list(
+                conn.execute(select(FaceRow.id).where(FaceRow.subject_id == subject_id)).scalars()
+            )
+            # the foreign key's ON DELETE CASCADE takes every face, those inserted since too
+            gone = conn.execute(delete(SubjectRow).where(SubjectRow.id == subject_id))
+            if gone.rowcount == 0:
                 raise _missing(subject_id)
-            face_ids = [f.id for f in row.faces]
-            s.delete(row)
         self._flush_deleted()
         return face_ids
 
@@ -238,20 +302,35 @@ class SubjectRepository:
                     )
                 )
         except SqlIntegrityError:
+            # Either constraint: the subject was deleted since it was read (the foreign
+            # key), or this image is already enrolled for it (the unique constraint).
+            if not self.exists(subject_id):
+                raise _missing(subject_id) from None
             raise ConflictError(
                 "this image is already enrolled for this subject", code="duplicate_face"
             ) from None
         return face_id
 
+    def exists(self, subject_id: str) -> bool:
+        with Session(self.engine) as s:
+            return s.get(SubjectRow, subject_id) is not None
+
     def mark_indexed(self, face_ids: Sequence[str]) -> set[str]:
         """Mark faces indexed; returns those still present (a concurrent delete may have
-        removed the others, whose vectors the caller must then remove)."""
-        with Session(self.engine) as s, s.begin():
-            marked = set()
-            for row in s.scalars(select(FaceRow).where(FaceRow.id.in_(list(face_ids)))):
-                row.state = "indexed"
-                marked.add(row.id)
-            return marked
+        removed the others, whose vectors the caller must then remove).
+
+        One conditional ``UPDATE ... RETURNING``: a row deleted before it (or, on
+        PostgreSQL, by a delete it waited for) is simply not returned."""
+        if not face_ids:
+            return set()
+        query = (
+            update(FaceRow)
+            .where(FaceRow.id.in_(list(face_ids)))
+            .values(state="indexed")
+            .returning(FaceRow.id)
+        )
+        with self.engine.begin() as conn:
+            return set(conn.execute(query).scalars())
 
     def discard_faces(self, face_ids: Sequence[str]) -> None:
         """Remove face rows (a rolled-back enrolment)."""
@@ -283,6 +362,58 @@ class SubjectRepository:
         """Faces written but not confirmed in the index."""
         with Session(self.engine) as s:
             return list(s.scalars(select(FaceRow.id).where(FaceRow.state == "pending")))
+
+    def enrolled_count(self, namespace: str | None = None, gallery: str | None = None) -> int:
+        """Subjects with at least one indexed face (the gallery size of 1:N), of
+        ``namespace`` and ``gallery`` when given."""
+        with Session(self.engine) as s:
+            query = select(func.count(func.distinct(FaceRow.subject_id))).where(
+                FaceRow.state == "indexed"
+            )
+            if namespace is not None or gallery is not None:
+                query = _in_scope(
+                    query.join(SubjectRow, SubjectRow.id == FaceRow.subject_id), namespace, gallery
+                )
+            return int(s.scalar(query) or 0)
+
+    def candidate_templates(
+        self,
+        subject_ids: Sequence[str],
+        namespace: str | None = None,
+        gallery: str | None = None,
+    ) -> dict[str, tuple[str, np.ndarray]]:
+        """Name and indexed templates float32[K, D] of each of ``subject_ids`` that exists,
+        has any and is in ``namespace`` and ``gallery`` when given, opened, in one query
+        (the candidates of an identification)."""
+        if not subject_ids:
+            return {}
+        wanted = sorted(set(subject_ids))
+        with Session(self.engine) as s:
+            query = (
+                select(
+                    SubjectRow.id,
+                    SubjectRow.name,
+                    SubjectRow.dek_key_id,
+                    SubjectRow.dek_blob,
+                    FaceRow.id,
+                    FaceRow.template,
+                )
+                .join(FaceRow, FaceRow.subject_id == SubjectRow.id)
+                .where(
+                    SubjectRow.id.in_(wanted),
+                    FaceRow.subject_id.in_(wanted),  # the planner's way to the faces' index
+                    FaceRow.state == "indexed",
+                )
+            )
+            rows = s.execute(_in_scope(query, namespace, gallery)).all()
+        keys: dict[str, bytes] = {}
+        found: dict[str, tuple[str, list[np.ndarray]]] = {}
+        for sid, name, key_id, blob, face_id, template in rows:
+            if sid not in keys:
+                keys[sid] = self.keyring.unwrap(WrappedKey(key_id, blob), sid)
+                found[sid] = (name, [])
+            found[sid][1].append(open_template(keys[sid], template, sid, face_id))
+        return {sid: (name, np.stack(vectors)) for sid, (name, vectors) in found.items()}
 
     def templates(self, subject_id: str | None = None) -> Iterator[tuple[str, str, np.ndarray]]:
         """(face id, subject id, embedding float32[D]) of every face (or of one subject's),

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from gateway.api.deps import AdminCaller, AdminDep
+from gateway.api.deps import AdminCaller, AdminChange, AdminDep
 from gateway.api.schemas import ApiKeyIn, ApiKeyOut, AuditEventOut, AuditPage
 from gateway.service.types import ApiKeyInfo
 
@@ -18,6 +18,8 @@ def _key_out(k: ApiKeyInfo, token: str | None = None) -> ApiKeyOut:
         id=k.id,
         role=k.role,
         label=k.label,
+        namespace=k.namespace,
+        gallery=k.gallery,
         created_at=k.created_at,
         revoked_at=k.revoked_at,
         token=token,
@@ -47,13 +49,13 @@ def list_keys(admin: AdminDep, caller: AdminCaller) -> list[ApiKeyOut]:
 
 
 @router.post("/keys", status_code=201, response_model=ApiKeyOut)
-def create_key(body: ApiKeyIn, admin: AdminDep, caller: AdminCaller) -> ApiKeyOut:
+def create_key(body: ApiKeyIn, admin: AdminDep, caller: AdminChange) -> ApiKeyOut:
     """A new API key; its token is shown in this response only."""
-    new = admin.create_key(body.role, body.label, caller)
+    new = admin.create_key(body.role, body.label, caller, body.namespace, body.gallery)
     return _key_out(new.record, new.token)
 
 
 @router.delete("/keys/{key_id}", status_code=204)
-def revoke_key(key_id: str, admin: AdminDep, caller: AdminCaller) -> Response:
+def revoke_key(key_id: str, admin: AdminDep, caller: AdminChange) -> Response:
     admin.revoke_key(key_id, caller)
     return Response(status_code=204)

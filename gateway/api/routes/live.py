@@ -10,7 +10,11 @@ read gets ``{"error": {..., "frame": N}}`` and the connection stays open; limits
 (:data:`gateway.api.websocket.CLOSE_CODES`). The text message ``{"end": true}`` ends the
 stream: the open tracks' ``track_ended`` events follow, then the close (1000, ``end``).
 Query parameters: ``every`` (run the detector on every N-th frame, 1-30), ``fpir`` or
-``threshold`` (the operating point).
+``threshold`` (the operating point). Identification is the caller's, as on
+``POST /v1/identify``: its namespace (``X-Namespace`` for an admin key) and gallery only,
+at the operating point for that gallery's size; a key without the admin role may not
+loosen it (closed 4403 ``threshold_not_allowed``) and gets no ``similarity`` for a face
+left unnamed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from fastapi import APIRouter, Depends, WebSocket
 from facerec.errors import FaceRecError, InvalidArgumentError
 from gateway.api.edge import client_address
 from gateway.api.websocket import (
+    FORBIDDEN,
     FRAME_TOO_LARGE,
     GOING_AWAY,
     INTERNAL,
@@ -202,8 +207,10 @@ async def stream(websocket: WebSocket) -> None:
             session = await loop.run_in_executor(
                 video.executor, lambda: video.session(caller, **options)
             )
-        except FaceRecError as exc:
-            await channel.close(INVALID_REQUEST, exc.code, exc)
+        except FaceRecError as exc:  # threshold_not_allowed is a 403: 4403, the rest 4400
+            await channel.close(
+                FORBIDDEN if exc.http_status == 403 else INVALID_REQUEST, exc.code, exc
+            )
             return
         limits = video.limits
         await channel.send(

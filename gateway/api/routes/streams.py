@@ -59,6 +59,10 @@ class StreamOut(BaseModel):
     id: str
     source: str = Field(description="the URL, its password masked")
     label: str
+    namespace: str | None = Field(
+        description="the namespace whose subjects it identifies (the admin key's, or "
+        "X-Namespace when it was started)"
+    )
     every: int
     created_at: datetime
     state: str = Field(description="connecting, streaming, reconnecting, ended, failed or closed")

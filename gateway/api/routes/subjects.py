@@ -6,8 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from gateway.api.deps import EnrolCaller, Multipart, ServiceDep, SettingsDep, read_upload
+from gateway.api.deps import (
+    EnrolCaller,
+    EnrolChange,
+    Multipart,
+    ServiceDep,
+    SettingsDep,
+    read_upload,
+)
 from gateway.api.schemas import (
+    ENROL_ERRORS,
     EnrolOut,
     EnrolResult,
     FaceOut,
@@ -32,6 +40,8 @@ def _out(s: Subject, limits: MetadataLimits) -> SubjectOut:
     return SubjectOut(
         id=s.id,
         name=s.name,
+        namespace=s.namespace,
+        gallery=s.gallery,
         metadata=readable(s.meta, limits),  # a row from before the limits cannot break this
         created_at=s.created_at,
         expires_at=s.expires_at,
@@ -41,14 +51,17 @@ def _out(s: Subject, limits: MetadataLimits) -> SubjectOut:
 
 @router.post("", status_code=201, response_model=SubjectOut)
 def create_subject(
-    body: SubjectIn, service: ServiceDep, settings: SettingsDep, caller: EnrolCaller
+    body: SubjectIn, service: ServiceDep, settings: SettingsDep, caller: EnrolChange
 ) -> SubjectOut:
     """Create a subject (a person); add faces with ``POST /v1/subjects/{id}/faces``.
     ``metadata``: at most ``FACEREC_MAX_METADATA_DEPTH`` levels and
     ``FACEREC_MAX_METADATA_BYTES`` bytes as JSON."""
     limits = _limits(settings)
     check_metadata(body.metadata, limits)
-    return _out(service.create_subject(body.name, body.metadata, body.expires_at, caller), limits)
+    subject = service.create_subject(
+        body.name, body.metadata, body.expires_at, caller, gallery=body.gallery
+    )
+    return _out(subject, limits)
 
 
 @router.get("", response_model=SubjectPage)
@@ -59,7 +72,7 @@ def list_subjects(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SubjectPage:
-    page = service.list_subjects(offset, limit)
+    page = service.list_subjects(caller, offset, limit)
     return SubjectPage(
         items=[_out(s, _limits(settings)) for s in page.items],
         total=page.total,
@@ -72,10 +85,10 @@ def list_subjects(
 def get_subject(
     subject_id: str, service: ServiceDep, settings: SettingsDep, caller: EnrolCaller
 ) -> SubjectDetail:
-    subject = service.get_subject(subject_id)
+    subject = service.get_subject(subject_id, caller)
     faces = [
         FaceOut(id=f.id, quality=f.quality, box=f.box, created_at=f.created_at)
-        for f in service.faces(subject_id)
+        for f in service.faces(subject_id, caller)
     ]
     return SubjectDetail(**_out(subject, _limits(settings)).model_dump(), face_list=faces)
 
@@ -86,7 +99,7 @@ def update_subject(
     body: SubjectPatch,
     service: ServiceDep,
     settings: SettingsDep,
-    caller: EnrolCaller,
+    caller: EnrolChange,
 ) -> SubjectOut:
     limits = _limits(settings)
     check_metadata(body.metadata, limits)
@@ -96,19 +109,21 @@ def update_subject(
 
 
 @router.delete("/{subject_id}", status_code=204)
-def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) -> Response:
+def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolChange) -> Response:
     """Delete a subject: its vectors, its templates and its data key (crypto-shredding)."""
     service.delete_subject(subject_id, caller)
     return Response(status_code=204)
 
 
-@router.post("/{subject_id}/faces", response_model=EnrolOut, dependencies=[Multipart])
+@router.post(
+    "/{subject_id}/faces", response_model=EnrolOut, responses=ENROL_ERRORS, dependencies=[Multipart]
+)
 def add_faces(
     subject_id: str,
     images: Annotated[list[UploadFile], File(description="one or more face images")],
     service: ServiceDep,
     settings: SettingsDep,
-    caller: EnrolCaller,
+    caller: EnrolChange,
     face: Annotated[
         str,
         Form(
@@ -117,10 +132,23 @@ def add_faces(
             "and most central, a number takes that face as listed by /v1/detect",
         ),
     ] = "only",
+    force: Annotated[
+        bool,
+        Form(
+            description="enrol faces that disagree with the subject's other templates "
+            "(skips the inconsistent_face gate only; audited as forced)"
+        ),
+    ] = False,
 ) -> EnrolOut:
-    """Enrol the face in each image; each gets its own result or error."""
+    """Enrol the chosen face of each image; each gets its own result or error.
+
+    Every face passes the enrolment gates, each refusal with its own code (see the 422
+    response): the face's size, detection score, the part of it inside the picture,
+    sharpness, head pose, and its consistency with the subject's other templates
+    (``inconsistent_face``; ``force`` skips that one). Several images in one request are
+    taken most typical first. A result carries the gates' ``measures``."""
     uploads = [read_upload(f, settings.max_upload_bytes) for f in images]
-    enrolment = service.enrol(subject_id, uploads, face, caller)
+    enrolment = service.enrol(subject_id, uploads, face, caller, force)
     return EnrolOut(
         subject_id=enrolment.subject_id,
         results=[EnrolResult.model_validate(r.to_dict()) for r in enrolment.results],
@@ -130,7 +158,7 @@ def add_faces(
 
 @router.delete("/{subject_id}/faces/{face_id}", status_code=204)
 def delete_face(
-    subject_id: str, face_id: str, service: ServiceDep, caller: EnrolCaller
+    subject_id: str, face_id: str, service: ServiceDep, caller: EnrolChange
 ) -> Response:
     service.delete_face(subject_id, face_id, caller)
     return Response(status_code=204)
