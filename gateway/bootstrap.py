@@ -10,7 +10,9 @@ from datetime import timedelta
 from facerec.batching import MicroBatcher
 from facerec.imaging.budget import PixelBudget
 from facerec.imaging.decode import DecodeLimits
+from facerec.matching import Scoring
 from facerec.pipeline import FacePipeline
+from facerec.selection import EnrolmentGates
 from gateway.audit.log import AuditLog
 from gateway.audit.refusals import RefusalLog
 from gateway.auth.api_keys import KeyManager
@@ -21,7 +23,10 @@ from gateway.index.manager import IndexManager
 from gateway.service.admin import SYSTEM, AdminService
 from gateway.service.faces import FaceService
 from gateway.service.jobs import JobLimits, JobService
+from gateway.service.sources import SourcePolicy
+from gateway.service.streams import StreamService
 from gateway.service.types import Caller
+from gateway.service.video import LiveLimits, VideoService
 from gateway.settings import SQLITE_FILE, Settings
 from gateway.storage.database import Database
 from gateway.storage.files import create_private, prepare_data_dir, touch_private
@@ -54,6 +59,20 @@ def open_database(settings: Settings) -> Database:
     return Database(settings.sqlite_url, load_keyring(settings))
 
 
+def enrolment_gates(settings: Settings) -> EnrolmentGates:
+    """The enrolment gates of the settings (``FACEREC_ENROL_*``)."""
+    return EnrolmentGates(
+        min_face_size=settings.enrol_min_face_size,
+        min_score=settings.enrol_min_score,
+        min_sharpness=settings.enrol_min_sharpness,
+        max_yaw=settings.enrol_max_yaw,
+        max_pitch=settings.enrol_max_pitch,
+        max_roll=settings.enrol_max_roll,
+        min_consistency=settings.enrol_min_consistency,
+        max_outside=settings.enrol_max_outside,
+    )
+
+
 def open_gallery(settings: Settings, db: Database, dim: int) -> Gallery:
     """The faces of ``db`` with their vectors in the configured Milvus (``dim`` wide)."""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
@@ -80,6 +99,8 @@ class Gateway:
     service: FaceService
     admin: AdminService
     jobs: JobService
+    video: VideoService
+    streams: StreamService
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -101,6 +122,8 @@ class Gateway:
         self._stop.set()
         self._purger.join(timeout=30)
         self.jobs.close()
+        self.streams.close()
+        self.video.close()
         self.service.close()
         self.admin.close()
 
@@ -141,7 +164,9 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         admin.audit_log,
         DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
         store_images=settings.store_images,
-        min_quality=settings.enrol_min_quality,
+        gates=enrolment_gates(settings),
+        fpir=settings.identify_fpir,
+        scoring=Scoring(settings.identify_score),
         budget=PixelBudget(settings.max_pixels_in_flight, wait=settings.busy_wait_s),
         trim_after_pixels=settings.trim_after_pixels,
     )
@@ -154,4 +179,6 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         settings.max_spool_bytes,
     )
     jobs = JobService(db.jobs, service, limits, settings.data_dir / "spool")
-    return Gateway(settings, service, admin, jobs)
+    video = VideoService(service, LiveLimits.from_settings(settings))
+    streams = StreamService(video, SourcePolicy.from_settings(settings), settings.max_streams)
+    return Gateway(settings, service, admin, jobs, video, streams)

@@ -10,12 +10,22 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from facerec.matching import DEFAULT_SCORING, ScoreMethod
 from facerec.models import facerec_home
+from facerec.openset import DEFAULT_FPIR
 from facerec.pipeline import DEFAULT_TRITON_URL
+from facerec.selection import DEFAULT_GATES
 from gateway.auth.api_keys import TOKEN_FORMAT, TOKEN_FORMAT_HELP
 
 PLACEHOLDER = "change-me"
 SQLITE_FILE = "facerec.sqlite3"  # in data_dir, unless database_url names a database
+
+
+def _gate(name: str) -> float:
+    """The core's default threshold of one enrolment gate (:data:`DEFAULT_GATES`)."""
+    value = getattr(DEFAULT_GATES, name)
+    assert value is not None, name
+    return float(value)
 
 
 class Settings(BaseSettings):
@@ -69,7 +79,31 @@ class Settings(BaseSettings):
     refusal_audit_window_s: float = Field(default=60.0, gt=0.0)  # aggregation window
     refusal_audit_max_clients: int = Field(default=100, ge=1)  # detailed rows per window
     trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-For is used
-    enrol_min_quality: float = Field(default=0.5, ge=0.0, le=1.0)
+    # -- enrolment gates (facerec.selection; the core's defaults; 0 / a large value: off) -
+    enrol_min_face_size: float = Field(default=_gate("min_face_size"), ge=0.0)  # px
+    enrol_min_score: float = Field(default=_gate("min_score"), ge=0.0, le=1.0)
+    enrol_max_outside: float = Field(default=_gate("max_outside"), ge=0.0, le=1.0)
+    enrol_min_sharpness: float = Field(default=_gate("min_sharpness"), ge=0.0)
+    enrol_max_yaw: float = Field(default=_gate("max_yaw"), gt=0.0)
+    enrol_max_pitch: float = Field(default=_gate("max_pitch"), gt=0.0)
+    enrol_max_roll: float = Field(default=_gate("max_roll"), gt=0.0)  # degrees
+    enrol_min_consistency: float = Field(default=_gate("min_consistency"), ge=-1.0, le=1.0)
+    # -- identification (facerec.matching, facerec.openset) ------------------------------
+    identify_fpir: float = Field(default=DEFAULT_FPIR, gt=0.0, lt=1.0)  # target FPIR
+    identify_score: ScoreMethod = DEFAULT_SCORING.method  # subject score over its templates
+    # -- video (README "Video"): WebSocket frames and server-side streams ------------------
+    stream_max_connections: int = Field(default=16, ge=1)  # WebSockets open at once
+    stream_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # one message
+    stream_max_frame_pixels: int = Field(default=3840 * 2160, ge=10_000)  # one frame
+    stream_max_fps: float = Field(default=30.0, gt=0.0)  # frames a connection may send
+    stream_auth_timeout_s: float = Field(default=10.0, gt=0.0)  # key in the first message
+    stream_idle_timeout_s: float = Field(default=60.0, gt=0.0)  # no message for this long
+    stream_send_timeout_s: float = Field(default=10.0, gt=0.0)  # a client not reading
+    stream_ping_s: float = Field(default=20.0, gt=0.0)  # ping interval, and pong timeout
+    max_streams: int = Field(default=8, ge=1)  # server-side stream workers
+    stream_allowed_schemes: str = "rtsp,rtsps,http,https"  # comma-separated
+    stream_allowed_hosts: str = ""  # host names, *.domain, addresses or networks (CIDR)
+    stream_file_dir: Path | None = None  # file: sources allowed only under this folder
     batch_max_wait_ms: float = Field(default=4.0, ge=0.0)  # micro-batching window
     purge_interval_s: float = Field(default=60.0, gt=0.0)  # how often expired subjects go
     idempotency_ttl_hours: float = Field(default=24.0, gt=0.0)  # how long replays answer

@@ -15,6 +15,8 @@ from facerec.pipeline import FacePipeline
 from gateway.audit.log import AuditLog
 
 ENROL_PER_PERSON = 3
+# The enrolment gates refuse this photo of the first three (a profile: extreme_pose).
+REFUSED = {"Xanana_Gusmao_0002.jpg": "extreme_pose"}
 STRANGERS = [
     "Aaron_Eckhart_0001",
     "Dean_Barker_0001",
@@ -44,8 +46,14 @@ def enrol_all(client: TestClient) -> dict[str, str]:
             data={"face": "primary"},
         )
         assert r.status_code == 200, r.text
-        assert r.json()["enrolled"] == ENROL_PER_PERSON, r.json()
+        codes = {x["image"]: (x["error"] or {}).get("code") for x in r.json()["results"]}
+        expected = {p.name: REFUSED.get(p.name) for p in paths[:ENROL_PER_PERSON]}
+        assert codes == expected, r.json()
     return ids
+
+
+def enrolled_faces(person: str) -> int:
+    return sum(p.name not in REFUSED for p in people()[person][:ENROL_PER_PERSON])
 
 
 def identify(client: TestClient, path: Path) -> dict[str, Any]:
@@ -123,7 +131,7 @@ def test_enrol_identify_verify_delete_restart(
         listing_after = client.get("/v1/subjects", params={"limit": 100}).json()
         assert listing_after == listing
         assert listing["total"] == len(ids) - 1
-        assert all(s["faces"] == ENROL_PER_PERSON for s in listing["items"])
+        assert all(s["faces"] == enrolled_faces(s["name"]) for s in listing["items"])
         face = main_face(identify(client, kerry[-1]))
         assert face["match"]["subject_id"] == ids["John_Kerry"]
         events = client.get("/v1/audit", params={"limit": 1000}).json()["events"]
@@ -146,7 +154,9 @@ def test_batch_and_async_job(
     settings = settings_for(tmp_path / "data", storage)
     with running(settings, pipeline) as client:
         ids = enrol_all(client)
-        probes = [paths[-1] for paths in people().values()]
+        # each person's first photo not enrolled (at the default FPIR 1e-3 an atypical one,
+        # Xanana_Gusmao_0005 at 0.56, stays under the threshold: test_gateway_openset.py)
+        probes = [paths[ENROL_PER_PERSON] for paths in people().values()]
         r = client.post(
             "/v1/batch/identify",
             files=[*image_files(probes), ("images", ("bad.jpg", b"nope", "image/jpeg"))],

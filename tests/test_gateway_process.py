@@ -60,7 +60,7 @@ def test_kill_during_enrolment_leaves_no_orphans(data: Path) -> None:
                 try:
                     r = c.post(
                         f"/v1/subjects/{subjects[worker]}/faces",
-                        data={"face": "primary"},
+                        data={"face": "primary", "force": "true"},  # several people each
                         files={"images": (path.name, path.read_bytes(), "image/jpeg")},
                     )
                 except httpx.TransportError:
@@ -104,7 +104,7 @@ def test_concurrent_enrolments_with_duplicates(data: Path) -> None:
             with service.client() as c:
                 r = c.post(
                     f"/v1/subjects/{sid}/faces",
-                    data={"face": "primary"},
+                    data={"face": "primary", "force": "true"},  # three people in "crowd"
                     files={"images": (path.name, path.read_bytes(), "image/jpeg")},
                 )
                 code = r.json()["error"]["code"] if r.status_code != 200 else None

@@ -49,7 +49,9 @@ def test_enrolment_racing_a_delete_leaves_nothing(storage: dict[str, Any], tmp_p
                 with service.client() as c:
                     r = c.post(
                         f"/v1/subjects/{sid}/faces",
-                        data={"face": "primary"},
+                        # 32 different people: force past the consistency gate, which
+                        # would refuse all but the first (the race is what is tested here)
+                        data={"face": "primary", "force": "true"},
                         files={"images": (path.name, path.read_bytes(), "image/jpeg")},
                     )
                 code = r.json()["error"]["code"] if r.status_code >= 400 else None

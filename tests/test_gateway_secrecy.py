@@ -40,7 +40,8 @@ def test_no_raw_embedding_on_disk(tmp_path: Path, pipeline: FacePipeline) -> Non
     data = tmp_path / "data"
     with running(settings_for(data, {}), pipeline) as client:
         sid = client.post("/v1/subjects", json={"name": "Xanana"}).json()["id"]
-        paths = sorted(GALLERY.glob("Xanana_Gusmao_*.jpg"))
+        # all but the profile photo, which the pose gate refuses (test_gateway_enrolment.py)
+        paths = [p for p in sorted(GALLERY.glob("Xanana_Gusmao_*.jpg")) if "_0002" not in p.name]
         r = client.post(f"/v1/subjects/{sid}/faces", files=image_files(paths))
         assert r.json()["enrolled"] == len(paths)
         service = client.app.state.gateway.service  # type: ignore[attr-defined]

@@ -107,17 +107,23 @@ def test_namespaces_and_gallery_scopes(storage: dict[str, Any], tmp_path: Path) 
             r = lobby.post("/v1/subjects", json={"name": "x", "gallery": "default"})
             assert (r.status_code, code(r)) == (403, "forbidden")
 
-            # identification searches the caller's namespace (and gallery) only
+            # identification searches the caller's namespace (and gallery) only, decides at
+            # the operating point for the size of that gallery (another tenant's size shows
+            # nowhere), and shows an identify key only candidates at or above the threshold
             probe = upload(KERRY[4])
-            assert matches(acme_id.post("/v1/identify", files=probe)) == {kerry}
-            assert candidates(acme_id.post("/v1/identify", files=probe, data={"top_k": "100"})) <= {
-                kerry,
-                hastert,
-            }
-            assert matches(globex_id.post("/v1/identify", files=probe)) == {twin}
-            assert candidates(globex_id.post("/v1/identify", files=probe)) == {twin}
+            r = acme_id.post("/v1/identify", files=probe, data={"top_k": "100"})
+            assert matches(r) == {kerry} and candidates(r) == {kerry}  # Hastert is below
+            assert r.json()["gallery_size"] == 2
+            r = admin.post(
+                "/v1/identify", files=probe, data={"top_k": "100"}, headers={"X-Namespace": "acme"}
+            )
+            assert candidates(r) == {kerry, hastert} and r.json()["gallery_size"] == 2
+            r = globex_id.post("/v1/identify", files=probe)
+            assert matches(r) == {twin} and candidates(r) == {twin}
+            assert r.json()["gallery_size"] == 1
             r = lobby_id.post("/v1/identify", files=probe, data={"top_k": "100"})
-            assert candidates(r) <= {hastert} and matches(r) == {None}
+            assert candidates(r) == set() and matches(r) == {None}
+            assert r.json()["gallery_size"] == 1
             assert matches(lobby_id.post("/v1/identify", files=upload(HASTERT[3]))) == {hastert}
 
             # jobs too
@@ -146,6 +152,7 @@ def test_namespaces_and_gallery_scopes(storage: dict[str, Any], tmp_path: Path) 
             assert (r.status_code, code(r)) == (422, "invalid_request")
             r = admin.delete(f"/v1/subjects/{twin}", headers={"X-Namespace": "globex"})
             assert r.status_code == 204
-            assert matches(globex_id.post("/v1/identify", files=probe)) == {None}
+            r = globex_id.post("/v1/identify", files=probe)
+            assert matches(r) == {None} and r.json()["gallery_size"] == 0
     finally:
         stop_gateway(service)

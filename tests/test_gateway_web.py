@@ -278,6 +278,31 @@ def test_identify_enrolled_person(page: Page, kerry: str) -> None:
     assert canvas_has_colour(page, MATCH_RGB)
 
 
+def test_identify_shows_its_operating_point(page: Page, kerry: str) -> None:
+    """The threshold, the target FPIR (or an explicit threshold), the gallery's size and
+    the scoring method the identification was decided at."""
+    point = page.locator("#identify-point")
+
+    def identified(fpir: str = "", threshold: str = "") -> float:
+        page.fill("#identify-fpir", fpir)
+        page.fill("#identify-threshold", threshold)
+        page.set_input_files("#identify-file", str(KERRY_PROBE))
+        page.click("#identify-submit")
+        expect(page.locator("#identify-result .who")).to_have_text(["John Kerry"])
+        found = re.match(r"threshold (\d\.\d{3}) \(", point.inner_text())
+        assert found, point.inner_text()
+        return float(found.group(1))
+
+    default = identified()
+    expect(point).to_contain_text("(FPIR 0.001; 1 person enrolled; centroid scoring)")
+    looser = identified(fpir="0.01")
+    expect(point).to_contain_text("FPIR 0.01;")
+    assert looser < default
+    assert identified(threshold="0.5") == 0.5
+    expect(point).to_contain_text("(explicit threshold; 1 person enrolled")
+    page.fill("#identify-threshold", "")
+
+
 def test_verify(page: Page, kerry: str) -> None:
     page.click("#verify-subjects-refresh")
     page.select_option("#verify-subject", value=kerry)

@@ -13,7 +13,7 @@ from facerec.pipeline import FacePipeline
 from gateway.api import handlers, idempotency
 from gateway.api.edge import EdgeMiddleware
 from gateway.api.policy import Policies
-from gateway.api.routes import admin, health, jobs, pages, recognition, subjects
+from gateway.api.routes import admin, health, jobs, live, pages, recognition, streams, subjects
 from gateway.bootstrap import Gateway, open_gateway
 from gateway.metrics import Metrics
 from gateway.settings import Settings, get_settings
@@ -58,7 +58,8 @@ def create_app(
     app.state.metrics = Metrics()
     handlers.install(app)
     idempotency.install(app)
-    routers = (subjects.router, recognition.router, jobs.router, admin.router, health.router)
+    routers = [subjects.router, recognition.router, jobs.router, admin.router, health.router]
+    routers += [live.router, streams.router]
     for router in (*routers, pages.router):
         app.include_router(router)
     policies = Policies([r for router in routers for r in router.routes], conf)

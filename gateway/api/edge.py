@@ -20,12 +20,14 @@ so the server stops reading it. Every response gets ``nosniff``, ``X-Frame-Optio
 and, unless the route set its own, a Content-Security-Policy that allows nothing.
 
 WebSocket connections pass through with their request id checked and, when they present a
-key in their headers, authenticated here (refused with close code 1008); one that
+key in their headers, authenticated here: a refused handshake gets the error's HTTP status
+and JSON body (close code 1008 where the server cannot send a response); one that
 authenticates by its first message does so in its route. Body limits do not apply to them.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -219,13 +221,33 @@ class EdgeMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         given = headers.get("x-request-id")
         if given is not None and not valid_request_id(given):
-            await send({"type": "websocket.close", "code": 1008, "reason": "invalid_request_id"})
+            error = InvalidArgumentError(
+                "X-Request-ID must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+                code="invalid_request_id",
+            )
+            await self._deny(scope, send, error)
             return
         state["request_id"] = given or uuid.uuid4().hex
         policy = self.policies.match(scope)
         if policy.role is not None and token_from(headers) is not None:
             refusal = await self._authorize(scope, headers, policy, state)
             if refusal is not None:
-                await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})
+                await self._deny(scope, send, refusal)
                 return
         await self.app(scope, receive, send)
+
+    async def _deny(self, scope: Scope, send: Send, error: FaceRecError) -> None:
+        """Refuse a WebSocket handshake: with the error's HTTP status and JSON body where
+        the server can send one (ASGI's ``websocket.http.response``), else close 1008."""
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008, "reason": error.code})
+            return
+        body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
+        headers = [(b"content-type", b"application/json"), *SECURITY_HEADERS]
+        if error.http_status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        if error.details.get("retry_after") is not None:
+            headers.append((b"retry-after", str(error.details["retry_after"]).encode()))
+        start = {"type": "websocket.http.response.start", "status": error.http_status}
+        await send({**start, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth.api_keys import ROLES
+from gateway.service.enrolment import REFUSAL_CODES
 
 SCOPE_NAME = "^[A-Za-z0-9_-]{1,64}$"
 
@@ -82,7 +83,18 @@ class DetectedFace(BaseModel):
 class EnrolResult(BaseModel):
     image: str
     face_id: str | None = None
-    quality: float | None = None
+    quality: float | None = Field(
+        None, description="detection score times min(1, face short side / 80 px), in [0, 1]"
+    )
+    measures: dict[str, Any] | None = Field(
+        None,
+        description="what the enrolment gates measured: face_size (px), score, outside "
+        "(fraction of the box outside the image), pose (yaw, pitch, roll), sharpness, "
+        "consistency (cosine to the centroid of the subject's earlier templates)",
+    )
+    forced: bool | None = Field(
+        None, description="enrolled only because force skipped the consistency gate"
+    )
     box: list[float] | None = None
     score: float | None = None
     landmarks: list[list[float]] | None = None
@@ -118,13 +130,24 @@ class Candidate(BaseModel):
 
 
 class IdentifiedFace(DetectedFace):
-    candidates: list[Candidate]
-    match: Candidate | None
+    candidates: list[Candidate] = Field(
+        description="subjects by score, best first (a key without the admin role sees "
+        "only those at or above the threshold)"
+    )
+    match: Candidate | None = Field(description="the best candidate at or above the threshold")
 
 
 class IdentifyOut(BaseModel):
     image: str
-    threshold: float | None = None
+    threshold: float | None = Field(None, description="the cosine threshold used")
+    fpir: float | None = Field(
+        None, description="the target false positive identification rate (null: explicit)"
+    )
+    gallery_size: int | None = Field(None, description="enrolled subjects with faces")
+    method: str | None = Field(None, description="subject scoring: centroid, max or topk")
+    threshold_source: str | None = Field(
+        None, description="calibrated, extrapolated (gallery beyond those measured) or explicit"
+    )
     faces: list[IdentifiedFace] = []
     error: ErrorBody | None = None
 
@@ -195,3 +218,28 @@ class ApiKeyOut(BaseModel):
     created_at: datetime
     revoked_at: datetime | None
     token: str | None = Field(None, description="shown once, at creation")
+
+
+ENROL_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {
+        "model": ErrorOut,
+        "description": "no face enrolled; each image's error in `results`. Codes: "
+        + ", ".join(f"`{c}`" for c in REFUSAL_CODES)
+        + " (the enrolment gates; `quality` in the error gives what was measured), "
+        "`no_face`, `multiple_faces`, `invalid_face_choice` and the image codes",
+    },
+    409: {"model": ErrorOut, "description": "`duplicate_face`: this image is enrolled already"},
+}
+
+IDENTIFY_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {
+        "model": ErrorOut,
+        "description": "`threshold_not_allowed`: a key without the admin role asked for a "
+        "looser operating point (lower threshold, higher fpir) than the service's",
+    },
+    400: {
+        "model": ErrorOut,
+        "description": "`fpir_out_of_range`: fpir outside the range the model card's "
+        "thresholds were measured for",
+    },
+}

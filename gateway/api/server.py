@@ -15,7 +15,9 @@ that never completes, nor for a body that trickles in, nor a cap on open connect
   closed at once; a connection serves at most ``keepalive_max_requests`` requests and
   idles at most ``keepalive_timeout_s`` between them.
 
-A connection upgraded to WebSocket leaves this protocol, and its timers with it.
+A connection upgraded to WebSocket leaves this protocol, and its timers with it (it still
+counts against ``max_connections``); the WebSocket protocol is ``websockets``' sans-I/O one,
+which reads a connection's next message only once the application took the last.
 """
 
 from __future__ import annotations
@@ -212,10 +214,22 @@ def protocol_class(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
     return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
 
 
+class _RefusedHandshakeFilter(logging.Filter):
+    """uvicorn (0.54, websockets-sansio) logs "ASGI callable returned without completing
+    handshake" after the application refused a handshake with an HTTP response (ASGI's
+    ``websocket.http.response``), which the edge does for a bad key: not an error here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
 def server_config(app: Any, settings: Settings, host: str, port: int, **options: Any) -> Any:
     """The uvicorn configuration of ``facerec serve``: the guarded protocol, keep-alive
     limits, and ``X-Forwarded-For`` believed only from ``FACEREC_TRUSTED_PROXIES``."""
     trusted = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _RefusedHandshakeFilter) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_RefusedHandshakeFilter())
     return uvicorn.Config(
         app,
         host=host,
@@ -225,5 +239,12 @@ def server_config(app: Any, settings: Settings, host: str, port: int, **options:
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
         backlog=min(2048, 4 * settings.max_connections),
+        # WebSockets (video): a message over the frame limit is refused from its header
+        # (1009); no per-message deflate (JPEG and PNG do not compress).
+        ws="websockets-sansio",
+        ws_max_size=settings.stream_max_frame_bytes,
+        ws_per_message_deflate=False,
+        ws_ping_interval=settings.stream_ping_s,  # a client that answers no ping in time
+        ws_ping_timeout=settings.stream_ping_s,  # (one that stopped reading) is let go
         **options,
     )

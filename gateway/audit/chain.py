@@ -20,7 +20,9 @@ from typing import Any
 from facerec.errors import InvalidArgumentError
 
 GENESIS = "0" * 64
-OUTCOMES = frozenset({"ok", "match", "no_match", "refused", "error"})
+# "forced": an enrolment the consistency gate would have refused, kept because the caller
+# asked (force).
+OUTCOMES = frozenset({"ok", "forced", "match", "no_match", "refused", "error"})
 
 
 @dataclass(frozen=True)

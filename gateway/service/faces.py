@@ -3,14 +3,17 @@
 Every operation that touches biometric data writes an audit event. Inference goes through
 the :class:`~facerec.batching.MicroBatcher`, so concurrent requests share pipeline calls.
 What enrolment and deletion change in the database and the index, and in which order, is
-:class:`~gateway.gallery.Gallery`'s business.
+:class:`~gateway.gallery.Gallery`'s business. Which face is enrolled and whether it may be
+(:mod:`.enrolment`), and how 1:N candidates are ranked and decided (:mod:`.matching`),
+follow the core's policy (:mod:`facerec.selection`, :mod:`facerec.matching`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -20,18 +23,34 @@ from facerec.batching import MicroBatcher
 from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
 from facerec.imaging.budget import PixelBudget
 from facerec.imaging.decode import DecodeLimits, decode_image, probe_image
+from facerec.matching import (
+    DEFAULT_SCORING,
+    Candidate,
+    IdentificationPolicy,
+    Scoring,
+    decide,
+)
+from facerec.openset import DEFAULT_FPIR, OperatingPoint
 from facerec.pipeline import Face, FacePipeline, ImageFaces
+from facerec.selection import DEFAULT_GATES, EnrolmentGates, check_enrolment, consensus_order
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.errors import ForbiddenError, NotFoundError
 from gateway.gallery import Gallery
 from gateway.index.milvus import check_id
 from gateway.memory import release_memory
+from gateway.service.enrolment import (
+    Prepared,
+    choose_face,
+    enrolment_quality,
+    face_at,
+    face_quality,
+)
+from gateway.service.matching import IndexMatcher, scope_of, visible
 from gateway.service.names import clean_name
 from gateway.service.types import (
     UNSET,
     Caller,
-    Candidate,
     DetectedFace,
     Enrolled,
     Enrolment,
@@ -46,46 +65,9 @@ from gateway.service.types import (
     Upload,
     Verification,
 )
+from gateway.service.types import Candidate as NamedCandidate
 from gateway.storage.database import Database
 from gateway.storage.schema import DEFAULT_GALLERY, DEFAULT_NAMESPACE
-
-QUALITY_SIDE = 80.0  # faces this many pixels across (short side) or more lose nothing
-
-
-class MultipleFacesError(FaceRecError):
-    """An enrolment image shows several faces and none was chosen."""
-
-    code = "multiple_faces"
-    http_status = 422
-
-
-def face_quality(face: Face) -> float:
-    """Detection score, scaled down for faces smaller than ``QUALITY_SIDE`` px: in [0, 1]."""
-    w, h = face.box[2] - face.box[0], face.box[3] - face.box[1]
-    return round(float(face.score) * min(1.0, float(min(w, h)) / QUALITY_SIDE), 4)
-
-
-def select_face(faces: ImageFaces, choice: str) -> int:
-    """Which face an enrolment uses: ``only`` (refuse several), ``primary`` (the largest,
-    most central: the pipeline's first when asked for the primary), or an index."""
-    if not faces.faces:
-        raise NoFaceError("no face found in the image")
-    if choice == "only":
-        if len(faces.faces) > 1:
-            raise MultipleFacesError(
-                f"{len(faces.faces)} faces in the image: choose one with face=primary or "
-                "face=<index> (indices as returned by /v1/detect)",
-                faces=[f.to_dict() for f in faces.faces],
-            )
-        return 0
-    if choice == "primary":
-        return 0
-    if choice.isdigit() and int(choice) < len(faces.faces):
-        return int(choice)
-    raise InvalidArgumentError(
-        f"face must be 'only', 'primary' or an index below {len(faces.faces)}",
-        code="invalid_face_choice",
-    )
 
 
 class FaceService:
@@ -101,9 +83,11 @@ class FaceService:
         audit_log: AuditLog,
         limits: DecodeLimits,
         store_images: bool = False,
-        min_quality: float = 0.5,
         budget: PixelBudget | None = None,
         trim_after_pixels: int = 0,
+        gates: EnrolmentGates = DEFAULT_GATES,
+        fpir: float = DEFAULT_FPIR,
+        scoring: Scoring = DEFAULT_SCORING,
     ) -> None:
         self.db, self.gallery, self.pipeline, self.batcher = db, gallery, pipeline, batcher
         self.budget = budget or PixelBudget(10 * limits.max_pixels)
@@ -112,8 +96,13 @@ class FaceService:
         self.audit_log = audit_log
         self.limits = limits
         self.store_images = store_images
-        self.min_quality = min_quality
-        self.threshold = pipeline.threshold
+        self.gates = gates
+        self.threshold = pipeline.threshold  # 1:1 (verify)
+        cfg = pipeline.config
+        self.policy = IdentificationPolicy.from_card(
+            pipeline.card, cfg.alignment, cfg.flip, cfg.precision, scoring
+        )
+        self.matcher = IndexMatcher(self.policy, self.index, db.subjects, fpir)
         self._fanout = ThreadPoolExecutor(8, thread_name_prefix="fanout")
 
     def close(self) -> None:
@@ -139,18 +128,24 @@ class FaceService:
         checks["models"] = "ok" if self.pipeline.ready() else "error: unavailable"
         return Readiness(checks)
 
-    def _analyze(self, data: bytes, primary_only: bool = False) -> ImageFaces:
-        """Decode and analyse one upload. The header is checked first (a file too short for
-        its frame is ``truncated_image``); then the frame's pixels are reserved in the
-        budget shared by every request in flight, from decoding until the analysis is
-        done, so concurrent large images wait (or get 503 ``busy``) instead of adding up."""
+    @contextmanager
+    def _decoded(self, data: bytes) -> Iterator[np.ndarray]:
+        """One upload decoded to RGB uint8[H, W, 3]. The header is checked first (a file too
+        short for its frame is ``truncated_image``); then the frame's pixels are reserved
+        in the budget shared by every request in flight, until the block ends, so
+        concurrent large images wait (or get 503 ``busy``) instead of adding up."""
         pixels = probe_image(data, self.limits).pixels
         try:
             with self.budget.reserve(pixels):
-                return self.batcher.analyze(decode_image(data, self.limits), primary_only)
+                yield decode_image(data, self.limits)
         finally:
             if self.trim_after_pixels and pixels >= self.trim_after_pixels:
                 release_memory()
+
+    def _analyze(self, data: bytes, primary_only: bool = False) -> ImageFaces:
+        """Decode and analyse one upload (within the pixel budget, see :meth:`_decoded`)."""
+        with self._decoded(data) as image:
+            return self.batcher.analyze(image, primary_only)
 
     def analyze_many(
         self, uploads: Sequence[Upload], primary_only: bool = False
@@ -236,7 +231,9 @@ class FaceService:
         self, subject_id: str, caller: Caller, action: str = "delete_subject"
     ) -> int:
         """Delete a subject, its faces and its data key; returns the faces removed."""
-        removed = self.gallery.delete_subject(self.get_subject(subject_id, caller).id)
+        subject = self.get_subject(subject_id, caller)
+        removed = self.gallery.delete_subject(subject.id)
+        self.matcher.sizes.changed(-1 if removed else 0, subject.scope)
         self.audit(action, "ok", caller, subject=subject_id)
         return removed
 
@@ -253,64 +250,112 @@ class FaceService:
 
     # -- enrolment ------------------------------------------------------------------------
     def enrol(
-        self, subject_id: str, uploads: Sequence[Upload], choice: str, caller: Caller
+        self,
+        subject_id: str,
+        uploads: Sequence[Upload],
+        choice: str,
+        caller: Caller,
+        force: bool = False,
     ) -> Enrolment:
-        """Add the face of each upload to a subject; one result (or error) per upload.
-        When none was enrolled, the first error is raised (with every result attached)."""
+        """Add the chosen face of each upload to a subject the caller may see; one result
+        (or error) per upload, in upload order. Every face passes the enrolment gates
+        (:func:`facerec.selection.check_enrolment`), consistency against the subject's
+        templates included unless ``force`` (then audited ``forced`` where it would have
+        refused). The faces of one request are taken most typical first
+        (:func:`facerec.selection.consensus_order`), so one wrong photo among several cannot
+        turn the others away. When none was enrolled, the first error is raised (with
+        every result attached)."""
         subject = self.get_subject(subject_id, caller)
+        subject_id = subject.id
         if not uploads:
             raise InvalidArgumentError("no images uploaded", code="missing_image")
-        analysed = self.analyze_many(uploads)
-        results: list[Enrolled | FailedImage] = []
-        failures: list[FaceRecError] = []
-        for upload, found in zip(uploads, analysed, strict=True):
+        prepared = list(self._fanout.map(lambda u: self._prepare(u, choice), uploads))
+        existing = self.db.subjects.candidate_templates([subject_id]).get(subject_id)
+        accepted = [] if existing is None else list(existing[1])
+        had_faces = bool(accepted)
+        results: list[Enrolled | FailedImage | None] = [None] * len(uploads)
+        ready = [i for i, p in enumerate(prepared) if isinstance(p, Prepared)]
+        embeddings = [p.embedding for p in prepared if isinstance(p, Prepared)]
+        order = [ready[k] for k in consensus_order(np.stack(embeddings))] if ready else []
+        for i in order + [i for i, p in enumerate(prepared) if not isinstance(p, Prepared)]:
+            upload, found = uploads[i], prepared[i]
             try:
                 if isinstance(found, FaceRecError):
                     raise found
-                results.append(self._enrol_one(subject, upload, found, choice))
-                self.audit("enrol", "ok", caller, subject=subject_id)
+                templates = np.stack(accepted) if accepted else None
+                enrolled = self._enrol_one(subject, upload, found, templates, force)
+                accepted.append(found.embedding)
+                results[i] = enrolled
+                outcome = "forced" if enrolled.forced else "ok"
+                self.audit("enrol", outcome, caller, subject=subject_id, score=enrolled.consistency)
             except FaceRecError as exc:
-                failures.append(exc)
-                results.append(FailedImage(upload.name, exc))
+                results[i] = FailedImage(upload.name, exc)
                 self.audit("enrol", "refused", caller, subject=subject_id)
+        done = [r for r in results if r is not None]
+        if not had_faces and any(isinstance(r, Enrolled) for r in done):
+            self.matcher.sizes.changed(+1, subject.scope)
+        failures = [r.error for r in done if isinstance(r, FailedImage)]
         if len(failures) == len(uploads):  # nothing enrolled: the request as a whole failed
             first = failures[0]
             error = FaceRecError(
                 first.message if len(uploads) == 1 else f"no image was enrolled ({first.message})",
                 code=first.code,
-                results=[r.to_dict() for r in results],
+                results=[r.to_dict() for r in done],
             )
             error.http_status = first.http_status
             raise error
-        return Enrolment(subject_id, results)
+        return Enrolment(subject_id, done)
+
+    def _prepare(self, upload: Upload, choice: str) -> Prepared | FaceRecError:
+        """Decode one upload, choose its face, refuse it at the quality gates (before
+        embedding), then embed it: everything that does not need the subject's templates."""
+        try:
+            with self._decoded(upload.data) as image:
+                detections = self.batcher.detect(image)
+                height, width = image.shape[:2]
+                k = choose_face(detections, height, width, choice)
+                crop = self.pipeline.align(image, detections.take([k]))
+            face = face_at(detections, k)
+            check_enrolment(face, (height, width), crop[0], None, self.gates)
+            embedding = self.batcher.embed(crop)[0]
+            digest = hashlib.sha256(upload.data).hexdigest()
+            return Prepared(face_at(detections, k, embedding), crop[0], (height, width), digest)
+        except FaceRecError as exc:
+            return exc
 
     def _enrol_one(
-        self, subject: Subject, upload: Upload, found: ImageFaces, choice: str
+        self,
+        subject: Subject,
+        upload: Upload,
+        prepared: Prepared,
+        templates: np.ndarray | None,
+        force: bool,
     ) -> Enrolled:
-        face = found.faces[select_face(found, choice)]
-        assert face.embedding is not None  # analysed with embeddings
-        quality = face_quality(face)
-        if quality < self.min_quality:
-            raise InvalidArgumentError(
-                f"face quality {quality} is below {self.min_quality} (too small or unsure)",
-                code="low_quality",
-                quality=quality,
-            )
-        digest = hashlib.sha256(upload.data).hexdigest()
+        face = prepared.face
+        quality = check_enrolment(
+            face, prepared.image_size, prepared.crop, templates, self.gates, force
+        )
+        least, consistency = self.gates.min_consistency, quality.consistency
+        forced = False  # enrolled only because force skipped the consistency gate
+        if force and least is not None and consistency is not None:
+            forced = consistency < least
+        summary = enrolment_quality(quality)
         face_id = self.gallery.add_face(
             subject.id,
-            face.embedding,
-            digest,
-            quality,
+            prepared.embedding,
+            prepared.digest,
+            summary,
             face.box.tolist(),
             image=upload.data if self.store_images else None,
             scope=subject.scope,
         )
-        return Enrolled(upload.name, face_id, quality, face)
+        return Enrolled(upload.name, face_id, summary, face, quality.to_dict(), forced)
 
     def delete_face(self, subject_id: str, face_id: str, caller: Caller) -> None:
         subject = self.get_subject(subject_id, caller)
         self.gallery.delete_face(subject.id, check_id(face_id, "face id"))
+        last = not any(f.state == "indexed" for f in self.db.subjects.faces(subject.id))
+        self.matcher.sizes.changed(-1 if last else 0, subject.scope)
         self.audit("delete_face", "ok", caller, subject=subject_id)
 
     # -- matching ---------------------------------------------------------------------------
@@ -365,38 +410,79 @@ class FaceService:
         )
         return PairVerification(match, round(similarity, 6), limit, faces[0], faces[1])
 
+    # -- 1:N -------------------------------------------------------------------------------
+    def match_embeddings(
+        self, probes: np.ndarray, top_k: int, caller: Caller | None = None
+    ) -> list[list[Candidate]]:
+        """For each probe float32[N, D], up to ``top_k`` enrolled subjects ranked by the
+        policy's scoring (centroid by default) over the index, best first. No threshold
+        is applied: decide with :func:`facerec.matching.decide` at :meth:`operating_point`,
+        and show a caller only :func:`~gateway.service.matching.visible` candidates."""
+        return self._match(probes, top_k, caller)[0]
+
+    def _match(
+        self, probes: np.ndarray, top_k: int, caller: Caller | None
+    ) -> tuple[list[list[Candidate]], dict[str, str]]:
+        """(ranked candidates per probe, names of their subjects)."""
+        _check_top_k(top_k)
+        return self.matcher.match(probes, top_k, scope_of(caller))
+
+    def operating_point(
+        self,
+        fpir: float | None = None,
+        threshold: float | None = None,
+        caller: Caller | None = None,
+    ) -> OperatingPoint:
+        """The identification threshold for the gallery's current size: an explicit
+        ``threshold``, else the model card's for ``fpir`` (default ``FACEREC_IDENTIFY_FPIR``).
+        Given a ``caller`` without the admin role, a point looser than the service's is
+        refused (403 ``threshold_not_allowed``)."""
+        return self.matcher.operating_point(fpir, threshold, caller)
+
     def identify_faces(
-        self, faces: Sequence[Face], top_k: int, threshold: float | None, caller: Caller
+        self,
+        faces: Sequence[Face],
+        top_k: int = 5,
+        threshold: float | None = None,
+        fpir: float | None = None,
+        caller: Caller | None = None,
+        point: OperatingPoint | None = None,
     ) -> list[IdentifiedFace]:
-        """Candidates (best face per subject, best first) and the open-set match per face,
-        among the subjects the caller may see."""
-        limit = self._threshold(threshold)
-        if not 1 <= top_k <= 100:
-            raise InvalidArgumentError("top_k must be between 1 and 100")
+        """Candidates (subjects ranked by the policy, best first; those ``caller`` may see)
+        and the open-set decision per face, at ``point`` (default: :meth:`operating_point`
+        for ``fpir``/``threshold``)."""
+        _check_top_k(top_k)
+        if point is None:
+            point = self.operating_point(fpir, threshold, caller)
         if not faces:
             return []
         probes = np.stack([f.embedding for f in faces if f.embedding is not None])
-        scope = {"namespace": caller.namespace, "gallery": caller.gallery}
-        hits = self.index.search(probes, top_k=min(16 * top_k, 1000), **scope)
-        names = self.db.subjects.names(sorted({h.subject_id for hs in hits for h in hs}), **scope)
+        ranked, names = self._match(probes, top_k, caller)
         out = []
-        for face, face_hits in zip(faces, hits, strict=True):
-            best: dict[str, float] = {}
-            for h in face_hits:
-                if h.subject_id in names and h.similarity > best.get(h.subject_id, -2.0):
-                    best[h.subject_id] = h.similarity
-            ranked = sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
-            candidates = [Candidate(s, names[s], round(sim, 6)) for s, sim in ranked]
-            match = candidates[0] if candidates and ranked[0][1] >= limit else None
-            out.append(IdentifiedFace(face, candidates, match))
+        for face, candidates in zip(faces, ranked, strict=True):
+            decision = decide(candidates, point)
+            shown = [
+                NamedCandidate(c.subject_id, names[c.subject_id], round(c.similarity, 6))
+                for c in visible(decision.candidates, point, caller)
+            ]
+            match = None
+            if decision.match is not None:
+                match = next(c for c in shown if c.subject_id == decision.match.subject_id)
+            best = decision.candidates[0].similarity if decision.candidates else None
+            out.append(IdentifiedFace(face, shown, match, best))
         return out
 
     def identify(
-        self, upload: Upload, caller: Caller, top_k: int = 5, threshold: float | None = None
+        self,
+        upload: Upload,
+        caller: Caller,
+        top_k: int = 5,
+        threshold: float | None = None,
+        fpir: float | None = None,
     ) -> Identification:
-        """Every face of one image, with candidates and the open-set match."""
-        limit = self._threshold(threshold)
-        return self._identified(upload.name, self._analyze(upload.data), caller, top_k, limit)
+        """Every face of one image, with candidates and the open-set decision."""
+        point = self.operating_point(fpir, threshold, caller)
+        return self._identified(upload.name, self._analyze(upload.data), caller, top_k, point)
 
     def identify_many(
         self,
@@ -404,21 +490,23 @@ class FaceService:
         caller: Caller,
         top_k: int = 5,
         threshold: float | None = None,
+        fpir: float | None = None,
     ) -> list[Identification | FailedImage]:
-        """:meth:`identify` for several uploads; a bad upload yields its error entry."""
-        limit = self._threshold(threshold)
+        """:meth:`identify` for several uploads (one operating point for all); a bad upload
+        yields its error entry."""
+        point = self.operating_point(fpir, threshold, caller)
         results: list[Identification | FailedImage] = []
         for upload, found in zip(uploads, self.analyze_many(uploads), strict=True):
             if isinstance(found, FaceRecError):
                 results.append(FailedImage(upload.name, found))
             else:
-                results.append(self._identified(upload.name, found, caller, top_k, limit))
+                results.append(self._identified(upload.name, found, caller, top_k, point))
         return results
 
     def _identified(
-        self, name: str, found: ImageFaces, caller: Caller, top_k: int, limit: float
+        self, name: str, found: ImageFaces, caller: Caller, top_k: int, point: OperatingPoint
     ) -> Identification:
-        faces = self.identify_faces(found.faces, top_k, limit, caller)
+        faces = self.identify_faces(found.faces, top_k, caller=caller, point=point)
         for face in faces:
             match = face.match
             self.audit(
@@ -426,12 +514,12 @@ class FaceService:
                 "match" if match else "no_match",
                 caller,
                 subject=match.subject_id if match else None,
-                score=face.candidates[0].similarity if face.candidates else None,
-                threshold=limit,
+                score=None if face.best is None else round(face.best, 6),
+                threshold=point.threshold,
             )
         if not faces:
-            self.audit("identify", "no_match", caller, threshold=limit)
-        return Identification(name, limit, faces)
+            self.audit("identify", "no_match", caller, threshold=point.threshold)
+        return Identification(name, point, faces)
 
     def detect(self, data: bytes) -> list[DetectedFace]:
         """Every face with its box, score, landmarks and enrolment quality."""
@@ -443,3 +531,8 @@ class FaceService:
         faces = self._analyze(data)
         self.audit("embed", "ok", caller)
         return faces.faces
+
+
+def _check_top_k(top_k: int) -> None:
+    if not 1 <= top_k <= 100:
+        raise InvalidArgumentError("top_k must be between 1 and 100")

@@ -182,10 +182,18 @@ class JobService:
                 del self._pending[key]
 
     def submit_identify(
-        self, uploads: Sequence[Upload], top_k: int, threshold: float | None, caller: Caller
+        self,
+        uploads: Sequence[Upload],
+        top_k: int,
+        threshold: float | None,
+        caller: Caller,
+        fpir: float | None = None,
     ) -> Job:
         """Queue the identification of images and zip archives of them (see
-        :class:`JobLimits`); refused with 429 ``too_many_jobs`` when the queue is full."""
+        :class:`JobLimits`); refused with 429 ``too_many_jobs`` when the queue is full.
+        The operating point (``fpir``/``threshold``) is checked now and fixed when the job
+        runs, for the gallery's size then."""
+        self.faces.operating_point(fpir, threshold, caller)  # refuse a bad one before queueing
         key = caller.key_id or ""
         self._claim_slot(key)
         spool = JobSpool(self.spool_dir, new_id())
@@ -198,7 +206,7 @@ class JobService:
                 release_memory()  # the inflated members have passed through
             with self._lock:
                 self._spooled += spool.bytes
-            params = {"top_k": top_k, "threshold": threshold, **caller.to_params()}
+            params = {"top_k": top_k, "threshold": threshold, "fpir": fpir, **caller.to_params()}
             job = self.jobs.create("identify", caller.key_id, spool.count, params)
         except BaseException:
             spool.discard()
@@ -246,7 +254,7 @@ class JobService:
     def _process(self, job_id: str, spool: JobSpool) -> None:
         params = self.jobs.get(job_id).params
         caller = Caller.from_params(params)
-        top_k, threshold = int(params["top_k"]), params["threshold"]
+        top_k, threshold, fpir = int(params["top_k"]), params["threshold"], params.get("fpir")
         self.jobs.update(job_id, status="running")
         results: list[dict[str, Any]] = []
         chunk: list[Upload] = []
@@ -254,7 +262,7 @@ class JobService:
             chunk.append(upload)
             last = len(results) + len(chunk) == spool.count
             if last or len(chunk) == CHUNK or sum(len(u.data) for u in chunk) >= CHUNK_BYTES:
-                identified = self.faces.identify_many(chunk, caller, top_k, threshold)
+                identified = self.faces.identify_many(chunk, caller, top_k, threshold, fpir)
                 results.extend(r.to_dict() for r in identified)
                 self.jobs.update(job_id, done=len(results), results=list(results))
                 chunk = []

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facerec.errors import FaceRecError
+from facerec.openset import OperatingPoint
 from facerec.pipeline import Face
 from gateway.audit.chain import AuditEvent
 from gateway.storage.api_keys import ApiKeyInfo
@@ -115,18 +116,30 @@ class FailedImage:
 
 @dataclass(frozen=True)
 class Enrolled:
-    """One face added to a subject."""
+    """One face added to a subject: its summary ``quality`` in [0, 1], what the enrolment
+    gates measured (:meth:`facerec.selection.FaceQuality.to_dict`), and whether it is
+    there only because ``force`` skipped the consistency gate."""
 
     image: str
     face_id: str
     quality: float  # in [0, 1]
     face: Face
+    measures: dict[str, Any] = field(default_factory=dict)
+    forced: bool = False
+
+    @property
+    def consistency(self) -> float | None:
+        """Cosine to the centroid of the subject's templates before it (None: the first)."""
+        value = self.measures.get("consistency")
+        return None if value is None else float(value)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image": self.image,
             "face_id": self.face_id,
             "quality": self.quality,
+            "measures": self.measures,
+            "forced": self.forced,
             **self.face.to_dict(),
         }
 
@@ -185,7 +198,9 @@ class PairVerification:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A subject close to a probe face: its best face's similarity."""
+    """A subject close to a probe face, and its score under the identification policy's
+    scoring (:class:`facerec.matching.Scoring`: by default the cosine with the centroid
+    of its templates)."""
 
     subject_id: str
     name: str
@@ -200,8 +215,9 @@ class IdentifiedFace:
     """One face of a probe image, its candidates (best first) and the open-set match."""
 
     face: Face
-    candidates: list[Candidate]
+    candidates: list[Candidate]  # those the caller may see (facerec serve's visibility rule)
     match: Candidate | None  # None: no one is close enough
+    best: float | None = None  # the best candidate's score, seen or not (for the audit)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -213,16 +229,21 @@ class IdentifiedFace:
 
 @dataclass(frozen=True)
 class Identification:
-    """Every face of one image, identified."""
+    """Every face of one image, identified at one operating point (threshold, target
+    FPIR, gallery size, scoring method and where the threshold came from)."""
 
     image: str
-    threshold: float
+    point: OperatingPoint
     faces: list[IdentifiedFace]
+
+    @property
+    def threshold(self) -> float:
+        return self.point.threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image": self.image,
-            "threshold": self.threshold,
+            **self.point.to_dict(),
             "faces": [f.to_dict() for f in self.faces],
         }
 

@@ -363,6 +363,58 @@ class SubjectRepository:
         with Session(self.engine) as s:
             return list(s.scalars(select(FaceRow.id).where(FaceRow.state == "pending")))
 
+    def enrolled_count(self, namespace: str | None = None, gallery: str | None = None) -> int:
+        """Subjects with at least one indexed face (the gallery size of 1:N), of
+        ``namespace`` and ``gallery`` when given."""
+        with Session(self.engine) as s:
+            query = select(func.count(func.distinct(FaceRow.subject_id))).where(
+                FaceRow.state == "indexed"
+            )
+            if namespace is not None or gallery is not None:
+                query = _in_scope(
+                    query.join(SubjectRow, SubjectRow.id == FaceRow.subject_id), namespace, gallery
+                )
+            return int(s.scalar(query) or 0)
+
+    def candidate_templates(
+        self,
+        subject_ids: Sequence[str],
+        namespace: str | None = None,
+        gallery: str | None = None,
+    ) -> dict[str, tuple[str, np.ndarray]]:
+        """Name and indexed templates float32[K, D] of each of ``subject_ids`` that exists,
+        has any and is in ``namespace`` and ``gallery`` when given, opened, in one query
+        (the candidates of an identification)."""
+        if not subject_ids:
+            return {}
+        wanted = sorted(set(subject_ids))
+        with Session(self.engine) as s:
+            query = (
+                select(
+                    SubjectRow.id,
+                    SubjectRow.name,
+                    SubjectRow.dek_key_id,
+                    SubjectRow.dek_blob,
+                    FaceRow.id,
+                    FaceRow.template,
+                )
+                .join(FaceRow, FaceRow.subject_id == SubjectRow.id)
+                .where(
+                    SubjectRow.id.in_(wanted),
+                    FaceRow.subject_id.in_(wanted),  # the planner's way to the faces' index
+                    FaceRow.state == "indexed",
+                )
+            )
+            rows = s.execute(_in_scope(query, namespace, gallery)).all()
+        keys: dict[str, bytes] = {}
+        found: dict[str, tuple[str, list[np.ndarray]]] = {}
+        for sid, name, key_id, blob, face_id, template in rows:
+            if sid not in keys:
+                keys[sid] = self.keyring.unwrap(WrappedKey(key_id, blob), sid)
+                found[sid] = (name, [])
+            found[sid][1].append(open_template(keys[sid], template, sid, face_id))
+        return {sid: (name, np.stack(vectors)) for sid, (name, vectors) in found.items()}
+
     def templates(self, subject_id: str | None = None) -> Iterator[tuple[str, str, np.ndarray]]:
         """(face id, subject id, embedding float32[D]) of every face (or of one subject's),
         opened."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Query, UploadFile
 
 from gateway.api.deps import (
     IdentifyCaller,
@@ -14,7 +14,8 @@ from gateway.api.deps import (
     SettingsDep,
     read_upload,
 )
-from gateway.api.schemas import JobOut
+from gateway.api.routes.recognition import Fpir, IdentifyThreshold, TopK
+from gateway.api.schemas import IDENTIFY_ERRORS, JobOut
 from gateway.service.types import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -39,6 +40,7 @@ def _out(job: Job, with_results: bool) -> JobOut:
     "",
     status_code=202,
     response_model=JobOut,
+    responses=IDENTIFY_ERRORS,
     dependencies=[Multipart],
     openapi_extra={"x-body": "archive"},  # the archive limit (gateway.api.policy)
 )
@@ -47,12 +49,14 @@ def create_job(
     jobs: JobsDep,
     settings: SettingsDep,
     caller: IdentifyChange,
-    top_k: Annotated[int, Form(ge=1, le=100)] = 5,
-    threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+    top_k: TopK = 5,
+    threshold: IdentifyThreshold = None,
+    fpir: Fpir = None,
 ) -> JobOut:
-    """Queue an identification job; poll ``GET /v1/jobs/{id}`` for progress and results."""
+    """Queue an identification job; poll ``GET /v1/jobs/{id}`` for progress and results
+    (each image's as ``/v1/identify`` gives it, operating point included)."""
     uploads = [read_upload(f, settings.max_archive_bytes) for f in files]
-    return _out(jobs.submit_identify(uploads, top_k, threshold, caller), False)
+    return _out(jobs.submit_identify(uploads, top_k, threshold, caller, fpir), False)
 
 
 @router.get("/{job_id}", response_model=JobOut)

@@ -14,7 +14,15 @@ from gateway.api.deps import (
     VerifyCaller,
     read_upload,
 )
-from gateway.api.schemas import BatchOut, DetectedFace, FacesOut, IdentifyOut, PairOut, VerifyOut
+from gateway.api.schemas import (
+    IDENTIFY_ERRORS,
+    BatchOut,
+    DetectedFace,
+    FacesOut,
+    IdentifyOut,
+    PairOut,
+    VerifyOut,
+)
 from gateway.errors import PayloadTooLargeError
 
 router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[Multipart])
@@ -23,7 +31,35 @@ Threshold = Annotated[
     float | None,
     Form(ge=-1.0, le=1.0, description="cosine threshold (default: calibrated on LFW)"),
 ]
-TopK = Annotated[int, Form(ge=1, le=100, description="candidates per face")]
+IdentifyThreshold = Annotated[
+    float | None,
+    Form(
+        ge=-1.0,
+        le=1.0,
+        description="explicit cosine threshold, overriding fpir (a key without the admin "
+        "role may only set one at or above the service's operating point)",
+    ),
+]
+Fpir = Annotated[
+    float | None,
+    Form(
+        gt=0.0,
+        lt=1.0,
+        description="target false positive identification rate (default "
+        "FACEREC_IDENTIFY_FPIR, 1e-3; calibrated range 1e-3 to 0.1): the threshold is the "
+        "model card's for this FPIR and the gallery's size. A key without the admin role "
+        "may only ask for a rate at or below the service's",
+    ),
+]
+TopK = Annotated[
+    int,
+    Form(
+        ge=1,
+        le=100,
+        description="candidates per face (a key without the admin role sees only those at "
+        "or above the threshold)",
+    ),
+]
 
 
 @router.post("/verify", response_model=VerifyOut)
@@ -57,29 +93,35 @@ def verify_pair(
     return PairOut.model_validate(result.to_dict())
 
 
-@router.post("/identify", response_model=IdentifyOut)
+@router.post("/identify", response_model=IdentifyOut, responses=IDENTIFY_ERRORS)
 def identify(
     image: Annotated[UploadFile, File()],
     service: ServiceDep,
     settings: SettingsDep,
     caller: IdentifyCaller,
     top_k: TopK = 5,
-    threshold: Threshold = None,
+    threshold: IdentifyThreshold = None,
+    fpir: Fpir = None,
 ) -> IdentifyOut:
-    """Who is each face in ``image``? ``match`` is null when no one is close enough."""
+    """Who is each face in ``image``? Subjects are ranked by the identification policy's
+    score (the cosine with the centroid of their templates by default); ``match`` is the
+    best if it reaches the threshold of the operating point, else null (open set). The
+    result reports that operating point: ``threshold``, ``fpir``, ``gallery_size``,
+    ``method``, ``threshold_source`` (``calibrated``, ``extrapolated`` or ``explicit``)."""
     upload = read_upload(image, settings.max_upload_bytes)
-    result = service.identify(upload, caller, top_k, threshold)
+    result = service.identify(upload, caller, top_k, threshold, fpir)
     return IdentifyOut.model_validate(result.to_dict())
 
 
-@router.post("/batch/identify", response_model=BatchOut)
+@router.post("/batch/identify", response_model=BatchOut, responses=IDENTIFY_ERRORS)
 def batch_identify(
     images: Annotated[list[UploadFile], File()],
     service: ServiceDep,
     settings: SettingsDep,
     caller: IdentifyCaller,
     top_k: TopK = 5,
-    threshold: Threshold = None,
+    threshold: IdentifyThreshold = None,
+    fpir: Fpir = None,
 ) -> BatchOut:
     """:func:`identify` for several images in one request (a result or error each)."""
     most = settings.max_batch_images
@@ -88,7 +130,7 @@ def batch_identify(
             f"at most {most} images per batch; use /v1/jobs", code="too_many_files"
         )
     uploads = [read_upload(f, settings.max_upload_bytes) for f in images]
-    results = service.identify_many(uploads, caller, top_k, threshold)
+    results = service.identify_many(uploads, caller, top_k, threshold, fpir)
     return BatchOut(results=[IdentifyOut.model_validate(r.to_dict()) for r in results])
 
 

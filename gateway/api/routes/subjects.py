@@ -15,6 +15,7 @@ from gateway.api.deps import (
     read_upload,
 )
 from gateway.api.schemas import (
+    ENROL_ERRORS,
     EnrolOut,
     EnrolResult,
     FaceOut,
@@ -114,7 +115,9 @@ def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolChange) ->
     return Response(status_code=204)
 
 
-@router.post("/{subject_id}/faces", response_model=EnrolOut, dependencies=[Multipart])
+@router.post(
+    "/{subject_id}/faces", response_model=EnrolOut, responses=ENROL_ERRORS, dependencies=[Multipart]
+)
 def add_faces(
     subject_id: str,
     images: Annotated[list[UploadFile], File(description="one or more face images")],
@@ -129,10 +132,23 @@ def add_faces(
             "and most central, a number takes that face as listed by /v1/detect",
         ),
     ] = "only",
+    force: Annotated[
+        bool,
+        Form(
+            description="enrol faces that disagree with the subject's other templates "
+            "(skips the inconsistent_face gate only; audited as forced)"
+        ),
+    ] = False,
 ) -> EnrolOut:
-    """Enrol the face in each image; each gets its own result or error."""
+    """Enrol the chosen face of each image; each gets its own result or error.
+
+    Every face passes the enrolment gates, each refusal with its own code (see the 422
+    response): the face's size, detection score, the part of it inside the picture,
+    sharpness, head pose, and its consistency with the subject's other templates
+    (``inconsistent_face``; ``force`` skips that one). Several images in one request are
+    taken most typical first. A result carries the gates' ``measures``."""
     uploads = [read_upload(f, settings.max_upload_bytes) for f in images]
-    enrolment = service.enrol(subject_id, uploads, face, caller)
+    enrolment = service.enrol(subject_id, uploads, face, caller, force)
     return EnrolOut(
         subject_id=enrolment.subject_id,
         results=[EnrolResult.model_validate(r.to_dict()) for r in enrolment.results],

@@ -1,0 +1,263 @@
+"""1:N in the gateway, through the core's policy (:mod:`facerec.matching`, :mod:`facerec.openset`).
+
+- **Candidates** (:meth:`IndexMatcher.match`): the index's nearest faces of each probe give
+  the subjects to consider; the best :func:`rerank_limit` of them (by their best face) are
+  scored exactly with all their indexed templates, opened from the system of record, under
+  the policy's scoring (``centroid`` by default: the cosine with the normalised mean of a
+  subject's templates). ``perf/identify_scoring.py`` measured this against keeping a
+  centroid per subject in the index (README, "1:N in the gateway").
+- **Scope**: a caller searches only its namespace and gallery
+  (:class:`~gateway.service.types.Caller`): the index is filtered by them, the templates
+  are opened only for subjects within them, and the operating point is the one for the
+  size of that scope's gallery (:class:`GallerySizes`), so neither a candidate nor the
+  gallery size of another tenant reaches the response.
+- **Operating point** (:meth:`IndexMatcher.operating_point`): the policy's threshold for
+  the gallery's size (:class:`GallerySize`) at a target FPIR (``FACEREC_IDENTIFY_FPIR``,
+  or the request's), unless the request gives an explicit threshold.
+- **Visibility** (:func:`visible`): a caller without the admin role sees only candidates at
+  or above the threshold, and may not loosen the operating point below the service's
+  (:class:`ThresholdNotAllowedError`): an identify key cannot list the gallery.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from facerec.matching import Candidate, Hit, IdentificationPolicy, rank_candidates
+from facerec.openset import OperatingPoint, check_fpir
+from gateway.errors import ForbiddenError
+from gateway.index.manager import IndexManager
+from gateway.service.types import Caller
+from gateway.storage.subjects import SubjectRepository
+
+log = logging.getLogger(__name__)
+
+FACES_PER_CANDIDATE = 16  # index hits asked for per candidate wanted ...
+MIN_HITS = 64  # ... and at least this many
+MAX_HITS = 1000
+MIN_RERANK = 10  # subjects re-scored with their templates: at least this many ...
+RERANK_PER_CANDIDATE = 2  # ... or this many per candidate wanted
+TOLERANCE = 1e-9  # thresholds closer than this are the same
+MAX_SCOPES = 4096  # gallery sizes cached per (namespace, gallery); the oldest go first
+
+Scope = tuple[str | None, str | None]  # (namespace, gallery); None: any
+EVERYWHERE: Scope = (None, None)
+
+
+def scope_of(caller: Caller | None) -> Scope:
+    """The (namespace, gallery) ``caller`` searches: everywhere for the service itself."""
+    return EVERYWHERE if caller is None else (caller.namespace, caller.gallery)
+
+
+def _within(scope: Scope, subject_scope: tuple[str, str]) -> bool:
+    """Whether a subject of ``subject_scope`` counts in the gallery of ``scope``."""
+    return all(want is None or want == got for want, got in zip(scope, subject_scope, strict=True))
+
+
+def hits_wanted(top_k: int) -> int:
+    """How many nearest faces to fetch from the index for ``top_k`` subjects."""
+    return min(max(FACES_PER_CANDIDATE * top_k, MIN_HITS), MAX_HITS)
+
+
+def rerank_limit(top_k: int) -> int:
+    """How many of the hit subjects (the best by their best face) are re-scored."""
+    return max(RERANK_PER_CANDIDATE * top_k, MIN_RERANK)
+
+
+def privileged(caller: Caller | None) -> bool:
+    """Whether ``caller`` may see every candidate and loosen the operating point: admin
+    keys, and the service itself (no caller)."""
+    return caller is None or caller.role == "admin"
+
+
+def visible(
+    candidates: Sequence[Candidate], point: OperatingPoint, caller: Caller | None
+) -> list[Candidate]:
+    """The candidates ``caller`` may see: all of them for an admin, else only those at
+    or above the threshold."""
+    if privileged(caller):
+        return list(candidates)
+    return [c for c in candidates if c.similarity >= point.threshold]
+
+
+class ThresholdNotAllowedError(ForbiddenError):
+    """A caller without the admin role asked for a looser operating point than the
+    service's (a lower threshold, or a higher FPIR)."""
+
+    code = "threshold_not_allowed"
+
+
+class GallerySize:
+    """The number of enrolled subjects with at least one indexed face, cached.
+
+    Counted in SQL on first use; after a change in this process (:meth:`changed`, with the
+    change in the count when known) and every ``max_age`` seconds (changes made by other
+    processes) it is recounted in the background while readers keep the last value, so an
+    identification never waits for the count after the first.
+    """
+
+    def __init__(self, count: Callable[[], int], max_age: float = 30.0) -> None:
+        self._count, self.max_age = count, max_age
+        self._lock = threading.Lock()
+        self._value: int | None = None
+        self._stamp = 0.0
+        self._generation = 0  # changes seen; a recount that overlapped one does not settle
+        self._dirty = False
+        self._counting = False
+
+    def get(self) -> int:
+        with self._lock:
+            value = self._value
+            stale = self._dirty or time.monotonic() - self._stamp > self.max_age
+            start = value is not None and stale and not self._counting
+            if start:
+                self._counting = True
+        if value is None:
+            return self._recount()
+        if start:
+            threading.Thread(target=self._recount, name="gallery-size", daemon=True).start()
+        return value
+
+    def changed(self, delta: int = 0) -> None:
+        """The gallery changed here: adjust by ``delta`` subjects now, recount soon."""
+        with self._lock:
+            self._generation += 1
+            self._dirty = True
+            if self._value is not None:
+                self._value = max(0, self._value + delta)
+
+    def _recount(self) -> int:
+        with self._lock:
+            generation = self._generation
+        try:
+            value = self._count()
+        except Exception:
+            log.exception("counting the enrolled subjects failed")
+            with self._lock:
+                self._counting = False
+                if self._value is not None:
+                    return self._value
+            raise
+        with self._lock:
+            self._counting = False
+            if generation == self._generation or self._value is None:
+                self._value, self._stamp, self._dirty = value, time.monotonic(), False
+            return self._value if self._value is not None else value
+
+
+class GallerySizes:
+    """A :class:`GallerySize` per scope searched, made on first use (``count(namespace,
+    gallery)`` counts one); at most :data:`MAX_SCOPES` are kept."""
+
+    def __init__(
+        self, count: Callable[[str | None, str | None], int], max_age: float = 30.0
+    ) -> None:
+        self._count, self.max_age = count, max_age
+        self._lock = threading.Lock()
+        self._sizes: dict[Scope, GallerySize] = {}
+
+    def _size(self, scope: Scope) -> GallerySize:
+        with self._lock:
+            size = self._sizes.get(scope)
+            if size is None:
+                if len(self._sizes) >= MAX_SCOPES:
+                    del self._sizes[next(iter(self._sizes))]
+                size = GallerySize(lambda: self._count(*scope), self.max_age)
+                self._sizes[scope] = size
+            return size
+
+    def get(self, scope: Scope = EVERYWHERE) -> int:
+        """The number of enrolled subjects in ``scope``."""
+        return self._size(scope).get()
+
+    def changed(self, delta: int = 0, where: tuple[str, str] | None = None) -> None:
+        """The gallery changed here: by ``delta`` subjects in the subject scope ``where``
+        (every cached size that holds it); None: somewhere, every size is recounted."""
+        with self._lock:
+            sizes = list(self._sizes.items())
+        for scope, size in sizes:
+            if where is None:
+                size.changed()
+            elif _within(scope, where):
+                size.changed(delta)
+
+
+class IndexMatcher:
+    """Candidates from the index ranked by the policy, and the operating point to decide at."""
+
+    def __init__(
+        self,
+        policy: IdentificationPolicy,
+        index: IndexManager,
+        subjects: SubjectRepository,
+        fpir: float,
+        sizes: GallerySizes | None = None,
+    ) -> None:
+        self.policy, self.index, self.subjects = policy, index, subjects
+        self.fpir = check_fpir(fpir)
+        self.sizes = sizes or GallerySizes(subjects.enrolled_count)
+        policy.operating_point(1, self.fpir)  # an FPIR outside the card's range fails here
+
+    def match(
+        self, probes: np.ndarray, top_k: int, scope: Scope = EVERYWHERE
+    ) -> tuple[list[list[Candidate]], dict[str, str]]:
+        """For each probe float32[N, D], up to ``top_k`` subjects of ``scope`` (namespace,
+        gallery) ranked by the policy's scoring, best first; and the names of the subjects
+        among them."""
+        if len(probes) == 0:
+            return [], {}
+        namespace, gallery = scope
+        hits = self.index.search(
+            probes, top_k=hits_wanted(top_k), namespace=namespace, gallery=gallery
+        )
+        limit = rerank_limit(top_k)
+        kept: list[list[Hit]] = []
+        for face_hits in hits:  # best first: keep the hits of the first ``limit`` subjects
+            subjects: set[str] = set()
+            mine = []
+            for h in face_hits:
+                if h.subject_id not in subjects:
+                    if len(subjects) == limit:
+                        continue
+                    subjects.add(h.subject_id)
+                mine.append(Hit(h.face_id, h.subject_id, h.similarity))
+            kept.append(mine)
+        found = self.subjects.candidate_templates(
+            sorted({h.subject_id for mine in kept for h in mine}), namespace, gallery
+        )
+        templates = {sid: vectors for sid, (_, vectors) in found.items()}
+        scoring = self.policy.scoring
+        ranked = [
+            rank_candidates(probe, mine, scoring, templates, top=top_k)
+            for probe, mine in zip(probes, kept, strict=True)
+        ]
+        return ranked, {sid: name for sid, (name, _) in found.items()}
+
+    def operating_point(
+        self,
+        fpir: float | None = None,
+        threshold: float | None = None,
+        caller: Caller | None = None,
+    ) -> OperatingPoint:
+        """The threshold for the current size of the gallery ``caller`` searches (its
+        namespace and gallery): ``threshold`` if given, else the policy's for ``fpir``
+        (default: the service's). A caller without the admin role may only make it
+        stricter than the service's (:class:`ThresholdNotAllowedError`)."""
+        size = self.sizes.get(scope_of(caller))
+        point = self.policy.operating_point(size, self.fpir if fpir is None else fpir, threshold)
+        if not privileged(caller):
+            floor = self.policy.operating_point(size, self.fpir)
+            if point.threshold < floor.threshold - TOLERANCE:
+                raise ThresholdNotAllowedError(
+                    f"this key may not lower the identification threshold below the "
+                    f"service's ({floor.threshold:.4f} at FPIR {self.fpir:g} for "
+                    f"{size} subjects); an admin key may",
+                    threshold=round(point.threshold, 6),
+                    minimum=round(floor.threshold, 6),
+                )
+        return point
