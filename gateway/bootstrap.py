@@ -13,6 +13,7 @@ from facerec.pipeline import FacePipeline
 from gateway.auditlog import AuditLog
 from gateway.auth import KeyManager
 from gateway.batching import MicroBatcher
+from gateway.index import MilvusOptions
 from gateway.jobs import JobRunner
 from gateway.keys import Keyring, MasterKey
 from gateway.service import Caller, FaceService
@@ -51,9 +52,30 @@ def open_store(settings: Settings) -> Store:
     return Store(settings.sqlite_url, load_keyring(settings))
 
 
+def milvus_options(settings: Settings) -> MilvusOptions:
+    """How the index reaches Milvus: credentials, TLS, per-call timeout, consistency."""
+    files = (
+        settings.milvus_ca_file,
+        settings.milvus_client_cert_file,
+        settings.milvus_client_key_file,
+    )
+    ca, cert, key = (None if f is None else str(f) for f in files)
+    return MilvusOptions(
+        token=settings.secret("milvus_token"),
+        user=settings.milvus_user,
+        password=settings.secret("milvus_password"),
+        ca_file=ca,
+        client_cert_file=cert,
+        client_key_file=key,
+        server_name=settings.milvus_server_name,
+        timeout=settings.milvus_timeout_s,
+        consistency=settings.milvus_consistency,
+    )
+
+
 def open_index(settings: Settings, store: Store, dim: int) -> IndexManager:
-    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    return IndexManager(store, settings.index_uri, dim, settings.index_type, token)
+    options = milvus_options(settings)
+    return IndexManager(store, settings.index_uri, dim, settings.index_type, options)
 
 
 def open_audit(settings: Settings, store: Store) -> AuditLog:

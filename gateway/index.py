@@ -4,23 +4,39 @@ One code path serves Milvus Lite (a local ``.db`` file, the embedded default) an
 server or cluster (an ``http://host:port`` URI). Only protected vectors are stored (see
 :mod:`gateway.protect`); the collection is named after the protector's key id, so a key
 rotation builds a new collection beside the old one and then switches over.
+
+Every Milvus failure (down, unreachable, credentials or certificate refused, timed out)
+surfaces as :class:`~gateway.errors.IndexUnavailableError` (503 ``index_unavailable``). A
+vector whose write or removal failed is removed before this index serves anything else.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Literal
 
+import grpc
 import numpy as np
-from pymilvus import DataType, MilvusClient
+from pymilvus import DataType, MilvusClient, MilvusException
 
 from facerec.errors import InvalidArgumentError
+from gateway.errors import IndexUnavailableError
 from gateway.protect import VectorProtector
+
+log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INDEX_TYPES = ("FLAT", "HNSW")
+# Milvus Lite (the embedded default) is meant for galleries up to this many faces: past
+# it, a search costs over 100 ms on 2 cores (perf/search_scaling.py). A Milvus server
+# (FACEREC_MILVUS_URI) keeps searches in milliseconds up to millions.
+LITE_MAX_FACES = 100_000
+Consistency = Literal["Strong", "Session", "Bounded", "Eventually"]
 
 
 def check_id(value: str, what: str = "id") -> str:
@@ -35,6 +51,78 @@ class Hit:
     face_id: str
     subject_id: str
     similarity: float
+
+
+@dataclass(frozen=True)
+class MilvusOptions:
+    """How to reach a Milvus server: credentials, TLS, a per-call timeout, and the read
+    consistency of searches. Milvus Lite (a file path) uses only ``timeout``.
+
+    ``Session`` (the default) lets a process read its own writes without waiting for
+    Milvus' time tick; ``Strong`` also sees other processes' writes at once, at up to one
+    time tick (200 ms by default) per search. Maintenance reads (counts, id lists for
+    repair) are always ``Strong``.
+    """
+
+    token: str | None = None  # "user:password", or an API key (Zilliz Cloud)
+    user: str | None = None
+    password: str | None = None
+    ca_file: str | None = None  # TLS (https:// URI): CA or self-signed server certificate
+    client_cert_file: str | None = None  # mutual TLS: this client's certificate and key
+    client_key_file: str | None = None
+    server_name: str | None = None  # TLS: the name to expect in the server certificate
+    timeout: float = 10.0  # seconds per call
+    consistency: Consistency = "Session"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`pymilvus.MilvusClient` for these options."""
+        kwargs: dict[str, Any] = {"timeout": self.timeout}
+        if self.token:
+            kwargs["token"] = self.token
+        elif self.user:
+            kwargs["token"] = f"{self.user}:{self.password or ''}"
+        if self.client_cert_file and self.client_key_file:
+            kwargs.update(
+                client_pem_path=self.client_cert_file,
+                client_key_path=self.client_key_file,
+                ca_pem_path=self.ca_file,
+            )
+        elif self.ca_file:
+            kwargs["server_pem_path"] = self.ca_file
+        if self.server_name:
+            kwargs["server_name"] = self.server_name
+        return kwargs
+
+
+def _rpc_failure(exc: BaseException) -> grpc.RpcError | None:
+    """The gRPC error behind a pymilvus exception (its cause chain), if any."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, grpc.RpcError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def unavailable(uri: str, action: str, exc: BaseException) -> IndexUnavailableError:
+    """A one-line, credential-free account of a Milvus failure."""
+    where = re.sub(r"//[^/@]*@", "//", uri)  # never echo credentials in a URI
+    rpc = _rpc_failure(exc)
+    code = rpc.code() if rpc is not None and hasattr(rpc, "code") else None
+    details = rpc.details() if rpc is not None and hasattr(rpc, "details") else None
+    reason = str(details or getattr(exc, "message", None) or exc).strip()
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        message = (
+            f"Milvus at {where} refused the credentials (FACEREC_MILVUS_USER and "
+            f"FACEREC_MILVUS_PASSWORD, or FACEREC_MILVUS_TOKEN): {reason}"
+        )
+        return IndexUnavailableError(message, reason="unauthenticated")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        message = f"Milvus at {where} denied the user the right to {action}: {reason}"
+        return IndexUnavailableError(message, reason="permission_denied")
+    return IndexUnavailableError(f"Milvus at {where} failed to {action}: {reason}")
 
 
 # pymilvus pings idle channels every 10 s; a gRPC server with default keepalive
@@ -57,6 +145,9 @@ class _UnimplementedRpcFilter(logging.Filter):
 logging.getLogger("grpc._server").addFilter(_UnimplementedRpcFilter())
 
 
+_lite_warned = threading.Event()  # the gallery-size warning is logged once per process
+
+
 class FaceIndex:
     """Protected vectors of enrolled faces, searchable by cosine similarity."""
 
@@ -66,19 +157,70 @@ class FaceIndex:
         protector: VectorProtector,
         prefix: str = "faces",
         index_type: str = "HNSW",
-        token: str | None = None,
+        options: MilvusOptions | None = None,
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise InvalidArgumentError(f"index_type must be one of {INDEX_TYPES}")
+        self.uri = uri
+        self.options = options or MilvusOptions()
         self.protector = protector
         self.collection = f"{prefix}_{protector.key_id.replace('-', '_')}"
-        self.client = MilvusClient(uri, token=token or "", grpc_options=GRPC_OPTIONS)
         self.index_type = index_type
-        self._ensure(index_type)
+        self.embedded = uri.endswith(".db")  # Milvus Lite, as pymilvus decides
+        self._unsettled: set[str] = set()  # face ids whose vector may linger
+        self._lock = threading.Lock()
+        with self._call("connect"):
+            self.client = MilvusClient(
+                uri, grpc_options=GRPC_OPTIONS, **self.options.client_kwargs()
+            )
+            self._ensure(index_type)
+        self._lite_faces = 0
+        if self.embedded:
+            self._grown(self.count())
+
+    @contextmanager
+    def _call(self, action: str) -> Iterator[None]:
+        """Turn any Milvus failure inside the block into :class:`IndexUnavailableError`."""
+        try:
+            yield
+        except (MilvusException, grpc.RpcError) as exc:
+            raise unavailable(self.uri, action, exc) from exc
+
+    def _settle(self) -> None:
+        """Remove the vectors of earlier failed writes or removals, before anything else."""
+        with self._lock:
+            ids = sorted(self._unsettled)
+        if ids:
+            self.client.delete(self.collection, ids=ids, timeout=self.options.timeout)
+            with self._lock:
+                self._unsettled.difference_update(ids)
+            log.info("removed %d vectors left by failed index calls", len(ids))
+
+    def forget(self, face_ids: Sequence[str]) -> None:
+        """Remove these faces' vectors before the next call succeeds (a write whose
+        outcome is unknown, a removal that failed)."""
+        with self._lock:
+            self._unsettled.update(face_ids)
+
+    def _grown(self, added: int) -> None:
+        """Warn once when an embedded (Milvus Lite) gallery outgrows what it is meant for."""
+        if not self.embedded:
+            return
+        self._lite_faces += added
+        if self._lite_faces > LITE_MAX_FACES and not _lite_warned.is_set():
+            _lite_warned.set()
+            log.warning(
+                "the gallery holds about %d faces in Milvus Lite, which is meant for up to "
+                "%d: each search now takes longer. Set FACEREC_MILVUS_URI to a Milvus server "
+                "(deploy/README.md), then run `facerec reindex`.",
+                self._lite_faces,
+                LITE_MAX_FACES,
+            )
 
     def _ensure(self, index_type: str) -> None:
-        if self.client.has_collection(self.collection):
-            self.client.load_collection(self.collection)
+        timeout = self.options.timeout
+        if self.client.has_collection(self.collection, timeout=timeout):
+            self.client.load_collection(self.collection, timeout=timeout)
             return
         schema = self.client.create_schema(auto_id=False)
         schema.add_field("face_id", DataType.VARCHAR, is_primary=True, max_length=64)
@@ -87,7 +229,13 @@ class FaceIndex:
         params = self.client.prepare_index_params()
         extra = {"M": 16, "efConstruction": 200} if index_type == "HNSW" else {}
         params.add_index("vector", index_type=index_type, metric_type="COSINE", params=extra)
-        self.client.create_collection(self.collection, schema=schema, index_params=params)
+        self.client.create_collection(
+            self.collection,
+            schema=schema,
+            index_params=params,
+            consistency_level=self.options.consistency,
+            timeout=timeout,
+        )
 
     def add(
         self, face_ids: Sequence[str], subject_ids: Sequence[str], embeddings: np.ndarray
@@ -106,67 +254,117 @@ class FaceIndex:
             }
             for f, s, v in zip(face_ids, subject_ids, vectors, strict=True)
         ]
-        self.client.upsert(self.collection, rows)
+        try:
+            with self._call("store vectors"):
+                self._settle()
+                self.client.upsert(self.collection, rows, timeout=self.options.timeout)
+        except IndexUnavailableError:
+            self.forget(face_ids)  # written or not: gone before anything else is served
+            raise
+        self._grown(len(rows))
 
     def search(self, embeddings: np.ndarray, top_k: int = 5, ef: int = 64) -> list[list[Hit]]:
         """Per probe float32[D], the ``top_k`` best faces, best first."""
         if len(embeddings) == 0:
             return []
         probes = self.protector.protect(embeddings)
-        found = self.client.search(
-            self.collection,
-            [p.tolist() for p in probes],
-            limit=top_k,
-            output_fields=["subject_id"],
-            search_params={"params": {"ef": max(ef, top_k)}},
-        )
+        with self._call("search"):
+            self._settle()
+            found = self.client.search(
+                self.collection,
+                [p.tolist() for p in probes],
+                limit=top_k,
+                # the key of the primary key differs (Lite and Milvus 2.5: "face_id";
+                # 2.3: "id"); asked for as an output field it is in "entity" everywhere
+                output_fields=["face_id", "subject_id"],
+                search_params={"params": {"ef": max(ef, top_k)}},
+                consistency_level=self.options.consistency,
+                timeout=self.options.timeout,
+            )
         return [
-            [Hit(h["face_id"], h["entity"]["subject_id"], float(h["distance"])) for h in hits]
+            [
+                Hit(h["entity"]["face_id"], h["entity"]["subject_id"], float(h["distance"]))
+                for h in hits
+            ]
             for hits in found
         ]
 
     def faces_of(self, subject_id: str) -> list[str]:
-        rows = self.client.query(
-            self.collection,
-            filter=f'subject_id == "{check_id(subject_id, "subject id")}"',
-            output_fields=["face_id"],
-        )
+        expr = f'subject_id == "{check_id(subject_id, "subject id")}"'
+        with self._call("list faces"):
+            self._settle()
+            rows = self.client.query(
+                self.collection,
+                filter=expr,
+                output_fields=["face_id"],
+                consistency_level="Strong",
+                timeout=self.options.timeout,
+            )
         return sorted(r["face_id"] for r in rows)
 
     def delete_faces(self, face_ids: Sequence[str]) -> None:
-        if face_ids:
-            self.client.delete(self.collection, ids=[check_id(f, "face id") for f in face_ids])
+        if not face_ids:
+            return
+        ids = [check_id(f, "face id") for f in face_ids]
+        try:
+            with self._call("remove vectors"):
+                self._settle()
+                self.client.delete(self.collection, ids=ids, timeout=self.options.timeout)
+        except IndexUnavailableError:
+            self.forget(ids)
+            raise
 
     def delete_subject(self, subject_id: str) -> None:
-        self.client.delete(
-            self.collection, filter=f'subject_id == "{check_id(subject_id, "subject id")}"'
-        )
+        expr = f'subject_id == "{check_id(subject_id, "subject id")}"'
+        with self._call("remove vectors"):
+            self._settle()
+            self.client.delete(self.collection, filter=expr, timeout=self.options.timeout)
 
     def count(self) -> int:
         """Live vectors (deleted ones excluded, unlike the collection statistics)."""
-        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        with self._call("count vectors"):
+            self._settle()
+            rows = self.client.query(
+                self.collection,
+                filter="",
+                output_fields=["count(*)"],
+                consistency_level="Strong",
+                timeout=self.options.timeout,
+            )
         return int(rows[0]["count(*)"])
 
     def drop(self) -> None:
-        self.client.drop_collection(self.collection)
+        with self._call("drop the collection"):
+            self.client.drop_collection(self.collection, timeout=self.options.timeout)
+        with self._lock:
+            self._unsettled.clear()
 
     def recreate(self) -> None:
         """Drop the collection and create it empty again (before a full rebuild)."""
         self.drop()
-        self._ensure(self.index_type)
+        with self._call("create the collection"):
+            self._ensure(self.index_type)
+        self._lite_faces = 0
 
     def close(self) -> None:
         self.client.close()
 
     def ids(self) -> set[str]:
         """Every face id in the collection (for reconciliation with the system of record)."""
-        it = self.client.query_iterator(
-            self.collection, batch_size=5000, filter='face_id != ""', output_fields=["face_id"]
-        )
         found: set[str] = set()
-        try:
-            while batch := it.next():
-                found.update(r["face_id"] for r in batch)
-        finally:
-            it.close()
+        with self._call("list vectors"):
+            self._settle()
+            it = self.client.query_iterator(
+                self.collection,
+                batch_size=5000,
+                filter='face_id != ""',
+                output_fields=["face_id"],
+                consistency_level="Strong",
+                timeout=self.options.timeout,
+            )
+            try:
+                while batch := it.next():
+                    found.update(r["face_id"] for r in batch)
+            finally:
+                it.close()
         return found

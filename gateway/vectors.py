@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.index import FaceIndex, Hit
+from gateway.errors import IndexUnavailableError
+from gateway.index import FaceIndex, Hit, MilvusOptions
 from gateway.keys import MasterKey
 from gateway.protect import VectorProtector
 from gateway.store import Store
@@ -46,11 +47,11 @@ class IndexManager:
         uri: str,
         dim: int,
         index_type: str = "HNSW",
-        token: str | None = None,
+        options: MilvusOptions | None = None,
         refresh: float = 1.0,
     ) -> None:
         self.store, self.uri, self.dim = store, uri, dim
-        self.index_type, self.token, self.refresh = index_type, token, refresh
+        self.index_type, self.options, self.refresh = index_type, options, refresh
         self._lock = threading.Lock()
         self._opened: dict[bytes, FaceIndex] = {}
         self._checked = 0.0
@@ -61,7 +62,7 @@ class IndexManager:
         index = self._opened.get(secret)
         if index is None:
             protector = VectorProtector(MasterKey.from_bytes(secret), self.dim)
-            index = FaceIndex(self.uri, protector, index_type=self.index_type, token=self.token)
+            index = FaceIndex(self.uri, protector, index_type=self.index_type, options=self.options)
             self._opened[secret] = index
         return index
 
@@ -85,9 +86,14 @@ class IndexManager:
     def add(
         self, face_ids: Sequence[str], subject_ids: Sequence[str], embeddings: np.ndarray
     ) -> None:
-        for index in self._targets():
-            if index is not None:
+        targets = [index for index in self._targets() if index is not None]
+        try:
+            for index in targets:
                 index.add(face_ids, subject_ids, embeddings)
+        except IndexUnavailableError:
+            for index in targets:  # the collections written before the failure too
+                index.forget(face_ids)
+            raise
 
     def search(self, embeddings: np.ndarray, top_k: int) -> list[list[Hit]]:
         return self.current.search(embeddings, top_k)

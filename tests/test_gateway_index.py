@@ -1,5 +1,5 @@
-"""The protected face index against real Milvus: Milvus Lite embedded, and a Milvus Lite
-server process on loopback (started here)."""
+"""The protected face index against real Milvus: Milvus Lite embedded, Milvus Lite's server
+process, and a Milvus 2.3 standalone server (authentication and TLS on), both on loopback."""
 
 from __future__ import annotations
 
@@ -12,15 +12,9 @@ from facerec.errors import InvalidArgumentError
 from gateway.index import FaceIndex
 from gateway.keys import MasterKey
 from gateway.protect import VectorProtector
+from servers import MilvusTarget
 
 pytest.importorskip("milvus_lite")
-
-
-@pytest.fixture(params=["lite", pytest.param("server", marks=pytest.mark.integration)])
-def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "lite":
-        return str(tmp_path / "index.db")
-    return str(request.getfixturevalue("milvus_server_uri"))
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -28,10 +22,13 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_search_finds_the_enrolled_face(uri: str) -> None:
+@pytest.mark.parametrize("index_type", ["FLAT", "HNSW"])
+def test_search_finds_the_enrolled_face(milvus: MilvusTarget, index_type: str) -> None:
     rng = np.random.default_rng(0)
     key = MasterKey.generate()
-    index = FaceIndex(uri, VectorProtector(key, 128), index_type="FLAT")
+    index = FaceIndex(
+        milvus.uri, VectorProtector(key, 128), index_type=index_type, options=milvus.options()
+    )
     try:
         gallery = unit(rng, 300)
         faces = [f"f{i}" for i in range(300)]

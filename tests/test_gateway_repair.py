@@ -1,4 +1,6 @@
-"""Start-up repair, state by state: each place an enrolment or a deletion can die."""
+"""Start-up repair, state by state: each place an enrolment or a deletion can die; and the
+index's move to a new protection key. On Milvus Lite, Milvus Lite's server and a real
+Milvus standalone server."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import numpy as np
 from gateway.keys import Keyring, MasterKey
 from gateway.store import Store
 from gateway.vectors import IndexManager
+from servers import MilvusTarget
 
 
 def unit(seed: int) -> np.ndarray:
@@ -16,9 +19,9 @@ def unit(seed: int) -> np.ndarray:
     return x / np.linalg.norm(x)
 
 
-def test_reconcile_repairs_every_crash_point(tmp_path: Path) -> None:
+def test_reconcile_repairs_every_crash_point(tmp_path: Path, milvus: MilvusTarget) -> None:
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(MasterKey.generate()))
-    index = IndexManager(store, str(tmp_path / "index.db"), 128, "FLAT")
+    index = IndexManager(store, milvus.uri, 128, "FLAT", milvus.options())
     sid = store.create_subject("A").id
 
     def face(seed: int) -> str:
@@ -44,10 +47,10 @@ def test_reconcile_repairs_every_crash_point(tmp_path: Path) -> None:
     index.close()
 
 
-def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path) -> None:
+def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path, milvus: MilvusTarget) -> None:
     old_master = MasterKey.generate()
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(old_master))
-    index = IndexManager(store, str(tmp_path / "index.db"), 128, "FLAT", refresh=0.05)
+    index = IndexManager(store, milvus.uri, 128, "FLAT", milvus.options(), refresh=0.05)
     sid = store.create_subject("A").id
     ids = []
     for seed in range(5):
