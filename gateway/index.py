@@ -31,7 +31,9 @@ from gateway.protect import VectorProtector
 log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-INDEX_TYPES = ("FLAT", "HNSW")
+# AUTO: FLAT on Milvus Lite (exact, and faster there than its HNSW: perf/search_scaling.py),
+# HNSW on a Milvus server.
+INDEX_TYPES = ("AUTO", "FLAT", "HNSW")
 # Milvus Lite (the embedded default) is meant for galleries up to this many faces: past
 # it, a search costs over 100 ms on 2 cores (perf/search_scaling.py). A Milvus server
 # (FACEREC_MILVUS_URI) keeps searches in milliseconds up to millions.
@@ -156,7 +158,7 @@ class FaceIndex:
         uri: str,
         protector: VectorProtector,
         prefix: str = "faces",
-        index_type: str = "HNSW",
+        index_type: str = "AUTO",
         options: MilvusOptions | None = None,
     ) -> None:
         if index_type not in INDEX_TYPES:
@@ -165,8 +167,10 @@ class FaceIndex:
         self.options = options or MilvusOptions()
         self.protector = protector
         self.collection = f"{prefix}_{protector.key_id.replace('-', '_')}"
-        self.index_type = index_type
         self.embedded = uri.endswith(".db")  # Milvus Lite, as pymilvus decides
+        if index_type == "AUTO":
+            index_type = "FLAT" if self.embedded else "HNSW"
+        self.index_type = index_type
         self._unsettled: set[str] = set()  # face ids whose vector may linger
         self._lock = threading.Lock()
         with self._call("connect"):

@@ -231,3 +231,15 @@ def test_milvus_access_settings_are_checked(tmp_path: Path) -> None:
         "server_pem_path": str(tmp_path / "ca.pem"),
     }
     assert options.consistency == "Strong"
+
+
+def test_auto_index_type_is_exact_on_lite_and_hnsw_on_a_server(milvus: MilvusTarget) -> None:
+    index = FaceIndex(
+        milvus.uri, VectorProtector(MasterKey.generate(), 128), options=milvus.options()
+    )
+    try:
+        built = index.client.describe_index(index.collection, "vector")["index_type"]
+        assert built == index.index_type == ("FLAT" if milvus.uri.endswith(".db") else "HNSW")
+    finally:
+        index.drop()
+        index.close()
