@@ -147,6 +147,18 @@ class _UnimplementedRpcFilter(logging.Filter):
 logging.getLogger("grpc._server").addFilter(_UnimplementedRpcFilter())
 
 
+class _RpcTracebackFilter(logging.Filter):
+    """pymilvus logs every failed call at ERROR with a full traceback; each failure here
+    becomes an ``index_unavailable`` error whose one-line reason the service logs, so an
+    outage does not flood the log with one traceback per request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != "_log_rpc_error"
+
+
+logging.getLogger("pymilvus.decorators").addFilter(_RpcTracebackFilter())
+
+
 _lite_warned = threading.Event()  # the gallery-size warning is logged once per process
 
 
