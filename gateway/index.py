@@ -31,13 +31,16 @@ from gateway.protect import VectorProtector
 log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-# AUTO: FLAT on Milvus Lite (exact, and faster there than its HNSW: perf/search_scaling.py),
-# HNSW on a Milvus server.
-INDEX_TYPES = ("AUTO", "FLAT", "HNSW")
-# Milvus Lite (the embedded default) is meant for galleries up to this many faces: past
-# it, a search costs over 100 ms on 2 cores (perf/search_scaling.py). A Milvus server
-# (FACEREC_MILVUS_URI) keeps searches in milliseconds up to millions.
-LITE_MAX_FACES = 100_000
+INDEX_TYPES = ("FLAT", "HNSW")
+# Milvus Lite (the embedded default) is meant for galleries up to this many faces: its
+# search cost grows with the gallery (identify's index+SQL part, 2 busy cores: p50 11 ms at
+# 10,000 faces, 27 ms at 30,000, 46 ms at 50,000, 176 ms at 100,000; perf/search_scaling.py
+# --backend lite --batch 1000). A Milvus server (FACEREC_MILVUS_URI) stays in milliseconds
+# at a million.
+LITE_MAX_FACES = 30_000
+# Milvus Lite searches rows not yet flushed by brute force, at about 20 us a row here
+# (30,000 unflushed faces: 0.6-1 s a search); flushed rows go to sealed, indexed segments.
+LITE_FLUSH_ROWS = 1_000
 Consistency = Literal["Strong", "Session", "Bounded", "Eventually"]
 
 
@@ -60,10 +63,10 @@ class MilvusOptions:
     """How to reach a Milvus server: credentials, TLS, a per-call timeout, and the read
     consistency of searches. Milvus Lite (a file path) uses only ``timeout``.
 
-    ``Session`` (the default) lets a process read its own writes without waiting for
-    Milvus' time tick; ``Strong`` also sees other processes' writes at once, at up to one
-    time tick (200 ms by default) per search. Maintenance reads (counts, id lists for
-    repair) are always ``Strong``.
+    ``Session`` (the default) lets a process read its own writes; ``Strong`` also sees
+    other processes' writes at once, but each search waits for Milvus's time tick (394 ms
+    p50 measured on 2.3, against 6 ms: perf/milvus_consistency.py). Maintenance reads
+    (counts, id lists for repair) are always ``Strong``.
     """
 
     token: str | None = None  # "user:password", or an API key (Zilliz Cloud)
@@ -170,7 +173,7 @@ class FaceIndex:
         uri: str,
         protector: VectorProtector,
         prefix: str = "faces",
-        index_type: str = "AUTO",
+        index_type: str = "HNSW",
         options: MilvusOptions | None = None,
     ) -> None:
         if index_type not in INDEX_TYPES:
@@ -179,10 +182,8 @@ class FaceIndex:
         self.options = options or MilvusOptions()
         self.protector = protector
         self.collection = f"{prefix}_{protector.key_id.replace('-', '_')}"
-        self.embedded = uri.endswith(".db")  # Milvus Lite, as pymilvus decides
-        if index_type == "AUTO":
-            index_type = "FLAT" if self.embedded else "HNSW"
         self.index_type = index_type
+        self.embedded = uri.endswith(".db")  # Milvus Lite, as pymilvus decides
         self._unsettled: set[str] = set()  # face ids whose vector may linger
         self._lock = threading.Lock()
         with self._call("connect"):
@@ -190,9 +191,9 @@ class FaceIndex:
                 uri, grpc_options=GRPC_OPTIONS, **self.options.client_kwargs()
             )
             self._ensure(index_type)
-        self._lite_faces = 0
+        self._lite_faces = self._unflushed = 0
         if self.embedded:
-            self._grown(self.count())
+            self._grown(self.count())  # also flushes what an earlier process left
 
     @contextmanager
     def _call(self, action: str) -> Iterator[None]:
@@ -219,10 +220,19 @@ class FaceIndex:
             self._unsettled.update(face_ids)
 
     def _grown(self, added: int) -> None:
-        """Warn once when an embedded (Milvus Lite) gallery outgrows what it is meant for."""
+        """Milvus Lite only: flush every ``LITE_FLUSH_ROWS`` new faces, and warn once when
+        the gallery outgrows what Lite is meant for."""
         if not self.embedded:
             return
         self._lite_faces += added
+        self._unflushed += added
+        if self._unflushed >= LITE_FLUSH_ROWS:
+            self._unflushed = 0
+            try:
+                with self._call("flush"):
+                    self.client.flush(self.collection, timeout=self.options.timeout)
+            except IndexUnavailableError as exc:  # the rows are stored: searches are slower
+                log.warning("%s", exc.message)
         if self._lite_faces > LITE_MAX_FACES and not _lite_warned.is_set():
             _lite_warned.set()
             log.warning(
@@ -360,7 +370,7 @@ class FaceIndex:
         self.drop()
         with self._call("create the collection"):
             self._ensure(self.index_type)
-        self._lite_faces = 0
+        self._lite_faces = self._unflushed = 0
 
     def close(self) -> None:
         self.client.close()

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     milvus_timeout_s: float = Field(default=10.0, gt=0.0)  # per Milvus call
     # read consistency of searches (deploy/README.md); Session sees this process's writes
     milvus_consistency: Literal["Strong", "Session", "Bounded", "Eventually"] = "Session"
-    index_type: Literal["AUTO", "FLAT", "HNSW"] = "AUTO"  # AUTO: FLAT on Lite, HNSW on a server
+    index_type: Literal["FLAT", "HNSW"] = "HNSW"
     master_key: SecretStr | None = None  # 64 hex digits or base64 of 32 bytes
     master_key_file: Path | None = None
     previous_master_keys: list[SecretStr] = []  # still unwrap during a rotation

@@ -46,7 +46,7 @@ class IndexManager:
         store: Store,
         uri: str,
         dim: int,
-        index_type: str = "AUTO",
+        index_type: str = "HNSW",
         options: MilvusOptions | None = None,
         refresh: float = 1.0,
     ) -> None:

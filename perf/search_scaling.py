@@ -191,8 +191,8 @@ def wait_indexed(index: FaceIndex, rows: int, timeout: float = 7200) -> None:
     client.flush(index.collection, timeout=timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = client.describe_index(index.collection, "vector")
-        if int(info.get("indexed_rows", 0)) >= rows and not int(info.get("pending_index_rows", 0)):
+        # (not pending_index_rows: on 2.3.5 it stays above 0 while compaction re-indexes)
+        if int(client.describe_index(index.collection, "vector")["indexed_rows"]) >= rows:
             return
         time.sleep(0.5)
     raise TimeoutError(f"index not built after {timeout} s")
@@ -314,8 +314,9 @@ def run_size(
     index = manager.current
     row["load_before"] = load()
     t = time.perf_counter()
-    for lo in tqdm(range(0, size, BATCH), desc=f"insert {size}", unit_scale=BATCH):
-        index.add(face_ids[lo : lo + BATCH], subject_ids[lo : lo + BATCH], gallery[lo : lo + BATCH])
+    step = args.batch
+    for lo in tqdm(range(0, size, step), desc=f"insert {size}", unit_scale=step):
+        index.add(face_ids[lo : lo + step], subject_ids[lo : lo + step], gallery[lo : lo + step])
     insert_s = time.perf_counter() - t
     row["insert_seconds"] = round(insert_s, 2)
     row["insert_per_second"] = round(size / insert_s, 1)
@@ -438,6 +439,9 @@ def main() -> None:
     parser.add_argument("--index-type", choices=("HNSW", "FLAT"), default="HNSW")
     parser.add_argument("--skip-reindex", action="store_true")
     parser.add_argument(
+        "--batch", type=int, default=BATCH, help="faces per insert call (enrolments: 1)"
+    )
+    parser.add_argument(
         "--search-nice",
         type=int,
         default=0,
@@ -445,6 +449,9 @@ def main() -> None:
         "lower it below the benchmark's own; the heavy phases keep the benchmark's)",
     )
     parser.add_argument("--out", type=Path, default=Path("perf/results/search_scaling"))
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the other sizes' rows already in --out"
+    )
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default /tmp)")
     args = parser.parse_args()
     if DEFAULT_EF not in args.ef:
@@ -458,12 +465,18 @@ def main() -> None:
         "nice": os.nice(0),
         "load_at_start": load(),
         "index": f"{args.index_type} (HNSW: M=16 efConstruction=200), COSINE, protected vectors",
+        "insert_batch": args.batch,
     }
     out = args.out / f"search_scaling_{args.backend}_{args.index_type.lower()}.json"
+    if args.keep and out.exists():  # rows of other sizes from an earlier run stay
+        earlier = json.loads(out.read_text())
+        rows = [r for r in earlier["rows"] if r["gallery"] not in args.sizes]
+        meta["earlier_runs"] = [*earlier["meta"].pop("earlier_runs", []), earlier["meta"]]
     try:
         with milvus_server(args, folder) as server:
             for size in args.sizes:
                 rows.append(run_size(size, args, server, folder))
+                rows.sort(key=lambda r: int(r["gallery"]))
                 out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -247,13 +248,27 @@ def test_milvus_access_settings_are_checked(tmp_path: Path) -> None:
     assert options.consistency == "Strong"
 
 
-def test_auto_index_type_is_exact_on_lite_and_hnsw_on_a_server(milvus: MilvusTarget) -> None:
-    index = FaceIndex(
-        milvus.uri, VectorProtector(MasterKey.generate(), 128), options=milvus.options()
-    )
+def test_lite_flushes_every_thousand_new_faces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unflushed rows are searched by brute force in Milvus Lite (seconds per search at
+    tens of thousands): the index flushes them into sealed segments as the gallery grows.
+    (The real client's flush, counted.)"""
+    monkeypatch.setattr(gateway.index, "LITE_FLUSH_ROWS", 10)
+    index = FaceIndex(str(tmp_path / "index.db"), VectorProtector(MasterKey.generate(), 128))
+    flushed: list[str] = []
+    real_flush = index.client.flush
+
+    def counted(collection: str, **kwargs: Any) -> None:
+        flushed.append(collection)
+        real_flush(collection, **kwargs)
+
+    monkeypatch.setattr(index.client, "flush", counted)
+    gallery = unit(np.random.default_rng(5), 25)
     try:
-        built = index.client.describe_index(index.collection, "vector")["index_type"]
-        assert built == index.index_type == ("FLAT" if milvus.uri.endswith(".db") else "HNSW")
+        for lo in range(0, 25, 5):
+            index.add([f"f{i}" for i in range(lo, lo + 5)], ["s"] * 5, gallery[lo : lo + 5])
+        assert flushed == [index.collection] * 2  # at 10 and at 20 new faces
+        assert index.search(gallery[24:], top_k=1)[0][0].face_id == "f24"
     finally:
-        index.drop()
         index.close()
