@@ -336,6 +336,7 @@ def run_size(
         row["recall_at_1_vs_exact"] = default["recall_at_1"]
         again = search_sweep(index, queries, exact, (DEFAULT_EF,), pid)[0]
         row["repeat_latency_ms"] = again["latency_ms"]
+        row["repeat_recall_at_1"] = again["recall_at_1"]
         row["batch_queries_per_second"] = round(batched(index, queries), 1)
         row["identify_path_ms"] = identify_path(settings, queries)
     row["server_rss_mb"] = rss_mb(pid)
