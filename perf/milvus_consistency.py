@@ -4,7 +4,7 @@ written just before (the choice behind ``FACEREC_MILVUS_CONSISTENCY``).
     nice -n 10 python -m perf.milvus_consistency --out perf/results/search_scaling
 
 Starts a Milvus 2.3 standalone server (as the tests do), fills one collection with
-``--gallery`` protected vectors through :class:`gateway.index.FaceIndex`, then for each
+``--gallery`` protected vectors through :class:`gateway.index.milvus.FaceIndex`, then for each
 level: single-probe search latency with no write in between, and a loop of "write one
 face, then search for it at once" (latency, and how often the new face was found) from
 the writing client, and from a second client (another gateway process). Writes
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.index import Consistency, FaceIndex, MilvusOptions
-from gateway.keys import MasterKey
-from gateway.protect import VectorProtector
+from gateway.crypto.envelope import MasterKey
+from gateway.crypto.vector_protection import VectorProtector
+from gateway.index.milvus import Consistency, FaceIndex, MilvusOptions
 from perf.search_scaling import load, percentiles, synthetic
 
 LEVELS: tuple[Consistency, ...] = ("Strong", "Session", "Bounded", "Eventually")

@@ -43,11 +43,13 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from facerec.pipeline import Face, FacePipeline
-from gateway.bootstrap import open_gateway, open_index, open_store
-from gateway.db import FaceRow, SubjectRow, now
-from gateway.index import FaceIndex
-from gateway.keys import new_data_key, seal_template
+from gateway.bootstrap import open_database, open_gallery, open_gateway
+from gateway.crypto.envelope import new_data_key, seal_template
+from gateway.gallery import Gallery
+from gateway.index.milvus import FaceIndex
+from gateway.service.types import Caller
 from gateway.settings import Settings
+from gateway.storage.schema import FaceRow, SubjectRow, now
 
 DIM = 128
 PHOTOS_PER_IDENTITY = 4
@@ -142,21 +144,23 @@ def build_record(
 ) -> tuple[list[str], list[str]]:
     """The system of record the gateway would hold: one subject per identity, one sealed
     template per photo (state ``indexed``), written in bulk. Returns face and subject ids."""
-    store = open_store(settings)
+    db = open_database(settings)
     identities = int(owners.max()) + 1
     subject_ids = [f"s{i:08d}" for i in range(identities)]
     face_ids = [f"f{i:08d}" for i in range(len(gallery))]
     created = now()
-    with Session(store.engine) as s, s.begin():
+    with Session(db.engine) as s, s.begin():
         for lo in tqdm(range(0, identities, BATCH), desc="record", unit_scale=BATCH):
             subjects, faces = [], []
             for i in range(lo, min(identities, lo + BATCH)):
                 sid, key = subject_ids[i], new_data_key()
-                wrapped = store.keyring.wrap(key, sid)
+                wrapped = db.keyring.wrap(key, sid)
                 subjects.append(
                     {
                         "id": sid,
                         "name": f"person {i}",
+                        "namespace": "default",
+                        "gallery": "default",
                         "meta": {},
                         "created_at": created,
                         "dek_key_id": wrapped.key_id,
@@ -178,7 +182,7 @@ def build_record(
                     )
             s.execute(insert(SubjectRow), subjects)
             s.execute(insert(FaceRow), faces)
-    store.engine.dispose()
+    db.engine.dispose()
     return face_ids, [subject_ids[o] for o in owners]
 
 
@@ -244,16 +248,18 @@ def batched(index: FaceIndex, queries: np.ndarray, batch: int = 100) -> float:
 
 def identify_path(settings: Settings, queries: np.ndarray) -> dict[str, float]:
     """The gateway's identify minus the image pipeline: FaceService.identify_faces on one
-    probe face (index search for 80 faces, SQL lookup of their subjects, ranking)."""
+    probe face for a key of the ``default`` namespace (index search for 80 faces, filtered
+    by namespace; SQL lookup of their subjects; ranking)."""
     gw = open_gateway(settings, FacePipeline.local())
     try:
         box, marks = np.array([0, 0, 160, 160], np.float32), np.zeros((5, 2), np.float32)
         faces = [Face(box, 0.99, marks, q) for q in queries]
-        gw.service.identify_faces(faces[:5], top_k=5, threshold=None)  # warm
+        caller = Caller(key_id="bench", role="identify", namespace="default")
+        gw.service.identify_faces(faces[:5], top_k=5, threshold=None, caller=caller)  # warm
         took = []
         for face in faces:
             t = time.perf_counter()
-            gw.service.identify_faces([face], top_k=5, threshold=None)
+            gw.service.identify_faces([face], top_k=5, threshold=None, caller=caller)
             took.append(time.perf_counter() - t)
         return percentiles(took)
     finally:
@@ -285,6 +291,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {k: v for k, v in env.items() if v}
 
 
+def open_indexed(settings: Settings) -> Gallery:
+    """The gateway's record and index for ``settings`` (as the service opens them)."""
+    return open_gallery(settings, open_database(settings), DIM)
+
+
+def close(gallery: Gallery) -> None:
+    gallery.close()
+    gallery.subjects.engine.dispose()
+
+
 def run_size(
     size: int, args: argparse.Namespace, target: dict[str, Any], folder: Path
 ) -> dict[str, Any]:
@@ -309,9 +325,8 @@ def run_size(
     face_ids, subject_ids = build_record(settings, gallery, owners)
     row["record_seconds"] = round(time.perf_counter() - t, 2)
 
-    store = open_store(settings)
-    manager = open_index(settings, store, DIM)
-    index = manager.current
+    gallery_of = open_indexed(settings)
+    index = gallery_of.index.current
     row["load_before"] = load()
     t = time.perf_counter()
     step = args.batch
@@ -341,24 +356,21 @@ def run_size(
         row["identify_path_ms"] = identify_path(settings, queries)
     row["server_rss_mb"] = rss_mb(pid)
     print(f"  identify path: {row['identify_path_ms']}", flush=True)
-    manager.close()
-    store.engine.dispose()
+    close(gallery_of)
     row["load_after_search"] = load()
 
     if not args.skip_reindex:
         took = reindex(settings, settings_env(settings))
         row["reindex_seconds"] = round(took, 2)
-        store = open_store(settings)
-        manager = open_index(settings, store, DIM)
-        row["reindex_count"] = manager.current.count()
-        manager.current.drop()
-        manager.close()
-        store.engine.dispose()
+        gallery_of = open_indexed(settings)
+        row["reindex_count"] = gallery_of.index.current.count()
+        gallery_of.index.current.drop()
+        close(gallery_of)
         print(f"  facerec reindex: {took:.1f} s", flush=True)
     else:
-        manager = open_index(settings, open_store(settings), DIM)
-        manager.current.drop()
-        manager.close()
+        gallery_of = open_indexed(settings)
+        gallery_of.index.current.drop()
+        close(gallery_of)
     row["load_after"] = load()
     shutil.rmtree(data, ignore_errors=True)
     return row

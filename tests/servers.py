@@ -167,14 +167,19 @@ class MilvusStandalone:
 
     def start(self, timeout: float = 120) -> None:
         """Start the server (again, on the same data and ports) and wait until healthy."""
+        # No Python code in the forked child when util-linux's setpriv can set the parent-
+        # death signal: a fork of this process while gRPC threads run (a Milvus Lite
+        # server, a gateway) can abort the child in gRPC's fork handlers.
+        setpriv = shutil.which("setpriv")
+        command = [setpriv, "--pdeathsig", "KILL", *self.command] if setpriv else self.command
         with (self.data / "milvus.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                self.command,
+                command,
                 cwd=self.data,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=None if setpriv else _die_with_parent,
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -238,8 +243,8 @@ class MilvusTarget:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def options(self) -> Any:
-        """:class:`gateway.index.MilvusOptions` for these settings."""
-        from gateway.index import MilvusOptions
+        """:class:`gateway.index.milvus.MilvusOptions` for these settings."""
+        from gateway.index.milvus import MilvusOptions
 
         ca = self.settings.get("milvus_ca_file")
         return MilvusOptions(

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from facerec.errors import InvalidArgumentError
-from gateway.index import FaceIndex
-from gateway.keys import MasterKey
-from gateway.protect import VectorProtector
+from gateway.crypto.envelope import MasterKey
+from gateway.crypto.vector_protection import VectorProtector
+from gateway.index.milvus import FaceIndex
 from servers import MilvusTarget
 
 pytest.importorskip("milvus_lite")
@@ -82,3 +82,35 @@ def test_ids_cannot_inject_filters(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError):
         index.add(["f 1"], ["s"], np.zeros((1, 128), np.float32))
     index.close()
+
+
+def test_searches_stay_in_their_namespace_and_gallery(milvus: MilvusTarget) -> None:
+    """The scope fields and filters on each Milvus (Lite, Lite's server, the 2.3 server,
+    where hits name the primary key differently)."""
+    rng = np.random.default_rng(3)
+    index = FaceIndex(
+        milvus.uri, VectorProtector(MasterKey.generate(), 128), options=milvus.options()
+    )
+    try:
+        faces = unit(rng, 3)
+        scopes = [("acme", "staff"), ("acme", "visitors"), ("other", "staff")]
+        index.add(["f0", "f1", "f2"], ["s0", "s1", "s2"], faces, scopes)
+        probe = np.repeat(faces[:1], 1, axis=0)
+        found = {
+            scope: [
+                h.face_id for h in index.search(probe, 3, namespace=scope[0], gallery=scope[1])[0]
+            ]
+            for scope in [("acme", None), ("acme", "visitors"), ("other", None), ("none", None)]
+        }
+        assert found == {
+            ("acme", None): ["f0", "f1"],
+            ("acme", "visitors"): ["f1"],
+            ("other", None): ["f2"],
+            ("none", None): [],
+        }
+        assert sorted(h.face_id for h in index.search(probe, 3)[0]) == ["f0", "f1", "f2"]
+        with pytest.raises(InvalidArgumentError):
+            index.search(probe, 3, namespace='acme" or namespace != "')
+    finally:
+        index.drop()
+        index.close()

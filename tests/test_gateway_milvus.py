@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import gateway.index
+import gateway.index.milvus
 from apiclient import one_image, running, settings_for
 from conftest import GALLERY
 from facerec.pipeline import FacePipeline
-from gateway.bootstrap import open_index, open_store
+from gateway.bootstrap import open_database, open_gallery
+from gateway.crypto.envelope import MasterKey
+from gateway.crypto.vector_protection import VectorProtector
 from gateway.errors import IndexUnavailableError
-from gateway.index import FaceIndex, MilvusOptions
-from gateway.keys import MasterKey
-from gateway.protect import VectorProtector
+from gateway.index.milvus import FaceIndex, MilvusOptions
 from servers import MilvusStandalone, MilvusTarget, milvus_installed, milvus_standalone
 
 CHOI = sorted(GALLERY.glob("Choi_Sung-hong_*.jpg"))
@@ -106,14 +106,14 @@ def test_gateway_survives_milvus_going_away(tmp_path: Path, pipeline: FacePipeli
             enrol(client, subject, CHOI[3])  # not a duplicate: the failed try left nothing
             assert client.get("/readyz").status_code == 200
 
-        store = open_store(settings)
-        index = open_index(settings, store, 128)
+        db = open_database(settings)
+        store, gallery = db.subjects, open_gallery(settings, db, 128)
         try:
-            assert deleted not in index.current.ids()
-            assert index.current.ids() == store.face_ids() == store.indexed_face_ids()
+            assert deleted not in gallery.index.current.ids()
+            assert gallery.index.current.ids() == store.face_ids() == store.indexed_face_ids()
             assert len(store.face_ids()) == 2
         finally:
-            index.close()
+            gallery.close()
 
 
 @pytest.mark.integration
@@ -195,9 +195,11 @@ def test_vectors_of_failed_calls_are_removed_first(milvus: MilvusTarget) -> None
 def test_lite_warns_once_past_its_gallery_size(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway.index, "LITE_MAX_FACES", 10)
-    monkeypatch.setattr(gateway.index, "_lite_warned", gateway.index.threading.Event())
-    caplog.set_level(logging.WARNING, logger="gateway.index")
+    monkeypatch.setattr(gateway.index.milvus, "LITE_MAX_FACES", 10)
+    monkeypatch.setattr(
+        gateway.index.milvus, "_lite_warned", gateway.index.milvus.threading.Event()
+    )
+    caplog.set_level(logging.WARNING, logger="gateway.index.milvus")
     gallery = unit(np.random.default_rng(4), 12)
     index = FaceIndex(str(tmp_path / "index.db"), VectorProtector(MasterKey.generate(), 128))
     try:
@@ -212,7 +214,9 @@ def test_lite_warns_once_past_its_gallery_size(
         index.close()
     # reopened past the size: warned at once (once per process)
     caplog.clear()
-    monkeypatch.setattr(gateway.index, "_lite_warned", gateway.index.threading.Event())
+    monkeypatch.setattr(
+        gateway.index.milvus, "_lite_warned", gateway.index.milvus.threading.Event()
+    )
     index = FaceIndex(str(tmp_path / "index.db"), index.protector)
     index.close()
     assert len(caplog.records) == 1 and "12 faces" in caplog.records[0].getMessage()
@@ -254,7 +258,7 @@ def test_lite_flushes_every_thousand_new_faces(
     """Unflushed rows are searched by brute force in Milvus Lite (seconds per search at
     tens of thousands): the index flushes them into sealed segments as the gallery grows.
     (The real client's flush, counted.)"""
-    monkeypatch.setattr(gateway.index, "LITE_FLUSH_ROWS", 10)
+    monkeypatch.setattr(gateway.index.milvus, "LITE_FLUSH_ROWS", 10)
     index = FaceIndex(str(tmp_path / "index.db"), VectorProtector(MasterKey.generate(), 128))
     flushed: list[str] = []
     real_flush = index.client.flush

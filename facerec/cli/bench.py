@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from facerec.cli.output import emit
 from facerec.evaluation.lfw import run_lfw
@@ -11,21 +12,24 @@ from facerec.models import update_calibration
 from facerec.pipeline import FacePipeline
 
 
+def store_in_card(pipeline: FacePipeline, **values: Any) -> None:
+    """Merge ``values`` into the model card's entry for this pipeline's variant."""
+    cfg = pipeline.config
+    update_calibration(
+        pipeline.card.name,
+        alignment=cfg.alignment,
+        flip=cfg.flip,
+        precision=cfg.precision,
+        **values,
+    )
+
+
 def cmd_lfw(args: argparse.Namespace, pipeline: FacePipeline) -> int:
     pairs = args.pairs or args.data / "pairs.txt"
     result = run_lfw(pipeline, args.data, pairs, args.out, pad=args.pad, progress=not args.json)
     (args.out / "lfw.json").write_text(json.dumps(result, indent=2))
     if args.update_card:
-        cfg = pipeline.config
-        update_calibration(
-            pipeline.card.name,
-            alignment=cfg.alignment,
-            flip=cfg.flip,
-            precision=cfg.precision,
-            threshold=result["threshold"],
-            threshold_far_1e3=result["threshold_far_1e-3"],
-            lfw_accuracy=result["accuracy_mean"],
-        )
+        store_in_card(pipeline, threshold=result["threshold"], lfw_accuracy=result["accuracy_mean"])
     acc, std = 100 * result["accuracy_mean"], 100 * result["accuracy_std"]
     text = (
         f"LFW accuracy {acc:.2f} ± {std:.2f} % ({len(result['fold_accuracies'])} folds, "

@@ -1,4 +1,4 @@
-"""Commands on image files: detect, embed, verify, identify."""
+"""Commands on image files: detect, embed, verify (identify: :mod:`facerec.cli.identify`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from tqdm import tqdm
 from facerec.batch import FileResult, analyze_paths
 from facerec.cli.output import emit, error_entry, fail
 from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
-from facerec.matching import Gallery, best_match
 from facerec.pipeline import FacePipeline, ImageFaces
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -151,60 +150,3 @@ def gallery_images(root: Path) -> list[tuple[str, Path]]:
             code="empty_gallery",
         )
     return items
-
-
-def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
-    try:
-        items = gallery_images(args.gallery)
-    except FaceRecError as exc:
-        return fail(exc, args.json)
-    gallery = Gallery(pipeline.card.embedding_size)
-    gallery_errors = []
-    paths = [p for _, p in items]
-    owner = dict((p, name) for name, p in items)
-    for o in analyze_files(pipeline, paths, True, True, progress=args.progress):
-        err = _require_face(o)
-        if err is not None:
-            gallery_errors.append({"image": str(o.path), **error_entry(err)})
-            continue
-        assert o.faces is not None and o.faces.faces[0].embedding is not None
-        gallery.add(owner[o.path], o.faces.faces[0].embedding[None])
-    if len(gallery) == 0:
-        return fail(
-            InvalidArgumentError("no gallery image had a usable face", code="empty_gallery"),
-            args.json,
-        )
-    threshold = args.threshold if args.threshold is not None else pipeline.threshold
-    entries: list[Any] = []
-    lines: list[str] = []
-    for o in analyze_files(pipeline, args.probes, False, True, progress=args.progress):
-        err = _require_face(o)
-        if err is not None:
-            _record_error(entries, lines, o.path, err)
-            continue
-        assert o.faces is not None
-        probes = np.stack([f.embedding for f in o.faces.faces if f.embedding is not None])
-        faces = []
-        for face, cands in zip(o.faces.faces, gallery.search(probes, args.top_k), strict=True):
-            match = best_match(cands, threshold)
-            faces.append(
-                {
-                    **face.to_dict(),
-                    "candidates": [
-                        {"subject": c.subject, "similarity": round(c.similarity, 6)} for c in cands
-                    ],
-                    "match": match,
-                }
-            )
-            lines.append(
-                f"{o.path}: face at [{', '.join(f'{v:.0f}' for v in face.box)}] -> "
-                f"{match or 'unknown'} ({cands[0].similarity:.4f})"
-            )
-        entries.append({"image": str(o.path), "faces": faces})
-    doc = {
-        "threshold": threshold,
-        "gallery": {"subjects": len(gallery), "images": len(items), "errors": gallery_errors},
-        "images": entries,
-    }
-    emit(doc, args.json, "\n".join(lines))
-    return 0

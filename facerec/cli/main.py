@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from facerec import __version__
-from facerec.cli import bench, images, triton
+from facerec.cli import bench, bench_openset, identify, images, triton, watch
 from facerec.cli.output import fail
 from facerec.detection.mtcnn import MTCNNConfig
 from facerec.errors import FaceRecError
@@ -106,10 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--gallery", type=Path, required=True, metavar="DIR", help="one sub-folder per person"
     )
     p.add_argument("--top-k", type=int, default=5, help="candidates per face (5)")
-    p.add_argument("--threshold", type=float, default=None, help="cosine threshold (calibrated)")
+    identify.add_options(p)
     _common(p)
     _pipeline_options(p)
-    p.set_defaults(handler=images.cmd_identify)
+    p.set_defaults(handler=identify.cmd_identify)
 
     p = sub.add_parser("bench", help="benchmarks")
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(b)
     _pipeline_options(b)
     b.set_defaults(handler=bench.cmd_lfw)
+    bench_openset.add_parser(bench_sub, _common, _pipeline_options)
     triton.add_commands(sub, _common)
+    watch.add_command(sub, _common, _pipeline_options)
     _plugin_commands(sub)
     return parser
 
