@@ -20,6 +20,7 @@ from gateway.auth.throttle import FailureThrottle
 from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager
+from gateway.index.milvus import MilvusOptions
 from gateway.service.admin import SYSTEM, AdminService
 from gateway.service.faces import FaceService
 from gateway.service.jobs import JobLimits, JobService
@@ -73,10 +74,31 @@ def enrolment_gates(settings: Settings) -> EnrolmentGates:
     )
 
 
+def milvus_options(settings: Settings) -> MilvusOptions:
+    """How the index reaches Milvus: credentials, TLS, per-call timeout, consistency."""
+    files = (
+        settings.milvus_ca_file,
+        settings.milvus_client_cert_file,
+        settings.milvus_client_key_file,
+    )
+    ca, cert, key = (None if f is None else str(f) for f in files)
+    return MilvusOptions(
+        token=settings.secret("milvus_token"),
+        user=settings.milvus_user,
+        password=settings.secret("milvus_password"),
+        ca_file=ca,
+        client_cert_file=cert,
+        client_key_file=key,
+        server_name=settings.milvus_server_name,
+        timeout=settings.milvus_timeout_s,
+        consistency=settings.milvus_consistency,
+    )
+
+
 def open_gallery(settings: Settings, db: Database, dim: int) -> Gallery:
     """The faces of ``db`` with their vectors in the configured Milvus (``dim`` wide)."""
-    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    index = IndexManager(db.secrets, settings.index_uri, dim, settings.index_type, token)
+    options = milvus_options(settings)
+    index = IndexManager(db.secrets, settings.index_uri, dim, settings.index_type, options)
     return Gallery(db.subjects, index)
 
 

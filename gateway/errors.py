@@ -67,3 +67,12 @@ class UnsupportedMediaTypeError(FaceRecError):
 
     code = "unsupported_media_type"
     http_status = 415
+
+
+class IndexUnavailableError(FaceRecError):
+    """The Milvus index did not answer or refused the request (down, unreachable, wrong
+    credentials or certificate, timed out). Nothing was half-written: retry later."""
+
+    code = "index_unavailable"
+    http_status = 503
+    retriable = True

@@ -39,7 +39,16 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=lambda: facerec_home() / "data")
     database_url: str | None = None  # default: SQLite file in data_dir
     milvus_uri: str | None = None  # default: Milvus Lite file in data_dir
-    milvus_token: SecretStr | None = None
+    milvus_token: SecretStr | None = None  # "user:password" or an API key
+    milvus_user: str | None = None  # a Milvus server with authentication on
+    milvus_password: SecretStr | None = None
+    milvus_ca_file: Path | None = None  # TLS (https:// URI): the CA to trust
+    milvus_client_cert_file: Path | None = None  # mutual TLS
+    milvus_client_key_file: Path | None = None
+    milvus_server_name: str | None = None  # TLS: name in the server's certificate
+    milvus_timeout_s: float = Field(default=10.0, gt=0.0)  # per Milvus call
+    # read consistency of searches (deploy/README.md); Session sees this process's writes
+    milvus_consistency: Literal["Strong", "Session", "Bounded", "Eventually"] = "Session"
     index_type: Literal["FLAT", "HNSW"] = "HNSW"
     master_key: SecretStr | None = None  # 64 hex digits or base64 of 32 bytes
     master_key_file: Path | None = None
@@ -129,6 +138,16 @@ class Settings(BaseSettings):
                 "set FACEREC_MASTER_KEY or FACEREC_MASTER_KEY_FILE (or FACEREC_ENV=development "
                 "for a throwaway key)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_milvus_access(self) -> Settings:
+        if self.milvus_token is not None and self.milvus_user:
+            raise ValueError("set FACEREC_MILVUS_TOKEN or FACEREC_MILVUS_USER, not both")
+        if self.milvus_user and self.milvus_password is None:
+            raise ValueError("FACEREC_MILVUS_USER needs FACEREC_MILVUS_PASSWORD")
+        if (self.milvus_client_cert_file is None) != (self.milvus_client_key_file is None):
+            raise ValueError("mutual TLS needs FACEREC_MILVUS_CLIENT_CERT_FILE and _KEY_FILE")
         return self
 
     def secret(self, name: str) -> str | None:

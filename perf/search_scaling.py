@@ -1,37 +1,66 @@
-"""1:N search over protected vectors in Milvus: latency and recall@1 against exact search.
+"""1:N search over protected vectors, on a real Milvus server (or Milvus Lite), by gallery size.
 
-    python -m perf.search_scaling --sizes 10000 100000 1000000 --out perf/results
+    nice -n 10 python -m perf.search_scaling --sizes 10000 100000 1000000 \\
+        --out perf/results/search_scaling
 
-For each gallery size it fills a fresh Milvus Lite collection (HNSW, M=16,
-efConstruction=200) with protected vectors of synthetic face embeddings (identities as
+For each size it builds what the gateway would hold: a system of record (SQLite) with
+size/4 subjects and ``size`` sealed templates of synthetic face embeddings (identities as
 random unit centres, each "photo" a noisy copy, so the gallery has the cluster structure of
-real templates), then runs probes (other noisy copies of enrolled identities) one at a time
-and in batches, and compares the top-1 with exact (brute-force) search on the raw vectors.
-Writes ``search_scaling.json`` and ``search_scaling.png``.
+real templates), and the protected vectors in the gateway's own collection (HNSW, M=16,
+efConstruction=200), written through :class:`gateway.index.FaceIndex` in batches. Then:
+
+- insert throughput, and the index build (flush until every row is indexed);
+- single-probe search latency (p50/p95/p99) and recall@1 against exact search, for each
+  search ``ef`` (the trade-off), and batched probes per second;
+- the gateway's identify path without the image pipeline (index search for 16 x top_k
+  faces + the SQL lookup of their subjects + ranking: ``FaceService.identify_faces``);
+- ``facerec reindex``: the command, rebuilding the collection from the system of record.
+
+``--backend server`` (default) starts a Milvus 2.3 standalone server (the ``milvus`` PyPI
+package, as the tests do) unless ``--uri`` names one; ``--backend lite`` uses a Milvus Lite
+file. Writes ``search_scaling.json`` and ``search_scaling.png`` (latency by size, and recall
+against p99 latency as ``ef`` varies), with the machine's load average beside each phase.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+from tqdm import tqdm
 
-from gateway.crypto.envelope import MasterKey
-from gateway.crypto.vector_protection import VectorProtector
+from facerec.pipeline import Face, FacePipeline
+from gateway.bootstrap import open_database, open_gallery, open_gateway
+from gateway.crypto.envelope import new_data_key, seal_template
+from gateway.gallery import Gallery
 from gateway.index.milvus import FaceIndex
+from gateway.service.types import Caller
+from gateway.settings import Settings
+from gateway.storage.schema import FaceRow, SubjectRow, now
 
 DIM = 128
 PHOTOS_PER_IDENTITY = 4
 NOISE = 0.6  # per-dimension noise relative to the centre: same-identity cosine ~0.7
+BATCH = 10_000  # vectors per insert call
+EFS = (16, 32, 64, 128, 256)
+DEFAULT_EF = 64  # what FaceIndex.search uses
 
 
 def synthetic(rng: np.random.Generator, identities: int, photos: int) -> np.ndarray:
+    """float32[identities * photos, DIM] unit rows, ``photos`` noisy copies per identity."""
     centres = rng.standard_normal((identities, DIM)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     x = np.repeat(centres, photos, axis=0)
@@ -39,114 +68,434 @@ def synthetic(rng: np.random.Generator, identities: int, photos: int) -> np.ndar
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def run_size(size: int, probes: int, ef: int, seed: int) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    identities = size // PHOTOS_PER_IDENTITY
-    gallery = synthetic(rng, identities, PHOTOS_PER_IDENTITY)
-    owners = np.repeat(np.arange(identities), PHOTOS_PER_IDENTITY)
-    picked = rng.choice(identities, probes, replace=False)
-    centres_again = gallery[picked * PHOTOS_PER_IDENTITY]  # a photo of each picked identity
-    queries = centres_again + NOISE / np.sqrt(DIM) * rng.standard_normal(
-        centres_again.shape
-    ).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+def exact_top1(queries: np.ndarray, gallery: np.ndarray, chunk: int = 100_000) -> np.ndarray:
+    """Row index of each query's most similar gallery row (brute force, in chunks)."""
+    best = np.full(len(queries), -2.0, np.float32)
+    where = np.zeros(len(queries), np.int64)
+    for lo in range(0, len(gallery), chunk):
+        sims = queries @ gallery[lo : lo + chunk].T
+        arg = sims.argmax(axis=1)
+        top = sims[np.arange(len(queries)), arg]
+        better = top > best
+        best[better], where[better] = top[better], arg[better] + lo
+    return where
 
-    folder = Path(tempfile.mkdtemp(prefix="facerec-search-"))
-    try:
-        index = FaceIndex(str(folder / "index.db"), VectorProtector(MasterKey.generate(), DIM))
-        ids = [f"f{i}" for i in range(size)]
-        subjects = [f"s{o}" for o in owners]
-        start = time.perf_counter()
-        for lo in range(0, size, 10_000):
-            index.add(ids[lo : lo + 10_000], subjects[lo : lo + 10_000], gallery[lo : lo + 10_000])
-        index.count()  # flush
-        insert_s = time.perf_counter() - start
-        index.search(queries[:1], top_k=1, ef=ef)  # first search builds/loads the index
-        build_s = time.perf_counter() - start - insert_s
 
-        single = []
-        top1: list[str] = []
-        for q in queries:
-            t = time.perf_counter()
-            (hits,) = index.search(q[None], top_k=1, ef=ef)
-            single.append(time.perf_counter() - t)
-            top1.append(hits[0].face_id)
-        t = time.perf_counter()
-        index.search(queries, top_k=1, ef=ef)
-        batch_s = time.perf_counter() - t
-        index.close()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-    exact = np.argmax(queries @ gallery.T, axis=1)
-    recall = float(np.mean([int(f[1:]) == e for f, e in zip(top1, exact, strict=True)]))
-    same_identity = float(
-        np.mean([owners[int(f[1:])] == p for f, p in zip(top1, picked, strict=True)])
-    )
-    lat = np.asarray(single) * 1e3
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
     return {
-        "gallery": size,
-        "identities": identities,
-        "probes": probes,
-        "ef": ef,
-        "insert_seconds": round(insert_s, 2),
-        "index_build_seconds": round(build_s, 2),
-        "latency_ms": {
-            "p50": round(float(np.percentile(lat, 50)), 3),
-            "p95": round(float(np.percentile(lat, 95)), 3),
-            "p99": round(float(np.percentile(lat, 99)), 3),
-            "mean": round(float(lat.mean()), 3),
-        },
-        "batch_queries_per_second": round(probes / batch_s, 1),
-        "recall_at_1_vs_exact": recall,
-        "top1_same_identity": same_identity,
+        "p50": round(float(np.percentile(ms, 50)), 3),
+        "p95": round(float(np.percentile(ms, 95)), 3),
+        "p99": round(float(np.percentile(ms, 99)), 3),
+        "mean": round(float(ms.mean()), 3),
     }
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def set_nice(pid: int, value: int) -> None:
+    """Set the nice value of every thread of process ``pid`` (Linux: nice is per thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.setpriority(os.PRIO_PROCESS, int(task.name), value)
+
+
+@contextlib.contextmanager
+def measuring(pids: list[int | None], value: int) -> Iterator[int]:
+    """Run the (short, light) latency measurements at nice ``value`` when allowed, the
+    heavy phases around them staying at the niceness the benchmark started with; yields
+    the niceness in force."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        for pid in pids:
+            if pid is not None:
+                set_nice(pid, value)
+        yield os.getpriority(os.PRIO_PROCESS, 0)
+    except PermissionError:
+        yield before
+    finally:
+        for pid in pids:
+            if pid is not None:
+                set_nice(pid, before)
+
+
+def rss_mb(pid: int | None) -> float | None:
+    """Resident memory of process ``pid`` in MiB."""
+    if pid is None:
+        return None
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def build_record(
+    settings: Settings, gallery: np.ndarray, owners: np.ndarray
+) -> tuple[list[str], list[str]]:
+    """The system of record the gateway would hold: one subject per identity, one sealed
+    template per photo (state ``indexed``), written in bulk. Returns face and subject ids."""
+    db = open_database(settings)
+    identities = int(owners.max()) + 1
+    subject_ids = [f"s{i:08d}" for i in range(identities)]
+    face_ids = [f"f{i:08d}" for i in range(len(gallery))]
+    created = now()
+    with Session(db.engine) as s, s.begin():
+        for lo in tqdm(range(0, identities, BATCH), desc="record", unit_scale=BATCH):
+            subjects, faces = [], []
+            for i in range(lo, min(identities, lo + BATCH)):
+                sid, key = subject_ids[i], new_data_key()
+                wrapped = db.keyring.wrap(key, sid)
+                subjects.append(
+                    {
+                        "id": sid,
+                        "name": f"person {i}",
+                        "namespace": "default",
+                        "gallery": "default",
+                        "meta": {},
+                        "created_at": created,
+                        "dek_key_id": wrapped.key_id,
+                        "dek_blob": wrapped.blob,
+                    }
+                )
+                for f in range(i * PHOTOS_PER_IDENTITY, (i + 1) * PHOTOS_PER_IDENTITY):
+                    faces.append(
+                        {
+                            "id": face_ids[f],
+                            "subject_id": sid,
+                            "template": seal_template(key, gallery[f], sid, face_ids[f]),
+                            "content_hash": face_ids[f],
+                            "quality": 0.99,
+                            "box": [0.0, 0.0, 160.0, 160.0],
+                            "state": "indexed",
+                            "created_at": created,
+                        }
+                    )
+            s.execute(insert(SubjectRow), subjects)
+            s.execute(insert(FaceRow), faces)
+    db.engine.dispose()
+    return face_ids, [subject_ids[o] for o in owners]
+
+
+def wait_indexed(index: FaceIndex, rows: int, timeout: float = 7200) -> None:
+    """Flush, then wait until Milvus has built the index over every row."""
+    client = index.client
+    if index.embedded:
+        client.flush(index.collection)
+        return
+    client.flush(index.collection, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # (not pending_index_rows: on 2.3.5 it stays above 0 while compaction re-indexes)
+        if int(client.describe_index(index.collection, "vector")["indexed_rows"]) >= rows:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"index not built after {timeout} s")
+
+
+def search_sweep(
+    index: FaceIndex,
+    queries: np.ndarray,
+    exact: np.ndarray,
+    efs: tuple[int, ...],
+    server_pid: int | None,
+) -> list[dict[str, Any]]:
+    """Per ef: single-probe latency, recall@1 against exact search, and the CPU time per
+    probe of the server and of this client (less sensitive to other load than latency)."""
+    rows = []
+    for ef in efs:
+        index.search(queries[:5], top_k=1, ef=ef)  # warm
+        took, top1 = [], []
+        server0, client0 = cpu_seconds(server_pid), time.process_time()
+        for q in queries:
+            t = time.perf_counter()
+            (hits,) = index.search(q[None], top_k=1, ef=ef)
+            took.append(time.perf_counter() - t)
+            top1.append(int(hits[0].face_id[1:]))
+        server_cpu = (cpu_seconds(server_pid) - server0) / len(queries) * 1e3
+        client_cpu = (time.process_time() - client0) / len(queries) * 1e3
+        recall = float(np.mean(np.asarray(top1) == exact))
+        rows.append(
+            {
+                "ef": ef,
+                "latency_ms": percentiles(took),
+                "recall_at_1": recall,
+                "server_cpu_ms_per_probe": round(server_cpu, 3) if server_pid else None,
+                "client_cpu_ms_per_probe": round(client_cpu, 3),
+                "load": load(),
+            }
+        )
+        print(f"  ef={ef}: {rows[-1]}", flush=True)
+    return rows
+
+
+def batched(index: FaceIndex, queries: np.ndarray, batch: int = 100) -> float:
+    """Probes per second when sent ``batch`` per search call."""
+    t = time.perf_counter()
+    for lo in range(0, len(queries), batch):
+        index.search(queries[lo : lo + batch], top_k=1, ef=DEFAULT_EF)
+    return len(queries) / (time.perf_counter() - t)
+
+
+def identify_path(settings: Settings, queries: np.ndarray) -> dict[str, float]:
+    """The gateway's identify minus the image pipeline: FaceService.identify_faces on one
+    probe face for a key of the ``default`` namespace (index search for 80 faces, filtered
+    by namespace; SQL lookup of their subjects; ranking)."""
+    gw = open_gateway(settings, FacePipeline.local())
+    try:
+        box, marks = np.array([0, 0, 160, 160], np.float32), np.zeros((5, 2), np.float32)
+        faces = [Face(box, 0.99, marks, q) for q in queries]
+        caller = Caller(key_id="bench", role="identify", namespace="default")
+        gw.service.identify_faces(faces[:5], top_k=5, threshold=None, caller=caller)  # warm
+        took = []
+        for face in faces:
+            t = time.perf_counter()
+            gw.service.identify_faces([face], top_k=5, threshold=None, caller=caller)
+            took.append(time.perf_counter() - t)
+        return percentiles(took)
+    finally:
+        gw.close()
+
+
+def reindex(settings: Settings, env: dict[str, str]) -> float:
+    """Wall time of ``facerec reindex`` (a fresh process, as an operator runs it)."""
+    facerec = Path(sys.executable).with_name("facerec")
+    t = time.perf_counter()
+    done = subprocess.run(
+        [str(facerec), "reindex", "--json"], env=env, capture_output=True, text=True
+    )
+    took = time.perf_counter() - t
+    if done.returncode != 0:
+        raise RuntimeError(f"facerec reindex failed: {done.stderr[-2000:]}")
+    return took
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
+    env["FACEREC_HOME"] = os.environ.get("FACEREC_HOME", "")
+    for name in ("env", "data_dir", "milvus_uri", "milvus_user", "index_type"):
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"FACEREC_{name.upper()}"] = str(value)
+    if settings.milvus_password is not None:
+        env["FACEREC_MILVUS_PASSWORD"] = settings.milvus_password.get_secret_value()
+    return {k: v for k, v in env.items() if v}
+
+
+def open_indexed(settings: Settings) -> Gallery:
+    """The gateway's record and index for ``settings`` (as the service opens them)."""
+    return open_gallery(settings, open_database(settings), DIM)
+
+
+def close(gallery: Gallery) -> None:
+    gallery.close()
+    gallery.subjects.engine.dispose()
+
+
+def run_size(
+    size: int, args: argparse.Namespace, target: dict[str, Any], folder: Path
+) -> dict[str, Any]:
+    rng = np.random.default_rng(size)
+    identities = size // PHOTOS_PER_IDENTITY
+    gallery = synthetic(rng, identities, PHOTOS_PER_IDENTITY)
+    owners = np.repeat(np.arange(identities), PHOTOS_PER_IDENTITY)
+    picked = rng.choice(identities, args.probes, replace=False)
+    queries = gallery[picked * PHOTOS_PER_IDENTITY]  # a photo of each picked identity ...
+    queries = queries + NOISE / np.sqrt(DIM) * rng.standard_normal(queries.shape).astype(
+        np.float32
+    )  # ... seen again
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = exact_top1(queries, gallery)
+    row: dict[str, Any] = {"gallery": size, "identities": identities, "probes": args.probes}
+
+    data = folder / f"g{size}"
+    server = {k: v for k, v in target.items() if k != "pid"}
+    milvus = {"milvus_uri": str(data / "index.db")} if args.backend == "lite" else server
+    settings = Settings(env="development", data_dir=data, index_type=args.index_type, **milvus)
+    t = time.perf_counter()
+    face_ids, subject_ids = build_record(settings, gallery, owners)
+    row["record_seconds"] = round(time.perf_counter() - t, 2)
+
+    gallery_of = open_indexed(settings)
+    index = gallery_of.index.current
+    row["load_before"] = load()
+    t = time.perf_counter()
+    step = args.batch
+    for lo in tqdm(range(0, size, step), desc=f"insert {size}", unit_scale=step):
+        index.add(face_ids[lo : lo + step], subject_ids[lo : lo + step], gallery[lo : lo + step])
+    insert_s = time.perf_counter() - t
+    row["insert_seconds"] = round(insert_s, 2)
+    row["insert_per_second"] = round(size / insert_s, 1)
+    t = time.perf_counter()
+    wait_indexed(index, size)
+    row["index_build_seconds"] = round(time.perf_counter() - t, 2)
+    print(f"{size}: inserted in {insert_s:.1f} s, built in {row['index_build_seconds']} s")
+
+    for _ in range(3):  # the first searches after the build load indexed segments
+        batched(index, queries)
+    pid = target.get("pid")
+    with measuring([os.getpid(), pid], args.search_nice) as nice:
+        row["search_nice"] = nice
+        row["sweep"] = search_sweep(index, queries, exact, tuple(args.ef), pid)
+        default = next(r for r in row["sweep"] if r["ef"] == DEFAULT_EF)
+        row["latency_ms"] = default["latency_ms"]
+        row["recall_at_1_vs_exact"] = default["recall_at_1"]
+        again = search_sweep(index, queries, exact, (DEFAULT_EF,), pid)[0]
+        row["repeat_latency_ms"] = again["latency_ms"]
+        row["repeat_recall_at_1"] = again["recall_at_1"]
+        row["batch_queries_per_second"] = round(batched(index, queries), 1)
+        row["identify_path_ms"] = identify_path(settings, queries)
+    row["server_rss_mb"] = rss_mb(pid)
+    print(f"  identify path: {row['identify_path_ms']}", flush=True)
+    close(gallery_of)
+    row["load_after_search"] = load()
+
+    if not args.skip_reindex:
+        took = reindex(settings, settings_env(settings))
+        row["reindex_seconds"] = round(took, 2)
+        gallery_of = open_indexed(settings)
+        row["reindex_count"] = gallery_of.index.current.count()
+        gallery_of.index.current.drop()
+        close(gallery_of)
+        print(f"  facerec reindex: {took:.1f} s", flush=True)
+    else:
+        gallery_of = open_indexed(settings)
+        gallery_of.index.current.drop()
+        close(gallery_of)
+    row["load_after"] = load()
+    shutil.rmtree(data, ignore_errors=True)
+    return row
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sizes = [r["gallery"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for q in ("p50", "p95", "p99"):
-        a.plot(sizes, [r["latency_ms"][q] for r in rows], marker="o", label=q)
+        a.plot(sizes, [r["latency_ms"][q] for r in rows], marker="o", label=f"search {q}")
+    a.plot(
+        sizes,
+        [r["identify_path_ms"]["p95"] for r in rows],
+        marker="s",
+        linestyle="--",
+        label="identify path p95 (index + SQL)",
+    )
     a.set_xscale("log")
     a.set_yscale("log")
     a.set_xlabel("gallery size (protected vectors)")
-    a.set_ylabel("single-probe search latency (ms)")
-    a.legend()
+    a.set_ylabel(f"single probe, ms (ef={DEFAULT_EF})")
+    a.legend(fontsize=8)
     a.grid(True, alpha=0.3)
-    b.plot(sizes, [r["recall_at_1_vs_exact"] for r in rows], marker="o")
+    for r in rows:
+        sweep = r["sweep"]
+        b.plot(
+            [s["latency_ms"]["p99"] for s in sweep],
+            [s["recall_at_1"] for s in sweep],
+            marker="o",
+            label=f"{r['gallery']:,}",
+        )
+        for s in sweep:
+            b.annotate(
+                str(s["ef"]),
+                (s["latency_ms"]["p99"], s["recall_at_1"]),
+                fontsize=6,
+                xytext=(2, -8),
+                textcoords="offset points",
+            )
     b.set_xscale("log")
-    b.set_ylim(0.9, 1.005)
-    b.set_xlabel("gallery size")
+    b.set_xlabel("single-probe p99 latency, ms (labels: ef)")
     b.set_ylabel("recall@1 vs exact search")
+    b.legend(title="gallery", fontsize=8)
     b.grid(True, alpha=0.3)
-    fig.suptitle("Milvus Lite HNSW over protected vectors")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
+@contextlib.contextmanager
+def milvus_server(args: argparse.Namespace, folder: Path) -> Iterator[dict[str, Any]]:
+    """Gateway settings for the Milvus server to measure: ``--uri``, or one started here."""
+    if args.backend == "lite":
+        yield {}
+        return
+    if args.uri:
+        yield {"milvus_uri": args.uri, "milvus_token": os.environ.get("MILVUS_TOKEN")}
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from servers import milvus_standalone
+
+    with milvus_standalone(folder / "milvus", tls=False) as server:
+        yield {**server.settings(), "pid": server.proc.pid if server.proc else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--probes", type=int, default=300)
-    parser.add_argument("--ef", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=Path("perf/results"))
+    parser.add_argument("--backend", choices=("server", "lite"), default="server")
+    parser.add_argument("--uri", help="an existing Milvus server (token in $MILVUS_TOKEN)")
+    parser.add_argument("--probes", type=int, default=1000)
+    parser.add_argument("--ef", type=int, nargs="+", default=list(EFS))
+    parser.add_argument("--index-type", choices=("HNSW", "FLAT"), default="HNSW")
+    parser.add_argument("--skip-reindex", action="store_true")
+    parser.add_argument(
+        "--batch", type=int, default=BATCH, help="faces per insert call (enrolments: 1)"
+    )
+    parser.add_argument(
+        "--search-nice",
+        type=int,
+        default=0,
+        help="niceness of the client and server while latencies are measured (root may "
+        "lower it below the benchmark's own; the heavy phases keep the benchmark's)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("perf/results/search_scaling"))
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the other sizes' rows already in --out"
+    )
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default /tmp)")
     args = parser.parse_args()
-    rows = []
-    for size in args.sizes:
-        row = run_size(size, args.probes, args.ef, seed=size)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+    if DEFAULT_EF not in args.ef:
+        args.ef.append(DEFAULT_EF)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search_scaling.json").write_text(json.dumps(rows, indent=2))
-    plot(rows, args.out / "search_scaling.png")
-    print(f"wrote {args.out / 'search_scaling.json'} and {args.out / 'search_scaling.png'}")
+    folder = Path(tempfile.mkdtemp(prefix="facerec-search-", dir=args.work))
+    rows: list[dict[str, Any]] = []
+    meta = {
+        "backend": args.backend,
+        "cpus": os.cpu_count(),
+        "nice": os.nice(0),
+        "load_at_start": load(),
+        "index": f"{args.index_type} (HNSW: M=16 efConstruction=200), COSINE, protected vectors",
+        "insert_batch": args.batch,
+    }
+    out = args.out / f"search_scaling_{args.backend}_{args.index_type.lower()}.json"
+    if args.keep and out.exists():  # rows of other sizes from an earlier run stay
+        earlier = json.loads(out.read_text())
+        rows = [r for r in earlier["rows"] if r["gallery"] not in args.sizes]
+        meta["earlier_runs"] = [*earlier["meta"].pop("earlier_runs", []), earlier["meta"]]
+    try:
+        with milvus_server(args, folder) as server:
+            for size in args.sizes:
+                rows.append(run_size(size, args, server, folder))
+                rows.sort(key=lambda r: int(r["gallery"]))
+                out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    what = "Milvus 2.3 standalone" if args.backend == "server" else "Milvus Lite"
+    plot(rows, out.with_suffix(".png"), f"{what}: {args.index_type} over protected vectors")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

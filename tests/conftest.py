@@ -104,6 +104,26 @@ def milvus_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 @pytest.fixture(scope="session")
+def milvus_standalone(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[servers.MilvusStandalone]:
+    """A real Milvus 2.3 standalone server on loopback, with authentication and TLS; one
+    per session (about 3 s to start), each test on its own collections."""
+    if not servers.milvus_installed():
+        pytest.skip("the milvus package (Milvus standalone) is not installed: scripts/setup.sh")
+    with servers.milvus_standalone(tmp_path_factory.mktemp("milvus-standalone")) as server:
+        yield server
+
+
+@pytest.fixture
+def standalone(milvus_standalone: servers.MilvusStandalone) -> Iterator[servers.MilvusStandalone]:
+    """The session's Milvus standalone server, emptied after the test."""
+    yield milvus_standalone
+    if milvus_standalone.running:
+        milvus_standalone.drop_collections()
+
+
+@pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A PostgreSQL server on loopback (installed by .ci/run)."""
     if servers.postgres_bin() is None and not os.environ.get("FACEREC_TEST_DATABASE_URL"):
@@ -112,13 +132,41 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["embedded", pytest.param("servers", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("servers", marks=pytest.mark.integration),
+        pytest.param("standalone", marks=pytest.mark.integration),
+    ]
+)
 def storage(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings for the two storage configurations every gateway test runs against:
-    SQLite + Milvus Lite (embedded), and PostgreSQL + a Milvus server process."""
+    """Settings for the three storage configurations every gateway test runs against:
+    SQLite + Milvus Lite (embedded); PostgreSQL + Milvus Lite's server process; and
+    PostgreSQL + a real Milvus standalone server (authentication and TLS on)."""
     if request.param == "embedded":
         return {}
     database = servers.fresh_database(
         request.getfixturevalue("postgres_url"), f"t_{uuid.uuid4().hex[:12]}"
     )
+    if request.param == "standalone":
+        server: servers.MilvusStandalone = request.getfixturevalue("standalone")
+        return {"database_url": database, **server.settings()}
     return {"database_url": database, "milvus_uri": request.getfixturevalue("milvus_server_uri")}
+
+
+@pytest.fixture(
+    params=[
+        "lite",
+        pytest.param("lite-server", marks=pytest.mark.integration),
+        pytest.param("standalone", marks=pytest.mark.integration),
+    ]
+)
+def milvus(request: pytest.FixtureRequest, tmp_path: Path) -> servers.MilvusTarget:
+    """Where an index test's collections live: a Milvus Lite file, Milvus Lite's server
+    process, or the real Milvus standalone server (with its credentials and CA)."""
+    if request.param == "lite":
+        return servers.MilvusTarget(str(tmp_path / "index.db"))
+    if request.param == "lite-server":
+        return servers.MilvusTarget(request.getfixturevalue("milvus_server_uri"))
+    server: servers.MilvusStandalone = request.getfixturevalue("standalone")
+    return servers.MilvusTarget(server.uri, server.settings())

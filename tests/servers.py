@@ -1,11 +1,15 @@
-"""Real servers for the tests, started on loopback in temporary folders: a Milvus server
-(``milvus_lite server``) and PostgreSQL (Debian's server binaries; ``.ci/run`` installs
+"""Real servers for the tests, started on loopback in temporary folders: Milvus Lite's
+server (``milvus_lite server``), a real Milvus 2.3 standalone server (the ``milvus`` package
+from PyPI, a dev dependency), and PostgreSQL (Debian's server binaries; ``.ci/run`` installs
 them). ``FACEREC_TEST_DATABASE_URL`` points the tests at an existing PostgreSQL instead."""
 
 from __future__ import annotations
 
+import fcntl
 import glob
+import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -15,8 +19,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -65,6 +70,262 @@ def milvus_server(data: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# Every port Milvus 2.3 standalone opens, as named in the `milvus` package's config template.
+_MILVUS_PORTS = (
+    "etcd_port",
+    "root_coord_port",
+    "proxy_port",
+    "proxy_internal_port",
+    "query_coord_port",
+    "query_node_port",
+    "index_coord_port",
+    "index_node_port",
+    "data_coord_port",
+    "data_node_port",
+)
+MILVUS_USER = "facerec"
+
+
+def milvus_installed() -> bool:
+    """The ``milvus`` package (a dev dependency) ships a Milvus 2.3 standalone server."""
+    return importlib.util.find_spec("milvus") is not None
+
+
+def _milvus_binaries() -> Path:
+    """The server binaries, unpacked once from the ``milvus`` package into the venv
+    (the package itself would unpack ~400 MB into every data folder)."""
+    import milvus
+
+    home = Path(sys.prefix) / "opt" / f"milvus-{milvus.__version__}"
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # several test sessions may start at once
+        milvus._initialize_data_files(str(home))  # skips files already unpacked
+    return home / "bin"
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key (PEM files in ``folder``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "server.pem", folder / "server.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the process that started it dies (no stray servers)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class MilvusStandalone:
+    """A running Milvus 2.3 standalone server with authentication (and TLS when asked)."""
+
+    uri: str
+    user: str
+    password: str
+    ca_file: Path | None
+    data: Path
+    command: list[str]
+    env: dict[str, str]
+    health_url: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        """Start the server (again, on the same data and ports) and wait until healthy."""
+        # No Python code in the forked child when util-linux's setpriv can set the parent-
+        # death signal: a fork of this process while gRPC threads run (a Milvus Lite
+        # server, a gateway) can abort the child in gRPC's fork handlers.
+        setpriv = shutil.which("setpriv")
+        command = [setpriv, "--pdeathsig", "KILL", *self.command] if setpriv else self.command
+        with (self.data / "milvus.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                command,
+                cwd=self.data,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=None if setpriv else _die_with_parent,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                tail = (self.data / "milvus.log").read_bytes()[-2000:]
+                raise RuntimeError(f"milvus exited with {self.proc.returncode}: {tail!r}")
+            try:
+                if httpx.get(self.health_url, timeout=2).text == "OK":
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Milvus standalone did not become healthy in {timeout} s")
+            time.sleep(0.2)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the server ignores SIGTERM for a long time."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def settings(self) -> dict[str, Any]:
+        """The gateway settings that reach this server."""
+        values: dict[str, Any] = {
+            "milvus_uri": self.uri,
+            "milvus_user": self.user,
+            "milvus_password": self.password,
+        }
+        if self.ca_file is not None:
+            values["milvus_ca_file"] = self.ca_file
+        return values
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"token": f"{self.user}:{self.password}", "timeout": 30}
+        if self.ca_file is not None:
+            kwargs["server_pem_path"] = str(self.ca_file)
+        return kwargs
+
+    def drop_collections(self) -> None:
+        """Drop every collection (between tests: a loaded collection holds memory)."""
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(self.uri, **self.client_kwargs())
+        try:
+            for name in client.list_collections():
+                client.drop_collection(name)
+        finally:
+            client.close()
+
+
+@dataclass
+class MilvusTarget:
+    """A Milvus URI and the gateway settings that reach it (credentials, CA)."""
+
+    uri: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def options(self) -> Any:
+        """:class:`gateway.index.milvus.MilvusOptions` for these settings."""
+        from gateway.index.milvus import MilvusOptions
+
+        ca = self.settings.get("milvus_ca_file")
+        return MilvusOptions(
+            user=self.settings.get("milvus_user"),
+            password=self.settings.get("milvus_password"),
+            ca_file=None if ca is None else str(ca),
+        )
+
+
+@contextmanager
+def milvus_standalone(
+    data: Path, tls: bool = True, session_ttl: int | None = None
+) -> Iterator[MilvusStandalone]:
+    """A Milvus 2.3 standalone server (the ``milvus`` PyPI package) on free ports, its data
+    and logs in ``data``, with authentication on: user ``facerec`` (role admin) with a
+    random password, root's default password replaced. ``tls`` serves gRPC over TLS with
+    a self-signed certificate for 127.0.0.1. ``session_ttl`` (seconds, default 30) bounds
+    how long a restart after SIGKILL waits for the dead process's sessions to expire before
+    it loads collections again. Its gRPC ports listen on every interface (Milvus 2.3 does
+    not bind them to one address); etcd listens on loopback."""
+    from milvus import MilvusServerConfig
+    from pymilvus import MilvusClient
+
+    binaries = _milvus_binaries()
+    data.mkdir(parents=True, exist_ok=True)
+    config = MilvusServerConfig(data_dir=str(data), **{p: free_port() for p in _MILVUS_PORTS})
+    config.set("authorization_enabled", True)
+    ca_file = None
+    if tls:
+        ca_file, key_file = self_signed_certificate(data)
+        config.set("tls_mode", 1)
+        config.set("server_pem_path", str(ca_file))
+        config.set("server_key_path", str(key_file))
+        config.set("ca_pem_path", str(ca_file))
+    if session_ttl is not None:
+        config.set("common.session.ttl", session_ttl)
+    config.resolve()  # writes data/configs/milvus.yaml
+    # Embedded etcd listens on 2379/2380 unless told otherwise: give it free loopback ports.
+    client_port, peer_port = free_port(), free_port()
+    etcd = data / "configs" / "etcd.yaml"
+    etcd.write_text(
+        "name: default\n"
+        f"listen-client-urls: http://127.0.0.1:{client_port}\n"
+        f"advertise-client-urls: http://127.0.0.1:{client_port}\n"
+        f"listen-peer-urls: http://127.0.0.1:{peer_port}\n"
+        f"initial-advertise-peer-urls: http://127.0.0.1:{peer_port}\n"
+        f"initial-cluster: default=http://127.0.0.1:{peer_port}\n"
+    )
+    milvus_yaml = data / "configs" / "milvus.yaml"
+    text = milvus_yaml.read_text()
+    milvus_yaml.write_text(text.replace("etcd:\n", f"etcd:\n  config:\n    path: {etcd}\n", 1))
+    health_port = free_port()
+    env = dict(
+        os.environ,
+        DEPLOY_MODE="STANDALONE",
+        METRICS_PORT=str(health_port),
+        MILVUS_RUN_DIR=str(data / "run"),
+        LD_LIBRARY_PATH=str(binaries),
+    )
+    scheme = "https" if tls else "http"
+    server = MilvusStandalone(
+        uri=f"{scheme}://127.0.0.1:{config.get('proxy_port')}",
+        user=MILVUS_USER,
+        password=secrets.token_urlsafe(16),
+        ca_file=ca_file,
+        data=data,
+        command=[str(binaries / "milvus"), "run", "standalone"],
+        env=env,
+        health_url=f"http://127.0.0.1:{health_port}/healthz",
+    )
+    try:
+        server.start()
+        tls_args = {"server_pem_path": str(ca_file)} if ca_file else {}
+        root = MilvusClient(server.uri, token="root:Milvus", timeout=60, **tls_args)
+        root.create_user(MILVUS_USER, server.password)
+        root.grant_role(MILVUS_USER, "admin")
+        root.update_password("root", "Milvus", secrets.token_urlsafe(16))
+        root.close()
+        yield server
+    finally:
+        server.kill()
 
 
 @contextmanager

@@ -1,5 +1,5 @@
-"""The protected face index against real Milvus: Milvus Lite embedded, and a Milvus Lite
-server process on loopback (started here)."""
+"""The protected face index against real Milvus: Milvus Lite embedded, Milvus Lite's server
+process, and a Milvus 2.3 standalone server (authentication and TLS on), both on loopback."""
 
 from __future__ import annotations
 
@@ -12,15 +12,9 @@ from facerec.errors import InvalidArgumentError
 from gateway.crypto.envelope import MasterKey
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.index.milvus import FaceIndex
+from servers import MilvusTarget
 
 pytest.importorskip("milvus_lite")
-
-
-@pytest.fixture(params=["lite", pytest.param("server", marks=pytest.mark.integration)])
-def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "lite":
-        return str(tmp_path / "index.db")
-    return str(request.getfixturevalue("milvus_server_uri"))
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -28,10 +22,13 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_search_finds_the_enrolled_face(uri: str) -> None:
+@pytest.mark.parametrize("index_type", ["FLAT", "HNSW"])
+def test_search_finds_the_enrolled_face(milvus: MilvusTarget, index_type: str) -> None:
     rng = np.random.default_rng(0)
     key = MasterKey.generate()
-    index = FaceIndex(uri, VectorProtector(key, 128), index_type="FLAT")
+    index = FaceIndex(
+        milvus.uri, VectorProtector(key, 128), index_type=index_type, options=milvus.options()
+    )
     try:
         gallery = unit(rng, 300)
         faces = [f"f{i}" for i in range(300)]
@@ -85,3 +82,35 @@ def test_ids_cannot_inject_filters(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError):
         index.add(["f 1"], ["s"], np.zeros((1, 128), np.float32))
     index.close()
+
+
+def test_searches_stay_in_their_namespace_and_gallery(milvus: MilvusTarget) -> None:
+    """The scope fields and filters on each Milvus (Lite, Lite's server, the 2.3 server,
+    where hits name the primary key differently)."""
+    rng = np.random.default_rng(3)
+    index = FaceIndex(
+        milvus.uri, VectorProtector(MasterKey.generate(), 128), options=milvus.options()
+    )
+    try:
+        faces = unit(rng, 3)
+        scopes = [("acme", "staff"), ("acme", "visitors"), ("other", "staff")]
+        index.add(["f0", "f1", "f2"], ["s0", "s1", "s2"], faces, scopes)
+        probe = np.repeat(faces[:1], 1, axis=0)
+        found = {
+            scope: [
+                h.face_id for h in index.search(probe, 3, namespace=scope[0], gallery=scope[1])[0]
+            ]
+            for scope in [("acme", None), ("acme", "visitors"), ("other", None), ("none", None)]
+        }
+        assert found == {
+            ("acme", None): ["f0", "f1"],
+            ("acme", "visitors"): ["f1"],
+            ("other", None): ["f2"],
+            ("none", None): [],
+        }
+        assert sorted(h.face_id for h in index.search(probe, 3)[0]) == ["f0", "f1", "f2"]
+        with pytest.raises(InvalidArgumentError):
+            index.search(probe, 3, namespace='acme" or namespace != "')
+    finally:
+        index.drop()
+        index.close()

@@ -35,6 +35,7 @@ from gateway.storage.database import Database
 from gateway.storage.migrate import migrate
 from gateway.storage.schema import ApiKeyRow, Base, SubjectRow
 from gateway.storage.secrets import SecretRepository
+from servers import MilvusTarget
 
 
 def earlier_schema() -> MetaData:
@@ -97,6 +98,7 @@ def earlier_schema() -> MetaData:
 def test_upgrade_keeps_an_existing_deployment(storage: dict[str, Any], tmp_path: Path) -> None:
     url = storage.get("database_url") or f"sqlite:///{tmp_path / 'facerec.sqlite3'}"
     uri = storage.get("milvus_uri") or str(tmp_path / "index.db")
+    milvus = MilvusTarget(uri, {k: v for k, v in storage.items() if k.startswith("milvus_")})
     keyring = Keyring(MasterKey.generate())
     engine = create_engine(url)
     old = earlier_schema()
@@ -150,7 +152,7 @@ def test_upgrade_keeps_an_existing_deployment(storage: dict[str, Any], tmp_path:
     engine.dispose()
     protector = VectorProtector(MasterKey.from_bytes(secret), 128)
     collection = f"faces_{protector.key_id.replace('-', '_')}"
-    client = MilvusClient(uri)
+    client = MilvusClient(uri, **milvus.options().client_kwargs())
     schema = client.create_schema(auto_id=False)
     schema.add_field("face_id", DataType.VARCHAR, is_primary=True, max_length=64)
     schema.add_field("subject_id", DataType.VARCHAR, max_length=64)
@@ -180,7 +182,7 @@ def test_upgrade_keeps_an_existing_deployment(storage: dict[str, Any], tmp_path:
     assert db.subjects.get(sid).scope == ("default", "default")
     held = db.idempotency.claim("ops:create-1", "f", timedelta(minutes=10))
     assert held is not None and held.fingerprint is None  # a key used before: still refused
-    index = IndexManager(db.secrets, uri, 128, "FLAT")
+    index = IndexManager(db.secrets, uri, 128, "FLAT", milvus.options())
     gallery = Gallery(db.subjects, index)
     try:
         fields = {f["name"] for f in index.current.client.describe_collection(collection)["fields"]}

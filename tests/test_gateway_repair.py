@@ -1,4 +1,6 @@
-"""Start-up repair, state by state: each place an enrolment or a deletion can die."""
+"""Start-up repair, state by state: each place an enrolment or a deletion can die; and the
+index's move to a new protection key. On Milvus Lite, Milvus Lite's server and a real
+Milvus standalone server."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager
 from gateway.storage.database import Database
+from servers import MilvusTarget
 
 
 def unit(seed: int) -> np.ndarray:
@@ -17,10 +20,10 @@ def unit(seed: int) -> np.ndarray:
     return x / np.linalg.norm(x)
 
 
-def test_reconcile_repairs_every_crash_point(tmp_path: Path) -> None:
+def test_reconcile_repairs_every_crash_point(tmp_path: Path, milvus: MilvusTarget) -> None:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(MasterKey.generate()))
     store = db.subjects
-    index = IndexManager(db.secrets, str(tmp_path / "index.db"), 128, "FLAT")
+    index = IndexManager(db.secrets, milvus.uri, 128, "FLAT", milvus.options())
     gallery = Gallery(store, index)
     sid = store.create("A").id
 
@@ -47,11 +50,11 @@ def test_reconcile_repairs_every_crash_point(tmp_path: Path) -> None:
     index.close()
 
 
-def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path) -> None:
+def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path, milvus: MilvusTarget) -> None:
     old_master = MasterKey.generate()
-    url, uri = f"sqlite:///{tmp_path / 'db.sqlite3'}", str(tmp_path / "index.db")
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = Database(url, Keyring(old_master))
-    index = IndexManager(db.secrets, uri, 128, "FLAT", refresh=0.05)
+    index = IndexManager(db.secrets, milvus.uri, 128, "FLAT", milvus.options(), refresh=0.05)
     sid = db.subjects.create("A").id
     ids = []
     for seed in range(5):
@@ -66,7 +69,7 @@ def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path) -> None:
     new_master = MasterKey.generate()
     db = Database(url, Keyring(new_master, [old_master]))
     assert db.rotate_master_key() == 1 + 1  # the subject's data key + the index secret
-    index = IndexManager(db.secrets, uri, 128, "FLAT", refresh=0.05)
+    index = IndexManager(db.secrets, milvus.uri, 128, "FLAT", milvus.options(), refresh=0.05)
     moved = Gallery(db.subjects, index).rotate_index(MasterKey.generate().secret)
     assert moved == 5
     assert index.current.collection != old_collection

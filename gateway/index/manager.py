@@ -18,7 +18,8 @@ import numpy as np
 
 from gateway.crypto.envelope import MasterKey
 from gateway.crypto.vector_protection import VectorProtector
-from gateway.index.milvus import FaceIndex, Hit
+from gateway.errors import IndexUnavailableError
+from gateway.index.milvus import FaceIndex, Hit, MilvusOptions
 from gateway.storage.secrets import SecretRepository
 
 CURRENT = "index"
@@ -35,11 +36,11 @@ class IndexManager:
         uri: str,
         dim: int,
         index_type: str = "HNSW",
-        token: str | None = None,
+        options: MilvusOptions | None = None,
         refresh: float = 1.0,
     ) -> None:
         self.secrets, self.uri, self.dim = secrets, uri, dim
-        self.index_type, self.token, self.refresh = index_type, token, refresh
+        self.index_type, self.options, self.refresh = index_type, options, refresh
         self._lock = threading.Lock()
         self._opened: dict[bytes, FaceIndex] = {}
         self._checked = 0.0
@@ -50,7 +51,7 @@ class IndexManager:
         index = self._opened.get(secret)
         if index is None:
             protector = VectorProtector(MasterKey.from_bytes(secret), self.dim)
-            index = FaceIndex(self.uri, protector, index_type=self.index_type, token=self.token)
+            index = FaceIndex(self.uri, protector, index_type=self.index_type, options=self.options)
             self._opened[secret] = index
         return index
 
@@ -82,9 +83,14 @@ class IndexManager:
         embeddings: np.ndarray,
         scopes: Sequence[tuple[str, str]] | None = None,
     ) -> None:
-        for index in self._targets():
-            if index is not None:
+        targets = [index for index in self._targets() if index is not None]
+        try:
+            for index in targets:
                 index.add(face_ids, subject_ids, embeddings, scopes)
+        except IndexUnavailableError:
+            for index in targets:  # the collections written before the failure too
+                index.forget(face_ids)
+            raise
 
     def search(
         self,

@@ -1,0 +1,128 @@
+"""What each Milvus read consistency level costs a search, and whether it sees a face
+written just before (the choice behind ``FACEREC_MILVUS_CONSISTENCY``).
+
+    nice -n 10 python -m perf.milvus_consistency --out perf/results/search_scaling
+
+Starts a Milvus 2.3 standalone server (as the tests do), fills one collection with
+``--gallery`` protected vectors through :class:`gateway.index.milvus.FaceIndex`, then for each
+level: single-probe search latency with no write in between, and a loop of "write one
+face, then search for it at once" (latency, and how often the new face was found) from
+the writing client, and from a second client (another gateway process). Writes
+``consistency.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.crypto.envelope import MasterKey
+from gateway.crypto.vector_protection import VectorProtector
+from gateway.index.milvus import Consistency, FaceIndex, MilvusOptions
+from perf.search_scaling import load, percentiles, synthetic
+
+LEVELS: tuple[Consistency, ...] = ("Strong", "Session", "Bounded", "Eventually")
+
+
+def _reader(
+    uri: str, options: dict[str, Any], level: Consistency, secret: bytes, conn: Any
+) -> None:
+    """Another gateway process: answers each vector sent with its top-1 face id."""
+    index = FaceIndex(
+        uri,
+        VectorProtector(MasterKey.from_bytes(secret), 128),
+        options=MilvusOptions(**options, consistency=level),
+    )
+    conn.send("ready")
+    while (vector := conn.recv()) is not None:
+        (hits,) = index.search(vector[None], top_k=1)
+        conn.send(hits[0].face_id if hits else None)
+    index.close()
+
+
+def measure(
+    uri: str, options: dict[str, Any], level: Consistency, gallery: np.ndarray, rounds: int
+) -> dict[str, Any]:
+    """One level: quiet searches, then write-then-search rounds, by writer and reader."""
+    secret = MasterKey.generate().secret
+    opts = MilvusOptions(**options, consistency=level)
+    writer = FaceIndex(uri, VectorProtector(MasterKey.from_bytes(secret), 128), options=opts)
+    # another gateway process (pymilvus keeps Session timestamps per process)
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    reader = multiprocessing.get_context("spawn").Process(
+        target=_reader, args=(uri, options, level, secret, theirs)
+    )
+    try:
+        ids = [f"f{i}" for i in range(len(gallery))]
+        writer.add(ids, ["s"] * len(ids), gallery)
+        writer.client.flush(writer.collection)
+        reader.start()
+        assert ours.recv() == "ready"
+        time.sleep(3)
+        rng = np.random.default_rng(1)
+        quiet = []
+        for q in gallery[rng.choice(len(gallery), rounds, replace=False)]:
+            t = time.perf_counter()
+            writer.search(q[None], top_k=1)
+            quiet.append(time.perf_counter() - t)
+        fresh = synthetic(rng, rounds, 1)
+        own, own_found, theirs_found = [], 0, 0
+        for i, v in enumerate(fresh):
+            writer.add([f"new{i}"], ["s"], v[None])
+            t = time.perf_counter()
+            (hits,) = writer.search(v[None], top_k=1)
+            own.append(time.perf_counter() - t)
+            own_found += hits[0].face_id == f"new{i}"
+            ours.send(v)
+            theirs_found += ours.recv() == f"new{i}"
+        return {
+            "level": level,
+            "search_ms": percentiles(quiet),
+            "search_after_own_write_ms": percentiles(own),
+            "new_face_found_by_writer": own_found / rounds,
+            "new_face_found_by_another_client": theirs_found / rounds,
+            "load": load(),
+        }
+    finally:
+        if reader.is_alive():
+            ours.send(None)
+            reader.join(timeout=30)
+        writer.drop()
+        writer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gallery", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=Path("perf/results/search_scaling"))
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from servers import milvus_standalone
+
+    gallery = synthetic(np.random.default_rng(0), args.gallery // 4, 4)
+    rows = []
+    with (
+        tempfile.TemporaryDirectory(prefix="facerec-consistency-") as folder,
+        milvus_standalone(Path(folder), tls=False) as server,
+    ):
+        options = {"user": server.user, "password": server.password}
+        for level in LEVELS:
+            rows.append(measure(server.uri, options, level, gallery, args.rounds))
+            print(json.dumps(rows[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"server": "Milvus 2.3.5 standalone", "gallery": args.gallery, "rounds": args.rounds}
+    (args.out / "consistency.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {args.out / 'consistency.json'}")
+
+
+if __name__ == "__main__":
+    main()
