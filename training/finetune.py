@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from facerec.evaluation.metrics import roc_curve, threshold_at_far
 from training.augment import AugmentConfig
 from training.checkpoint import load_checkpoint, save_checkpoint, weights_sha256
 from training.data import CropSet, PKSampler
@@ -139,7 +140,10 @@ class RunOutput:
 
 
 def _selection_key(entry: dict[str, Any]) -> tuple[float, float]:
-    return (entry["validation"]["accuracy_best_threshold"], entry["validation"]["auc"])
+    """Validation accuracy (the protocol's pairs); ties, frequent when it saturates at
+    600 pairs, go to the AUC over the larger selection pairs (or the same pairs')."""
+    v = entry["validation"]
+    return (v["accuracy_best_threshold"], v.get("selection_auc", v["auc"]))
 
 
 def _plot(
@@ -218,19 +222,31 @@ def run_training(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total, steps_per_epoch))
     labels_dev = torch.as_tensor(cs.labels, device=device)
 
-    val_keys = sorted({k for p in split.validation_pairs for k in (p.a, p.b)})
+    val_all = [*split.validation_pairs, *split.selection_pairs]
+    val_keys = sorted({k for p in val_all for k in (p.a, p.b)})
     test_keys = sorted({k for p in split.test_pairs for k in (p.a, p.b)})
     val_local = {k: i for i, k in enumerate(val_keys)}
     test_local = {k: i for i, k in enumerate(test_keys)}
+    selection: dict[str, Any] = {}
 
     def evaluate(which: str) -> tuple[np.ndarray, np.ndarray]:
-        keys, local, pairs = (
-            (val_keys, val_local, split.validation_pairs)
-            if which == "validation"
-            else (test_keys, test_local, split.test_pairs)
-        )
-        emb = engine.embed([key_index[k] for k in keys])
-        return pair_scores(emb, local, pairs)
+        """Scores of the validation (or test) pairs; validating also scores the selection
+        pairs into ``selection``."""
+        if which == "test":
+            emb = engine.embed([key_index[k] for k in test_keys])
+            return pair_scores(emb, test_local, split.test_pairs)
+        emb = engine.embed([key_index[k] for k in val_keys])
+        selection.clear()
+        if split.selection_pairs:
+            s, y = pair_scores(emb, val_local, split.selection_pairs)
+            selection["selection_auc"] = roc_curve(s, y).auc
+            selection["selection_tar_at_far_1e-3"] = threshold_at_far(s, y, 1e-3)[1]
+            selection["selection_pairs"] = len(s)
+        return pair_scores(emb, val_local, split.validation_pairs)
+
+    def validate() -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        val_s, val_y = evaluate("validation")
+        return {**verification(val_s, val_y), **selection}, val_s, val_y
 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -258,8 +274,8 @@ def run_training(
         best_key = _selection_key(best_entry)
         log.info("resumed %s at epoch %d, step %d", out, start_epoch, step)
     else:
-        val_s, val_y = evaluate("validation")
-        entry = {"epoch": 0, "step": 0, "validation": verification(val_s, val_y)}
+        figures, val_s, val_y = validate()
+        entry = {"epoch": 0, "step": 0, "validation": figures}
         if split.test_pairs:
             test_s, test_y = evaluate("test")
             baseline = {"test": heldout_accuracy(test_s, test_y, val_s, val_y)}
@@ -338,12 +354,12 @@ def run_training(
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds += time.perf_counter() - epoch_start
-        val_s, val_y = evaluate("validation")
+        figures, val_s, val_y = validate()
         recent = [v for _, v in step_losses[-steps_per_epoch:]]
         entry = {
             "epoch": epoch + 1,
             "step": step,
-            "validation": verification(val_s, val_y),
+            "validation": figures,
             "loss": float(np.mean(recent)) if recent else None,
         }
         history.append(entry)

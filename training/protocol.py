@@ -159,3 +159,42 @@ def lfw_tenfold(
         if on_fold is not None:
             on_fold(k, run, doc)
     return doc
+
+
+def markdown_table(doc: dict[str, Any], label: str = "fine-tuned") -> str:
+    """The ten-fold result as a Markdown table: one row per test fold, then the mean,
+    the spread and the pooled TAR @ FAR 1e-3, the published weights beside."""
+    s = doc.get("summary", {})
+    if "fine_tuned" not in s:
+        return "(no fold finished)"
+    rows = [
+        "| test fold | validation fold | published weights | " + label + " | best epoch |",
+        "|---|---|---|---|---|",
+    ]
+    for f in doc["folds"]:
+        if "test" not in f:
+            continue
+        before, after = f["baseline"]["test"]["accuracy"], f["test"]["accuracy"]
+        rows.append(
+            f"| {f['split']['test_fold']} | {f['split']['validation_fold']} | "
+            f"{100 * before:.2f} % | {100 * after:.2f} % | {f['best_epoch']} |"
+        )
+    ft, base = s["fine_tuned"], s["starting_model"]
+
+    def mean(r: dict[str, Any]) -> str:
+        return f"**{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} %**"
+
+    rows.append(f"| **mean ± std** | | {mean(base)} | {mean(ft)} | |")
+    rows.append(
+        f"| min - max | | {100 * base['accuracy_min']:.2f} - {100 * base['accuracy_max']:.2f} % "
+        f"| {100 * ft['accuracy_min']:.2f} - {100 * ft['accuracy_max']:.2f} % | |"
+    )
+    rows.append(
+        f"| TAR @ FAR 1e-3 (pooled) | | {100 * base['tar_at_far_1e-3_pooled']:.2f} % "
+        f"| {100 * ft['tar_at_far_1e-3_pooled']:.2f} % | |"
+    )
+    better, same, worse = s["folds_better_same_worse"]
+    rows.append(
+        f"\nFolds better / same / worse than the published weights: {better} / {same} / {worse}."
+    )
+    return "\n".join(rows)

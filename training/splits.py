@@ -28,6 +28,38 @@ class Split:
     validation_pairs: list[Pair]
     test_pairs: list[Pair] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    selection_pairs: list[Pair] = field(default_factory=list)
+
+
+def all_pairs(
+    cs: CropSet, identities: set[str], seed: int, max_same: int = 5000, different: int = 20000
+) -> list[Pair]:
+    """Every same-person pair among the crops of ``identities`` (at most ``max_same``) and
+    ``different`` different-person pairs, drawn with ``seed``: a larger set than a fold's
+    600 pairs, to break ties when choosing the epoch."""
+    by_id: dict[str, list[str]] = {}
+    for key, lab in zip(cs.keys, cs.labels, strict=True):
+        if cs.identities[lab] in identities:
+            by_id.setdefault(cs.identities[lab], []).append(key)
+    same = [
+        Pair(ks[i], ks[j], True, -1)
+        for name in sorted(by_id)
+        for ks in [by_id[name]]
+        for i in range(len(ks))
+        for j in range(i + 1, len(ks))
+    ]
+    rng = np.random.default_rng([seed, 13])
+    if len(same) > max_same:
+        same = [same[i] for i in sorted(rng.choice(len(same), max_same, replace=False))]
+    keys = [k for name in sorted(by_id) for k in by_id[name]]
+    owner = {k: name for name, ks in by_id.items() for k in ks}
+    diff: list[Pair] = []
+    if len(by_id) >= 2:
+        while len(diff) < different:
+            a, b = rng.choice(len(keys), 2, replace=False)
+            if owner[keys[a]] != owner[keys[b]]:
+                diff.append(Pair(keys[a], keys[b], False, -1))
+    return same + diff
 
 
 def _present(pairs: list[Pair], keys: set[str]) -> tuple[list[Pair], int]:
@@ -57,6 +89,7 @@ def lfw_split(cs: CropSet, pairs: list[Pair], test_fold: int, val_fold: int | No
         )
     held_out = {test_fold, val}
     train = [name for name in cs.identities if folds.get(name, -1) not in held_out]
+    selection = all_pairs(cs, {n for n, f in folds.items() if f == val}, seed=val)
     info = {
         "protocol": "lfw-view2",
         "test_fold": test_fold,
@@ -67,8 +100,9 @@ def lfw_split(cs: CropSet, pairs: list[Pair], test_fold: int, val_fold: int | No
         "validation_pairs": len(val_pairs),
         "test_pairs": len(test_pairs),
         "pairs_missing_a_crop": val_missing + test_missing,
+        "selection_pairs": len(selection),
     }
-    return Split(train, val_pairs, test_pairs, info)
+    return Split(train, val_pairs, test_pairs, info, selection)
 
 
 def _rank(name: str, seed: int) -> str:
