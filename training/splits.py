@@ -137,7 +137,7 @@ def identity_split(
     if len(same) > max_pairs:
         same = [same[i] for i in sorted(rng.choice(len(same), max_pairs, replace=False))]
     names = sorted(by_id)
-    diff = []
+    diff: list[Pair] = []
     while len(diff) < len(same) and len(names) >= 2:
         a, b = rng.choice(len(names), 2, replace=False)
         diff.append(Pair(rng.choice(by_id[names[a]]), rng.choice(by_id[names[b]]), False, 0))
