@@ -11,15 +11,20 @@ and its card in ``$FACEREC_HOME/models/cards/NAME.json``. Models are selected by
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from facerec.errors import InvalidArgumentError, ModelNotFoundError
+from facerec.openset import ThresholdTable
+
+log = logging.getLogger(__name__)
 
 ONNX_FILES = {
     "pnet": "mtcnn-pnet.onnx",
@@ -92,14 +97,49 @@ def model_path(key: str, home: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Thresholds on cosine similarity measured on LFW for one pipeline variant."""
+    """Thresholds on cosine similarity measured on LFW for one pipeline variant.
+
+    ``threshold``: the 1:1 verification default, accuracy-optimal over the 6,000 pairs of
+    ``pairs.txt``. ``verification_far``: 1:1 thresholds by false accept rate (key
+    ``"1e-3"``, ``"1e-4"``: the lowest threshold whose FAR is at most that), measured on
+    ``verification_far_source``. ``identification``: open-set thresholds per subject
+    scoring method (``max``, ``topk``, ``centroid``), see :mod:`facerec.openset`.
+    """
 
     alignment: str
     flip: bool
     precision: str
-    threshold: float  # accuracy-optimal over all 6,000 pairs
-    threshold_far_1e3: float  # the lowest threshold whose false accept rate is <= 1e-3
+    threshold: float
     lfw_accuracy: float
+    verification_far: Mapping[str, float] = field(default_factory=dict)
+    verification_far_source: str = ""
+    identification: Mapping[str, ThresholdTable] = field(default_factory=dict)
+
+    def threshold_at_far(self, far: str) -> float:
+        """The 1:1 threshold for a false accept rate ``far`` (``"1e-3"`` or ``"1e-4"``)."""
+        if far not in self.verification_far:
+            raise InvalidArgumentError(
+                f"no 1:1 threshold at FAR {far} for {self.alignment}/{self.precision}; "
+                f"measured: {', '.join(self.verification_far) or 'none'}"
+            )
+        return float(self.verification_far[far])
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Calibration:
+        far = raw.get("verification_far", {})
+        return cls(
+            alignment=str(raw["alignment"]),
+            flip=bool(raw["flip"]),
+            precision=str(raw["precision"]),
+            threshold=float(raw["threshold"]),
+            lfw_accuracy=float(raw["lfw_accuracy"]),
+            verification_far={k: float(v) for k, v in far.get("thresholds", {}).items()},
+            verification_far_source=str(far.get("source", "")),
+            identification={
+                method: ThresholdTable.from_dict(method, table)
+                for method, table in raw.get("identification", {}).items()
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -133,6 +173,34 @@ class ModelCard:
         if not ranked:
             raise InvalidArgumentError(f"model card {self.name} has no calibration")
         return ranked[0]
+
+    def identification_table(
+        self, alignment: str, flip: bool, precision: str, method: str
+    ) -> ThresholdTable:
+        """Open-set thresholds for ``method`` of this variant, or of the closest variant
+        that has them (same alignment first)."""
+        ranked = sorted(
+            (c for c in self.calibrations if method in c.identification),
+            key=lambda c: (c.alignment != alignment, c.flip != flip, c.precision != precision),
+        )
+        if not ranked:
+            raise InvalidArgumentError(
+                f"model card {self.name} has no identification thresholds for {method!r} "
+                "(`facerec bench lfw-openset --update-card` measures them)"
+            )
+        chosen = ranked[0]
+        if (chosen.alignment, chosen.flip, chosen.precision) != (alignment, flip, precision):
+            log.warning(
+                "no %s identification thresholds measured for %s/%s/%s: using those of %s/%s/%s",
+                method,
+                alignment,
+                "flip" if flip else "no flip",
+                precision,
+                chosen.alignment,
+                "flip" if chosen.flip else "no flip",
+                chosen.precision,
+            )
+        return chosen.identification[method]
 
 
 def cards_dir(home: Path | None = None) -> Path:
@@ -175,7 +243,7 @@ def _read_card(path: str, mtime_ns: int) -> ModelCard:
         preprocessing=raw["preprocessing"],
         template=tuple((float(x), float(y)) for x, y in raw["alignment"]["template"]),
         box_margin=int(raw["alignment"]["box_margin"]),
-        calibrations=tuple(Calibration(**c) for c in raw["calibrations"]),
+        calibrations=tuple(Calibration.from_dict(c) for c in raw["calibrations"]),
         raw=raw,
         weights_sha256=str(raw.get("weights_sha256", "")),
     )
@@ -191,30 +259,23 @@ def list_models(home: Path | None = None) -> list[str]:
 
 
 def update_calibration(
-    name: str,
-    *,
-    alignment: str,
-    flip: bool,
-    precision: str,
-    threshold: float,
-    threshold_far_1e3: float,
-    lfw_accuracy: float,
+    name: str, *, alignment: str, flip: bool, precision: str, **values: Any
 ) -> Path:
-    """Store a variant's LFW-calibrated thresholds in the model card (in the source tree)."""
+    """Merge ``values`` into model ``name``'s card entry for one variant (the packaged
+    card in the source tree, or an exported model's card); keys not given are kept.
+    ``threshold``/``lfw_accuracy`` come from ``facerec bench lfw``,
+    ``verification_far``/``identification`` from ``facerec bench lfw-openset``."""
     path = model_card_path(name)
     raw = json.loads(path.read_text("utf-8"))
-    entry = {
-        "alignment": alignment,
-        "flip": flip,
-        "precision": precision,
-        "threshold": round(threshold, 6),
-        "threshold_far_1e3": round(threshold_far_1e3, 6),
-        "lfw_accuracy": round(lfw_accuracy, 6),
-    }
+    variant = (alignment, flip, precision)
+    entry: dict[str, Any] = next(
+        (c for c in raw["calibrations"] if (c["alignment"], c["flip"], c["precision"]) == variant),
+        {"alignment": alignment, "flip": flip, "precision": precision},
+    )
+    for key, value in values.items():
+        entry[key] = round(value, 6) if isinstance(value, float) else value
     others = [
-        c
-        for c in raw["calibrations"]
-        if (c["alignment"], c["flip"], c["precision"]) != (alignment, flip, precision)
+        c for c in raw["calibrations"] if (c["alignment"], c["flip"], c["precision"]) != variant
     ]
     raw["calibrations"] = sorted(
         [*others, entry], key=lambda c: (c["alignment"], not c["flip"], c["precision"])

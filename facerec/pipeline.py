@@ -10,12 +10,12 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -35,8 +35,11 @@ from facerec.models import (
     model_path,
 )
 from facerec.runtime import default_threads
+from facerec.selection import primary_face
 
 DEFAULT_TRITON_URL = "127.0.0.1:8001"
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -95,20 +98,6 @@ class ImageFaces:
 
     faces: list[Face]
     detected: int
-
-
-def primary_face(detections: Detections, height: int, width: int) -> int:
-    """Index of the face a single-face operation should use: the largest and most central.
-
-    Score = box area - 2 * squared distance of the box centre from the image centre.
-    """
-    if len(detections) == 0:
-        raise InvalidArgumentError("no faces to choose from")
-    b = detections.boxes
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    cx = (b[:, 0] + b[:, 2]) / 2 - width / 2
-    cy = (b[:, 1] + b[:, 3]) / 2 - height / 2
-    return int(np.argmax(area - 2.0 * (cx**2 + cy**2)))
 
 
 def detect_bounded(
@@ -174,9 +163,8 @@ class FacePipeline:
         self.timer = StageTimer()
         self.workers = max(1, config.workers or default_threads())
         self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
-        calibration = card.calibration(config.alignment, config.flip, config.precision)
-        self.threshold = calibration.threshold
-        self.threshold_far_1e3 = calibration.threshold_far_1e3
+        self.calibration = card.calibration(config.alignment, config.flip, config.precision)
+        self.threshold = self.calibration.threshold  # 1:1 verification default
 
     @property
     def model_id(self) -> str:
@@ -253,6 +241,12 @@ class FacePipeline:
             )
         raise InvalidArgumentError(f"FACEREC_BACKEND must be 'local' or 'triton', not {name!r}")
 
+    @property
+    def in_process(self) -> bool:
+        """Whether detector and embedder both run here on ONNX Runtime (the embedded
+        default), so that worker processes can each open their own copy."""
+        return isinstance(self.detector, MTCNNDetector) and isinstance(self.embedder, OnnxEmbedder)
+
     def ready(self) -> bool:
         """Whether the networks can run now: always in-process; for a remote backend,
         whether its server has the models loaded."""
@@ -295,13 +289,17 @@ class FacePipeline:
         The batch is split across the worker threads; each part's crops are embedded
         together.
         """
-        if self._pool is None or len(images) < 2:
-            return self._analyze(images, primary_only, embed)
-        n = min(self.workers, len(images))
-        bounds = np.linspace(0, len(images), n + 1).astype(int)
-        parts = [images[lo:hi] for lo, hi in itertools.pairwise(bounds)]
-        done = self._pool.map(lambda part: self._analyze(part, primary_only, embed), parts)
-        return [result for part in done for result in part]
+        return self.parallel(lambda part: self._analyze(part, primary_only, embed), images)
+
+    def parallel(self, fn: Callable[[Sequence[T]], list[R]], items: Sequence[T]) -> list[R]:
+        """``fn`` over ``items`` cut into one contiguous part per worker thread, the parts'
+        results joined in order (``fn`` returns one result per item)."""
+        if self._pool is None or len(items) < 2:
+            return fn(items)
+        n = min(self.workers, len(items))
+        bounds = np.linspace(0, len(items), n + 1).astype(int)
+        parts = [items[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+        return [result for part in self._pool.map(fn, parts) for result in part]
 
     def _analyze(
         self, images: Sequence[np.ndarray], primary_only: bool, embed: bool

@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import timedelta
 
+from facerec.batching import MicroBatcher
+from facerec.imaging.budget import PixelBudget
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
-from gateway.auditlog import AuditLog
-from gateway.auth import KeyManager
-from gateway.batching import MicroBatcher
-from gateway.jobs import JobRunner
-from gateway.keys import Keyring, MasterKey
-from gateway.service import Caller, FaceService
-from gateway.settings import Settings
-from gateway.store import Store
-from gateway.vectors import IndexManager, Reconciled
+from gateway.audit.log import AuditLog
+from gateway.audit.refusals import RefusalLog
+from gateway.auth.api_keys import KeyManager
+from gateway.auth.throttle import FailureThrottle
+from gateway.crypto.envelope import Keyring, MasterKey
+from gateway.gallery import Gallery
+from gateway.index.manager import IndexManager
+from gateway.service.admin import SYSTEM, AdminService
+from gateway.service.faces import FaceService
+from gateway.service.jobs import JobLimits, JobService
+from gateway.service.types import Caller
+from gateway.settings import SQLITE_FILE, Settings
+from gateway.storage.database import Database
+from gateway.storage.files import create_private, prepare_data_dir, touch_private
 
 log = logging.getLogger(__name__)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def load_keyring(settings: Settings) -> Keyring:
@@ -39,25 +39,37 @@ def load_keyring(settings: Settings) -> Keyring:
     else:
         path = settings.data_dir / "master.key"
         if not path.exists():
-            _write_private(path, MasterKey.generate().secret.hex())
+            create_private(path, MasterKey.generate().secret.hex())
             log.warning("development mode: generated a master key in %s", path)
         current = MasterKey.parse(path.read_text())
     older = [MasterKey.parse(k.get_secret_value()) for k in settings.previous_master_keys]
     return Keyring(current, older)
 
 
-def open_store(settings: Settings) -> Store:
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Store(settings.sqlite_url, load_keyring(settings))
+def open_database(settings: Settings) -> Database:
+    """The system of record, once the data directory is private (:mod:`.storage.files`)."""
+    prepare_data_dir(settings.data_dir)
+    if settings.database_url is None:
+        touch_private(settings.data_dir / SQLITE_FILE)
+    return Database(settings.sqlite_url, load_keyring(settings))
 
 
-def open_index(settings: Settings, store: Store, dim: int) -> IndexManager:
+def open_gallery(settings: Settings, db: Database, dim: int) -> Gallery:
+    """The faces of ``db`` with their vectors in the configured Milvus (``dim`` wide)."""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    return IndexManager(store, settings.index_uri, dim, settings.index_type, token)
+    index = IndexManager(db.secrets, settings.index_uri, dim, settings.index_type, token)
+    return Gallery(db.subjects, index)
 
 
-def open_audit(settings: Settings, store: Store) -> AuditLog:
-    return AuditLog(store, store.system_secret("audit"), settings.data_dir / "audit.head")
+def open_audit(settings: Settings, db: Database) -> AuditLog:
+    key = db.secrets.get_or_create("audit")
+    return AuditLog(db.audit, key, settings.data_dir / "audit.head")
+
+
+def open_admin(settings: Settings, db: Database) -> AdminService:
+    keys = KeyManager(db.api_keys, db.secrets.get_or_create("pepper"))
+    response_key = db.secrets.get_or_create("idempotency")
+    return AdminService(keys, db.idempotency, open_audit(settings, db), response_key)
 
 
 @dataclass
@@ -66,10 +78,8 @@ class Gateway:
 
     settings: Settings
     service: FaceService
-    keys: KeyManager
-    jobs: JobRunner
-    repaired: Reconciled
-    admin_key_file: Path | None = None
+    admin: AdminService
+    jobs: JobService
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -83,6 +93,7 @@ class Gateway:
                 purged = self.service.purge_expired(Caller(role="system"))
                 if purged:
                     log.info("purged %d expired subjects", len(purged))
+                self.admin.prune_requests(timedelta(hours=self.settings.idempotency_ttl_hours))
             except Exception:  # the loop must survive a failed round
                 log.exception("purging expired subjects failed")
 
@@ -91,38 +102,56 @@ class Gateway:
         self._purger.join(timeout=30)
         self.jobs.close()
         self.service.close()
+        self.admin.close()
 
 
 def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Gateway:
-    store = open_store(settings)
+    """Open everything, bootstrap the admin key, repair the index (both audited)."""
+    db = open_database(settings)
+    admin = open_admin(settings, db)
+    if (token := settings.secret("admin_key")) is not None:
+        admin.bootstrap_admin_key(token)  # refuses an unusable key before anything starts
+    elif settings.env == "development" and not admin.list_keys():
+        admin_file = settings.data_dir / "admin.key"
+        new = admin.create_key("admin", "development bootstrap", SYSTEM)
+        if admin_file.exists():
+            admin_file.unlink()
+        create_private(admin_file, new.token + "\n")
+        log.warning("development mode: created an admin API key, saved in %s", admin_file)
+    admin.throttle = FailureThrottle(settings.auth_failures_per_minute)
+    admin.refusals = RefusalLog(
+        admin.audit_log.append,
+        settings.refusal_audit_window_s,
+        settings.refusal_audit_max_clients,
+    )
+    admin.refusals.start()
     pipe = pipeline or FacePipeline.open(
         backend=settings.backend, url=settings.triton_url, protocol=settings.triton_protocol
     )
-    index = open_index(settings, store, pipe.card.embedding_size)
-    repaired = index.reconcile()
-    audit = open_audit(settings, store)
+    gallery = open_gallery(settings, db, pipe.card.embedding_size)
+    repaired = gallery.reconcile()
+    if repaired.changed:
+        admin.audit("repair", "ok", SYSTEM, detail=repaired.describe())
     batcher = MicroBatcher(pipe, max_wait=settings.batch_max_wait_ms / 1000)
     service = FaceService(
-        store,
-        index,
+        db,
+        gallery,
         pipe,
         batcher,
-        audit,
-        DecodeLimits(max_bytes=settings.max_upload_bytes),
+        admin.audit_log,
+        DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
         store_images=settings.store_images,
         min_quality=settings.enrol_min_quality,
+        budget=PixelBudget(settings.max_pixels_in_flight, wait=settings.busy_wait_s),
+        trim_after_pixels=settings.trim_after_pixels,
     )
-    keys = KeyManager(store, store.system_secret("pepper"))
-    admin_file = None
-    if (admin := settings.secret("admin_key")) is not None:
-        keys.bootstrap_admin(admin)
-    elif settings.env == "development" and not keys.list():
-        admin_file = settings.data_dir / "admin.key"
-        issued = keys.create("admin", "development bootstrap")
-        if admin_file.exists():
-            admin_file.unlink()
-        _write_private(admin_file, issued.token + "\n")
-        log.warning("development mode: created an admin API key, saved in %s", admin_file)
-
-    jobs = JobRunner(store, service.run_job)
-    return Gateway(settings, service, keys, jobs, repaired, admin_file)
+    limits = JobLimits(
+        settings.max_job_images,
+        settings.max_upload_bytes,
+        settings.max_job_inflated_bytes,
+        settings.max_jobs_queued_per_key,
+        settings.max_jobs_queued,
+        settings.max_spool_bytes,
+    )
+    jobs = JobService(db.jobs, service, limits, settings.data_dir / "spool")
+    return Gateway(settings, service, admin, jobs)

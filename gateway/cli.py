@@ -7,20 +7,24 @@ itself needs no web framework.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 from typing import Any
+
+from pydantic import ValidationError
 
 from facerec.cli.output import emit, fail
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
-from gateway.auditlog import AuditLog
-from gateway.auth import KeyManager
-from gateway.bootstrap import open_audit, open_index, open_store
-from gateway.keys import MasterKey
-from gateway.service import Caller
+from gateway.bootstrap import open_admin, open_audit, open_database, open_gallery, open_gateway
+from gateway.crypto.envelope import MasterKey
+from gateway.service.admin import AdminService
+from gateway.service.types import Caller
 from gateway.settings import Settings, get_settings
-from gateway.store import Store
+from gateway.storage.database import Database
+from gateway.storage.files import PRIVATE_UMASK
 
 log = logging.getLogger(__name__)
 CLI = Caller(key_id=None, role="cli", request_id=None)
@@ -34,31 +38,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api.app import create_app
+    from gateway.api.server import server_config
 
     settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="info" if args.verbose else "warning",
-        access_log=args.verbose,
-    )
+    # Opened before the server starts, so a refusal (an unusable FACEREC_ADMIN_KEY, a
+    # wrong master key) is one line on stderr and exit status 1, not a lifespan traceback.
+    gateway = open_gateway(settings)
+    try:
+        config = server_config(
+            create_app(settings, gateway=gateway),
+            settings,
+            host,
+            port,
+            log_level="info" if args.verbose else "warning",
+            access_log=args.verbose,
+        )
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGINT, as uvicorn.run does
+            uvicorn.Server(config).run()
+    finally:
+        gateway.close()
     return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
     settings = get_settings()
-    store = open_store(settings)
-    keys = KeyManager(store, store.system_secret("pepper"))
-    audit = open_audit(settings, store)
+    db = open_database(settings)
+    admin = open_admin(settings, db)
     if args.keys_command == "create":
-        issued = keys.create(args.role, args.label)
-        audit.append(action="key_create", outcome="ok", role="cli", subject=None)
+        new = admin.create_key(args.role, args.label, CLI, args.namespace, args.gallery)
+        record = new.record
         _print(
-            args, {"id": issued.key_id, "role": issued.role, "token": issued.token}, issued.token
+            args,
+            {
+                "id": record.id,
+                "role": record.role,
+                "namespace": record.namespace,
+                "gallery": record.gallery,
+                "token": new.token,
+            },
+            new.token,
         )
     elif args.keys_command == "list":
         rows = [
@@ -66,37 +86,39 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 "id": k.id,
                 "role": k.role,
                 "label": k.label,
+                "namespace": k.namespace,
+                "gallery": k.gallery,
                 "created_at": k.created_at,
                 "revoked_at": k.revoked_at,
             }
-            for k in keys.list()
+            for k in admin.list_keys()
         ]
         _print(
             args,
             {"keys": rows},
             "\n".join(
                 f"{r['id']}  {r['role']:<8}  "
-                f"{'revoked' if r['revoked_at'] else 'active '}  {r['label']}"
+                f"{'revoked' if r['revoked_at'] else 'active '}  "
+                f"{r['namespace']}{'/' + str(r['gallery']) if r['gallery'] else ''}  {r['label']}"
                 for r in rows
             ),
         )
     elif args.keys_command == "revoke":
-        keys.revoke(args.key_id)
-        audit.append(action="key_revoke", outcome="ok", role="cli")
+        admin.revoke_key(args.key_id, CLI)
         _print(args, {"revoked": args.key_id}, f"revoked {args.key_id}")
     elif args.keys_command == "rotate":
-        return _rotate(args, settings, store, audit)
+        return _rotate(args, settings, db, admin)
     return 0
 
 
-def _rotate(args: argparse.Namespace, settings: Settings, store: Store, audit: AuditLog) -> int:
+def _rotate(args: argparse.Namespace, settings: Settings, db: Database, admin: AdminService) -> int:
     """Re-wrap every data key under the current master key, then move the index to a new
     protection key (reads continue on the old index until the new one is complete)."""
     card = load_model_card()
-    index = open_index(settings, store, card.embedding_size)
-    rewrapped = store.rotate_master_key()
-    moved = index.rotate(MasterKey.generate().secret) if not args.keep_index else 0
-    audit.append(action="key_rotate", outcome="ok", role="cli")
+    gallery = open_gallery(settings, db, card.embedding_size)
+    rewrapped = db.rotate_master_key()
+    moved = gallery.rotate_index(MasterKey.generate().secret) if not args.keep_index else 0
+    admin.audit("key_rotate", "ok", CLI)
     _print(
         args,
         {"rewrapped": rewrapped, "vectors_moved": moved},
@@ -108,24 +130,27 @@ def _rotate(args: argparse.Namespace, settings: Settings, store: Store, audit: A
 def cmd_reindex(args: argparse.Namespace) -> int:
     """Rebuild the search index from the system of record (after a loss or a migration)."""
     settings = get_settings()
-    store = open_store(settings)
-    index = open_index(settings, store, load_model_card().embedding_size)
+    db = open_database(settings)
+    gallery = open_gallery(settings, db, load_model_card().embedding_size)
     if args.check:
-        repaired = index.reconcile()
+        repaired = gallery.reconcile()
+        if repaired.changed:
+            open_audit(settings, db).append(
+                action="repair", outcome="ok", detail=repaired.describe(), **CLI.audit_fields()
+            )
         data = repaired.__dict__
         _print(args, data, ", ".join(f"{k}: {v}" for k, v in data.items()))
         return 0
-    index.current.recreate()
-    moved = index.rebuild(index.current)
-    open_audit(settings, store).append(action="reindex", outcome="ok", role="cli")
+    moved = gallery.reindex()
+    open_audit(settings, db).append(action="reindex", outcome="ok", **CLI.audit_fields())
     _print(args, {"vectors": moved}, f"re-indexed {moved} faces")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     settings = get_settings()
-    store = open_store(settings)
-    audit = open_audit(settings, store)
+    db = open_database(settings)
+    audit = open_audit(settings, db)
     if args.audit_command == "verify":
         report = audit.verify()
         _print(
@@ -140,6 +165,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    os.umask(PRIVATE_UMASK)  # what the service and its tools create is theirs alone
     try:
         handler = {
             "serve": cmd_serve,
@@ -150,5 +176,17 @@ def run(args: argparse.Namespace) -> int:
         return handler(args)
     except FaceRecError as exc:
         return fail(exc, args.json)
-    except ValueError as exc:  # settings refused (pydantic) and the like
+    except ValidationError as exc:  # settings refused: one line per setting, no traceback
+        return fail(FaceRecError(settings_error(exc), code="invalid_settings"), args.json)
+    except ValueError as exc:
         return fail(FaceRecError(str(exc), code="invalid_settings"), args.json)
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A refused setting as one line: ``FACEREC_NAME: why`` (several joined by ``; ``)."""
+    parts = []
+    for error in exc.errors():
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        loc = [str(p) for p in error.get("loc", ())]
+        parts.append(f"FACEREC_{loc[0].upper()}: {message}" if loc else message)
+    return "; ".join(parts).replace("\n", " ")

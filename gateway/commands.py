@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from gateway.auth.api_keys import ROLES
+
 SETTINGS_HELP = "settings come from FACEREC_* variables or .env (see .env.example)"
 
 
@@ -37,8 +39,12 @@ def add_commands(
     p.set_defaults(run=_run)
     keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k = keys.add_parser("create", help="print a new API key (shown once)")
-    k.add_argument("--role", required=True, choices=["admin", "enrol", "verify", "identify"])
+    k.add_argument("--role", required=True, choices=ROLES)
     k.add_argument("--label", default="", help="a note on who holds the key")
+    k.add_argument(
+        "--namespace", default=None, help="the tenant the key acts for (default: 'default')"
+    )
+    k.add_argument("--gallery", default=None, help="limit the key to this gallery of its namespace")
     common(k)
     k = keys.add_parser("list", help="API keys (ids and roles, never secrets)")
     common(k)

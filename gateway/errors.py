@@ -40,6 +40,14 @@ class NotFoundError(FaceRecError):
     http_status = 404
 
 
+class InvalidRequestError(FaceRecError):
+    """A well-formed request whose values are refused (a name with control characters,
+    ...): the same code as the request schema's own refusals."""
+
+    code = "invalid_request"
+    http_status = 422
+
+
 class ConflictError(FaceRecError):
     """The request clashes with what is stored (a duplicate, a concurrent change)."""
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.index import FaceIndex
-from gateway.keys import MasterKey
-from gateway.protect import VectorProtector
+from gateway.crypto.envelope import MasterKey
+from gateway.crypto.vector_protection import VectorProtector
+from gateway.index.milvus import FaceIndex
 
 DIM = 128
 PHOTOS_PER_IDENTITY = 4

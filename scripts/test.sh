@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Run every check: set-up (idempotent: quick when done), lint, types, then the test suite;
-# with no arguments, the gateway's tests once more with the Triton backend (a tritonserver
-# started by the tests) when scripts/install_triton.sh has installed it.
+# Run every check: set-up and the servers the integration tests start (both idempotent:
+# quick when done), lint, types, then the test suite; with no arguments, the gateway's
+# tests once more with the Triton backend (a tritonserver started by the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh --quiet
+bash scripts/install_services.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -10,9 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from conftest import lfw_path
+from conftest import GALLERY, lfw_path
+from conftest import LFW as LFW_DIR
+from facerec.pipeline import FacePipeline
 
 FACEREC = [sys.executable, "-m", "facerec.cli.main"]
 
@@ -109,6 +113,37 @@ def test_embed_json(tmp_path: Path) -> None:
     assert doc["images"][1]["error"]["code"] == "no_face"
 
 
+def test_many_files_in_worker_processes_match_one_process(bad_files: dict[str, Path]) -> None:
+    """34 files (the default takes worker processes from 32 on, one per core): the same
+    faces and embeddings, in input order, and a bad file's error in its place, as when
+    everything runs in this process."""
+    faces = sorted(LFW_DIR.glob("*.jpg"))
+    files = [*faces, bad_files["text"], *faces][:34]
+    _, many = run("embed", "--json", *files)
+    _, one = run("embed", "--json", "--processes", "1", *files)
+    assert [i["image"] for i in many["images"]] == [str(f) for f in files]
+    assert [i["image"] for i in one["images"]] == [str(f) for f in files]
+    for a, b in zip(many["images"], one["images"], strict=True):
+        assert ("error" in a) == ("error" in b)
+        if "error" in a:
+            assert a["error"]["code"] == b["error"]["code"] == "not_an_image"
+            continue
+        assert len(a["faces"]) == len(b["faces"]) >= 1
+        for fa, fb in zip(a["faces"], b["faces"], strict=True):
+            assert np.allclose(fa["box"], fb["box"], atol=1e-3)
+            assert float(np.dot(fa["embedding"], fb["embedding"])) > 0.9999
+
+
+def test_worker_processes_choice(local_pipeline: FacePipeline) -> None:
+    from facerec.cli.images import PROCESS_MIN_FILES, worker_processes
+    from facerec.runtime import default_threads
+
+    assert worker_processes(local_pipeline, PROCESS_MIN_FILES - 1) == 1
+    assert worker_processes(local_pipeline, PROCESS_MIN_FILES) == default_threads()
+    assert worker_processes(local_pipeline, 3, requested=2) == 2
+    assert worker_processes(local_pipeline, 500, requested=1) == 1
+
+
 def test_verify_json() -> None:
     _, same = run("verify", "--json", lfw_path("Ann_Veneman_0003"), lfw_path("Ann_Veneman_0005"))
     assert same["match"] is True and same["similarity"] >= same["threshold"]
@@ -143,9 +178,116 @@ def test_identify_json(tmp_path: Path) -> None:
     check_face(face)
     assert face["match"] == "Abel_Pacheco"
     assert face["candidates"][0]["subject"] == "Abel_Pacheco"
+    assert face["candidates"][0]["similarity"] >= doc["threshold"]
     assert len(face["candidates"]) == 2
     assert stranger["faces"][0]["match"] is None
-    assert doc["gallery"]["subjects"] == 3
+    assert doc["gallery"]["subjects"] == 3 and doc["gallery_size"] == 3
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four people, four photos each, plus a stranger's photo filed under Ben Affleck and a
+    profile photo of Xanana Gusmao: both must be refused, not enrolled."""
+    root = tmp_path_factory.mktemp("people")
+    for name in ("Ben_Affleck", "Howard_Dean", "Cruz_Bustamante", "Xanana_Gusmao"):
+        (root / name).mkdir()
+        for photo in sorted(GALLERY.glob(f"{name}_*.jpg"))[:4]:
+            shutil.copy(photo, root / name)
+    shutil.copy(GALLERY / "John_Kerry_0001.jpg", root / "Ben_Affleck")
+    return root
+
+
+MATED = {
+    "Ben_Affleck_0006": "Ben_Affleck",
+    "Howard_Dean_0005": "Howard_Dean",
+    "Cruz_Bustamante_0005": "Cruz_Bustamante",
+}
+STRANGERS = ["Dean_Barker_0001", "Mikhail_Gorbachev_0001", "Portia_de_Rossi_0001"]
+
+
+def identify(people: Path, *options: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    probes = [GALLERY / f"{k}.jpg" for k in MATED] + [lfw_path(k) for k in STRANGERS]
+    done = subprocess.run(
+        [*FACEREC, "identify", "--json", "--gallery", str(people), *options, *map(str, probes)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    doc: dict[str, Any] = json.loads(done.stdout)
+    doc["returncode"] = done.returncode
+    return doc
+
+
+def matches(doc: dict[str, Any]) -> dict[str, str | None]:
+    return {Path(e["image"]).stem: e["faces"][0]["match"] for e in doc["images"]}
+
+
+def test_identify_at_an_fpir_for_the_gallery_size(
+    people: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FACEREC_IDENTIFY_FPIR", raising=False)
+    doc = identify(people)
+    assert doc["returncode"] == 0
+    assert doc["fpir"] == 1e-3 and doc["gallery_size"] == 4 and doc["method"] == "centroid"
+    assert doc["threshold_source"] == "calibrated"
+    assert 0.5 < doc["threshold"] < 0.7  # well above the 1:1 threshold (0.415)
+    refused = {Path(e["image"]).name: e["error"]["code"] for e in doc["gallery"]["errors"]}
+    assert refused == {
+        "John_Kerry_0001.jpg": "inconsistent_face",
+        "Xanana_Gusmao_0002.jpg": "extreme_pose",
+    }
+    assert doc["gallery"]["images"] == 17 and doc["gallery"]["subjects"] == 4
+    assert matches(doc) == {**MATED, **dict.fromkeys(STRANGERS)}
+
+
+def test_identify_fpir_setting_score_method_and_force(people: Path) -> None:
+    strict = identify(people)
+    loose = identify(people, "--score", "max", "--force", env={"FACEREC_IDENTIFY_FPIR": "0.1"})
+    assert loose["fpir"] == 0.1 and loose["method"] == "max"
+    assert loose["threshold"] < strict["threshold"]
+    refused = [e["error"]["code"] for e in loose["gallery"]["errors"]]
+    assert refused == ["extreme_pose"]  # forced: the odd photo is kept, the profile is not
+    flag = identify(people, "--fpir", "0.01", env={"FACEREC_IDENTIFY_FPIR": "0.1"})
+    assert flag["fpir"] == 0.01  # the option wins over the setting
+
+
+def test_identify_explicit_threshold_and_bad_fpir(people: Path) -> None:
+    doc = identify(people, "--threshold", "0.99")
+    assert doc["threshold"] == 0.99 and doc["fpir"] is None
+    assert doc["threshold_source"] == "explicit"
+    assert set(matches(doc).values()) == {None}
+    bad = identify(people, "--fpir", "1e-6")
+    assert bad["returncode"] == 1 and bad["error"]["code"] == "fpir_out_of_range"
+    worse = identify(people, env={"FACEREC_IDENTIFY_FPIR": "often"})
+    assert worse["returncode"] == 1 and worse["error"]["code"] == "invalid_argument"
+
+
+def test_bench_lfw_openset(tmp_path: Path) -> None:
+    """The open-set benchmark end to end on the bundled faces (57 images, 19 people)."""
+    data = tmp_path / "lfw" / "images"
+    data.mkdir(parents=True)
+    for photo in [*LFW_DIR.glob("*.jpg"), *GALLERY.glob("*.jpg")]:
+        shutil.copy(photo, data)
+    out = tmp_path / "out"
+    args = ["bench", "lfw-openset", "--data", tmp_path / "lfw", "--out", out, "--json"]
+    _, doc = run(*args)
+    saved = json.loads((out / "openset.json").read_text())
+    assert saved == doc
+    assert [g["G"] for g in doc["galleries"]] == ["100", "1000", "all"]
+    for g in doc["galleries"]:
+        assert 0 <= g["rank1"] <= 1
+        assert set(g["dir_at_fpir"]) == set(g["thresholds"]) == {"0.1", "0.01", "0.001"}
+        assert g["dir_at_fpir"]["0.1"] >= g["dir_at_fpir"]["0.001"]
+    assert doc["protocol"]["images"] == 57
+    assert set(doc["results"]) == {"max", "topk", "centroid", "centroid+gates"}
+    assert (out / "det.png").stat().st_size > 10_000
+    cache = (out / "embeddings.npz").stat().st_mtime_ns
+    _, again = run(*args)
+    assert (out / "embeddings.npz").stat().st_mtime_ns == cache  # embedded once
+    assert again["galleries"] == doc["galleries"]
 
 
 def test_identify_with_missing_gallery_fails() -> None:

@@ -18,7 +18,8 @@ from facerec.dataset.layout import DatasetError, scan_source
 from facerec.dataset.prepare import PrepareOptions, prepare_dataset
 from facerec.imaging.decode import read_image
 from facerec.imaging.pad import pad_edges
-from facerec.pipeline import FacePipeline, PipelineConfig, primary_face
+from facerec.pipeline import FacePipeline, PipelineConfig
+from facerec.selection import primary_face
 
 GALLERY = DATA / "gallery"
 

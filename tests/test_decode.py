@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import lfw_path
 from facerec.errors import ImageError
-from facerec.imaging.decode import DecodeLimits, decode_image, read_image
+from facerec.imaging.decode import DecodeLimits, ImageInfo, decode_image, probe_image, read_image
 
 
 def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -127,3 +127,33 @@ def test_read_image_reports_missing_files(tmp_path: object) -> None:
     with pytest.raises(ImageError) as info:
         read_image("/nonexistent/face.jpg")
     assert info.value.code == "file_not_found"
+
+
+def _claiming(width: int, height: int, sof: int = 0xC0) -> bytes:
+    """A real small JPEG whose frame header is rewritten to claim ``width`` x ``height``."""
+    data = bytearray(encode(face().resize((64, 64)), "JPEG", quality=90))
+    at = data.index(b"\xff\xc0")
+    data[at + 1] = sof
+    data[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_small_jpeg_claiming_a_huge_frame_is_truncated_from_the_header() -> None:
+    """The hostile tester's 3.6 KB JPEG claiming 6000x6000: libjpeg fills the missing data
+    with grey once it meets the end marker, so Pillow alone decodes a 108 MB frame."""
+    data = _claiming(6000, 6000)
+    assert len(data) < 4000
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()  # Pillow alone accepts it: the hole the frame-size floor closes
+        assert img.size == (6000, 6000)
+    with pytest.raises(ImageError) as info:
+        probe_image(data)
+    assert info.value.code == "truncated_image"
+    assert code_of(data) == "truncated_image"
+    # A frame the data can hold is accepted and described without decoding.
+    good = encode(face(), "JPEG", quality=90)
+    assert probe_image(good) == ImageInfo("JPEG", 150, 150)
+
+
+def test_arithmetic_coded_jpeg_is_unsupported() -> None:
+    assert code_of(_claiming(64, 64, sof=0xC9)) == "unsupported_format"

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from apiclient import image_files, one_image, running, settings_for
 from conftest import GALLERY, LFW
 from facerec.pipeline import FacePipeline
-from gateway.auditlog import AuditLog
+from gateway.audit.log import AuditLog
 
 ENROL_PER_PERSON = 3
 STRANGERS = [

@@ -15,8 +15,8 @@ from sqlalchemy import text
 
 from apiclient import image_files, settings_for
 from conftest import GALLERY
-from gateway.bootstrap import open_store
-from gateway.keys import MasterKey
+from gateway.bootstrap import open_database
+from gateway.crypto.envelope import MasterKey
 from servers import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.integration
@@ -97,8 +97,8 @@ def test_admin_commands(tmp_path: Path) -> None:
     assert rc == 0 and report["ok"]
 
     # tampering: an edited event, then a truncated log
-    store = open_store(settings)
-    with store.engine.begin() as conn:
+    db = open_database(settings)
+    with db.engine.begin() as conn:
         conn.execute(
             text(
                 "UPDATE audit_events SET body = replace(body, '\"ok\"', '\"refused\"') "
@@ -107,7 +107,7 @@ def test_admin_commands(tmp_path: Path) -> None:
         )
     rc, report = facerec(data, "audit", "verify", FACEREC_MASTER_KEY=new.secret.hex())
     assert rc == 1 and report["first_bad_seq"] == 2
-    with store.engine.begin() as conn:
+    with db.engine.begin() as conn:
         conn.execute(text("DELETE FROM audit_events WHERE seq >= 2"))
     rc, report = facerec(data, "audit", "verify", FACEREC_MASTER_KEY=new.secret.hex())
     assert rc == 1 and "ends before" in report["reason"]

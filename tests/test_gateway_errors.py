@@ -55,8 +55,8 @@ def snapshot(client: TestClient) -> dict[str, Any]:
     return {
         "subjects": subjects,
         "faces": faces,
-        "index": gateway.service.index.count(),
-        "keys": [k.__dict__ for k in gateway.keys.list()],
+        "index": gateway.service.index.current.count(),
+        "keys": [k.__dict__ for k in gateway.admin.list_keys()],
     }
 
 
@@ -100,9 +100,14 @@ def test_auth_failures(client: TestClient, kerry: str) -> None:
     client.headers["X-API-Key"] = admin
     after = snapshot(client)
     assert after["subjects"] == before["subjects"] and after["index"] == before["index"]
+    client.app.state.gateway.admin.refusals.flush(everything=True)  # type: ignore[attr-defined]
     events = client.get("/v1/audit", params={"limit": 1000}).json()["events"]
     refused = [e for e in events if e["action"] == "auth" and e["outcome"] == "refused"]
-    assert len(refused) == 7  # every refused request is audited
+    # Every refused request is audited: the 3 of a key holder one by one, the 4 without a
+    # valid key as the client's first refusal plus one event counting the other 3.
+    assert [e["key_id"] for e in refused if e["key_id"]] == [verify_id] * 3
+    assert sum(e["count"] or 1 for e in refused) == 7
+    assert all(e["client"] == "testclient" for e in refused)
 
 
 def test_bad_requests_change_nothing(client: TestClient, kerry: str) -> None:
@@ -114,12 +119,19 @@ def test_bad_requests_change_nothing(client: TestClient, kerry: str) -> None:
         (lambda: client.post("/v1/identify", data={"top_k": "3"}), 415, "unsupported_media_type"),
         (lambda: client.post("/v1/identify", files={"other": ("a", b"x")}), 422, "invalid_request"),
         (lambda: client.post("/v1/identify", json={"image": "x"}), 415, "unsupported_media_type"),
-        (
+        (  # over the image limit (200 KB) within the route's (image + 64 KiB of form)
+            lambda: client.post(
+                "/v1/identify", files={"image": ("big.png", png(noise[:265, :265]), "image/png")}
+            ),
+            413,
+            "file_too_large",
+        ),
+        (  # over the route's limit: refused as the bytes arrive, before the form is parsed
             lambda: client.post(
                 "/v1/identify", files={"image": ("big.png", png(noise), "image/png")}
             ),
             413,
-            "file_too_large",
+            "payload_too_large",
         ),
         (
             lambda: client.post("/v1/identify", files={"image": ("a.txt", b"hello", "text/plain")}),
@@ -280,12 +292,20 @@ def test_subject_without_faces_and_face_choice(client: TestClient) -> None:
     ]
 
 
-def test_replayed_requests_are_refused(client: TestClient) -> None:
+def test_reused_idempotency_keys_change_nothing(client: TestClient) -> None:
+    """A key reused for another request is refused; its replay changes nothing either
+    (``tests/test_gateway_idempotency.py`` has the whole contract)."""
     h = {"Idempotency-Key": "create-bob-1"}
-    assert client.post("/v1/subjects", json={"name": "Bob"}, headers=h).status_code == 201
+    created = client.post("/v1/subjects", json={"name": "Bob"}, headers=h)
+    assert created.status_code == 201
     before = snapshot(client)
-    expect(client.post("/v1/subjects", json={"name": "Bob"}, headers=h), 409, "replayed_request")
-    sid = before["subjects"]["items"][0]["id"]
+    expect(
+        client.post("/v1/subjects", json={"name": "Rob"}, headers=h), 409, "idempotency_key_reused"
+    )
+    replay = client.post("/v1/subjects", json={"name": "Bob"}, headers=h)
+    assert replay.status_code == 201 and replay.json() == created.json()
+    assert snapshot(client) == before
+    sid = created.json()["id"]
     h2 = {"Idempotency-Key": "bob-faces-1"}
     r = client.post(f"/v1/subjects/{sid}/faces", files=image_files(KERRY[:1]), headers=h2)
     assert r.status_code == 200
@@ -293,7 +313,7 @@ def test_replayed_requests_are_refused(client: TestClient) -> None:
     expect(
         client.post(f"/v1/subjects/{sid}/faces", files=image_files(KERRY[1:2]), headers=h2),
         409,
-        "replayed_request",
+        "idempotency_key_reused",
     )
     assert snapshot(client) == mid
 

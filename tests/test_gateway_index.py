@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from facerec.errors import InvalidArgumentError
-from gateway.index import FaceIndex
-from gateway.keys import MasterKey
-from gateway.protect import VectorProtector
+from gateway.crypto.envelope import MasterKey
+from gateway.crypto.vector_protection import VectorProtector
+from gateway.index.milvus import FaceIndex
 
 pytest.importorskip("milvus_lite")
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import GALLERY
-from gateway.bootstrap import open_audit, open_index, open_store
+from gateway.bootstrap import open_audit, open_database, open_gallery
 from gateway.settings import Settings
 from servers import start_gateway, stop_gateway
 
@@ -31,18 +31,18 @@ def check_consistent(data: Path) -> tuple[set[str], int]:
     """With the service stopped: no pending face, the index holds exactly the faces of the
     record, and the audit chain verifies. Returns the face ids and the audit length."""
     settings = Settings(env="development", data_dir=data)
-    store = open_store(settings)
-    assert store.pending_faces() == []
-    index = open_index(settings, store, 128)
+    db = open_database(settings)
+    assert db.subjects.pending_face_ids() == []
+    gallery = open_gallery(settings, db, 128)
     try:
-        faces = store.face_ids()
-        assert index.current.ids() == faces
-        assert store.indexed_face_ids() == faces
-        report = open_audit(settings, store).verify()
+        faces = db.subjects.face_ids()
+        assert gallery.index.current.ids() == faces
+        assert db.subjects.indexed_face_ids() == faces
+        report = open_audit(settings, db).verify()
         assert report.ok, report
         return faces, report.events
     finally:
-        index.close()
+        gallery.close()
 
 
 def test_kill_during_enrolment_leaves_no_orphans(data: Path) -> None:

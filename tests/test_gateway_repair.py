@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.keys import Keyring, MasterKey
-from gateway.store import Store
-from gateway.vectors import IndexManager
+from gateway.crypto.envelope import Keyring, MasterKey
+from gateway.gallery import Gallery
+from gateway.index.manager import IndexManager
+from gateway.storage.database import Database
 
 
 def unit(seed: int) -> np.ndarray:
@@ -17,9 +18,11 @@ def unit(seed: int) -> np.ndarray:
 
 
 def test_reconcile_repairs_every_crash_point(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(MasterKey.generate()))
-    index = IndexManager(store, str(tmp_path / "index.db"), 128, "FLAT")
-    sid = store.create_subject("A").id
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(MasterKey.generate()))
+    store = db.subjects
+    index = IndexManager(db.secrets, str(tmp_path / "index.db"), 128, "FLAT")
+    gallery = Gallery(store, index)
+    sid = store.create("A").id
 
     def face(seed: int) -> str:
         return store.add_face(sid, unit(seed), f"h{seed}", 0.9, [0, 0, 1, 1])
@@ -34,39 +37,42 @@ def test_reconcile_repairs_every_crash_point(tmp_path: Path) -> None:
     store.mark_indexed([lost_vector])
     index.add(["orphan"], [sid], unit(5)[None])  # a deletion that died after the SQL delete
 
-    repaired = index.reconcile()
+    repaired = gallery.reconcile()
     assert (repaired.rolled_back, repaired.restored, repaired.orphans) == (2, 1, 1)
     assert store.face_ids() == {done, lost_vector} == store.indexed_face_ids()
     assert index.current.ids() == {done, lost_vector}
     hit = index.search(unit(4)[None], 1)[0][0]
     assert (hit.face_id, round(hit.similarity, 4)) == (lost_vector, 1.0)
-    assert index.reconcile() == type(repaired)(0, 0, 0)  # nothing left to do
+    assert gallery.reconcile() == type(repaired)(0, 0, 0)  # nothing left to do
     index.close()
 
 
 def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path) -> None:
     old_master = MasterKey.generate()
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(old_master))
-    index = IndexManager(store, str(tmp_path / "index.db"), 128, "FLAT", refresh=0.05)
-    sid = store.create_subject("A").id
+    url, uri = f"sqlite:///{tmp_path / 'db.sqlite3'}", str(tmp_path / "index.db")
+    db = Database(url, Keyring(old_master))
+    index = IndexManager(db.secrets, uri, 128, "FLAT", refresh=0.05)
+    sid = db.subjects.create("A").id
     ids = []
     for seed in range(5):
-        f = store.add_face(sid, unit(seed), f"h{seed}", 0.9, [0, 0, 1, 1])
+        f = db.subjects.add_face(sid, unit(seed), f"h{seed}", 0.9, [0, 0, 1, 1])
         index.add([f], [sid], unit(seed)[None])
-        store.mark_indexed([f])
+        db.subjects.mark_indexed([f])
         ids.append(f)
     old_collection = index.current.collection
+    index.close()
 
+    # `facerec keys rotate`: the new master key, with the old one to unwrap
     new_master = MasterKey.generate()
-    store.keyring = Keyring(new_master, [old_master])
-    assert store.rotate_master_key() == 1 + 1  # the subject's data key + the index secret
-    moved = index.rotate(MasterKey.generate().secret)
+    db = Database(url, Keyring(new_master, [old_master]))
+    assert db.rotate_master_key() == 1 + 1  # the subject's data key + the index secret
+    index = IndexManager(db.secrets, uri, 128, "FLAT", refresh=0.05)
+    moved = Gallery(db.subjects, index).rotate_index(MasterKey.generate().secret)
     assert moved == 5
     assert index.current.collection != old_collection
     assert not index.current.client.has_collection(old_collection)
     hit = index.search(unit(3)[None], 1)[0][0]
     assert hit.face_id == ids[3] and hit.similarity > 0.9999
-    # the old master key is no longer needed
-    store.keyring = Keyring(new_master)
-    assert len(list(store.templates())) == 5
     index.close()
+    # the old master key is no longer needed
+    assert len(list(Database(url, Keyring(new_master)).subjects.templates())) == 5

@@ -44,7 +44,7 @@ def test_no_raw_embedding_on_disk(tmp_path: Path, pipeline: FacePipeline) -> Non
         r = client.post(f"/v1/subjects/{sid}/faces", files=image_files(paths))
         assert r.json()["enrolled"] == len(paths)
         service = client.app.state.gateway.service  # type: ignore[attr-defined]
-        templates = np.stack([v for _, _, v in service.store.templates(sid)])
+        templates = np.stack([v for _, _, v in service.db.subjects.templates(sid)])
         protected = service.index.current.protector.protect(templates)
         service.index.current.client.flush(service.index.current.collection)
     assert templates.shape == (len(paths), 128)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from gateway.audit import verify_chain
+from gateway.audit.chain import verify_chain
+from gateway.audit.log import AuditLog
+from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.errors import ConflictError, NotFoundError
-from gateway.keys import Keyring, MasterKey
-from gateway.store import Store
+from gateway.storage.database import Database
 
 
 def unit(seed: int) -> np.ndarray:
@@ -23,25 +24,26 @@ def unit(seed: int) -> np.ndarray:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(f"sqlite:///{tmp_path / 'facerec.sqlite3'}", Keyring(MasterKey.generate()))
+def db(tmp_path: Path) -> Database:
+    return Database(f"sqlite:///{tmp_path / 'facerec.sqlite3'}", Keyring(MasterKey.generate()))
 
 
 def db_bytes(tmp_path: Path) -> bytes:
     return b"".join(p.read_bytes() for p in tmp_path.glob("facerec.sqlite3*"))
 
 
-def test_subjects_and_faces(store: Store, tmp_path: Path) -> None:
-    alice = store.create_subject("Alice", {"team": "blue"})
-    bob = store.create_subject("Bob")
-    assert store.get_subject(alice.id).meta == {"team": "blue"}
-    assert [s.name for s in store.list_subjects()[0]] == ["Alice", "Bob"]
-    assert [s.name for s in store.list_subjects(offset=1, limit=5)[0]] == ["Bob"]
+def test_subjects_and_faces(db: Database, tmp_path: Path) -> None:
+    store = db.subjects
+    alice = store.create("Alice", {"team": "blue"})
+    bob = store.create("Bob")
+    assert store.get(alice.id).meta == {"team": "blue"}
+    assert [s.name for s in store.page()[0]] == ["Alice", "Bob"]
+    assert [s.name for s in store.page(offset=1, limit=5)[0]] == ["Bob"]
     emb = unit(1)
     face = store.add_face(alice.id, emb, "hash-a", 0.9, [1, 2, 3, 4])
-    assert store.pending_faces() == [(face, alice.id)]
+    assert store.pending_face_ids() == [face]
     store.mark_indexed([face])
-    assert store.pending_faces() == []
+    assert store.pending_face_ids() == []
     ((face_id, subject_id, opened),) = list(store.templates())
     assert (face_id, subject_id) == (face, alice.id)
     np.testing.assert_array_equal(opened, emb)
@@ -51,19 +53,20 @@ def test_subjects_and_faces(store: Store, tmp_path: Path) -> None:
     assert dup.value.code == "duplicate_face"
     store.add_face(bob.id, emb, "hash-a", 0.9, [1, 2, 3, 4])  # another subject may
     with pytest.raises(NotFoundError):
-        store.get_subject("nope")
+        store.get("nope")
     with pytest.raises(NotFoundError):
         store.add_face("nope", emb, "h", 0.5, [0, 0, 1, 1])
 
 
-def test_delete_shreds_the_data_key(store: Store, tmp_path: Path) -> None:
-    alice = store.create_subject("Alice")
+def test_delete_shreds_the_data_key(db: Database, tmp_path: Path) -> None:
+    store = db.subjects
+    alice = store.create("Alice")
     face = store.add_face(alice.id, unit(2), "h", 0.9, [0, 0, 1, 1])
-    with store.engine.connect() as conn:
+    with db.engine.connect() as conn:
         blob = conn.execute(text("SELECT dek_blob FROM subjects")).scalar_one()
-    assert store.delete_subject(alice.id) == [face]
+    assert store.delete(alice.id) == [face]
     assert list(store.templates()) == []
-    with store.engine.connect() as conn:
+    with db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM faces")).scalar_one() == 0
     assert blob not in db_bytes(tmp_path)  # no VACUUM needed: overwritten on delete
 
@@ -71,34 +74,60 @@ def test_delete_shreds_the_data_key(store: Store, tmp_path: Path) -> None:
 def test_master_key_rotation(tmp_path: Path) -> None:
     old, new = MasterKey.generate(), MasterKey.generate()
     url = f"sqlite:///{tmp_path / 'facerec.sqlite3'}"
-    s1 = Store(url, Keyring(old))
-    subject = s1.create_subject("Alice")
+    s1 = Database(url, Keyring(old)).subjects
+    subject = s1.create("Alice")
     s1.add_face(subject.id, unit(3), "h", 0.9, [0, 0, 1, 1])
-    assert Store(url, Keyring(new, older=[old])).rotate_master_key() == 1
-    ((_, _, opened),) = list(Store(url, Keyring(new)).templates())
+    assert Database(url, Keyring(new, older=[old])).rotate_master_key() == 1
+    ((_, _, opened),) = list(Database(url, Keyring(new)).subjects.templates())
     np.testing.assert_array_equal(opened, unit(3))
 
 
-def test_stored_audit_chain_detects_edits(store: Store) -> None:
+def test_stored_audit_chain_detects_edits(db: Database) -> None:
     key = MasterKey.generate().derive("audit")
-    # A second Store on the same file stands for another gateway process: its appends race
-    # with the first one's and must retry, not fork the chain.
-    other = Store(str(store.engine.url), store.keyring)
+    # A second Database on the same file stands for another gateway process: its appends
+    # race with the first one's and must retry, not fork the chain.
+    other = Database(str(db.engine.url), db.keyring)
+    logs = [AuditLog(db.audit, key, None), AuditLog(other.audit, key, None)]
 
     def append(i: int) -> None:
-        target = store if i % 2 else other
-        target.append_audit(key, time=f"t{i}", action="verify", outcome="match", score=0.5)
+        logs[i % 2].append(time=f"t{i}", action="verify", outcome="match", score=0.5)
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(append, range(40)))
-    events = store.audit_events()
+    events = db.audit.events()
     assert [e.seq for e in events] == list(range(1, 41))
     assert verify_chain(key, events).ok
-    with store.engine.begin() as conn:
+    with db.engine.begin() as conn:
         body = json.loads(
             conn.execute(text("SELECT body FROM audit_events WHERE seq=7")).scalar_one()
         )
         body["outcome"] = "no_match"
         conn.execute(text("UPDATE audit_events SET body=:b WHERE seq=7"), {"b": json.dumps(body)})
-    report = verify_chain(key, store.audit_events())
+    report = verify_chain(key, db.audit.events())
     assert not report.ok and report.first_bad_seq == 7
+
+
+def test_idempotency_claims(db: Database) -> None:
+    from datetime import timedelta
+
+    from gateway.storage.schema import now
+
+    keys = db.idempotency
+    hour = timedelta(hours=1)
+    assert keys.claim("k1:a", "f1", hour) is None  # ours
+    held = keys.claim("k1:a", "f1", hour)
+    assert held is not None and held.status is None  # in progress
+    keys.release("k1:a", "f1")
+    assert keys.claim("k1:a", "f2", hour) is None  # released: free again, for any request
+    keys.complete("k1:a", 201, b"sealed")
+    held = keys.claim("k1:a", "f2", hour)
+    assert held is not None and (held.fingerprint, held.status, held.response) == (
+        "f2",
+        201,
+        b"sealed",
+    )
+    keys.release("k1:a", "f2")  # a finished request's key is never released
+    assert keys.keys() == ["k1:a"]
+    assert keys.claim("k1:b", "f3", hour) is None
+    assert keys.claim("k1:b", "f4", timedelta(0)) is None  # abandoned claims are taken over
+    assert keys.prune(now() + timedelta(seconds=1)) == 2 and keys.keys() == []

@@ -142,6 +142,10 @@ def shared_page(server: Server, browser: Browser) -> Iterator[tuple[Page, list[s
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(  # the page works under its Content-Security-Policy: nothing is blocked
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     page.goto(server.url + "/")
     page.fill("#api-key", server.admin_key)
     page.dispatch_event("#api-key", "change")
@@ -219,6 +223,8 @@ def test_enrol_refuses_two_faces(page: Page, server: Server) -> None:
     page.click("#enrol-submit")
     expect(page.locator("#enrol-result .verdict")).to_contain_text("0 of 1", timeout=TIMEOUT_MS)
     expect(page.locator("#enrol-result li")).to_contain_text("multiple_faces: ")
+    # the verdict shows before the page deletes the empty subject; the button comes back after
+    expect(page.locator("#enrol-submit")).to_be_enabled(timeout=TIMEOUT_MS)
     names = [s["name"] for s in server.get("/v1/subjects")["items"]]
     assert "Two faces" not in names  # the page removes a subject left without a face
 
@@ -308,3 +314,34 @@ def test_errors_show_code_and_message(page: Page, server: Server) -> None:
     page.click("#audit-refresh")
     expect(page.locator("#audit-table tbody tr").first).to_be_visible()
     expect(page.locator("#verify-subjects-note")).to_be_empty()
+
+
+def test_docs_load_offline(server: Server, browser: Browser) -> None:
+    """Swagger UI renders the API with every file from the service: any request to
+    another host is recorded and aborted, and there must be none."""
+    context = browser.new_context()
+    foreign: list[str] = []
+    origin = server.url + "/"
+
+    def guard(route: Any) -> None:
+        if route.request.url.startswith(origin):
+            route.continue_()
+        else:
+            foreign.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", guard)
+    page = context.new_page()
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Security Policy" in m.text else None)
+    try:
+        page.goto(server.url + "/docs")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text(
+            "facerec gateway", timeout=TIMEOUT_MS
+        )
+        expect(page.locator(".opblock").first).to_be_visible(timeout=TIMEOUT_MS)
+        assert page.locator(".opblock").count() >= 15  # every operation is listed
+    finally:
+        context.close()
+    assert foreign == []
+    assert blocked == []

@@ -7,8 +7,9 @@ import pytest
 
 from conftest import DIFFERENT_PAIRS, SAME_PAIRS, lfw_image
 from facerec.alignment import align_faces, similarity_transform
-from facerec.matching import Gallery, best_match
-from facerec.pipeline import FacePipeline, PipelineConfig, primary_face
+from facerec.matching import Gallery, IdentificationPolicy
+from facerec.pipeline import FacePipeline, PipelineConfig
+from facerec.selection import primary_face
 
 
 def similarity(pipeline: FacePipeline, a: str, b: str) -> float:
@@ -106,7 +107,9 @@ def test_similarity_warp_puts_landmarks_on_template(pipeline: FacePipeline) -> N
 
 
 def test_gallery_identifies_and_rejects_strangers(pipeline: FacePipeline) -> None:
-    gallery = Gallery(128)
+    cfg = pipeline.config
+    policy = IdentificationPolicy.from_card(pipeline.card, cfg.alignment, cfg.flip, cfg.precision)
+    gallery = Gallery(128, policy.scoring)
     enrol = ["Abel_Pacheco_0001", "Akhmed_Zakayev_0001", "Amber_Tamblyn_0001"]
     for key, res in zip(enrol, pipeline.analyze([lfw_image(k) for k in enrol], True), strict=True):
         assert res.faces[0].embedding is not None
@@ -114,8 +117,10 @@ def test_gallery_identifies_and_rejects_strangers(pipeline: FacePipeline) -> Non
     probes = ["Abel_Pacheco_0004", "Akhmed_Zakayev_0003", "Amber_Tamblyn_0002", "Dean_Barker_0001"]
     results = pipeline.analyze([lfw_image(k) for k in probes], True)
     emb = np.stack([r.faces[0].embedding for r in results])
-    matches = [best_match(c, pipeline.threshold) for c in gallery.search(emb, top_k=3)]
+    decisions = policy.identify(gallery, emb, top=3, fpir=1e-3)
+    matches = [d.match.subject_id if d.match else None for d in decisions]
     assert matches == ["Abel_Pacheco", "Akhmed_Zakayev", "Amber_Tamblyn", None]
+    assert decisions[0].point.gallery_size == 3 and decisions[0].point.fpir == 1e-3
 
 
 def test_huge_photo_is_searched_downscaled_but_reported_full_size(

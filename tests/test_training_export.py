@@ -117,6 +117,10 @@ def test_artefacts_parity_and_calibration(exported: dict[str, Any], home: Path) 
     loaded = load_model_card(NAME, home)
     assert loaded.identity == f"{NAME}:{card['weights_sha256'][:16]}"
     assert loaded.identity != load_model_card("facenet128").identity
+    # thresholds in the published card's form (the FAR one: above every impostor pair here)
+    fp32 = loaded.calibration("similarity", True, "fp32")
+    assert -1 < fp32.threshold_at_far("1e-3") < 1 and -1 < fp32.threshold < 1
+    assert "folds 0, 1" in fp32.verification_far_source
     assert not [p for p in (home / "models").iterdir() if p.name.startswith(".export")]
 
 

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from facerec.cli.output import emit
 from facerec.evaluation.heldout import describe_heldout, heldout_folds, heldout_summary
 from facerec.evaluation.lfw import run_lfw
 from facerec.models import update_calibration
 from facerec.pipeline import FacePipeline
+
+
+def store_in_card(pipeline: FacePipeline, **values: Any) -> None:
+    """Merge ``values`` into the model card's entry for this pipeline's variant."""
+    cfg = pipeline.config
+    update_calibration(
+        pipeline.card.name,
+        alignment=cfg.alignment,
+        flip=cfg.flip,
+        precision=cfg.precision,
+        **values,
+    )
 
 
 def cmd_lfw(args: argparse.Namespace, pipeline: FacePipeline) -> int:
@@ -22,16 +35,7 @@ def cmd_lfw(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         result["heldout"] = heldout_summary(pipeline.card, result)
     (args.out / "lfw.json").write_text(json.dumps(result, indent=2))
     if args.update_card:
-        cfg = pipeline.config
-        update_calibration(
-            pipeline.card.name,
-            alignment=cfg.alignment,
-            flip=cfg.flip,
-            precision=cfg.precision,
-            threshold=result["threshold"],
-            threshold_far_1e3=result["threshold_far_1e-3"],
-            lfw_accuracy=result["accuracy_mean"],
-        )
+        store_in_card(pipeline, threshold=result["threshold"], lfw_accuracy=result["accuracy_mean"])
     acc, std = 100 * result["accuracy_mean"], 100 * result["accuracy_std"]
     if "heldout" in result:
         emit(result, args.json, describe_heldout(result, args.out))

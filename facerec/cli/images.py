@@ -1,4 +1,4 @@
-"""Commands on image files: detect, embed, verify, identify."""
+"""Commands on image files: detect, embed, verify (identify: :mod:`facerec.cli.identify`)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,30 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from facerec.batch import FileResult, analyze_paths
+from facerec.batch import FileResult, ProcessBatchRunner, analyze_paths
 from facerec.cli.output import emit, error_entry, fail
 from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
-from facerec.matching import Gallery, best_match
 from facerec.pipeline import FacePipeline, ImageFaces
+from facerec.runtime import default_threads
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+#: From this many files on, commands analyse them in worker processes, one per core. A
+#: worker starts and loads its models in about a second, which a few dozen files repay;
+#: threads in one process lose 10-35 % of their detection time to the interpreter lock.
+PROCESS_MIN_FILES = 32
+
+
+def worker_processes(pipeline: FacePipeline, files: int, requested: int | None = None) -> int:
+    """How many worker processes analyse ``files`` files: ``requested`` when given, else
+    one per core from :data:`PROCESS_MIN_FILES` files on. 1 means in this process, which
+    is also the answer for a remote backend (Triton does the work there)."""
+    if not pipeline.in_process:
+        return 1
+    if requested is not None:
+        return max(1, requested)
+    return default_threads() if files >= PROCESS_MIN_FILES else 1
 
 
 def analyze_files(
@@ -26,14 +43,35 @@ def analyze_files(
     embed: bool,
     batch: int = 8,
     progress: bool = False,
+    processes: int | None = None,
 ) -> Iterator[FileResult]:
-    """Decode and analyse ``paths`` a batch at a time; a bad file never stops the rest."""
+    """Decode and analyse ``paths`` a batch at a time, in input order; a bad file never
+    stops the rest. Many files go to worker processes (:func:`worker_processes`)."""
     bar = tqdm(total=len(paths), unit="img", disable=not progress, leave=False)
-    for lo in range(0, len(paths), batch):
-        chunk = paths[lo : lo + batch]
-        yield from analyze_paths(pipeline, chunk, primary_only=primary_only, embed=embed)
-        bar.update(len(chunk))
+    workers = worker_processes(pipeline, len(paths), processes)
+    if workers > 1:
+        with ProcessBatchRunner(pipeline.config, workers) as runner:
+            for result in runner.run(paths, primary_only=primary_only, embed=embed, chunk=batch):
+                bar.update(1)
+                yield result
+    else:
+        for lo in range(0, len(paths), batch):
+            chunk = paths[lo : lo + batch]
+            yield from analyze_paths(pipeline, chunk, primary_only=primary_only, embed=embed)
+            bar.update(len(chunk))
     bar.close()
+
+
+def add_processes_option(p: argparse.ArgumentParser) -> None:
+    """``--processes`` for commands over many files."""
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"worker processes (default: one per core from {PROCESS_MIN_FILES} files on; "
+        "1 = all in this process)",
+    )
 
 
 def _face_dicts(res: ImageFaces, with_embedding: bool) -> list[dict[str, Any]]:
@@ -57,7 +95,9 @@ def _require_face(o: FileResult) -> FaceRecError | None:
 def cmd_detect(args: argparse.Namespace, pipeline: FacePipeline) -> int:
     entries: list[Any] = []
     lines: list[str] = []
-    for o in analyze_files(pipeline, args.images, False, False, progress=args.progress):
+    for o in analyze_files(
+        pipeline, args.images, False, False, progress=args.progress, processes=args.processes
+    ):
         if o.error is not None:
             _record_error(entries, lines, o.path, o.error)
             continue
@@ -74,7 +114,9 @@ def cmd_detect(args: argparse.Namespace, pipeline: FacePipeline) -> int:
 def cmd_embed(args: argparse.Namespace, pipeline: FacePipeline) -> int:
     entries: list[Any] = []
     lines: list[str] = []
-    for o in analyze_files(pipeline, args.images, args.single, True, progress=args.progress):
+    for o in analyze_files(
+        pipeline, args.images, args.single, True, progress=args.progress, processes=args.processes
+    ):
         err = _require_face(o)
         if err is not None:
             _record_error(entries, lines, o.path, err)
@@ -152,60 +194,3 @@ def gallery_images(root: Path) -> list[tuple[str, Path]]:
             code="empty_gallery",
         )
     return items
-
-
-def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
-    try:
-        items = gallery_images(args.gallery)
-    except FaceRecError as exc:
-        return fail(exc, args.json)
-    gallery = Gallery(pipeline.card.embedding_size)
-    gallery_errors = []
-    paths = [p for _, p in items]
-    owner = dict((p, name) for name, p in items)
-    for o in analyze_files(pipeline, paths, True, True, progress=args.progress):
-        err = _require_face(o)
-        if err is not None:
-            gallery_errors.append({"image": str(o.path), **error_entry(err)})
-            continue
-        assert o.faces is not None and o.faces.faces[0].embedding is not None
-        gallery.add(owner[o.path], o.faces.faces[0].embedding[None])
-    if len(gallery) == 0:
-        return fail(
-            InvalidArgumentError("no gallery image had a usable face", code="empty_gallery"),
-            args.json,
-        )
-    threshold = args.threshold if args.threshold is not None else pipeline.threshold
-    entries: list[Any] = []
-    lines: list[str] = []
-    for o in analyze_files(pipeline, args.probes, False, True, progress=args.progress):
-        err = _require_face(o)
-        if err is not None:
-            _record_error(entries, lines, o.path, err)
-            continue
-        assert o.faces is not None
-        probes = np.stack([f.embedding for f in o.faces.faces if f.embedding is not None])
-        faces = []
-        for face, cands in zip(o.faces.faces, gallery.search(probes, args.top_k), strict=True):
-            match = best_match(cands, threshold)
-            faces.append(
-                {
-                    **face.to_dict(),
-                    "candidates": [
-                        {"subject": c.subject, "similarity": round(c.similarity, 6)} for c in cands
-                    ],
-                    "match": match,
-                }
-            )
-            lines.append(
-                f"{o.path}: face at [{', '.join(f'{v:.0f}' for v in face.box)}] -> "
-                f"{match or 'unknown'} ({cands[0].similarity:.4f})"
-            )
-        entries.append({"image": str(o.path), "faces": faces})
-    doc = {
-        "threshold": threshold,
-        "gallery": {"subjects": len(gallery), "images": len(items), "errors": gallery_errors},
-        "images": entries,
-    }
-    emit(doc, args.json, "\n".join(lines))
-    return 0

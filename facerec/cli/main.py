@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from facerec import __version__
-from facerec.cli import bench, dataset, images, triton
+from facerec.cli import bench, bench_openset, dataset, identify, images, triton, watch
 from facerec.cli.output import fail
 from facerec.detection.mtcnn import MTCNNConfig
 from facerec.errors import FaceRecError
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     _common(p)
     _pipeline_options(p)
+    images.add_processes_option(p)
     p.set_defaults(handler=images.cmd_detect, embed=False)
 
     p = sub.add_parser("embed", help="128-d embeddings of the faces in each image")
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     _pipeline_options(p)
+    images.add_processes_option(p)
     p.set_defaults(handler=images.cmd_embed)
 
     p = sub.add_parser("verify", help="are two images the same person? (1:1)")
@@ -112,10 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--gallery", type=Path, required=True, metavar="DIR", help="one sub-folder per person"
     )
     p.add_argument("--top-k", type=int, default=5, help="candidates per face (5)")
-    p.add_argument("--threshold", type=float, default=None, help="cosine threshold (calibrated)")
+    identify.add_options(p)
     _common(p)
     _pipeline_options(p)
-    p.set_defaults(handler=images.cmd_identify)
+    images.add_processes_option(p)
+    p.set_defaults(handler=identify.cmd_identify)
 
     p = sub.add_parser("bench", help="benchmarks")
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
@@ -132,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(b)
     _pipeline_options(b)
     b.set_defaults(handler=bench.cmd_lfw)
+    bench_openset.add_parser(bench_sub, _common, _pipeline_options)
     triton.add_commands(sub, _common)
     dataset.add_commands(sub, _common, _pipeline_options)
+    watch.add_command(sub, _common, _pipeline_options)
     _plugin_commands(sub)
     return parser
 

@@ -34,8 +34,9 @@ from facerec.dataset.layout import DatasetError, Layout, scan_source
 from facerec.errors import FaceRecError
 from facerec.imaging.decode import read_image
 from facerec.imaging.pad import pad_edges
-from facerec.pipeline import FacePipeline, PipelineConfig, primary_face
+from facerec.pipeline import FacePipeline, PipelineConfig
 from facerec.runtime import default_threads
+from facerec.selection import primary_face
 
 log = logging.getLogger(__name__)
 

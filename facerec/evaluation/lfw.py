@@ -30,7 +30,7 @@ from facerec.evaluation.metrics import (
 )
 from facerec.evaluation.pairs import read_pairs
 from facerec.imaging.decode import read_image
-from facerec.pipeline import FacePipeline
+from facerec.pipeline import Face, FacePipeline
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class EmbeddingRun:
     decode_errors: dict[str, str]
     seconds: dict[str, float]
     wall_seconds: float
+    faces: list[Face | None]  # the face each embedding came from; None: centre crop
+    detected: list[int]  # faces the detector found in each image
 
 
 def embed_images(
@@ -73,6 +75,8 @@ def embed_images(
     paths = [find_image(data_dir, k) for k in keys]
     out = np.zeros((len(keys), pipeline.embedder.embedding_size), np.float32)
     no_face: list[str] = []
+    faces: list[Face | None] = [None] * len(keys)
+    detected = [0] * len(keys)
     errors: dict[str, str] = {}
     several = 0
     bar = tqdm(total=len(keys), unit="img", desc="LFW", disable=not progress)
@@ -86,9 +90,11 @@ def embed_images(
                 continue
             assert result.faces is not None
             several += result.faces.detected > 1
+            detected[i] = result.faces.detected
             face = result.faces.faces[0] if result.faces.faces else None
             if face is not None and face.embedding is not None:
                 out[i] = face.embedding
+                faces[i] = face
                 continue
             no_face.append(keys[i])
             img = read_image(paths[i])
@@ -99,7 +105,7 @@ def embed_images(
         wall = time.perf_counter() - start
         seconds = dict(runner.seconds)
     bar.close()
-    return EmbeddingRun(list(keys), out, no_face, several, errors, seconds, wall)
+    return EmbeddingRun(list(keys), out, no_face, several, errors, seconds, wall, faces, detected)
 
 
 def plot_roc(roc: Roc, label: str, path: Path) -> None:

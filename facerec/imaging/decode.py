@@ -1,7 +1,9 @@
 """Decode untrusted image bytes into RGB ``uint8[H, W, 3]``.
 
 Limits are checked from the header before any pixel is decoded, so a tiny file that
-claims 30000 x 30000 pixels is refused without allocating its frame.
+claims 30000 x 30000 pixels is refused without allocating its frame. :func:`probe_image`
+runs those checks alone, so a caller can reserve memory for the frame (see
+:mod:`facerec.imaging.budget`) before :func:`decode_image` allocates it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ _KNOWN_UNSUPPORTED = (
     (b"8BPS", "PSD"),
 )
 _FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
+
+# JPEG start-of-frame markers (SOF0-SOF15 but DHT, JPG and DAC); the arithmetic-coded ones.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_ARITHMETIC_SOF = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,51 @@ def _check_size(width: int, height: int, nbytes: int, limits: DecodeLimits) -> N
         )
 
 
+def _jpeg_frame_marker(data: bytes) -> int | None:
+    """The SOFn marker of a JPEG stream (walking the segments from SOI), or None."""
+    pos = 2
+    for _ in range(256):  # real files reach the frame header within a few segments
+        while pos < len(data) and data[pos] == 0xFF:
+            pos += 1  # a marker, possibly after fill bytes
+        if pos + 3 > len(data) or data[pos - 1] != 0xFF:
+            return None
+        marker = data[pos]
+        if marker in _SOF_MARKERS:
+            return marker
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 1  # standalone markers carry no length
+            continue
+        pos += 1 + int.from_bytes(data[pos + 1 : pos + 3], "big")
+    return None
+
+
+def _check_jpeg_data(data: bytes, width: int, height: int) -> None:
+    """Refuse, from the header, JPEG data that cannot hold its frame.
+
+    Huffman coding spends at least one bit on every 8x8 block of the first component (its
+    DC coefficient), so a frame of ``ceil(W/8) * ceil(H/8)`` blocks needs at least that many
+    bits. A shorter file was cut short; libjpeg would otherwise decode it into a full-size
+    grey frame once it meets an end marker. Arithmetic-coded JPEG, which has no such floor,
+    is not accepted (browsers do not display it either).
+    """
+    marker = _jpeg_frame_marker(data)
+    if marker in _ARITHMETIC_SOF:
+        raise ImageError(
+            "arithmetic-coded JPEG is not supported; send a baseline or progressive JPEG",
+            code="unsupported_format",
+            format="JPEG (arithmetic)",
+        )
+    blocks = -(-width // 8) * -(-height // 8)
+    if len(data) * 8 < blocks:
+        raise ImageError(
+            f"the JPEG holds {len(data)} bytes, fewer than the {-(-blocks // 8)} its "
+            f"{width}x{height} frame needs at the very least: its data ends early",
+            code="truncated_image",
+            width=width,
+            height=height,
+        )
+
+
 def _to_rgb(img: Image.Image) -> np.ndarray:
     """Any Pillow mode -> contiguous ``uint8[H, W, 3]``; 16-bit and float are rescaled."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -91,14 +142,21 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
 
 
-def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Decode ``data`` into RGB ``uint8[H, W, 3]`` with EXIF orientation applied.
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header of an accepted image says: format and frame size."""
 
-    Raises :class:`ImageError` with a code saying what is wrong: ``empty_file``,
-    ``file_too_large``, ``unsupported_format``, ``not_an_image``, ``decompression_bomb``,
-    ``image_too_large``, ``image_too_small``, ``truncated_image`` or ``corrupt_image``.
-    Animated formats give their first frame.
-    """
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """Open ``data`` (header only) and run every check that needs no pixel decoded."""
     if not data:
         raise ImageError("the file is empty", code="empty_file")
     if len(data) > limits.max_bytes:
@@ -123,8 +181,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
         raise ImageError("the file is not a recognised image", code="not_an_image") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"the image header is unreadable: {exc}", code="corrupt_image") from None
-
-    with img:
+    try:
         if img.format not in SUPPORTED_FORMATS:
             raise ImageError(
                 f"{img.format} images are not supported; send JPEG, PNG, WebP, BMP, TIFF or GIF",
@@ -132,6 +189,34 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
                 format=img.format,
             )
         _check_size(img.width, img.height, len(data), limits)
+        if img.format in ("JPEG", "MPO"):
+            _check_jpeg_data(data, img.width, img.height)
+    except BaseException:
+        img.close()
+        raise
+    return img
+
+
+def probe_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> ImageInfo:
+    """The header checks of :func:`decode_image`, with no pixel decoded.
+
+    Raises the same :class:`ImageError` codes for everything that can be known from the
+    header; returns the format and frame size, so a caller can reserve memory for the
+    frame before decoding it.
+    """
+    with _open(data, limits) as img:
+        return ImageInfo(str(img.format), img.width, img.height)
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode ``data`` into RGB ``uint8[H, W, 3]`` with EXIF orientation applied.
+
+    Raises :class:`ImageError` with a code saying what is wrong: ``empty_file``,
+    ``file_too_large``, ``unsupported_format``, ``not_an_image``, ``decompression_bomb``,
+    ``image_too_large``, ``image_too_small``, ``truncated_image`` or ``corrupt_image``.
+    Animated formats give their first frame.
+    """
+    with _open(data, limits) as img:
         try:
             img.seek(0)
             img.load()

@@ -1,1 +1,1 @@
-"""The HTTP layer: FastAPI routes over :class:`gateway.service.FaceService`."""
+"""The HTTP layer: FastAPI routes over the services of :mod:`gateway.service`."""

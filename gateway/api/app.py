@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import re
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.formparsers import MultiPartParser
 
 from facerec import __version__
 from facerec.pipeline import FacePipeline
-from gateway.api import handlers
-from gateway.api.routes import admin, health, jobs, recognition, subjects
+from gateway.api import handlers, idempotency
+from gateway.api.edge import EdgeMiddleware
+from gateway.api.policy import Policies
+from gateway.api.routes import admin, health, jobs, pages, recognition, subjects
 from gateway.bootstrap import Gateway, open_gateway
 from gateway.metrics import Metrics
 from gateway.settings import Settings, get_settings
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 DESCRIPTION = """Face recognition: enrol people, verify (1:1) and identify (1:N) faces.
 
@@ -35,10 +33,12 @@ def create_app(
 ) -> FastAPI:
     """The app; with ``gateway`` given it is used as is (and not closed on shutdown)."""
 
+    conf = settings or (gateway.settings if gateway else get_settings())
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = gateway is None
-        gw = gateway or open_gateway(settings or get_settings(), pipeline)
+        gw = gateway or open_gateway(conf, pipeline)
         gw.service.batcher.on_batch = app.state.metrics.batch_size.observe
         app.state.gateway = gw
         try:
@@ -52,37 +52,22 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by routes/pages.py from local files
+        redoc_url=None,
     )
     app.state.metrics = Metrics()
-    conf = settings or (gateway.settings if gateway else None)
     handlers.install(app)
-
-    @app.middleware("http")
-    async def _envelope(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        given = request.headers.get("x-request-id", "")
-        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        request.state.request_id = rid
-        limit = (conf or get_settings()).max_request_bytes
-        length = request.headers.get("content-length")
-        start = time.perf_counter()
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            response: Response = handlers.error_response(
-                request, 413, "payload_too_large", f"requests are limited to {limit} bytes"
-            )
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
-        metrics: Metrics = request.app.state.metrics
-        metrics.requests.labels(label, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(label).observe(time.perf_counter() - start)
-        response.headers["X-Request-ID"] = rid
-        return response
-
-    for router in (subjects.router, recognition.router, jobs.router, admin.router, health.router):
+    idempotency.install(app)
+    routers = (subjects.router, recognition.router, jobs.router, admin.router, health.router)
+    for router in (*routers, pages.router):
         app.include_router(router)
+    policies = Policies([r for router in routers for r in router.routes], conf)
+    # Uploads stay in memory (no raw image reaches the disk), bounded by the route limits
+    # and by the body bytes in flight, which the edge counts as they arrive.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, policies.largest())
+    app.add_middleware(
+        EdgeMiddleware, policies=policies, in_flight_limit=conf.max_body_bytes_in_flight
+    )
     return app
 
 

@@ -1,23 +1,25 @@
-"""Typed dependencies of the routes: the running gateway, the caller, uploads."""
+"""Typed dependencies of the routes: the services, the settings, the caller, uploads."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, UploadFile
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
-from gateway.apikeys import allowed
+from gateway.api import idempotency
+from gateway.api.policy import ROLE_ATTRIBUTE
 from gateway.bootstrap import Gateway
-from gateway.errors import (
-    AuthError,
-    ForbiddenError,
-    PayloadTooLargeError,
-    UnsupportedMediaTypeError,
-)
-from gateway.service import Caller, FaceService, Upload
+from gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.service.admin import AdminService
+from gateway.service.faces import FaceService
+from gateway.service.jobs import JobService
+from gateway.service.types import Caller, StoredResponse, Upload
+from gateway.settings import Settings
 
+NAMESPACE_PATTERN = "^[A-Za-z0-9_-]{1,64}$"  # namespaces and galleries
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
 _bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
 
@@ -34,7 +36,22 @@ def get_service(gateway: GatewayDep) -> FaceService:
     return gateway.service
 
 
+def get_admin(gateway: GatewayDep) -> AdminService:
+    return gateway.admin
+
+
+def get_jobs(gateway: GatewayDep) -> JobService:
+    return gateway.jobs
+
+
+def get_gateway_settings(gateway: GatewayDep) -> Settings:
+    return gateway.settings
+
+
 ServiceDep = Annotated[FaceService, Depends(get_service)]
+AdminDep = Annotated[AdminService, Depends(get_admin)]
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+SettingsDep = Annotated[Settings, Depends(get_gateway_settings)]
 
 
 def request_id(request: Request) -> str:
@@ -45,30 +62,63 @@ def request_id(request: Request) -> str:
 def require(role: str) -> Callable[..., Caller]:
     """A dependency that authenticates the request and checks that its key may ``role``.
 
-    Refusals are audited (action ``auth``, outcome ``refused``)."""
+    The edge middleware (:mod:`gateway.api.edge`) has already done so from the headers,
+    before the body was read, and left the caller in ``request.state``; the check here
+    stands for an app run without it. Refusals are audited (action ``auth``)."""
 
     def dependency(
         request: Request,
-        gateway: GatewayDep,
+        admin: AdminDep,
         key: Annotated[str | None, Depends(_api_key)] = None,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
-        idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+        x_namespace: Annotated[
+            str | None,
+            Header(
+                pattern=NAMESPACE_PATTERN,
+                description="the namespace (tenant) to act in: any for an admin key, "
+                "only its own for the others (default: the key's own)",
+            ),
+        ] = None,
     ) -> Caller:
-        rid = request_id(request)
-        token = key or (bearer.credentials if bearer else None)
-        try:
-            principal = gateway.keys.authenticate(token)
-        except AuthError:
-            gateway.service.audit("auth", "refused", Caller(None, None, rid))
-            raise
-        caller = Caller(principal.key_id, principal.role, rid)
-        if not allowed(principal.role, role):
-            gateway.service.audit("auth", "refused", caller)
-            raise ForbiddenError(f"a key with role {principal.role!r} may not {role}")
-        if idempotency_key and request.method in ("POST", "PATCH", "DELETE"):
-            gateway.service.store.claim_request(f"{principal.key_id}:{idempotency_key}")
+        caller: Caller | None = getattr(request.state, "caller", None)
+        if caller is None:
+            token = key or (bearer.credentials if bearer else None)
+            caller = admin.authorize(token, role, request_id(request))
+        return caller if x_namespace is None else admin.in_namespace(caller, x_namespace)
+
+    setattr(dependency, ROLE_ATTRIBUTE, role)  # read by gateway.api.policy
+    return dependency
+
+
+def changes(role: str) -> Callable[..., Awaitable[Caller]]:
+    """:func:`require` for a route that changes something: it also honours an
+    ``Idempotency-Key`` (:mod:`gateway.api.idempotency`)."""
+    authorized = Depends(require(role))  # a default, not an annotation: those cannot
+    # name a local (annotations are strings here, resolved in the module's namespace)
+
+    async def dependency(
+        request: Request,
+        admin: AdminDep,
+        caller: Caller = authorized,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                min_length=1,
+                max_length=128,
+                description="repeat a request safely: the same key and request get the "
+                "first response back",
+            ),
+        ] = None,
+    ) -> Caller:
+        if idempotency_key is not None:
+            digest = await idempotency.fingerprint(request, caller.key_id)
+            outcome = await run_in_threadpool(admin.begin_request, caller, idempotency_key, digest)
+            if isinstance(outcome, StoredResponse):
+                raise idempotency.Replay(outcome)
+            setattr(request.state, idempotency.STATE, outcome)
         return caller
 
+    setattr(dependency, ROLE_ATTRIBUTE, role)  # read by gateway.api.policy
     return dependency
 
 
@@ -76,6 +126,9 @@ AdminCaller = Annotated[Caller, Depends(require("admin"))]
 EnrolCaller = Annotated[Caller, Depends(require("enrol"))]
 VerifyCaller = Annotated[Caller, Depends(require("verify"))]
 IdentifyCaller = Annotated[Caller, Depends(require("identify"))]
+AdminChange = Annotated[Caller, Depends(changes("admin"))]
+EnrolChange = Annotated[Caller, Depends(changes("enrol"))]
+IdentifyChange = Annotated[Caller, Depends(changes("identify"))]
 
 
 def multipart_only(request: Request) -> None:

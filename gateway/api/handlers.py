@@ -31,8 +31,15 @@ _HTTP_CODES = {
 
 
 def error_response(
-    request: Request, status: int, code: str, message: str, **details: Any
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    **details: Any,
 ) -> JSONResponse:
+    """The JSON error; 401 says how to authenticate, and a ``retry_after`` detail (seconds)
+    becomes ``Retry-After``."""
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         metrics.errors.labels(code).inc()
@@ -40,8 +47,12 @@ def error_response(
     rid = getattr(request.state, "request_id", None)
     if rid:
         body["error"]["request_id"] = rid
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    out = dict(headers or {})
+    if status == 401:
+        out["WWW-Authenticate"] = "Bearer"
+    if details.get("retry_after") is not None:
+        out["Retry-After"] = str(details["retry_after"])
+    return JSONResponse(body, status_code=status, headers=out or None)
 
 
 def _jsonable(errors: list[Any]) -> list[dict[str, Any]]:
@@ -73,8 +84,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return error_response(request, exc.status_code, code, str(exc.detail))
+        code = getattr(exc, "code", None) or _HTTP_CODES.get(exc.status_code)
+        return error_response(
+            request,
+            exc.status_code,
+            code or f"http_{exc.status_code}",
+            str(exc.detail),
+            headers=dict(exc.headers or {}),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

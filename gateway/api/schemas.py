@@ -7,12 +7,23 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.auth.api_keys import ROLES
+
+SCOPE_NAME = "^[A-Za-z0-9_-]{1,64}$"
+
 
 class SubjectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=256)
     metadata: dict[str, Any] | None = None
-    expires_at: datetime | None = Field(None, description="purge this subject after this time")
+    expires_at: datetime | None = Field(
+        None, description="purge this subject after this time (no offset: UTC)"
+    )
+    gallery: str | None = Field(
+        None,
+        pattern=SCOPE_NAME,
+        description="the gallery within the namespace (default: the key's, or 'default')",
+    )
 
 
 class SubjectPatch(BaseModel):
@@ -32,6 +43,8 @@ class FaceOut(BaseModel):
 class SubjectOut(BaseModel):
     id: str
     name: str
+    namespace: str
+    gallery: str
     metadata: dict[str, Any]
     created_at: datetime
     expires_at: datetime | None
@@ -149,6 +162,11 @@ class AuditEventOut(BaseModel):
     request_id: str | None
     prev: str
     mac: str
+    client: str | None = Field(None, description="client address (refused requests)")
+    count: int | None = Field(None, description="refusals an aggregated event stands for")
+    threshold: float | None = Field(None, description="the decision threshold (verify, identify)")
+    target: str | None = Field(None, description="the key a key operation acted on")
+    detail: str | None = Field(None, description="what a service event did (e.g. a repair)")
 
 
 class AuditPage(BaseModel):
@@ -158,14 +176,22 @@ class AuditPage(BaseModel):
 
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: str = Field(pattern="^(admin|enrol|verify|identify)$")
+    role: str = Field(pattern=f"^({'|'.join(ROLES)})$")
     label: str = Field("", max_length=256)
+    namespace: str | None = Field(
+        None, pattern=SCOPE_NAME, description="the tenant it acts for (default: the caller's)"
+    )
+    gallery: str | None = Field(
+        None, pattern=SCOPE_NAME, description="limit it to one gallery of its namespace"
+    )
 
 
 class ApiKeyOut(BaseModel):
     id: str
     role: str
     label: str
+    namespace: str
+    gallery: str | None
     created_at: datetime
     revoked_at: datetime | None
     token: str | None = Field(None, description="shown once, at creation")

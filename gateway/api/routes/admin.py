@@ -6,15 +6,29 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from gateway.api.deps import AdminCaller, GatewayDep
+from gateway.api.deps import AdminCaller, AdminChange, AdminDep
 from gateway.api.schemas import ApiKeyIn, ApiKeyOut, AuditEventOut, AuditPage
+from gateway.service.types import ApiKeyInfo
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
 
+def _key_out(k: ApiKeyInfo, token: str | None = None) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=k.id,
+        role=k.role,
+        label=k.label,
+        namespace=k.namespace,
+        gallery=k.gallery,
+        created_at=k.created_at,
+        revoked_at=k.revoked_at,
+        token=token,
+    )
+
+
 @router.get("/audit", response_model=AuditPage)
 def audit(
-    gateway: GatewayDep,
+    admin: AdminDep,
     caller: AdminCaller,
     after: Annotated[int, Query(ge=0, description="events after this sequence number")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -23,49 +37,25 @@ def audit(
     ] = None,
 ) -> AuditPage:
     """Audit events, oldest first; never images or embeddings."""
-    if last is not None:
-        after = max(after, gateway.service.store.last_audit_seq() - last)
-    events = gateway.service.audit_log.events(after, limit)
+    page = admin.audit_page(after, limit, last)
     return AuditPage(
-        events=[AuditEventOut(**e.__dict__) for e in events],
-        next_after=events[-1].seq if len(events) == limit else None,
+        events=[AuditEventOut(**e.__dict__) for e in page.events], next_after=page.next_after
     )
 
 
 @router.get("/keys", response_model=list[ApiKeyOut])
-def list_keys(gateway: GatewayDep, caller: AdminCaller) -> list[ApiKeyOut]:
-    return [
-        ApiKeyOut(
-            id=k.id,
-            role=k.role,
-            label=k.label,
-            created_at=k.created_at,
-            revoked_at=k.revoked_at,
-            token=None,
-        )
-        for k in gateway.keys.list()
-    ]
+def list_keys(admin: AdminDep, caller: AdminCaller) -> list[ApiKeyOut]:
+    return [_key_out(k) for k in admin.list_keys()]
 
 
 @router.post("/keys", status_code=201, response_model=ApiKeyOut)
-def create_key(body: ApiKeyIn, gateway: GatewayDep, caller: AdminCaller) -> ApiKeyOut:
+def create_key(body: ApiKeyIn, admin: AdminDep, caller: AdminChange) -> ApiKeyOut:
     """A new API key; its token is shown in this response only."""
-    issued = gateway.keys.create(body.role, body.label)
-    gateway.service.audit("key_create", "ok", caller)
-    record = gateway.service.store.api_key(issued.key_id)
-    assert record is not None
-    return ApiKeyOut(
-        id=record.id,
-        role=record.role,
-        label=record.label,
-        created_at=record.created_at,
-        revoked_at=None,
-        token=issued.token,
-    )
+    new = admin.create_key(body.role, body.label, caller, body.namespace, body.gallery)
+    return _key_out(new.record, new.token)
 
 
 @router.delete("/keys/{key_id}", status_code=204)
-def revoke_key(key_id: str, gateway: GatewayDep, caller: AdminCaller) -> Response:
-    gateway.keys.revoke(key_id)
-    gateway.service.audit("key_revoke", "ok", caller)
+def revoke_key(key_id: str, admin: AdminDep, caller: AdminChange) -> Response:
+    admin.revoke_key(key_id, caller)
     return Response(status_code=204)

@@ -6,10 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
-from gateway.api.deps import GatewayDep, IdentifyCaller, Multipart, read_upload
+from gateway.api.deps import (
+    IdentifyCaller,
+    IdentifyChange,
+    JobsDep,
+    Multipart,
+    SettingsDep,
+    read_upload,
+)
 from gateway.api.schemas import JobOut
-from gateway.errors import ForbiddenError
-from gateway.jobs import Job, unpack_uploads
+from gateway.service.types import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -29,36 +35,31 @@ def _out(job: Job, with_results: bool) -> JobOut:
     )
 
 
-@router.post("", status_code=202, response_model=JobOut, dependencies=[Multipart])
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    dependencies=[Multipart],
+    openapi_extra={"x-body": "archive"},  # the archive limit (gateway.api.policy)
+)
 def create_job(
     files: Annotated[list[UploadFile], File(description="images and/or zip archives of them")],
-    gateway: GatewayDep,
-    caller: IdentifyCaller,
+    jobs: JobsDep,
+    settings: SettingsDep,
+    caller: IdentifyChange,
     top_k: Annotated[int, Form(ge=1, le=100)] = 5,
     threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
 ) -> JobOut:
     """Queue an identification job; poll ``GET /v1/jobs/{id}`` for progress and results."""
-    s = gateway.settings
-    raw = [read_upload(f, s.max_request_bytes) for f in files]
-    uploads = unpack_uploads(raw, s.max_job_images, s.max_upload_bytes)
-    params = {
-        "top_k": top_k,
-        "threshold": threshold,
-        "key_id": caller.key_id,
-        "role": caller.role,
-        "request_id": caller.request_id,
-    }
-    return _out(gateway.jobs.submit("identify", uploads, params, caller.key_id), False)
+    uploads = [read_upload(f, settings.max_archive_bytes) for f in files]
+    return _out(jobs.submit_identify(uploads, top_k, threshold, caller), False)
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(
     job_id: str,
-    gateway: GatewayDep,
+    jobs: JobsDep,
     caller: IdentifyCaller,
     results: Annotated[bool, Query(description="include the results so far")] = True,
 ) -> JobOut:
-    job = gateway.jobs.get(job_id)
-    if caller.role != "admin" and job.params.get("key_id") != caller.key_id:
-        raise ForbiddenError("this job belongs to another API key")
-    return _out(job, results)
+    return _out(jobs.get(job_id, caller), results)

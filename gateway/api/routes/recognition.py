@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from gateway.api.deps import (
-    GatewayDep,
     IdentifyCaller,
     Multipart,
+    ServiceDep,
+    SettingsDep,
     VerifyCaller,
     read_upload,
 )
-from gateway.api.schemas import BatchOut, FacesOut, IdentifyOut, PairOut, VerifyOut
+from gateway.api.schemas import BatchOut, DetectedFace, FacesOut, IdentifyOut, PairOut, VerifyOut
 from gateway.errors import PayloadTooLargeError
 
 router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[Multipart])
@@ -29,74 +30,91 @@ TopK = Annotated[int, Form(ge=1, le=100, description="candidates per face")]
 def verify(
     image: Annotated[UploadFile, File()],
     subject_id: Annotated[str, Form(min_length=1, max_length=64)],
-    gateway: GatewayDep,
+    service: ServiceDep,
+    settings: SettingsDep,
     caller: VerifyCaller,
     threshold: Threshold = None,
-) -> dict[str, object]:
+) -> VerifyOut:
     """Is the main face in ``image`` the subject ``subject_id``?"""
-    upload = read_upload(image, gateway.settings.max_upload_bytes)
-    return gateway.service.verify(upload.data, subject_id, caller, threshold)
+    upload = read_upload(image, settings.max_upload_bytes)
+    result = service.verify(upload.data, subject_id, caller, threshold)
+    return VerifyOut.model_validate(result.to_dict())
 
 
 @router.post("/verify/pair", response_model=PairOut)
 def verify_pair(
     image_a: Annotated[UploadFile, File()],
     image_b: Annotated[UploadFile, File()],
-    gateway: GatewayDep,
+    service: ServiceDep,
+    settings: SettingsDep,
     caller: VerifyCaller,
     threshold: Threshold = None,
-) -> dict[str, object]:
+) -> PairOut:
     """Are the main faces of two images the same person?"""
-    limit = gateway.settings.max_upload_bytes
+    limit = settings.max_upload_bytes
     a, b = read_upload(image_a, limit), read_upload(image_b, limit)
-    return gateway.service.verify_pair(a.data, b.data, caller, threshold)
+    result = service.verify_pair(a.data, b.data, caller, threshold)
+    return PairOut.model_validate(result.to_dict())
 
 
 @router.post("/identify", response_model=IdentifyOut)
 def identify(
     image: Annotated[UploadFile, File()],
-    gateway: GatewayDep,
+    service: ServiceDep,
+    settings: SettingsDep,
     caller: IdentifyCaller,
     top_k: TopK = 5,
     threshold: Threshold = None,
-) -> dict[str, object]:
+) -> IdentifyOut:
     """Who is each face in ``image``? ``match`` is null when no one is close enough."""
-    upload = read_upload(image, gateway.settings.max_upload_bytes)
-    return gateway.service.identify(upload, caller, top_k, threshold)
+    upload = read_upload(image, settings.max_upload_bytes)
+    result = service.identify(upload, caller, top_k, threshold)
+    return IdentifyOut.model_validate(result.to_dict())
 
 
 @router.post("/batch/identify", response_model=BatchOut)
 def batch_identify(
     images: Annotated[list[UploadFile], File()],
-    gateway: GatewayDep,
+    service: ServiceDep,
+    settings: SettingsDep,
     caller: IdentifyCaller,
     top_k: TopK = 5,
     threshold: Threshold = None,
 ) -> BatchOut:
     """:func:`identify` for several images in one request (a result or error each)."""
-    most = gateway.settings.max_batch_images
+    most = settings.max_batch_images
     if len(images) > most:
         raise PayloadTooLargeError(
             f"at most {most} images per batch; use /v1/jobs", code="too_many_files"
         )
-    uploads = [read_upload(f, gateway.settings.max_upload_bytes) for f in images]
-    results = gateway.service.identify_many(uploads, caller, top_k, threshold)
-    return BatchOut(results=results)  # type: ignore[arg-type]
+    uploads = [read_upload(f, settings.max_upload_bytes) for f in images]
+    results = service.identify_many(uploads, caller, top_k, threshold)
+    return BatchOut(results=[IdentifyOut.model_validate(r.to_dict()) for r in results])
 
 
 @router.post("/detect", response_model=FacesOut)
 def detect(
-    image: Annotated[UploadFile, File()], gateway: GatewayDep, caller: IdentifyCaller
+    image: Annotated[UploadFile, File()],
+    service: ServiceDep,
+    settings: SettingsDep,
+    caller: IdentifyCaller,
 ) -> FacesOut:
     """Boxes, scores, landmarks and quality of every face."""
-    upload = read_upload(image, gateway.settings.max_upload_bytes)
-    return FacesOut(faces=gateway.service.detect(upload.data))  # type: ignore[arg-type]
+    upload = read_upload(image, settings.max_upload_bytes)
+    faces = service.detect(upload.data)
+    return FacesOut(faces=[DetectedFace.model_validate(f.to_dict()) for f in faces])
 
 
 @router.post("/embed", response_model=FacesOut)
 def embed(
-    image: Annotated[UploadFile, File()], gateway: GatewayDep, caller: IdentifyCaller
+    image: Annotated[UploadFile, File()],
+    service: ServiceDep,
+    settings: SettingsDep,
+    caller: IdentifyCaller,
 ) -> FacesOut:
     """Every face with its raw 128-d embedding (for clients that match elsewhere)."""
-    upload = read_upload(image, gateway.settings.max_upload_bytes)
-    return FacesOut(faces=gateway.service.embed(upload.data, caller))  # type: ignore[arg-type]
+    upload = read_upload(image, settings.max_upload_bytes)
+    faces = service.embed(upload.data, caller)
+    return FacesOut(
+        faces=[DetectedFace.model_validate(f.to_dict(with_embedding=True)) for f in faces]
+    )

@@ -6,9 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from gateway.api.deps import EnrolCaller, GatewayDep, Multipart, ServiceDep, read_upload
+from gateway.api.deps import (
+    EnrolCaller,
+    EnrolChange,
+    Multipart,
+    ServiceDep,
+    SettingsDep,
+    read_upload,
+)
 from gateway.api.schemas import (
     EnrolOut,
+    EnrolResult,
     FaceOut,
     SubjectDetail,
     SubjectIn,
@@ -16,16 +24,24 @@ from gateway.api.schemas import (
     SubjectPage,
     SubjectPatch,
 )
-from gateway.store import UNSET, Subject
+from gateway.service.metadata import MetadataLimits, check_metadata, readable
+from gateway.service.types import UNSET, Subject
+from gateway.settings import Settings
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
 
-def _out(s: Subject) -> SubjectOut:
+def _limits(settings: Settings) -> MetadataLimits:
+    return MetadataLimits(settings.max_metadata_depth, settings.max_metadata_bytes)
+
+
+def _out(s: Subject, limits: MetadataLimits) -> SubjectOut:
     return SubjectOut(
         id=s.id,
         name=s.name,
-        metadata=s.meta,
+        namespace=s.namespace,
+        gallery=s.gallery,
+        metadata=readable(s.meta, limits),  # a row from before the limits cannot break this
         created_at=s.created_at,
         expires_at=s.expires_at,
         faces=s.faces,
@@ -33,43 +49,66 @@ def _out(s: Subject) -> SubjectOut:
 
 
 @router.post("", status_code=201, response_model=SubjectOut)
-def create_subject(body: SubjectIn, service: ServiceDep, caller: EnrolCaller) -> SubjectOut:
-    """Create a subject (a person); add faces with ``POST /v1/subjects/{id}/faces``."""
-    return _out(service.create_subject(body.name, body.metadata, body.expires_at, caller))
+def create_subject(
+    body: SubjectIn, service: ServiceDep, settings: SettingsDep, caller: EnrolChange
+) -> SubjectOut:
+    """Create a subject (a person); add faces with ``POST /v1/subjects/{id}/faces``.
+    ``metadata``: at most ``FACEREC_MAX_METADATA_DEPTH`` levels and
+    ``FACEREC_MAX_METADATA_BYTES`` bytes as JSON."""
+    limits = _limits(settings)
+    check_metadata(body.metadata, limits)
+    subject = service.create_subject(
+        body.name, body.metadata, body.expires_at, caller, gallery=body.gallery
+    )
+    return _out(subject, limits)
 
 
 @router.get("", response_model=SubjectPage)
 def list_subjects(
     service: ServiceDep,
+    settings: SettingsDep,
     caller: EnrolCaller,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SubjectPage:
-    page, total = service.store.list_subjects(offset, limit)
-    return SubjectPage(items=[_out(s) for s in page], total=total, offset=offset, limit=limit)
+    page = service.list_subjects(caller, offset, limit)
+    return SubjectPage(
+        items=[_out(s, _limits(settings)) for s in page.items],
+        total=page.total,
+        offset=offset,
+        limit=limit,
+    )
 
 
 @router.get("/{subject_id}", response_model=SubjectDetail)
-def get_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) -> SubjectDetail:
-    subject = service.get_subject(subject_id)
+def get_subject(
+    subject_id: str, service: ServiceDep, settings: SettingsDep, caller: EnrolCaller
+) -> SubjectDetail:
+    subject = service.get_subject(subject_id, caller)
     faces = [
         FaceOut(id=f.id, quality=f.quality, box=f.box, created_at=f.created_at)
-        for f in service.store.faces(subject_id)
-        if f.state == "indexed"
+        for f in service.faces(subject_id, caller)
     ]
-    return SubjectDetail(**_out(subject).model_dump(), face_list=faces)
+    return SubjectDetail(**_out(subject, _limits(settings)).model_dump(), face_list=faces)
 
 
 @router.patch("/{subject_id}", response_model=SubjectOut)
 def update_subject(
-    subject_id: str, body: SubjectPatch, service: ServiceDep, caller: EnrolCaller
+    subject_id: str,
+    body: SubjectPatch,
+    service: ServiceDep,
+    settings: SettingsDep,
+    caller: EnrolChange,
 ) -> SubjectOut:
+    limits = _limits(settings)
+    check_metadata(body.metadata, limits)
     expires = body.expires_at if "expires_at" in body.model_fields_set else UNSET
-    return _out(service.update_subject(subject_id, caller, body.name, body.metadata, expires))
+    subject = service.update_subject(subject_id, caller, body.name, body.metadata, expires)
+    return _out(subject, limits)
 
 
 @router.delete("/{subject_id}", status_code=204)
-def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) -> Response:
+def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolChange) -> Response:
     """Delete a subject: its vectors, its templates and its data key (crypto-shredding)."""
     service.delete_subject(subject_id, caller)
     return Response(status_code=204)
@@ -79,8 +118,9 @@ def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolCaller) ->
 def add_faces(
     subject_id: str,
     images: Annotated[list[UploadFile], File(description="one or more face images")],
-    gateway: GatewayDep,
-    caller: EnrolCaller,
+    service: ServiceDep,
+    settings: SettingsDep,
+    caller: EnrolChange,
     face: Annotated[
         str,
         Form(
@@ -91,19 +131,18 @@ def add_faces(
     ] = "only",
 ) -> EnrolOut:
     """Enrol the face in each image; each gets its own result or error."""
-    limit = gateway.settings.max_upload_bytes
-    uploads = [read_upload(f, limit) for f in images]
-    results = gateway.service.enrol(subject_id, uploads, face, caller)
+    uploads = [read_upload(f, settings.max_upload_bytes) for f in images]
+    enrolment = service.enrol(subject_id, uploads, face, caller)
     return EnrolOut(
-        subject_id=subject_id,
-        results=results,  # type: ignore[arg-type]
-        enrolled=sum(1 for r in results if "face_id" in r),
+        subject_id=enrolment.subject_id,
+        results=[EnrolResult.model_validate(r.to_dict()) for r in enrolment.results],
+        enrolled=enrolment.enrolled,
     )
 
 
 @router.delete("/{subject_id}/faces/{face_id}", status_code=204)
 def delete_face(
-    subject_id: str, face_id: str, service: ServiceDep, caller: EnrolCaller
+    subject_id: str, face_id: str, service: ServiceDep, caller: EnrolChange
 ) -> Response:
     service.delete_face(subject_id, face_id, caller)
     return Response(status_code=204)

@@ -1,0 +1,229 @@
+"""The HTTP server: uvicorn with its h11 protocol, guarded against slow and greedy clients.
+
+uvicorn (0.54) closes idle keep-alive connections but has no timeout for a request head
+that never completes, nor for a body that trickles in, nor a cap on open connections.
+:class:`GuardedH11Protocol` adds them:
+
+- **head timeout**: from the connection's first moment (or, on a kept-alive connection,
+  from the first byte of the next request) the whole request head must arrive within
+  ``header_timeout_s``; otherwise 408 and the connection is closed;
+- **body timeout**: a body must keep up with ``body_timeout_s`` plus one second per
+  ``body_min_rate`` bytes received (the rule of Apache's mod_reqtimeout): a body sent at a
+  few bytes a second is cut after about ``body_timeout_s``, a large upload on a slow but
+  honest link is not. Time the server itself stops reading (flow control) is not counted;
+- **connections**: past ``max_connections`` open connections a new one gets 503 and is
+  closed at once; a connection serves at most ``keepalive_max_requests`` requests and
+  idles at most ``keepalive_timeout_s`` between them.
+
+A connection upgraded to WebSocket leaves this protocol, and its timers with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.flow_control import CLOSE_HEADER
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
+
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    body_min_rate: int = 16 * 1024
+    keepalive_max_requests: int = 1000
+    max_connections: int = 512
+
+    @staticmethod
+    def from_settings(settings: Settings) -> ConnectionLimits:
+        return ConnectionLimits(
+            settings.header_timeout_s,
+            settings.body_timeout_s,
+            settings.body_min_rate,
+            settings.keepalive_max_requests,
+            settings.max_connections,
+        )
+
+
+def _raw_response(status: int, reason: str, code: str, message: str, retry: int | None) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+    ]
+    if retry is not None:
+        head.append(f"retry-after: {retry}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+TIMEOUT_408 = _raw_response(
+    408, "Request Timeout", "request_timeout", "the request did not arrive in time", None
+)
+FULL_503 = _raw_response(
+    503, "Service Unavailable", "too_many_connections", "too many open connections", 1
+)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the limits of :class:`ConnectionLimits` (set
+    ``limits`` on a subclass: :func:`protocol_class`)."""
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_started = 0.0
+        self._body_bytes = 0
+        self._requests = 0
+
+    # -- connections ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            log.warning("refused a connection: %d open", len(self.connections) - 1)
+            transport.write(FULL_503)
+            transport.close()
+            return
+        self._arm_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    # -- events ---------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        before = self.cycle
+        if self._receiving_body():
+            self._body_bytes += len(data)
+        super().data_received(data)
+        self._after(before, had_data=True)
+
+    def on_response_complete(self) -> None:
+        before = self.cycle
+        super().on_response_complete()
+        self._after(before, had_data=bool(self.conn.trailing_data[0]))
+
+    def _after(self, before: RequestResponseCycle | None, had_data: bool) -> None:
+        """After h11 has parsed what arrived: start or stop the timers."""
+        if self.transport.get_protocol() is not self or self.transport.is_closing():
+            self._cancel_timers()  # upgraded (WebSocket) or closing
+            return
+        if self.cycle is not before and self.cycle is not None:  # a new request head
+            self._cancel(self._head_timer)
+            self._head_timer = None
+            self._requests += 1
+            if self._requests >= self.limits.keepalive_max_requests:
+                self.cycle.keep_alive = False  # the last one: its response says so
+                self.headers.append(CLOSE_HEADER)  # the scope's header list
+            if self._receiving_body():
+                self._body_started = self.loop.time()
+                self._body_bytes = 0
+                self._arm_body(self.limits.body_timeout_s)
+        elif self._body_timer is not None and not self._receiving_body():
+            self._cancel(self._body_timer)
+            self._body_timer = None
+        if had_data and self._idle() and self._head_timer is None:
+            self._arm_head()  # the first bytes of the next request head
+
+    def _idle(self) -> bool:
+        """No request is being served: what arrives is the head of the next one."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def _receiving_body(self) -> bool:
+        return (
+            self.cycle is not None
+            and not self.cycle.response_complete
+            and self.conn.their_state is h11.SEND_BODY
+        )
+
+    # -- timers ---------------------------------------------------------------------------
+    def _arm_head(self) -> None:
+        self._cancel(self._head_timer)
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
+
+    def _arm_body(self, delay: float) -> None:
+        self._cancel(self._body_timer)
+        self._body_timer = self.loop.call_later(delay, self._body_check)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._idle() and not self.transport.is_closing():
+            self._close_with(TIMEOUT_408)
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        if not self._receiving_body() or self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # the server is not reading: not the client's fault
+            self._body_started += self.limits.body_timeout_s
+            self._arm_body(self.limits.body_timeout_s)
+            return
+        deadline = (
+            self._body_started
+            + self.limits.body_timeout_s
+            + self._body_bytes / self.limits.body_min_rate
+        )
+        left = deadline - self.loop.time()
+        if left > 0:
+            self._arm_body(left)
+            return
+        cycle = self.cycle
+        assert cycle is not None
+        started = cycle.response_started
+        cycle.disconnected = True  # the application's receive() now ends, its send() is dropped
+        cycle.message_event.set()
+        self._close_with(b"" if started else TIMEOUT_408)
+
+    def _close_with(self, response: bytes) -> None:
+        log.info("closing a connection from %s: the request was too slow", self.client)
+        if response:
+            self.transport.write(response)
+        self._cancel_timers()
+        self.transport.close()
+
+    @staticmethod
+    def _cancel(timer: asyncio.TimerHandle | None) -> None:
+        if timer is not None:
+            timer.cancel()
+
+    def _cancel_timers(self) -> None:
+        self._cancel(self._head_timer)
+        self._cancel(self._body_timer)
+        self._head_timer = self._body_timer = None
+
+
+def protocol_class(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
+    """A :class:`GuardedH11Protocol` bound to ``limits`` (uvicorn builds one per
+    connection from the class)."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
+
+
+def server_config(app: Any, settings: Settings, host: str, port: int, **options: Any) -> Any:
+    """The uvicorn configuration of ``facerec serve``: the guarded protocol, keep-alive
+    limits, and ``X-Forwarded-For`` believed only from ``FACEREC_TRUSTED_PROXIES``."""
+    trusted = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol_class(ConnectionLimits.from_settings(settings)),
+        timeout_keep_alive=settings.keepalive_timeout_s,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+        backlog=min(2048, 4 * settings.max_connections),
+        **options,
+    )

@@ -1,0 +1,133 @@
+"""The live search index: which Milvus collections are in use, under which protection key.
+
+The index protection secret is a service secret in the system of record (wrapped by the
+master key). A rotation writes a second secret, ``index.next``; from then on every process
+writes each new vector to both collections while searches keep reading the current one.
+Once the new collection is built (:meth:`gateway.gallery.Gallery.rotate_index`), it becomes
+current and the old one is dropped. Processes notice either change within ``refresh``
+seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from gateway.crypto.envelope import MasterKey
+from gateway.crypto.vector_protection import VectorProtector
+from gateway.index.milvus import FaceIndex, Hit
+from gateway.storage.secrets import SecretRepository
+
+CURRENT = "index"
+NEXT = "index.next"
+
+
+class IndexManager:
+    """The collections of one Milvus deployment: the current one, and the next one while a
+    rotation builds it. Writes go to both, searches to the current one."""
+
+    def __init__(
+        self,
+        secrets: SecretRepository,
+        uri: str,
+        dim: int,
+        index_type: str = "HNSW",
+        token: str | None = None,
+        refresh: float = 1.0,
+    ) -> None:
+        self.secrets, self.uri, self.dim = secrets, uri, dim
+        self.index_type, self.token, self.refresh = index_type, token, refresh
+        self._lock = threading.Lock()
+        self._opened: dict[bytes, FaceIndex] = {}
+        self._checked = 0.0
+        self._current, self._next = self._load()
+
+    # -- which collections --------------------------------------------------------------
+    def _open(self, secret: bytes) -> FaceIndex:
+        index = self._opened.get(secret)
+        if index is None:
+            protector = VectorProtector(MasterKey.from_bytes(secret), self.dim)
+            index = FaceIndex(self.uri, protector, index_type=self.index_type, token=self.token)
+            self._opened[secret] = index
+        return index
+
+    def _load(self) -> tuple[FaceIndex, FaceIndex | None]:
+        current = self._open(self.secrets.get_or_create(CURRENT))
+        nxt = self.secrets.get(NEXT)
+        return current, None if nxt is None else self._open(nxt)
+
+    def _targets(self) -> tuple[FaceIndex, FaceIndex | None]:
+        with self._lock:
+            if time.monotonic() - self._checked > self.refresh:
+                self._current, self._next = self._load()
+                self._checked = time.monotonic()
+            return self._current, self._next
+
+    @property
+    def current(self) -> FaceIndex:
+        return self._targets()[0]
+
+    def collections(self) -> tuple[FaceIndex, FaceIndex | None]:
+        """The current collection and the next one (None outside a rotation), read afresh."""
+        return self._load()
+
+    # -- operations -----------------------------------------------------------------------
+    def add(
+        self,
+        face_ids: Sequence[str],
+        subject_ids: Sequence[str],
+        embeddings: np.ndarray,
+        scopes: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
+        for index in self._targets():
+            if index is not None:
+                index.add(face_ids, subject_ids, embeddings, scopes)
+
+    def search(
+        self,
+        embeddings: np.ndarray,
+        top_k: int,
+        namespace: str | None = None,
+        gallery: str | None = None,
+    ) -> list[list[Hit]]:
+        return self.current.search(embeddings, top_k, namespace=namespace, gallery=gallery)
+
+    def delete_faces(self, face_ids: Sequence[str]) -> None:
+        for index in self._targets():
+            if index is not None:
+                index.delete_faces(face_ids)
+
+    def delete_subject(self, subject_id: str) -> None:
+        for index in self._targets():
+            if index is not None:
+                index.delete_subject(subject_id)
+
+    def ping(self) -> None:
+        """Raise unless Milvus answers."""
+        current = self.current
+        current.client.has_collection(current.collection)
+
+    def close(self) -> None:
+        for index in self._opened.values():
+            index.close()
+
+    # -- moving to a new protection key --------------------------------------------------
+    def begin_rotation(self, new_secret: bytes) -> tuple[FaceIndex, FaceIndex]:
+        """Start writing to a second collection under ``new_secret``; returns (the current
+        collection, the new one) once every process writes to both."""
+        old = self._load()[0]
+        self.secrets.set(NEXT, new_secret)
+        time.sleep(2 * self.refresh)  # every process now writes to both collections
+        return old, self._open(new_secret)
+
+    def finish_rotation(self, old: FaceIndex, new_secret: bytes) -> None:
+        """Make the collection of ``new_secret`` current and drop ``old``."""
+        self.secrets.set(CURRENT, new_secret)
+        self.secrets.drop(NEXT)
+        time.sleep(2 * self.refresh)  # every process now reads the new collection
+        old.drop()
+        self._opened = {k: v for k, v in self._opened.items() if v is not old}
+        self._current, self._next = self._load()

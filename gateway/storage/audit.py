@@ -1,0 +1,66 @@
+"""The stored audit log: one row per event, in sequence; rows are only ever appended.
+
+The chain itself (what each event's value covers) is :mod:`gateway.audit.chain`; this
+module stores the events :class:`gateway.audit.log.AuditLog` builds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from gateway.audit.chain import AuditEvent
+from gateway.errors import ConflictError
+from gateway.storage.schema import AuditRow
+
+
+class AuditRepository:
+    """The ``audit_events`` table."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+
+    def append(self, follow: Callable[[AuditEvent | None], AuditEvent]) -> AuditEvent:
+        """Store the event ``follow`` makes from the last stored one (None for the first).
+
+        Appends from this process are serialised by a lock; another process appending at
+        the same moment makes the insert of the same sequence number fail, and this one
+        retries with the new last event.
+        """
+        with self._lock:
+            for attempt in range(50):
+                try:
+                    with Session(self.engine) as s, s.begin():
+                        last_row = s.scalars(
+                            select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)
+                        ).first()
+                        last = AuditEvent(**json.loads(last_row.body)) if last_row else None
+                        event = follow(last)
+                        body = json.dumps(event.__dict__, sort_keys=True)
+                        s.add(AuditRow(seq=event.seq, body=body))
+                    return event
+                except (SqlIntegrityError, OperationalError):
+                    time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise ConflictError("could not append to the audit log", code="audit_contention")
+
+    def events(self, after: int = 0, limit: int | None = None) -> list[AuditEvent]:
+        """Events with ``seq > after``, oldest first."""
+        with Session(self.engine) as s:
+            query = select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq)
+            if limit is not None:
+                query = query.limit(limit)
+            return [AuditEvent(**json.loads(r.body)) for r in s.scalars(query)]
+
+    def last_seq(self) -> int:
+        with Session(self.engine) as s:
+            return int(s.scalar(select(func.max(AuditRow.seq))) or 0)

@@ -1,0 +1,61 @@
+"""Bring an existing database up to the current schema, on SQLite and PostgreSQL alike.
+
+``create_all`` makes missing tables but never changes a table that exists. Every column
+added to a table since its first release is added here with ``ALTER TABLE ... ADD COLUMN``
+(each such column is nullable or has a server default, so existing rows get a value), and
+some then get a one-time backfill from older data. It runs at every start and does nothing
+when the schema is current; two processes starting at once are fine (the loser of a race
+finds the column there).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateColumn, MetaData
+
+log = logging.getLogger(__name__)
+
+# Statements run once, right after a column is added (table, column) -> SQL.
+BACKFILL = {
+    # bootstrap keys were told apart by their label before the column existed
+    ("api_keys", "bootstrap"): "UPDATE api_keys SET bootstrap = :yes WHERE label = 'bootstrap'",
+}
+BACKFILL_PARAMS = {"yes": True}
+
+
+def migrate(engine: Engine, metadata: MetaData) -> list[str]:
+    """Add the columns of ``metadata`` missing from existing tables, and the indexes;
+    returns the ``table.column`` names added."""
+    added = []
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise RuntimeError(f"{table.name}.{column.name} needs a server default")
+            ddl = CreateColumn(column).compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+                    backfill = BACKFILL.get((table.name, column.name))
+                    if backfill is not None:
+                        conn.execute(text(backfill), BACKFILL_PARAMS)
+            except DBAPIError:
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
+                continue  # another process added it first
+            added.append(f"{table.name}.{column.name}")
+        for index in table.indexes:
+            try:
+                index.create(engine, checkfirst=True)
+            except DBAPIError:
+                if index.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
+                    raise  # not a race with another process creating it
+    if added:
+        log.warning("database schema upgraded: added %s", ", ".join(added))
+    return added

@@ -1,0 +1,197 @@
+"""The SQL schema of the system of record, and how an engine is opened.
+
+SQLite by default, any SQLAlchemy URL (PostgreSQL in the compose deployment) otherwise.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    false,
+)
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from gateway.storage.migrate import migrate
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_utc(value: datetime) -> datetime:
+    """The same instant in UTC; a value without an offset is taken as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A point in time, stored in UTC and read back as an aware UTC ``datetime``.
+
+    SQLite has no time zones: SQLAlchemy's ``DateTime`` would store the wall-clock digits
+    and drop the offset (``12:00-08:00`` became ``12:00``, due eight hours early), and
+    PostgreSQL answers in the session's zone. Here every value is converted to UTC on the
+    way in (a value without an offset is taken as UTC) and marked UTC on the way out, so
+    both databases keep the instant and comparisons run on one clock.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        utc = to_utc(value)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else to_utc(value)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+DEFAULT_NAMESPACE = "default"
+DEFAULT_GALLERY = "default"
+
+
+class SubjectRow(Base):
+    __tablename__ = "subjects"
+    __table_args__ = (Index("ix_subjects_scope", "namespace", "gallery"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(256))
+    # the tenant that owns it, and the gallery within that tenant (added in 0.2)
+    namespace: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_NAMESPACE, server_default=DEFAULT_NAMESPACE
+    )
+    gallery: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_GALLERY, server_default=DEFAULT_GALLERY
+    )
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    dek_key_id: Mapped[str] = mapped_column(String(64))
+    dek_blob: Mapped[bytes] = mapped_column(LargeBinary)
+    faces: Mapped[list[FaceRow]] = relationship(
+        back_populates="subject", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class FaceRow(Base):
+    __tablename__ = "faces"
+    __table_args__ = (UniqueConstraint("subject_id", "content_hash"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    subject_id: Mapped[str] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    template: Mapped[bytes] = mapped_column(LargeBinary)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    quality: Mapped[float] = mapped_column(Float)
+    box: Mapped[list[float]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    image: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # sealed, opt-in
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    subject: Mapped[SubjectRow] = relationship(back_populates="faces")
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # made from FACEREC_ADMIN_KEY: replaced (revoked) when that setting changes
+    bootstrap: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # the tenant the key acts for, and the one gallery it is limited to (None: all)
+    namespace: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_NAMESPACE, server_default=DEFAULT_NAMESPACE
+    )
+    gallery: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    body: Mapped[str] = mapped_column(String)  # canonical JSON of the AuditEvent
+
+
+class SystemKeyRow(Base):
+    """A service secret (audit chain key, API-key pepper, index protection seed), stored
+    wrapped by the master key like a data key, so it survives master-key rotation."""
+
+    __tablename__ = "system_keys"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64))
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+
+
+class RequestRow(Base):
+    """Idempotency keys of mutating requests: the request's fingerprint, and once it
+    succeeded its response (sealed), which a replay gets back."""
+
+    __tablename__ = "requests"
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    # Added with replayable responses; rows from before have none and stay refused.
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: in progress
+    response: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    results: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(conn: Any, _record: Any) -> None:
+            cursor = conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # Deleted rows are overwritten, so a shredded data key leaves no bytes behind.
+            cursor.execute("PRAGMA secure_delete=ON")
+            cursor.close()
+
+
+def open_engine(url: str) -> Engine:
+    """An engine with the schema created or upgraded (:mod:`.migrate`); SQLite gets WAL,
+    foreign keys and secure delete."""
+    engine = create_engine(url, pool_pre_ping=True)
+    _sqlite_pragmas(engine)
+    Base.metadata.create_all(engine)
+    migrate(engine, Base.metadata)
+    return engine

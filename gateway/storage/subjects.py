@@ -1,0 +1,376 @@
+"""Subjects and their faces: people, their sealed templates, and each face's index state.
+
+Templates are stored only sealed (:mod:`gateway.crypto.envelope`); each subject row holds
+its own wrapped data key, so deleting the subject destroys the only way to open its
+templates. A face is written ``pending`` before its vector reaches the index and marked
+``indexed`` after (:mod:`gateway.gallery` keeps that order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.orm import Session
+
+from gateway.crypto.envelope import (
+    Keyring,
+    WrappedKey,
+    new_data_key,
+    open_template,
+    seal_image,
+    seal_template,
+)
+from gateway.errors import ConflictError, NotFoundError
+from gateway.storage.schema import (
+    DEFAULT_GALLERY,
+    DEFAULT_NAMESPACE,
+    FaceRow,
+    SubjectRow,
+    new_id,
+    now,
+    to_utc,
+)
+
+UNSET: Any = object()  # "leave as it is", where None means "clear"
+_Q = TypeVar("_Q", bound=Select[*tuple[Any, ...]])  # any SELECT
+
+
+@dataclass(frozen=True)
+class Subject:
+    id: str
+    name: str
+    meta: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime | None
+    faces: int
+    namespace: str = DEFAULT_NAMESPACE  # the tenant it belongs to
+    gallery: str = DEFAULT_GALLERY  # the gallery within that tenant
+
+    @property
+    def scope(self) -> tuple[str, str]:
+        return self.namespace, self.gallery
+
+
+@dataclass(frozen=True)
+class FaceInfo:
+    id: str
+    subject_id: str
+    quality: float
+    box: list[float]
+    state: str  # pending | indexed
+    created_at: datetime
+
+
+def _subject(row: SubjectRow, faces: int) -> Subject:
+    return Subject(
+        row.id,
+        row.name,
+        dict(row.meta),
+        row.created_at,
+        row.expires_at,
+        faces,
+        row.namespace,
+        row.gallery,
+    )
+
+
+def _in_scope(query: _Q, namespace: str | None, gallery: str | None) -> _Q:
+    """``query`` limited to the subjects of ``namespace`` and ``gallery`` (None: any)."""
+    if namespace is not None:
+        query = query.where(SubjectRow.namespace == namespace)
+    if gallery is not None:
+        query = query.where(SubjectRow.gallery == gallery)
+    return query
+
+
+def _face(row: FaceRow) -> FaceInfo:
+    return FaceInfo(row.id, row.subject_id, row.quality, list(row.box), row.state, row.created_at)
+
+
+def _face_count(s: Session, subject_id: str) -> int:
+    return int(s.scalar(select(func.count()).where(FaceRow.subject_id == subject_id)) or 0)
+
+
+def _missing(subject_id: str) -> NotFoundError:
+    return NotFoundError(f"no subject {subject_id}", subject_id=subject_id)
+
+
+class SubjectRepository:
+    """The ``subjects`` and ``faces`` tables; each method is one transaction."""
+
+    def __init__(self, engine: Engine, keyring: Keyring) -> None:
+        self.engine, self.keyring = engine, keyring
+
+    # -- subjects ---------------------------------------------------------------------
+    def create(
+        self,
+        name: str,
+        meta: dict[str, Any] | None = None,
+        expires_at: datetime | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        gallery: str = DEFAULT_GALLERY,
+    ) -> Subject:
+        subject_id = new_id()
+        wrapped = self.keyring.wrap(new_data_key(), subject_id)
+        with Session(self.engine) as s, s.begin():
+            row = SubjectRow(
+                id=subject_id,
+                name=name,
+                namespace=namespace,
+                gallery=gallery,
+                meta=meta or {},
+                expires_at=None if expires_at is None else to_utc(expires_at),
+                dek_key_id=wrapped.key_id,
+                dek_blob=wrapped.blob,
+            )
+            s.add(row)
+            s.flush()
+            return _subject(row, 0)
+
+    def get(self, subject_id: str) -> Subject:
+        with Session(self.engine) as s:
+            row = s.get(SubjectRow, subject_id)
+            if row is None:
+                raise _missing(subject_id)
+            return _subject(row, _face_count(s, subject_id))
+
+    def update(
+        self,
+        subject_id: str,
+        name: str | None = None,
+        meta: dict[str, Any] | None = None,
+        expires_at: datetime | None = UNSET,
+    ) -> Subject:
+        """Change the given fields (``expires_at=None`` clears an expiry)."""
+        with Session(self.engine) as s, s.begin():
+            row = s.get(SubjectRow, subject_id)
+            if row is None:
+                raise _missing(subject_id)
+            if name is not None:
+                row.name = name
+            if meta is not None:
+                row.meta = meta
+            if expires_at is not UNSET:
+                row.expires_at = None if expires_at is None else to_utc(expires_at)
+            s.flush()
+            return _subject(row, _face_count(s, subject_id))
+
+    def page(
+        self,
+        offset: int = 0,
+        limit: int = 50,
+        namespace: str | None = None,
+        gallery: str | None = None,
+    ) -> tuple[list[Subject], int]:
+        """One page of subjects (of ``namespace`` and ``gallery`` when given), oldest
+        first, and how many there are."""
+        with Session(self.engine) as s:
+            counts = (
+                select(FaceRow.subject_id, func.count().label("n"))
+                .group_by(FaceRow.subject_id)
+                .subquery()
+            )
+            query = (
+                select(SubjectRow, func.coalesce(counts.c.n, 0))
+                .outerjoin(counts, counts.c.subject_id == SubjectRow.id)
+                .order_by(SubjectRow.created_at, SubjectRow.id)
+                .offset(offset)
+                .limit(limit)
+            )
+            rows = s.execute(_in_scope(query, namespace, gallery))
+            page = [_subject(r, int(n)) for r, n in rows]
+            count = _in_scope(select(func.count()).select_from(SubjectRow), namespace, gallery)
+            total = int(s.scalar(count) or 0)
+            return page, total
+
+    def names(
+        self,
+        subject_ids: Sequence[str],
+        namespace: str | None = None,
+        gallery: str | None = None,
+    ) -> dict[str, str]:
+        """Names of the subjects that exist among ``subject_ids`` (and are in
+        ``namespace`` and ``gallery`` when given)."""
+        if not subject_ids:
+            return {}
+        with Session(self.engine) as s:
+            query = select(SubjectRow.id, SubjectRow.name).where(
+                SubjectRow.id.in_(set(subject_ids))
+            )
+            rows = s.execute(_in_scope(query, namespace, gallery))
+            return {r[0]: r[1] for r in rows}
+
+    def scopes(self) -> dict[str, tuple[str, str]]:
+        """(namespace, gallery) of every subject, by id (to rebuild the index)."""
+        with Session(self.engine) as s:
+            rows = s.execute(select(SubjectRow.id, SubjectRow.namespace, SubjectRow.gallery))
+            return {r[0]: (r[1], r[2]) for r in rows}
+
+    def delete(self, subject_id: str) -> list[str]:
+        """Delete a subject with its wrapped data key (crypto-shredding) and its faces;
+        returns the deleted face ids, for the index."""
+        with self.engine.begin() as conn:
+            face_ids = list(
+                conn.execute(select(FaceRow.id).where(FaceRow.subject_id == subject_id)).scalars()
+            )
+            # the foreign key's ON DELETE CASCADE takes every face, those inserted since too
+            gone = conn.execute(delete(SubjectRow).where(SubjectRow.id == subject_id))
+            if gone.rowcount == 0:
+                raise _missing(subject_id)
+        self._flush_deleted()
+        return face_ids
+
+    def expired(self, at: datetime | None = None) -> list[str]:
+        """Ids of the subjects whose ``expires_at`` has passed."""
+        with Session(self.engine) as s:
+            rows = s.scalars(select(SubjectRow.id).where(SubjectRow.expires_at <= (at or now())))
+            return list(rows)
+
+    def rewrap_keys(self, s: Session) -> int:
+        """Re-wrap every data key under the keyring's current master key, inside the
+        caller's transaction ``s``; returns how many changed."""
+        changed = 0
+        for row in s.scalars(select(SubjectRow)):
+            old = WrappedKey(row.dek_key_id, row.dek_blob)
+            new = self.keyring.rewrap(old, row.id)
+            if new != old:
+                row.dek_key_id, row.dek_blob = new.key_id, new.blob
+                changed += 1
+        return changed
+
+    def _flush_deleted(self) -> None:
+        """Make deletions final on disk: SQLite's write-ahead log still holds the old
+        pages until a checkpoint. (PostgreSQL keeps dead rows until VACUUM.)"""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- faces ------------------------------------------------------------------------
+    def _data_key(self, row: SubjectRow) -> bytes:
+        return self.keyring.unwrap(WrappedKey(row.dek_key_id, row.dek_blob), row.id)
+
+    def faces(self, subject_id: str) -> list[FaceInfo]:
+        """The faces of one subject, oldest first (pending ones included)."""
+        with Session(self.engine) as s:
+            rows = s.scalars(
+                select(FaceRow)
+                .where(FaceRow.subject_id == subject_id)
+                .order_by(FaceRow.created_at, FaceRow.id)
+            )
+            return [_face(r) for r in rows]
+
+    def add_face(
+        self,
+        subject_id: str,
+        embedding: np.ndarray,
+        content_hash: str,
+        quality: float,
+        box: Sequence[float],
+        image: bytes | None = None,
+    ) -> str:
+        """Store a sealed template float32[D] as ``pending``; returns the face id. The same
+        image twice for one subject is a :class:`ConflictError` (``duplicate_face``).
+        ``image`` (the upload) is kept, sealed, only when given."""
+        face_id = new_id()
+        try:
+            with Session(self.engine) as s, s.begin():
+                row = s.get(SubjectRow, subject_id)
+                if row is None:
+                    raise _missing(subject_id)
+                key = self._data_key(row)
+                blob = seal_template(key, embedding, subject_id, face_id)
+                sealed_image = (
+                    None if image is None else seal_image(key, image, subject_id, face_id)
+                )
+                s.add(
+                    FaceRow(
+                        id=face_id,
+                        subject_id=subject_id,
+                        template=blob,
+                        content_hash=content_hash,
+                        quality=float(quality),
+                        box=[float(v) for v in box],
+                        state="pending",
+                        image=sealed_image,
+                    )
+                )
+        except SqlIntegrityError:
+            # Either constraint: the subject was deleted since it was read (the foreign
+            # key), or this image is already enrolled for it (the unique constraint).
+            if not self.exists(subject_id):
+                raise _missing(subject_id) from None
+            raise ConflictError(
+                "this image is already enrolled for this subject", code="duplicate_face"
+            ) from None
+        return face_id
+
+    def exists(self, subject_id: str) -> bool:
+        with Session(self.engine) as s:
+            return s.get(SubjectRow, subject_id) is not None
+
+    def mark_indexed(self, face_ids: Sequence[str]) -> set[str]:
+        """Mark faces indexed; returns those still present (a concurrent delete may have
+        removed the others, whose vectors the caller must then remove).
+
+        One conditional ``UPDATE ... RETURNING``: a row deleted before it (or, on
+        PostgreSQL, by a delete it waited for) is simply not returned."""
+        if not face_ids:
+            return set()
+        query = (
+            update(FaceRow)
+            .where(FaceRow.id.in_(list(face_ids)))
+            .values(state="indexed")
+            .returning(FaceRow.id)
+        )
+        with self.engine.begin() as conn:
+            return set(conn.execute(query).scalars())
+
+    def discard_faces(self, face_ids: Sequence[str]) -> None:
+        """Remove face rows (a rolled-back enrolment)."""
+        if not face_ids:
+            return
+        with Session(self.engine) as s, s.begin():
+            for row in s.scalars(select(FaceRow).where(FaceRow.id.in_(list(face_ids)))):
+                s.delete(row)
+        self._flush_deleted()
+
+    def delete_face(self, subject_id: str, face_id: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(FaceRow, face_id)
+            if row is None or row.subject_id != subject_id:
+                raise NotFoundError(f"no face {face_id} for subject {subject_id}")
+            s.delete(row)
+        self._flush_deleted()
+
+    def face_ids(self) -> set[str]:
+        """Every face id, pending or indexed."""
+        with Session(self.engine) as s:
+            return set(s.scalars(select(FaceRow.id)))
+
+    def indexed_face_ids(self) -> set[str]:
+        with Session(self.engine) as s:
+            return set(s.scalars(select(FaceRow.id).where(FaceRow.state == "indexed")))
+
+    def pending_face_ids(self) -> list[str]:
+        """Faces written but not confirmed in the index."""
+        with Session(self.engine) as s:
+            return list(s.scalars(select(FaceRow.id).where(FaceRow.state == "pending")))
+
+    def templates(self, subject_id: str | None = None) -> Iterator[tuple[str, str, np.ndarray]]:
+        """(face id, subject id, embedding float32[D]) of every face (or of one subject's),
+        opened."""
+        with Session(self.engine) as s:
+            query = select(SubjectRow)
+            if subject_id is not None:
+                query = query.where(SubjectRow.id == subject_id)
+            for row in s.scalars(query):
+                key = self._data_key(row)
+                for face in row.faces:
+                    yield face.id, row.id, open_template(key, face.template, row.id, face.id)

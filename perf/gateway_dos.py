@@ -1,0 +1,356 @@
+"""Memory of the REST gateway under hostile input, beside normal load.
+
+    python -m perf.gateway_dos --out perf/results
+
+starts the real service (``facerec serve``, development mode, a throwaway data folder, a
+free loopback port) and sends, one scenario at a time, what the hostile tester of issue 12
+sent, plus ordinary identification traffic for comparison. For each scenario it reports
+the server's peak resident memory above where it started (``VmHWM``, reset before each
+scenario through ``/proc/PID/clear_refs``), its resident memory a few seconds after the
+scenario (whether memory was given back), and what the clients were answered. The large
+image scenario runs again with the service's ``malloc_trim`` off, and with
+``MALLOC_ARENA_MAX=2`` instead, to show which gives memory back. Writes
+``gateway_dos.json`` and ``gateway_dos.png``; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from perf.gateway_load import _facerec_command, _stop
+from perf.ports import free_port
+
+GALLERY = Path(__file__).resolve().parents[1] / "tests" / "data" / "gallery"
+MB = 1024 * 1024
+
+
+@dataclass
+class Server:
+    url: str
+    key: str
+    pid: int
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+
+def _status(pid: int, field: str) -> int:
+    """A ``VmRSS``/``VmHWM`` figure of ``/proc/PID/status``, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+
+@contextmanager
+def server(env: dict[str, str]) -> Iterator[Server]:
+    folder = Path(tempfile.mkdtemp(prefix="facerec-dos-"))
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
+    if "FACEREC_HOME" in os.environ:
+        base["FACEREC_HOME"] = os.environ["FACEREC_HOME"]
+    base.update(FACEREC_ENV="development", FACEREC_DATA_DIR=str(folder / "data"), **env)
+    log = (folder / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [*_facerec_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=folder,
+        env=base,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((folder / "server.log").read_text()[-3000:])
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        yield Server(url, (folder / "data" / "admin.key").read_text().strip(), proc.pid)
+    finally:
+        _stop(proc)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- inputs -----------------------------------------------------------------------------
+def large_jpeg(side: int) -> bytes:
+    face = Image.open(sorted(GALLERY.glob("*.jpg"))[0]).convert("RGB").resize((side, side))
+    out = io.BytesIO()
+    face.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def claimed_size_jpeg(width: int, height: int) -> bytes:
+    data = bytearray(sorted(GALLERY.glob("*.jpg"))[0].read_bytes())
+    pos = 2
+    while data[pos + 1] not in (0xC0, 0xC1, 0xC2):
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    struct.pack_into(">HH", data, pos + 5, height, width)
+    return bytes(data)
+
+
+def zip_bomb(declared: int, inflated: int) -> bytes:
+    out = io.BytesIO()
+    block = b"\0" * MB
+    with (
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z,
+        z.open("bomb.jpg", "w", force_zip64=False) as f,
+    ):
+        for _ in range(inflated // MB):
+            f.write(block)
+    data = bytearray(out.getvalue())
+    struct.pack_into("<I", data, 22, declared)
+    central = data.rfind(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 24, declared)
+    return bytes(data)
+
+
+def zip_of_zeros(members: int, size: int) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(members):
+            z.writestr(f"{i}.jpg", b"\0" * size)
+    return out.getvalue()
+
+
+# -- scenarios: each returns what the clients were answered ------------------------------
+def normal_identify(s: Server) -> Counter[str]:
+    images = sorted(GALLERY.glob("*.jpg"))[:32]
+
+    def one(p: Path) -> str:
+        r = httpx.post(
+            f"{s.url}/v1/identify",
+            files={"image": (p.name, p.read_bytes(), "image/jpeg")},
+            headers={"X-API-Key": s.key},
+            timeout=120,
+        )
+        return str(r.status_code)
+
+    with ThreadPoolExecutor(8) as pool:
+        return Counter(pool.map(one, images))
+
+
+def chunked_flood(s: Server, key: str | None, path: str, total: int = 300 * MB) -> Counter[str]:
+    """A chunked body of up to ``total`` bytes, sent until the server answers and closes."""
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    head += "Content-Type: application/json\r\n" + (f"X-API-Key: {key}\r\n" if key else "")
+    piece = b" " * (256 * 1024)
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    sent = 0
+    with socket.create_connection(("127.0.0.1", s.port)) as sock:
+        sock.settimeout(60)
+        sock.sendall((head + "\r\n").encode())
+        try:
+            while sent < total:
+                sock.sendall(chunk)
+                sent += len(piece)
+        except OSError:
+            pass
+        try:
+            answer = sock.recv(200)
+        except OSError:
+            answer = b"(reset)"
+    status = answer.split(b" ")[1].decode() if answer.startswith(b"HTTP/") else "reset"
+    return Counter({status: 1, f"MB sent before the close: {sent // MB}": 1})
+
+
+def parallel_posts(s: Server, path: str, field: str, data: bytes, n: int) -> Counter[str]:
+    def one(_: int) -> str:
+        r = httpx.post(
+            f"{s.url}{path}",
+            files={field: ("x.jpg" if field != "files" else "x.zip", data)},
+            headers={"X-API-Key": s.key},
+            timeout=300,
+        )
+        code = r.json().get("error", {}).get("code", "") if r.status_code >= 400 else ""
+        return f"{r.status_code} {code}".strip()
+
+    with ThreadPoolExecutor(n) as pool:
+        return Counter(pool.map(one, range(n)))
+
+
+def queued_jobs(s: Server) -> Counter[str]:
+    """Five jobs of a ~0.2 MB zip whose 8 members inflate to 19 MB each (152 MB a job):
+    the inputs go to the sealed spool on disk; the fifth is refused (4 per key)."""
+    body = zip_of_zeros(8, 19 * MB)
+    answers: Counter[str] = Counter()
+    ids = []
+    for _ in range(5):
+        r = httpx.post(
+            f"{s.url}/v1/jobs",
+            files={"files": ("z.zip", body)},
+            headers={"X-API-Key": s.key},
+            timeout=300,
+        )
+        answers[str(r.status_code)] += 1
+        if r.status_code == 202:
+            ids.append(r.json()["id"])
+    for job_id in ids:
+        while True:
+            job = httpx.get(
+                f"{s.url}/v1/jobs/{job_id}", headers={"X-API-Key": s.key}, timeout=60
+            ).json()
+            if job["status"] not in ("queued", "running"):
+                answers[f"job {job['status']}"] += 1
+                break
+            time.sleep(0.5)
+    return answers
+
+
+def measure(s: Server, name: str, run: Callable[[], Counter[str]]) -> dict[str, Any]:
+    time.sleep(1.0)
+    before = _status(s.pid, "VmRSS")
+    reset_peak(s.pid)
+    start = time.perf_counter()
+    answers = run()
+    seconds = time.perf_counter() - start
+    peak = _status(s.pid, "VmHWM")
+    time.sleep(3.0)
+    after = _status(s.pid, "VmRSS")
+    row = {
+        "scenario": name,
+        "rss_before_mb": round(before / MB, 1),
+        "peak_above_mb": round((peak - before) / MB, 1),
+        "rss_after_mb": round(after / MB, 1),
+        "seconds": round(seconds, 2),
+        "answers": dict(answers),
+    }
+    print(
+        f"{name:<36} peak +{row['peak_above_mb']:>7} MB   after {row['rss_after_mb']:>7} MB"
+        f"   {dict(answers)}"
+    )
+    return row
+
+
+def scenarios(large: bytes) -> list[tuple[str, Callable[[Server], Counter[str]]]]:
+    hostile = claimed_size_jpeg(6000, 6000)
+    bomb = zip_bomb(1000, 1024 * MB)
+    return [
+        ("normal: 32 identify, 8 at once", normal_identify),
+        (
+            "300 MB chunked body, no API key",
+            lambda s: chunked_flood(s, None, "/v1/subjects"),
+        ),
+        (
+            "300 MB chunked body, valid key, JSON route",
+            lambda s: chunked_flood(s, s.key, "/v1/subjects"),
+        ),
+        (
+            "3.6 KB JPEG claiming 6000x6000, 4 at once",
+            lambda s: parallel_posts(s, "/v1/detect", "image", hostile, 4),
+        ),
+        (
+            "real 6000x6000 JPEG, 4 at once",
+            lambda s: parallel_posts(s, "/v1/detect", "image", large, 4),
+        ),
+        (
+            "zip member: declares 1000 B, inflates 1 GiB",
+            lambda s: parallel_posts(s, "/v1/jobs", "files", bomb, 1),
+        ),
+        ("5 jobs of 8 x 19 MB members (0.2 MB zip)", queued_jobs),
+    ]
+
+
+VARIANTS = {
+    "default (malloc_trim after large images)": {},
+    "no trim": {"FACEREC_TRIM_AFTER_PIXELS": "0"},
+    "no trim, MALLOC_ARENA_MAX=2": {"FACEREC_TRIM_AFTER_PIXELS": "0", "MALLOC_ARENA_MAX": "2"},
+}
+
+
+SHORT = dict(
+    zip(VARIANTS, ["default\n(malloc_trim)", "no trim", "no trim,\nARENA_MAX=2"], strict=True)
+)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main = result["runs"][0]["rows"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5), width_ratios=[2.2, 1])
+    names = [r["scenario"] for r in main]
+    ax1.barh(names, [r["peak_above_mb"] for r in main], color="#2563eb")
+    for y, r in enumerate(main):
+        ax1.text(r["peak_above_mb"], y, f" +{r['peak_above_mb']:.0f} MB", va="center")
+    ax1.invert_yaxis()
+    ax1.set_xlabel("server peak RSS above its level before the scenario (MB)")
+    ax1.set_title("Hostile input beside normal load (default settings)")
+    labels, peaks, afters = [], [], []
+    for run in result["runs"]:
+        row = next(r for r in run["rows"] if r["scenario"].startswith("real 6000"))
+        labels.append(SHORT[run["variant"]])
+        peaks.append(row["peak_above_mb"])
+        afters.append(row["rss_after_mb"] - row["rss_before_mb"])
+    x = range(len(labels))
+    ax2.bar([i - 0.2 for i in x], peaks, 0.4, label="peak above before", color="#f59e0b")
+    ax2.bar([i + 0.2 for i in x], afters, 0.4, label="3 s after, above before", color="#16a34a")
+    ax2.set_xticks(list(x), labels, fontsize=8)
+    ax2.set_ylabel("MB")
+    ax2.set_title("4 x 6000x6000 at once: memory given back?")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("perf/results"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    large = large_jpeg(6000)
+    runs = []
+    for k, (variant, env) in enumerate(VARIANTS.items()):
+        print(f"-- {variant}")
+        with server(env) as s:
+            chosen = scenarios(large) if k == 0 else scenarios(large)[4:5]
+            rows = [measure(s, name, lambda run=run: run(s)) for name, run in chosen]
+        runs.append({"variant": variant, "env": env, "rows": rows})
+    result = {
+        "command": "python -m perf.gateway_dos --out " + str(args.out),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "platform": platform.platform(),
+        "note": "client and server share the machine; peak = VmHWM - VmRSS before",
+        "runs": runs,
+    }
+    (args.out / "gateway_dos.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out / "gateway_dos.png")
+    print(f"wrote {args.out / 'gateway_dos.json'} and .png")
+
+
+if __name__ == "__main__":
+    main()

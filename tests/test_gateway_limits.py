@@ -1,0 +1,282 @@
+"""Limits of the real service (``facerec serve``), on both storage configurations where
+storage matters: refused callers rate-limited and audited in bounded space, subject
+metadata, zip archives and the job queue; and, on the embedded one, hostile images."""
+
+from __future__ import annotations
+
+import io
+import stat
+import struct
+import time
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import GALLERY
+from gateway.bootstrap import open_audit, open_database
+from gateway.settings import Settings
+from servers import Service, start_gateway, stop_gateway
+
+pytestmark = pytest.mark.integration
+IMAGES = sorted(GALLERY.glob("*.jpg"))
+
+
+def storage_env(storage: dict[str, Any]) -> dict[str, str]:
+    return {f"FACEREC_{k.upper()}": str(v) for k, v in storage.items()}
+
+
+@pytest.fixture
+def serve(storage: dict[str, Any], tmp_path: Path) -> Iterator[Any]:
+    """Start the service with extra settings; stopped at the end of the test."""
+    started: list[Service] = []
+
+    def start(**env: str) -> Service:
+        service = start_gateway(tmp_path / "data", env={**storage_env(storage), **env})
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.proc.poll() is None:
+            stop_gateway(service)
+
+
+def settings_of(tmp_path: Path, storage: dict[str, Any]) -> Settings:
+    return Settings(env="development", data_dir=tmp_path / "data", index_type="FLAT", **storage)
+
+
+# -- refused callers --------------------------------------------------------------------
+def test_wrong_key_floods_are_rate_limited_and_audited_in_bounded_space(
+    serve: Any, storage: dict[str, Any], tmp_path: Path
+) -> None:
+    service = serve(
+        FACEREC_TRUSTED_PROXIES="127.0.0.1",  # the tests play several clients through it
+        FACEREC_AUTH_FAILURES_PER_MINUTE="5",
+        FACEREC_REFUSAL_AUDIT_MAX_CLIENTS="3",
+    )
+    wrong = "frk_0123456789ab_" + "x" * 43
+
+    def get(client: str, key: str) -> httpx.Response:
+        return httpx.get(
+            f"{service.url}/v1/subjects",
+            headers={"X-API-Key": key, "X-Forwarded-For": client},
+            timeout=30,
+        )
+
+    attacker, bystander = "203.0.113.1", "203.0.113.2"
+    statuses = [get(attacker, wrong).status_code for _ in range(5)]
+    assert statuses == [401] * 5
+    r = get(attacker, wrong)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_requests"
+    assert int(r.headers["retry-after"]) >= 1
+    assert get(attacker, service.key).status_code == 429  # the client is held back whole
+    assert get(bystander, service.key).status_code == 200  # others are not
+    sent = 7
+    for _ in range(40):
+        assert get(attacker, wrong).status_code == 429
+    sent += 40
+    crowd = [f"198.51.100.{i}" for i in range(10)]
+    for client in crowd:
+        for _ in range(3):
+            assert get(client, wrong).status_code == 401
+    sent += 30
+    stop_gateway(service)  # closes the aggregation windows
+
+    settings = settings_of(tmp_path, storage)
+    audit = open_audit(settings, open_database(settings))
+    assert audit.verify().ok
+    refused = [e for e in audit.events(0, 10_000) if e.outcome == "refused" and not e.key_id]
+    assert sum(e.count or 1 for e in refused) == sent  # every refusal is accounted for
+    # One window: per detailed client its first refusal and a count, plus one count for
+    # the clients beyond FACEREC_REFUSAL_AUDIT_MAX_CLIENTS.
+    assert len(refused) <= 2 * 3 + 1
+    by_client = {e.client for e in refused}
+    assert attacker in by_client and "*" in by_client and bystander not in by_client
+    assert next(e for e in refused if e.client == attacker).request_id
+
+
+# -- metadata ---------------------------------------------------------------------------
+def nested(levels: int) -> dict[str, Any]:
+    meta: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        meta = {"a": meta}
+    return meta
+
+
+def test_metadata_limits_and_a_listing_no_row_can_break(
+    serve: Any, storage: dict[str, Any], tmp_path: Path
+) -> None:
+    service = serve()
+    with service.client() as c:
+        for meta in (nested(300), nested(17), {"blob": "x" * 20_000}):
+            r = c.post("/v1/subjects", json={"name": "bad", "metadata": meta})
+            assert r.status_code == 422, r.text
+            error = r.json()["error"]
+            assert error["code"] == "invalid_request"
+            assert error["errors"][0]["loc"] == ["body", "metadata"]
+        assert c.get("/v1/subjects").json()["total"] == 0  # nothing was stored
+        r = c.post("/v1/subjects", json={"name": "deep", "metadata": nested(16)})
+        assert r.status_code == 201
+        sid = r.json()["id"]
+        r = c.patch(f"/v1/subjects/{sid}", json={"metadata": nested(40)})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+        assert c.get(f"/v1/subjects/{sid}").json()["metadata"] == nested(16)
+
+        # A row stored before the limits existed (written past the API):
+        settings = settings_of(tmp_path, storage)
+        legacy = open_database(settings).subjects.create("legacy", nested(300))
+        listing = c.get("/v1/subjects")
+        assert listing.status_code == 200
+        shown = {s["id"]: s["metadata"] for s in listing.json()["items"]}
+        assert shown[sid] == nested(16)
+        assert list(shown[legacy.id]) == ["_withheld"]
+        assert c.get(f"/v1/subjects/{legacy.id}").status_code == 200
+        r = c.patch(f"/v1/subjects/{legacy.id}", json={"metadata": {"fixed": True}})
+        assert r.status_code == 200 and r.json()["metadata"] == {"fixed": True}
+
+
+# -- archives and the job queue ---------------------------------------------------------
+def zip_of(images: list[Path], repeat: int = 1) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for k in range(repeat):
+            for p in images:
+                z.writestr(f"{k}/{p.name}", p.read_bytes())
+    return out.getvalue()
+
+
+def zip_bomb(declared: int = 1000, inflated: int = 64 * 1024 * 1024) -> bytes:
+    """One member that declares ``declared`` bytes and inflates to ``inflated`` (zeros)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("bomb.jpg", b"\0" * inflated)
+    data = bytearray(out.getvalue())
+    # Rewrite the uncompressed size in the local header (offset 22) and the central
+    # directory entry (offset 24 from its signature).
+    struct.pack_into("<I", data, 22, declared)
+    central = data.rfind(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 24, declared)
+    return bytes(data)
+
+
+def submit(service: Service, body: bytes, key: str | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{service.url}/v1/jobs",
+        files={"files": ("in.zip", body, "application/zip")},
+        headers={"X-API-Key": key or service.key},
+        timeout=60,
+    )
+
+
+def new_key(service: Service, role: str) -> str:
+    with service.client() as c:
+        token: str = c.post("/v1/keys", json={"role": role}).json()["token"]
+        return token
+
+
+def test_archives_are_refused_before_they_are_inflated_or_cut(serve: Any) -> None:
+    service = serve(FACEREC_MAX_JOB_IMAGES="40", FACEREC_MAX_JOB_INFLATED_BYTES="150000")
+    r = submit(service, zip_bomb())
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_archive", r.text
+    r = submit(service, zip_of(IMAGES[:21], repeat=2))  # 42 images: over FACEREC_MAX_JOB_IMAGES
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_files"
+    assert r.json()["error"]["limit"] == 40
+    r = submit(service, zip_of(IMAGES[:30]))  # 30 images, about 200 KB together
+    assert r.status_code == 413 and r.json()["error"]["code"] == "archive_too_large"
+    r = submit(service, zip_of(IMAGES[:4]))
+    assert r.status_code == 202 and r.json()["total"] == 4
+
+
+def wait_done(service: Service, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 240
+    with service.client() as c:
+        while time.monotonic() < deadline:
+            job: dict[str, Any] = c.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] not in ("queued", "running"):
+                return job
+            time.sleep(0.5)
+    raise TimeoutError(job_id)
+
+
+def test_queued_jobs_are_bounded_and_their_inputs_sealed_on_disk(
+    serve: Any, tmp_path: Path
+) -> None:
+    service = serve(FACEREC_MAX_JOBS_QUEUED_PER_KEY="2", FACEREC_MAX_JOBS_QUEUED="3")
+    a, b = new_key(service, "identify"), new_key(service, "identify")
+    slow = zip_of(IMAGES, repeat=2)  # 80 images: the first job outlasts the submissions
+    accepted = [submit(service, slow, a), submit(service, slow, a)]
+    assert [r.status_code for r in accepted] == [202, 202]
+    r = submit(service, slow, a)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_jobs"
+    assert int(r.headers["retry-after"]) > 0
+    accepted.append(submit(service, slow, b))
+    assert accepted[-1].status_code == 202
+    r = submit(service, slow, b)  # b has one, but the queue is full
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_jobs"
+
+    spool = tmp_path / "data" / "spool"
+    files = sorted(spool.glob("*.spool"))
+    assert files and stat.S_IMODE(spool.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    for f in files:
+        content = f.read_bytes()
+        for image in IMAGES[:5]:
+            raw = image.read_bytes()
+            assert raw[200:264] not in content  # sealed: no run of the image in clear
+
+    for r in accepted:
+        job = wait_done(service, r.json()["id"])
+        assert job["status"] == "done" and job["done"] == job["total"] == 80
+    assert list(spool.glob("*.spool")) == []  # each spool goes with its job
+    assert submit(service, zip_of(IMAGES[:2]), b).status_code == 202  # room again
+
+
+# -- images (storage does not matter) ---------------------------------------------------
+def claimed_size_jpeg(width: int, height: int) -> bytes:
+    """A real small JPEG whose frame header claims ``width`` x ``height``."""
+    data = bytearray(IMAGES[0].read_bytes())
+    pos = 2
+    while data[pos + 1] not in (0xC0, 0xC1, 0xC2):
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    struct.pack_into(">HH", data, pos + 5, height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("storage", ["embedded"], indirect=True)
+def test_small_files_claiming_huge_frames_and_concurrent_large_images(serve: Any) -> None:
+    big = 2000 * 2000
+    service = serve(FACEREC_MAX_PIXELS_IN_FLIGHT=str(big + big // 2), FACEREC_BUSY_WAIT_S="0")
+    hostile = claimed_size_jpeg(6000, 6000)
+    assert len(hostile) < 10_000
+    with service.client() as c:
+        r = c.post("/v1/detect", files={"image": ("claims.jpg", hostile, "image/jpeg")})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "truncated_image"
+
+    face = Image.open(IMAGES[0]).convert("RGB").resize((2000, 2000))
+    out = io.BytesIO()
+    face.save(out, "JPEG", quality=90)
+    large = out.getvalue()
+
+    def detect(_: int) -> httpx.Response:
+        return httpx.post(
+            f"{service.url}/v1/detect",
+            files={"image": ("large.jpg", large, "image/jpeg")},
+            headers={"X-API-Key": service.key},
+            timeout=120,
+        )
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(detect, range(6)))
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) <= {200, 503} and 200 in statuses, statuses
+    busy = [r for r in answers if r.status_code == 503]
+    assert busy, "six 4-MP images at once in a 6-MP budget: some must be told to retry"
+    for r in busy:
+        assert r.json()["error"]["code"] == "busy" and int(r.headers["retry-after"]) >= 1
+    assert detect(0).status_code == 200  # the budget is whole again afterwards
