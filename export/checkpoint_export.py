@@ -67,6 +67,30 @@ class ExportError(FaceRecError):
     http_status = 422
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_staging(out_dir: Path) -> list[str]:
+    """Remove the ``.export-NAME-PID`` folders of exports whose process is gone (killed
+    before it could clean up: a few hundred MB each); return their names."""
+    removed = []
+    for d in out_dir.glob(".export-*-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if d.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    if removed:
+        log.info("removed the staging folders of interrupted exports: %s", ", ".join(removed))
+    return removed
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -169,6 +193,7 @@ def export_checkpoint(
     raw.pop("calibrations", None)
     card = replace(base, name=name, calibrations=(), weights_sha256=ckpt["weights_sha256"])
     model = model_from_checkpoint(ckpt)
+    remove_stale_staging(out_dir)
     staging = out_dir / f".export-{name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

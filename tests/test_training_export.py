@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import LFW  # noqa: E402
-from export.checkpoint_export import export_checkpoint  # noqa: E402
+from export.checkpoint_export import export_checkpoint, remove_stale_staging  # noqa: E402
 from facerec.errors import FaceRecError  # noqa: E402
 from facerec.imaging.decode import read_image  # noqa: E402
 from facerec.models import facerec_home, load_model_card  # noqa: E402
@@ -219,3 +219,19 @@ def test_bad_checkpoints_and_names_write_nothing(home: Path, lfw: Path, tmp_path
 def test_published_model_identity() -> None:
     card = load_model_card("facenet128")
     assert card.identity == "facenet128:6acdd8fb3a3fb2b5"
+
+
+def test_staging_of_an_interrupted_export_is_removed(tmp_path: Path) -> None:
+    """An export killed mid-way leaves ``.export-NAME-PID``; the next one removes it, and
+    never the folder of an export still running."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f".export-ft-a-{gone.pid}"
+    running = tmp_path / f".export-ft-b-{os.getpid()}"
+    other = tmp_path / "ft-a-fp32.onnx"
+    for d in (stale, running):
+        d.mkdir()
+        (d / "ft-fp32.onnx").write_bytes(b"x")
+    other.write_bytes(b"x")
+    assert remove_stale_staging(tmp_path) == [stale.name]
+    assert not stale.exists() and running.is_dir() and other.is_file()
