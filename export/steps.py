@@ -21,7 +21,7 @@ from facerec.alignment import align_faces
 from facerec.detection.mtcnn import MTCNNDetector
 from facerec.detection.types import Detections
 from facerec.embedding import OnnxEmbedder, l2_normalise, per_image_standardization
-from facerec.models import ONNX_FILES, ModelCard
+from facerec.models import ONNX_FILES, ModelCard, embedder_file
 from facerec.pipeline import primary_face
 from training.inception_resnet_v1 import InceptionResnetV1
 from training.mtcnn import ONet, PNet, RNet
@@ -151,21 +151,29 @@ def check_parity(
         raise ParityError(f"MTCNN boxes/landmarks differ by {worst_px:.3f} px")
 
     crops = face_crops(images, ours, card)
-    embedder = OnnxEmbedder(out_dir / ONNX_FILES["facenet128-fp32"], card)
+    figures, reference = embedder_parity(nets.facenet, out_dir, crops, card)
+    return {"images": len(images), "mtcnn_max_abs_diff_px": worst_px, **figures}, crops, reference
+
+
+def embedder_parity(
+    facenet: InceptionResnetV1, out_dir: Path, crops: np.ndarray, card: ModelCard
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The exported FP32 embedder of ``card`` against its PyTorch source on ``crops``;
+    raises :class:`ParityError` below :data:`EMBEDDING_COSINE_MIN`. Returns the figures
+    and PyTorch's unit embeddings (the reference for the other precisions)."""
+    embedder = OnnxEmbedder(out_dir / embedder_file(card.name, "fp32"), card)
     ort_emb = embedder.embed(crops)
     with torch.inference_mode():
-        torch_emb = nets.facenet(torch.from_numpy(per_image_standardization(crops))).numpy()
+        torch_emb = facenet.eval()(torch.from_numpy(per_image_standardization(crops))).numpy()
     cosine = (ort_emb * torch_emb).sum(axis=1)
     if cosine.min() < EMBEDDING_COSINE_MIN:
         raise ParityError(f"embedding cosine {cosine.min():.7f} < {EMBEDDING_COSINE_MIN}")
     figures = {
-        "images": len(images),
-        "mtcnn_max_abs_diff_px": worst_px,
         "embedding_crops": len(crops),
         "embedding_cosine_min": float(cosine.min()),
         "embedding_max_abs_diff": float(np.abs(ort_emb - torch_emb).max()),
     }
-    return figures, crops, l2_normalise(torch_emb)
+    return figures, l2_normalise(torch_emb)
 
 
 def quantise(
@@ -173,9 +181,9 @@ def quantise(
 ) -> dict[str, Any]:
     """INT8 embedder calibrated on ``crops`` (uint8 faces); report its agreement with FP32
     and with the PyTorch model (``reference``: its unit embeddings of ``crops``)."""
-    fp32 = out_dir / ONNX_FILES["facenet128-fp32"]
+    fp32 = out_dir / embedder_file(card.name, "fp32")
     int8, float_layers = quantize_embedder(
-        fp32, out_dir / ONNX_FILES["facenet128-int8"], per_image_standardization(crops), "image"
+        fp32, out_dir / embedder_file(card.name, "int8"), per_image_standardization(crops), "image"
     )
     a = OnnxEmbedder(fp32, card).embed(crops)
     b = OnnxEmbedder(int8, card).embed(crops)
@@ -197,8 +205,8 @@ def half_precision(
     agreement with FP32 and with the PyTorch model on ``crops``."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    fp32 = out_dir / ONNX_FILES["facenet128-fp32"]
-    fp16 = out_dir / ONNX_FILES["facenet128-fp16"]
+    fp32 = out_dir / embedder_file(card.name, "fp32")
+    fp16 = out_dir / embedder_file(card.name, "fp16")
     model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
     tmp = fp16.with_suffix(".onnx.tmp")
     onnx.save(model, str(tmp))
@@ -224,10 +232,10 @@ def serving_graphs(out_dir: Path, crops: np.ndarray, card: ModelCard) -> dict[st
     checked against its raw graph with the preprocessing in numpy."""
     figures: dict[str, Any] = {}
     for precision in ("fp32", "fp16", "int8"):
-        raw = out_dir / ONNX_FILES[f"{card.name}-{precision}"]
+        raw = out_dir / embedder_file(card.name, precision)
         served = wrap_embedder(
             raw,
-            out_dir / ONNX_FILES[f"{card.name}-{precision}-serving"],
+            out_dir / embedder_file(card.name, precision, serving=True),
             card.input_size,
             card.embedding_size,
         )

@@ -25,7 +25,15 @@ from facerec.detection.mtcnn import MTCNNConfig, MTCNNDetector
 from facerec.detection.types import Detections, FaceDetector
 from facerec.embedding import FaceEmbedder, OnnxEmbedder, embed_with_flip
 from facerec.errors import InvalidArgumentError
-from facerec.models import PRECISIONS, ModelCard, load_model_card, model_path
+from facerec.models import (
+    BASE_MODEL,
+    PRECISIONS,
+    ModelCard,
+    check_model_name,
+    embedder_key,
+    load_model_card,
+    model_path,
+)
 from facerec.runtime import default_threads
 from facerec.selection import primary_face
 
@@ -52,8 +60,10 @@ class PipelineConfig:
     workers: int | None = None
     max_batch: int = 32
     max_detect_side: int = 2048
+    model: str = BASE_MODEL
 
     def __post_init__(self) -> None:
+        check_model_name(self.model)
         if self.alignment not in ("similarity", "box"):
             raise InvalidArgumentError(f"unknown alignment {self.alignment!r}")
         if self.max_detect_side < 64:
@@ -156,11 +166,17 @@ class FacePipeline:
         self.calibration = card.calibration(config.alignment, config.flip, config.precision)
         self.threshold = self.calibration.threshold  # 1:1 verification default
 
+    @property
+    def model_id(self) -> str:
+        """The embedding model's identity, ``name:sha`` (:attr:`ModelCard.identity`): store
+        it with every template, and compare templates only within one identity."""
+        return self.card.identity
+
     @classmethod
     def local(cls, config: PipelineConfig | None = None, home: Path | None = None) -> FacePipeline:
         """The embedded default: every model in-process on ONNX Runtime."""
         cfg = config or PipelineConfig()
-        card = load_model_card()
+        card = load_model_card(cfg.model, home)
         workers = cfg.workers or default_threads()
         threads = cfg.threads or (1 if workers > 1 else default_threads())
         detector = MTCNNDetector(
@@ -171,7 +187,7 @@ class FacePipeline:
             threads,
         )
         embedder = OnnxEmbedder(
-            model_path(f"{card.name}-{cfg.precision}-serving", home), card, threads, cfg.max_batch
+            model_path(embedder_key(card.name, cfg.precision), home), card, threads, cfg.max_batch
         )
         return cls(detector, embedder, card, cfg)
 
@@ -181,13 +197,23 @@ class FacePipeline:
     ) -> FacePipeline:
         """Detector and embedder on a Triton server (``facerec triton serve``); alignment
         and flip augmentation here. Detection settings are the server's (its detector
-        config); the precision, and so the calibrated thresholds, follow its embedder."""
+        config); the precision, and so the calibrated thresholds, follow its embedder. The
+        server's embedder must be the model ``config.model`` names (its config's ``model``
+        parameter, written by ``facerec triton repo --model``), else
+        :class:`InvalidArgumentError` (code ``model_mismatch``)."""
         from facerec.triton.client import TritonConnection, TritonDetector, TritonEmbedder
 
         cfg = config or PipelineConfig()
-        card = load_model_card()
+        card = load_model_card(cfg.model)
         connection = TritonConnection(url, protocol)
         embedder = TritonEmbedder(connection, card)
+        if embedder.model_name != cfg.model:
+            raise InvalidArgumentError(
+                f"the Triton server at {url} serves model {embedder.model_name!r}, "
+                f"not {cfg.model!r} (select it with --model / FACEREC_MODEL, or regenerate "
+                "the repository with `facerec triton repo --model NAME`)",
+                code="model_mismatch",
+            )
         if embedder.precision != cfg.precision:
             cfg = replace(cfg, precision=embedder.precision)
         return cls(TritonDetector(connection), embedder, card, cfg)

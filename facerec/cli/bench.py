@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from facerec.cli.output import emit
+from facerec.evaluation.heldout import describe_heldout, heldout_folds, heldout_summary
 from facerec.evaluation.lfw import run_lfw
 from facerec.models import update_calibration
 from facerec.pipeline import FacePipeline
@@ -26,11 +27,19 @@ def store_in_card(pipeline: FacePipeline, **values: Any) -> None:
 
 def cmd_lfw(args: argparse.Namespace, pipeline: FacePipeline) -> int:
     pairs = args.pairs or args.data / "pairs.txt"
-    result = run_lfw(pipeline, args.data, pairs, args.out, pad=args.pad, progress=not args.json)
+    folds = heldout_folds(pipeline.card, pairs)
+    result = run_lfw(
+        pipeline, args.data, pairs, args.out, pad=args.pad, progress=not args.json, only_folds=folds
+    )
+    if folds is not None:
+        result["heldout"] = heldout_summary(pipeline.card, result)
     (args.out / "lfw.json").write_text(json.dumps(result, indent=2))
     if args.update_card:
         store_in_card(pipeline, threshold=result["threshold"], lfw_accuracy=result["accuracy_mean"])
     acc, std = 100 * result["accuracy_mean"], 100 * result["accuracy_std"]
+    if "heldout" in result:
+        emit(result, args.json, describe_heldout(result, args.out))
+        return 0
     text = (
         f"LFW accuracy {acc:.2f} ± {std:.2f} % ({len(result['fold_accuracies'])} folds, "
         f"{result['pairs']} pairs), "

@@ -134,6 +134,7 @@ def cmd_embed(args: argparse.Namespace, pipeline: FacePipeline) -> int:
     emit(
         {
             "model": pipeline.card.name,
+            "model_id": pipeline.model_id,
             "embedding_size": pipeline.card.embedding_size,
             "images": entries,
         },

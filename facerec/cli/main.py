@@ -14,11 +14,11 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from facerec import __version__
-from facerec.cli import bench, bench_openset, identify, images, triton, watch
+from facerec.cli import bench, bench_openset, dataset, identify, images, triton, watch
 from facerec.cli.output import fail
 from facerec.detection.mtcnn import MTCNNConfig
 from facerec.errors import FaceRecError
-from facerec.models import PRECISIONS
+from facerec.models import BASE_MODEL, PRECISIONS
 from facerec.pipeline import FacePipeline, PipelineConfig
 
 Handler = Callable[[argparse.Namespace, FacePipeline], int]
@@ -61,6 +61,12 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
         help="search larger images downscaled to this longest side (2048 px)",
     )
     g.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (all cores)")
+    g.add_argument(
+        "--model",
+        default=BASE_MODEL,
+        metavar="NAME",
+        help=f"embedding model by name (default {BASE_MODEL}; `facerec models --list`)",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -131,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(handler=bench.cmd_lfw)
     bench_openset.add_parser(bench_sub, _common, _pipeline_options)
     triton.add_commands(sub, _common)
+    dataset.add_commands(sub, _common, _pipeline_options)
     watch.add_command(sub, _common, _pipeline_options)
     _plugin_commands(sub)
     return parser
@@ -153,8 +160,9 @@ def _plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         register(sub, _common)
 
 
-def pipeline_from_args(args: argparse.Namespace) -> FacePipeline:
-    config = PipelineConfig(
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The pipeline settings of the pipeline options (:func:`_pipeline_options`)."""
+    return PipelineConfig(
         detector=MTCNNConfig(
             min_face_size=args.min_face_size, thresholds=tuple(args.detection_thresholds)
         ),
@@ -163,8 +171,12 @@ def pipeline_from_args(args: argparse.Namespace) -> FacePipeline:
         precision=args.precision,
         threads=args.threads,
         max_detect_side=args.max_detect_side,
+        model=args.model,
     )
-    return FacePipeline.open(config)
+
+
+def pipeline_from_args(args: argparse.Namespace) -> FacePipeline:
+    return FacePipeline.open(config_from_args(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from facerec.cli.output import emit
+from facerec.models import BASE_MODEL
 from facerec.triton.repository import write_repository
 from facerec.triton.server import TritonServer
 
@@ -32,6 +33,12 @@ def add_commands(
     )
     r.add_argument("--target", choices=["cpu", "gpu"], default="cpu", help="cpu (default)")
     r.add_argument("--out", type=Path, required=True, metavar="DIR", help="repository folder")
+    r.add_argument(
+        "--model",
+        default=BASE_MODEL,
+        metavar="NAME",
+        help=f"embedding model the embedder serves (default {BASE_MODEL})",
+    )
     common(r)
 
     s = triton.add_parser(
@@ -55,8 +62,13 @@ def add_commands(
 
 def run(args: argparse.Namespace) -> int:
     if args.triton_command == "repo":
-        names = write_repository(args.target, args.out)
-        report = {"repository": str(args.out), "target": args.target, "models": names}
+        names = write_repository(args.target, args.out, model=args.model)
+        report = {
+            "repository": str(args.out),
+            "target": args.target,
+            "model": args.model,
+            "models": names,
+        }
         emit(report, args.json, f"{args.target} repository in {args.out}: {', '.join(names)}")
         return 0
     return _serve(args)

@@ -28,47 +28,11 @@ from facerec.evaluation.metrics import (
     roc_curve,
     threshold_at_far,
 )
+from facerec.evaluation.pairs import read_pairs
 from facerec.imaging.decode import read_image
 from facerec.pipeline import Face, FacePipeline
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Pair:
-    a: str  # image key, e.g. "Aaron_Peirsol_0001"
-    b: str
-    same: bool
-    fold: int
-
-
-def read_pairs(path: Path) -> list[Pair]:
-    """Parse a View 2 ``pairs.txt``: a header ``folds<TAB>n``, then per fold n same-person
-    lines ``name i j`` and n different-person lines ``name1 i name2 j``."""
-    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
-    if not lines or len(lines[0]) != 2:
-        raise InvalidArgumentError(f"{path} does not start with a '<folds> <pairs>' header")
-    folds, per_fold = int(lines[0][0]), int(lines[0][1])
-    if folds < 2 or per_fold < 1:
-        raise InvalidArgumentError(
-            f"{path}: needs at least 2 folds of at least 1 pair each (thresholds are chosen "
-            f"on the other folds), header says {folds} x {per_fold}"
-        )
-    body = lines[1:]
-    if len(body) != folds * 2 * per_fold:
-        raise InvalidArgumentError(
-            f"{path}: expected {folds * 2 * per_fold} pair lines, found {len(body)}"
-        )
-    pairs = []
-    for n, f in enumerate(body):
-        fold = n // (2 * per_fold)
-        if len(f) == 3:
-            pairs.append(Pair(f"{f[0]}_{int(f[1]):04d}", f"{f[0]}_{int(f[2]):04d}", True, fold))
-        elif len(f) == 4:
-            pairs.append(Pair(f"{f[0]}_{int(f[1]):04d}", f"{f[2]}_{int(f[3]):04d}", False, fold))
-        else:
-            raise InvalidArgumentError(f"{path}: malformed line {n + 2}: {' '.join(f)}")
-    return pairs
 
 
 def find_image(data_dir: Path, key: str) -> Path:
@@ -172,9 +136,14 @@ def run_lfw(
     out_dir: Path,
     pad: int = 50,
     progress: bool = True,
+    only_folds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark; write ``lfw.json`` and ``roc.png`` to ``out_dir``."""
+    """Run the benchmark; write ``lfw.json`` and ``roc.png`` to ``out_dir``. With
+    ``folds``, only those folds' pairs (a fine-tuned model is scored on the folds it did
+    not train on; thresholds still come from the other folds scored)."""
     pairs = read_pairs(pairs_file)
+    if only_folds is not None:
+        pairs = [p for p in pairs if p.fold in set(only_folds)]
     keys = sorted({p.a for p in pairs} | {p.b for p in pairs})
     run = embed_images(pipeline, data_dir, keys, pad, progress=progress)
     index = {k: i for i, k in enumerate(keys)}
@@ -200,6 +169,7 @@ def run_lfw(
         "threshold_accuracy_all_pairs": acc_all,
         "threshold_far_1e-3": t_far,
         "pairs": len(pairs),
+        "folds": sorted({int(f) for f in folds}),
         "images": n,
         "no_face_found": len(run.no_face),
         "no_face_images": run.no_face,

@@ -19,6 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from facerec.errors import ImageError
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+"""File name endings taken for images when a folder is listed."""
 
 # Signatures of formats people upload that this system does not read.
 _KNOWN_UNSUPPORTED = (

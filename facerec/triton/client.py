@@ -18,7 +18,7 @@ import numpy as np
 from facerec.detection.types import Detections
 from facerec.embedding import embed_in_batches
 from facerec.errors import FaceRecError, InvalidArgumentError
-from facerec.models import ModelCard
+from facerec.models import BASE_MODEL, ModelCard
 from facerec.triton.server import TritonUnavailableError
 
 PROTOCOLS = ("grpc", "http")
@@ -163,6 +163,8 @@ class TritonEmbedder:
         self.max_batch = int(config.get("max_batch_size", 0)) or 64
         params = config.get("parameters", {})
         self.precision = str(params.get("precision", {}).get("string_value", "fp32"))
+        # Repositories written before models were selectable by name served the base model.
+        self.model_name = str(params.get("model", {}).get("string_value", BASE_MODEL))
 
     def ready(self) -> bool:
         return self.connection.model_ready(self.model)

@@ -1,0 +1,1 @@
+"""Face data sets on disk: source layouts and aligned crops for training."""
