@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +36,26 @@ from perf.triton_perf import watch_load
 FACEREC = [sys.executable, "-m", "facerec.cli.main"]
 
 
+def machine_busy() -> float:
+    """Busy CPU seconds of the whole machine so far (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def watched(row: dict[str, Any]) -> Iterator[None]:
+    """``watch_load`` (other processes alive before and after), plus the cores the whole
+    machine kept busy, which also counts processes that came and went meanwhile."""
+    busy, start = machine_busy(), time.perf_counter()
+    with watch_load(row):
+        yield
+    row["machine_busy_cores"] = round((machine_busy() - busy) / (time.perf_counter() - start), 2)
+
+
 def time_command(files: list[Path], *options: str) -> dict[str, Any]:
     """Wall seconds of ``facerec embed --json`` over ``files``, and the faces it found."""
     row: dict[str, Any] = {}
-    with watch_load(row):
+    with watched(row):
         start = time.perf_counter()
         done = subprocess.run(
             [*FACEREC, "embed", "--json", *options, *map(str, files)],
@@ -62,6 +81,7 @@ def summarise(rows: list[dict[str, Any]], images: int, startup: float) -> dict[s
         "images_per_second": round(images * len(rows) / wall, 2),
         "images_per_second_after_startup": round(images * len(rows) / files, 2),
         "other_processes_cores": [r["other_processes_cores"] for r in rows],
+        "machine_busy_cores": [r["machine_busy_cores"] for r in rows],
     }
 
 
@@ -113,7 +133,7 @@ def main() -> None:
     for _ in range(args.rounds):
         startups.append(time_command(files[:1])["wall_s"])
         row: dict[str, Any] = {}
-        with watch_load(row):
+        with watched(row):
             timing = time_reference(ref, payloads, 0)
         reference_rows.append({**row, "wall_s": timing.wall, "faces": timing.faces})
         for name, options in commands.items():
@@ -128,6 +148,7 @@ def main() -> None:
         "wall_seconds": round(wall, 2),
         "images_per_second": round(n * len(reference_rows) / wall, 2),
         "other_processes_cores": [r["other_processes_cores"] for r in reference_rows],
+        "machine_busy_cores": [r["machine_busy_cores"] for r in reference_rows],
         "note": "start-up (model loading, first call) excluded",
     }
     runs = {"reference (PyTorch eager)": reference}
