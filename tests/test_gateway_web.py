@@ -190,11 +190,13 @@ def canvas_size(page: Page) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def canvas_has_colour(page: Page, rgb: tuple[int, int, int]) -> bool:
-    """Whether some pixel of the identify canvas is ``rgb`` (a drawn box or label)."""
+def canvas_has_colour(
+    page: Page, rgb: tuple[int, int, int], canvas: str = "#identify-canvas"
+) -> bool:
+    """Whether some pixel of ``canvas`` is ``rgb`` (a drawn box or label)."""
     return bool(
         page.eval_on_selector(
-            "#identify-canvas",
+            canvas,
             """(c, [r, g, b]) => {
                  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
                  for (let i = 0; i < d.length; i += 4)
@@ -382,16 +384,7 @@ def test_live_names_the_enrolled_person(
     stats_text = re.compile(r"^\d+\.\d fps · latency \d+ ms · \d+ frames · 0 dropped$")
     expect(stats).to_have_text(stats_text)
     expect(stats).not_to_have_text(re.compile(r"^0\.0 fps"))  # once two results are in
-    assert page.eval_on_selector(
-        "#live-canvas",
-        """(c, [r, g, b]) => {
-             const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-             for (let i = 0; i < d.length; i += 4)
-               if (d[i] === r && d[i + 1] === g && d[i + 2] === b) return true;
-             return false;
-           }""",
-        list(MATCH_RGB),
-    ), "no green box over the video"
+    assert canvas_has_colour(page, MATCH_RGB, "#live-canvas"), "no green box over the video"
     page.click("#live-stop")
     expect(page.locator("#live-result")).to_have_text(re.compile(r"^Stopped after \d+ frame"))
     expect(page.locator("#live-start")).to_be_enabled()
