@@ -2,7 +2,9 @@
 
 A real ``facerec serve`` runs on loopback in development mode; Playwright drives Debian's
 Chromium (``scripts/install_browser.sh`` installs both). The tests act through the page only
-and call the API directly just to check what the page did.
+and call the API directly just to check what the page did. The webcam tests launch a
+Chromium of their own with a fake camera: Chromium's test pattern, or a Y4M file written
+here (the Live panel, streaming to ``WS /v1/stream``).
 """
 
 from __future__ import annotations
