@@ -2,7 +2,9 @@
 
 A real ``facerec serve`` runs on loopback in development mode; Playwright drives Debian's
 Chromium (``scripts/install_browser.sh`` installs both). The tests act through the page only
-and call the API directly just to check what the page did.
+and call the API directly just to check what the page did. The webcam tests launch a
+Chromium of their own with a fake camera: Chromium's test pattern, or a Y4M file written
+here (the Live panel, streaming to ``WS /v1/stream``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from conftest import GALLERY, LFW
+from facerec.imaging.decode import read_image
 from servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -53,6 +58,7 @@ ENROL_IMAGES = [GALLERY / f"John_Kerry_{n:04d}.jpg" for n in (1, 3, 4)]
 KERRY_PROBE = GALLERY / "John_Kerry_0005.jpg"
 KERRY_VERIFY = GALLERY / "John_Kerry_0009.jpg"
 STRANGER = LFW / "Dean_Barker_0001.jpg"
+FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 
 MATCH_RGB = (22, 163, 74)  # the page's box colour for a match (#16a34a)
 UNKNOWN_RGB = (220, 38, 38)  # and for an unknown face (#dc2626)
@@ -186,11 +192,13 @@ def canvas_size(page: Page) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def canvas_has_colour(page: Page, rgb: tuple[int, int, int]) -> bool:
-    """Whether some pixel of the identify canvas is ``rgb`` (a drawn box or label)."""
+def canvas_has_colour(
+    page: Page, rgb: tuple[int, int, int], canvas: str = "#identify-canvas"
+) -> bool:
+    """Whether some pixel of ``canvas`` is ``rgb`` (a drawn box or label)."""
     return bool(
         page.eval_on_selector(
-            "#identify-canvas",
+            canvas,
             """(c, [r, g, b]) => {
                  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
                  for (let i = 0; i < d.length; i += 4)
@@ -239,9 +247,8 @@ def test_webcam_without_camera_fails_gracefully(page: Page) -> None:
 
 def test_webcam_frame_is_sent(server: Server, playwright: Playwright) -> None:
     """With Chromium's fake camera (a test pattern, no face) the frame goes to /v1/identify."""
-    fake_camera = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
     browser = playwright.chromium.launch(
-        executable_path=str(CHROMIUM), args=[*LAUNCH_ARGS, *fake_camera]
+        executable_path=str(CHROMIUM), args=[*LAUNCH_ARGS, *FAKE_CAMERA]
     )
     try:
         page = browser.new_page()
@@ -256,6 +263,175 @@ def test_webcam_frame_is_sent(server: Server, playwright: Playwright) -> None:
         assert errors == []
     finally:
         browser.close()
+
+
+def write_y4m(path: Path, frames: list[np.ndarray], fps: int) -> Path:
+    """A Y4M file for Chromium's fake camera: the header, then ``FRAME`` and the I420
+    planes of each RGB uint8[H, W, 3] frame (H and W even)."""
+    height, width = frames[0].shape[:2]
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            out.write(b"FRAME\n")
+            out.write(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def kerry_camera(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 s at 30 frames/s, 640x480 (a webcam's usual mode): John Kerry's photo (not one of
+    the enrolled ones) sliding left and right over a grey gradient; Chromium loops it.
+    A frame comes every 33 ms, faster than the service analyses one here, so a page that
+    sent frames without waiting for results would have several in flight."""
+    face = read_image(KERRY_PROBE)  # RGB uint8[150, 150, 3]
+    height, width, fps, count = 480, 640, 30, 60
+    background = np.broadcast_to(
+        np.linspace(90, 170, width, dtype=np.float32)[None, :, None], (height, width, 3)
+    ).astype(np.uint8)
+    frames = []
+    for k in range(count):
+        frame = background.copy()
+        x = 245 + round(80 * np.sin(2 * np.pi * k / count))  # 165-325: inside the frame
+        frame[165:315, x : x + 150] = face
+        frames.append(frame)
+    return write_y4m(tmp_path_factory.mktemp("camera") / "kerry.y4m", frames, fps)
+
+
+# Test instrumentation, injected before the page's own script: every WebSocket event
+# (open, message, close) reaches the page 150 ms late, as over a slow link or from a busy
+# service, so that a page sending frames without waiting for results would have several
+# in flight; and a log of what the page sends and of the results it is handed, in order.
+SLOW_LINK_JS = """
+(() => {
+  const log = (window.__liveLog = []);
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    log.push(typeof data === "string" ? "text" : "frame");
+    return send.call(this, data);
+  };
+  const add = WebSocket.prototype.addEventListener;
+  WebSocket.prototype.addEventListener = function (type, listener, options) {
+    const late = (ev) => setTimeout(() => {
+      if (type === "message") {
+        const doc = JSON.parse(ev.data);
+        if ("faces" in doc || (doc.error && "frame" in doc.error)) log.push("result");
+      }
+      listener(ev);
+    }, 150);
+    return add.call(this, type, late, options);
+  };
+})();
+"""
+
+
+@pytest.fixture
+def camera_page(
+    playwright: Playwright, server: Server, kerry_camera: Path
+) -> Iterator[tuple[Page, dict[str, list[Any]]]]:
+    """A page in a Chromium whose camera plays ``kerry_camera``, with the admin key entered.
+    Records what must stay empty (uncaught errors, policy violations, requests to another
+    origin) and the WebSocket messages the page sends and receives, in order; the page's
+    WebSocket events come late (:data:`SLOW_LINK_JS`)."""
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=[*LAUNCH_ARGS, *FAKE_CAMERA, f"--use-file-for-fake-video-capture={kerry_camera}"],
+    )
+    try:
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        record: dict[str, list[Any]] = {"errors": [], "foreign": [], "messages": []}
+        origin = server.url + "/"
+
+        def guard(route: Any) -> None:
+            if route.request.url.startswith(origin):
+                route.continue_()
+            else:
+                record["foreign"].append(route.request.url)
+                route.abort()
+
+        context.route("**/*", guard)
+        context.add_init_script(SLOW_LINK_JS)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("pageerror", lambda exc: record["errors"].append(str(exc)))
+        page.on(
+            "console",
+            lambda m: record["errors"].append(m.text) if "Security Policy" in m.text else None,
+        )
+
+        def on_socket(ws: Any) -> None:
+            record["messages"].append(("open", ws.url))
+            ws.on("framesent", lambda data: record["messages"].append(("sent", data)))
+            ws.on("framereceived", lambda data: record["messages"].append(("received", data)))
+
+        page.on("websocket", on_socket)
+        page.goto(server.url + "/")
+        page.fill("#api-key", server.admin_key)
+        yield page, record
+    finally:
+        browser.close()
+
+
+def test_live_names_the_enrolled_person(
+    camera_page: tuple[Page, dict[str, list[Any]]], kerry: str, server: Server
+) -> None:
+    """The Live panel streams the fake camera to WS /v1/stream: it names John Kerry over
+    the video and in the events, shows a frame rate and the latency, sends the key as the
+    first message and never a frame while another one's result is pending; Stop ends the
+    stream and releases the camera."""
+    page, record = camera_page
+    page.click("#live-start")
+    expect(page.locator("#live-result .who")).to_have_text(["John Kerry"], timeout=90_000)
+    expect(page.locator("#live-events")).to_contain_text("identified: John Kerry")
+    stats = page.locator("#live-stats")
+    stats_text = re.compile(r"^\d+\.\d fps · latency \d+ ms · \d+ frames · 0 dropped$")
+    expect(stats).to_have_text(stats_text)
+    expect(stats).not_to_have_text(re.compile(r"^0\.0 fps"))  # once two results are in
+    assert canvas_has_colour(page, MATCH_RGB, "#live-canvas"), "no green box over the video"
+    page.click("#live-stop")
+    expect(page.locator("#live-result")).to_have_text(re.compile(r"^Stopped after \d+ frame"))
+    expect(page.locator("#live-start")).to_be_enabled()
+    assert page.eval_on_selector("#live-video", "v => v.srcObject === null && v.hidden")
+
+    opened = [m for m in record["messages"] if m[0] == "open"]
+    assert len(opened) == 1 and opened[0][1].endswith("/v1/stream?every=1"), opened
+    sent = [m[1] for m in record["messages"] if m[0] == "sent"]
+    assert json.loads(sent[0]) == {"api_key": server.admin_key}  # never in the URL
+    assert json.loads(sent[-1]) == {"end": True}
+    assert all(isinstance(m, bytes) and m[:3] == b"\xff\xd8\xff" for m in sent[1:-1])
+    received = [json.loads(m[1]) for m in record["messages"] if m[0] == "received"]
+    results = [doc for doc in received if "faces" in doc]
+    assert len(results) >= 3
+    assert all(doc["dropped"] == 0 for doc in results)  # nothing ever waited at the server
+    in_flight = 0
+    log = page.evaluate("window.__liveLog")
+    assert log.count("frame") >= len(results)
+    for entry in log:  # what the page sent and the results it was handed, in its order
+        in_flight += {"frame": 1, "result": -1}.get(entry, 0)
+        assert in_flight <= 1, f"a frame was sent before the previous result came back: {log}"
+    events = server.get("/v1/audit?last=200")["events"]
+    assert any(e["action"] == "stream_identified" and e["subject"] == kerry for e in events)
+    assert record["errors"] == [] and record["foreign"] == []
+
+
+def test_live_shows_a_refused_key(camera_page: tuple[Page, dict[str, list[Any]]]) -> None:
+    """A key the server refuses: the error code and the close code, camera released."""
+    page, record = camera_page
+    page.fill("#api-key", "frk_not_a_key")
+    page.click("#live-start")
+    expect(page.locator("#live-result .error")).to_have_text(
+        re.compile(r"^invalid_api_key: .+ \(closed 1008\)$")
+    )
+    expect(page.locator("#live-start")).to_be_enabled()
+    expect(page.locator("#live-stop")).to_be_disabled()
+    assert page.eval_on_selector("#live-video", "v => v.srcObject === null && v.hidden")
+    assert record["errors"] == [] and record["foreign"] == []
+
+
+def test_live_without_camera_fails_gracefully(page: Page) -> None:
+    page.click("#live-start")
+    expect(page.locator("#live-result .error")).to_contain_text(re.compile(r"^camera: "))
+    expect(page.locator("#live-start")).to_be_enabled()
+    expect(page.locator("#live-stop")).to_be_disabled()
 
 
 def test_identify_stranger_is_unknown(page: Page, kerry: str) -> None:

@@ -60,7 +60,7 @@ def _try_it_page() -> tuple[str, str]:
 
 @router.get("/", response_class=HTMLResponse)
 def page() -> HTMLResponse:
-    """A small page to try the API: enrol, identify, verify, audit."""
+    """A small page to try the API: enrol, verify, identify, live video, audit."""
     html, csp = _try_it_page()
     return HTMLResponse(html, headers={"Content-Security-Policy": csp})
 
