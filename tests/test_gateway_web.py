@@ -116,6 +116,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 pytest.fail(f"facerec serve not healthy after 90 s:\n{_log_tail(log)}")
             time.sleep(0.3)
         yield Server(url, (data / "admin.key").read_text().strip())
+        if proc.poll() is not None:  # it died under the tests: say how, for the record
+            pytest.fail(f"facerec serve exited with {proc.returncode}:\n{_log_tail(log)}")
     finally:
         proc.terminate()
         try:
