@@ -140,9 +140,12 @@ async def _result(ws: ClientConnection, frame: int) -> dict[str, Any]:
             raise RuntimeError(f"the service refused the stream: {doc}")
 
 
-async def camera(svc: Service, jpegs: list[bytes], every: int, t0: float) -> Camera:
-    """One connection playing the scene in real time from ``t0`` (``time.perf_counter``
-    clock): frame k is due at t0 + k / FPS."""
+async def camera(
+    svc: Service, jpegs: list[bytes], every: int, start: Start, offset: float
+) -> Camera:
+    """One connection playing the scene in real time once every connection of the round
+    is ready: frame k is due at t0 + k / FPS, t0 the round's start plus ``offset``
+    (``time.perf_counter`` clock)."""
     cam = Camera()
     headers = {"X-API-Key": svc.identify_key}
     async with connect(
@@ -151,6 +154,8 @@ async def camera(svc: Service, jpegs: list[bytes], every: int, t0: float) -> Cam
         ready = json.loads(await asyncio.wait_for(ws.recv(), 60))
         if ready.get("ready") is not True:
             raise RuntimeError(f"the service did not accept the stream: {ready}")
+        await start.barrier.wait()
+        t0 = start.at.setdefault("t", time.perf_counter() + 0.05) + offset
         k = 0
         while k < len(jpegs):
             await asyncio.sleep(max(0.0, t0 + k / FPS - time.perf_counter()))
@@ -169,7 +174,7 @@ async def camera(svc: Service, jpegs: list[bytes], every: int, t0: float) -> Cam
                 ]
                 cam.ready[k] = arrived - t0
             due = int(np.ceil((arrived - t0) * FPS - 1e-9))  # the next frame due after it
-            cam.dropped_client += max(0, due - k - 1)
+            cam.dropped_client += max(0, min(due, len(jpegs)) - k - 1)
             k = max(k + 1, due)
         await ws.send(json.dumps({"end": True}))
         async for _ in ws:  # the track events, until the service closes (1000, end)
@@ -177,13 +182,18 @@ async def camera(svc: Service, jpegs: list[bytes], every: int, t0: float) -> Cam
     return cam
 
 
+@dataclass
+class Start:
+    """The round's clock: set by the first camera past the barrier (all connected)."""
+
+    barrier: asyncio.Barrier
+    at: dict[str, float] = field(default_factory=dict)
+
+
 async def _round(svc: Service, jpegs: list[bytes], every: int, clients: int) -> list[Camera]:
-    t0 = time.perf_counter() + 0.5  # every client connected before its first frame is due
-    return list(
-        await asyncio.gather(
-            *(camera(svc, jpegs, every, t0 + i / (clients * FPS)) for i in range(clients))
-        )
-    )
+    start = Start(asyncio.Barrier(clients))
+    cams = (camera(svc, jpegs, every, start, i / (clients * FPS)) for i in range(clients))
+    return list(await asyncio.gather(*cams))
 
 
 Measured = Callable[[dict[str, Any]], AbstractContextManager[None]]
