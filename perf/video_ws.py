@@ -41,7 +41,7 @@ from media_servers import encode_jpeg
 from websockets.asyncio.client import ClientConnection, connect
 
 from perf.gateway_load import Spawned, spawned_server
-from perf.triton_perf import _proc_cpu
+from perf.triton_perf import _ours, _proc_cpu
 
 if TYPE_CHECKING:
     from perf.video import Context
@@ -108,17 +108,7 @@ def service() -> Iterator[Service]:
 def tree_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process and its descendants so far."""
     table = _proc_cpu()
-    return sum(table[p][1] for p in _descendants(table, pid))
-
-
-def _descendants(table: dict[int, tuple[int, float]], pid: int) -> set[int]:
-    found = {pid}
-    grew = True
-    while grew:
-        new = {p for p, (ppid, _) in table.items() if ppid in found} - found
-        found |= new
-        grew = bool(new)
-    return found
+    return sum(table[p][1] for p in _ours(table, pid))
 
 
 def rss_mb(pid: int) -> float:
