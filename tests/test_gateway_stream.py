@@ -373,6 +373,58 @@ def test_a_key_sees_its_namespace_only_and_nothing_below_the_threshold(
             assert json.loads(ws.recv(timeout=10))["ready"] is True
 
 
+def test_a_threshold_the_growing_gallery_no_longer_allows_closes_the_stream(
+    service: Service, pipeline: FacePipeline
+) -> None:
+    """An identify key's explicit threshold is allowed for its gallery's size when the
+    stream opens; once the gallery grows so that the service's own threshold is stricter,
+    the stream closes 4403 ``threshold_not_allowed`` (not an error on every frame)."""
+    from facerec.matching import IdentificationPolicy
+
+    cfg = pipeline.config
+    policy = IdentificationPolicy.from_card(pipeline.card, cfg.alignment, cfg.flip, cfg.precision)
+    one, two = (policy.operating_point(g, 1e-3).threshold for g in (1, 2))
+    assert two > one  # the service's threshold rises with the gallery
+    kerry = KERRY.read_bytes()
+    admin = {"X-Namespace": "growing"}
+    with service.client() as client:
+        r = client.post("/v1/keys", json={"role": "identify", "namespace": "growing"})
+        key = r.json()["token"]
+        for n, name in enumerate(ENROLLED[:2]):
+            sid = client.post("/v1/subjects", json={"name": name}, headers=admin).json()["id"]
+            photo = next(iter(sorted((vs.DATA / "gallery").glob(f"{name}_*.jpg"))))
+            files = [("images", (photo.name, photo.read_bytes()))]
+            if n == 0:  # one subject when the stream opens
+                r = client.post(f"/v1/subjects/{sid}/faces", files=files, headers=admin)
+                assert r.status_code == 200, r.text
+            else:  # the second's face comes while it runs
+                second = (sid, files)
+        threshold = round((one + two) / 2, 4)
+        url = ws_url(service) + f"?threshold={threshold}"
+        with connect(url, additional_headers={"X-API-Key": key}, max_size=None) as ws:
+            assert json.loads(ws.recv(timeout=10))["ready"] is True
+            ws.send(kerry)
+            doc, _ = result_of(ws, 0)
+            assert "faces" in doc
+            sid, files = second
+            r = client.post(f"/v1/subjects/{sid}/faces", files=files, headers=admin)
+            assert r.status_code == 200, r.text
+            messages = []
+            deadline = time.monotonic() + 30  # the operating point is rechecked every 5 s
+            with pytest.raises(ConnectionClosed) as closed:
+                for frame in range(1, 10_000):
+                    ws.send(kerry)
+                    messages.append(result_of(ws, frame)[0])
+                    assert "error" not in messages[-1], messages[-1]
+                    assert time.monotonic() < deadline, "still open"
+                    time.sleep(0.5)
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+                4403,
+                "threshold_not_allowed",
+            )
+
+
 def test_newest_frame_is_analysed_and_the_rest_counted_as_dropped(
     service: Service, jpegs: list[bytes]
 ) -> None:

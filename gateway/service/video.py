@@ -109,6 +109,13 @@ class IndexPolicy:
                 self._at = time.monotonic()
             return self._point
 
+    @property
+    def last(self) -> OperatingPoint:
+        """The operating point the latest decisions were made at, not rechecked (:attr:`point`
+        raises once the gallery grew past a threshold this caller may use)."""
+        with self._lock:
+            return self._point
+
     def search(self, probes: np.ndarray, top_k: int = 5) -> list[list[Candidate]]:
         return self.faces.match_embeddings(probes, top_k, self.caller)
 
@@ -250,7 +257,12 @@ class VideoService:
         the threshold ``analyzer`` decides at)."""
         if not any(e.event in AUDITED_EVENTS for e in events):
             return
-        threshold = None if analyzer.policy is None else analyzer.policy.point.threshold
+        policy = analyzer.policy
+        threshold: float | None = None
+        if isinstance(policy, IndexPolicy):
+            threshold = policy.last.threshold
+        elif policy is not None:
+            threshold = policy.point.threshold
         for event in events:
             action = AUDITED_EVENTS.get(event.event)
             if action is None:

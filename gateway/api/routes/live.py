@@ -174,6 +174,10 @@ class LiveConnection:
                 if exc.code in LIMIT_CODES:
                     self._stop(FRAME_TOO_LARGE, exc.code, exc)
                     return
+                if exc.http_status == 403:  # the key's threshold no longer allowed (the
+                    # gallery grew past it): as when the stream opened, not per frame
+                    self._stop(FORBIDDEN, exc.code, exc)
+                    return
                 messages = [error_doc(exc, frame=index)]
             del data
             try:
