@@ -202,6 +202,25 @@ def wait_indexed(index: FaceIndex, rows: int, timeout: float = 7200) -> None:
     raise TimeoutError(f"index not built after {timeout} s")
 
 
+def wait_settled(
+    pid: int | None, cores: float = 0.1, window: float = 15.0, timeout: float = 3600.0
+) -> float | None:
+    """Wait until the server process ``pid`` used less than ``cores`` of CPU over ``window``
+    seconds: after the index is built, Milvus 2.3 goes on compacting segments and
+    re-indexing the merged ones for minutes, and searches measured meanwhile share the
+    cores with it. Returns the seconds waited (None: no server process to watch, or it
+    did not settle within ``timeout``)."""
+    if pid is None:
+        return None
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        used = cpu_seconds(pid)
+        time.sleep(window)
+        if (cpu_seconds(pid) - used) / window < cores:
+            return round(time.monotonic() - start, 1)
+    return None
+
+
 def search_sweep(
     index: FaceIndex,
     queries: np.ndarray,
@@ -340,9 +359,12 @@ def run_size(
     row["index_build_seconds"] = round(time.perf_counter() - t, 2)
     print(f"{size}: inserted in {insert_s:.1f} s, built in {row['index_build_seconds']} s")
 
+    pid = target.get("pid")
+    if args.settle:
+        row["settle_seconds"] = wait_settled(pid)
+        print(f"  server settled after {row['settle_seconds']} s", flush=True)
     for _ in range(3):  # the first searches after the build load indexed segments
         batched(index, queries)
-    pid = target.get("pid")
     with measuring([os.getpid(), pid], args.search_nice) as nice:
         row["search_nice"] = nice
         row["sweep"] = search_sweep(index, queries, exact, tuple(args.ef), pid)
@@ -451,6 +473,12 @@ def main() -> None:
     parser.add_argument("--ef", type=int, nargs="+", default=list(EFS))
     parser.add_argument("--index-type", choices=("HNSW", "FLAT"), default="HNSW")
     parser.add_argument("--skip-reindex", action="store_true")
+    parser.add_argument(
+        "--settle",
+        action="store_true",
+        help="after the index build, wait until the server's background compaction and "
+        "re-indexing are over (its CPU under 0.1 core for 15 s) before measuring searches",
+    )
     parser.add_argument(
         "--batch", type=int, default=BATCH, help="faces per insert call (enrolments: 1)"
     )
