@@ -6,6 +6,10 @@ writes each new vector to both collections while searches keep reading the curre
 Once the new collection is built (:meth:`gateway.gallery.Gallery.rotate_index`), it becomes
 current and the old one is dropped. Processes notice either change within ``refresh``
 seconds.
+
+The collections hold the vectors of one model only (``model_id``, :mod:`gateway.model_ids`):
+each model has its own collection prefix, so vectors of two models are never searched
+together. Every process of a deployment runs the same model.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from gateway.crypto.envelope import MasterKey
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.errors import IndexUnavailableError
 from gateway.index.milvus import FaceIndex, Hit, MilvusOptions
+from gateway.model_ids import collection_prefix, published_model_id
 from gateway.storage.secrets import SecretRepository
 
 CURRENT = "index"
@@ -38,8 +43,11 @@ class IndexManager:
         index_type: str = "HNSW",
         options: MilvusOptions | None = None,
         refresh: float = 1.0,
+        model_id: str | None = None,
     ) -> None:
         self.secrets, self.uri, self.dim = secrets, uri, dim
+        self.model_id = model_id or published_model_id()
+        self.prefix = collection_prefix(self.model_id)
         self.index_type, self.options, self.refresh = index_type, options, refresh
         self._lock = threading.Lock()
         self._opened: dict[bytes, FaceIndex] = {}
@@ -51,7 +59,9 @@ class IndexManager:
         index = self._opened.get(secret)
         if index is None:
             protector = VectorProtector(MasterKey.from_bytes(secret), self.dim)
-            index = FaceIndex(self.uri, protector, index_type=self.index_type, options=self.options)
+            index = FaceIndex(
+                self.uri, protector, self.prefix, index_type=self.index_type, options=self.options
+            )
             self._opened[secret] = index
         return index
 
