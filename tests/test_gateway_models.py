@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from apiclient import image_files, one_image, running, settings_for
-from conftest import GALLERY
+from conftest import GALLERY, lfw_path
 from facerec.cli.main import main
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
@@ -129,6 +129,10 @@ def test_other_models_templates_are_refused_and_reembedded(
         kerry, dean = subject(client, "Kerry"), subject(client, "Dean")
         assert enrol(client, kerry, KERRY[:2])["enrolled"] == 2
         assert enrol(client, dean, DEAN[:1])["enrolled"] == 1
+        gone = subject(client, "Gone")
+        (gone_face,) = [
+            r["face_id"] for r in enrol(client, gone, [lfw_path("Angela_Bassett_0001")])["results"]
+        ]
         assert client.get("/readyz").json()["model"] == {"id": other.model_id}
     with running(settings_for(data, storage), other) as client:
         hastert = subject(client, "Hastert")
@@ -140,6 +144,8 @@ def test_other_models_templates_are_refused_and_reembedded(
     # the published model runs now
     with running(kept, pipeline) as client:
         assert client.get("/readyz").json()["model"] == {"id": published}
+        # a deletion reaches the other model's collection too
+        assert client.delete(f"/v1/subjects/{gone}").status_code == 204
         models = client.get("/v1/models").json()
         assert models == {
             "id": published,
@@ -164,6 +170,13 @@ def test_other_models_templates_are_refused_and_reembedded(
         assert identified(client, DEAN[2]) == [dean]
         assert client.get("/v1/models").json()["other_model_templates"] == 4
 
+    db = open_database(kept)
+    left_behind = open_gallery(kept, db, 128, other.model_id)
+    try:
+        held = left_behind.index.current.ids()
+        assert gone_face not in held and len(held) == 4
+    finally:
+        left_behind.close()
     rc, plan = reembed_cli(data, storage, monkeypatch, capsys, "--dry-run")
     assert rc == 0 and plan["dry_run"] and plan["considered"] == 4 and plan["reembedded"] == 3
     rc, report = reembed_cli(data, storage, monkeypatch, capsys)
