@@ -159,7 +159,10 @@ class Gateway:
 
 
 def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Gateway:
-    """Open everything, bootstrap the admin key, repair the index (both audited)."""
+    """Open everything, bootstrap the admin key, repair the index (both audited). The
+    embedding model is ``pipeline``'s, else ``FACEREC_MODEL``'s."""
+    if pipeline is None:
+        load_model_card(settings.model)  # an unknown model is refused before anything starts
     db = open_database(settings)
     admin = open_admin(settings, db)
     if (token := settings.secret("admin_key")) is not None:

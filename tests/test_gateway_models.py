@@ -21,13 +21,15 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from apiclient import image_files, one_image, running, settings_for
 from conftest import GALLERY, lfw_path
 from facerec.cli.main import main
+from facerec.errors import FaceRecError
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
-from gateway.bootstrap import open_database, open_gallery
+from gateway.bootstrap import open_database, open_gallery, open_gateway
 from gateway.model_ids import collection_prefix, published_model_id
 from gateway.service.reembed import embed_stored, reembed
 from gateway.settings import Settings, get_settings
@@ -278,3 +280,13 @@ def assert_whole(
             expected = embed_stored(models[info.model_id], image, info.box, limits)
             assert expected is not None
             assert float(template @ expected) > 0.999, (info.model_id, info.id)
+
+
+def test_the_model_setting_is_checked_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="FACEREC_MODEL"):
+        Settings(env="development", data_dir=tmp_path, model="Not A Name")
+    settings = settings_for(tmp_path / "data", {}, model="no-such-model")
+    with pytest.raises(FaceRecError) as refused:
+        open_gateway(settings)
+    assert refused.value.code == "unknown_model"
+    assert not (tmp_path / "data").exists()
