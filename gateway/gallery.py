@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.errors import NotFoundError
+from gateway.errors import ConflictError, NotFoundError
 from gateway.index.manager import IndexManager
 from gateway.index.milvus import DEFAULT_SCOPE, FaceIndex
 from gateway.storage.subjects import SubjectRepository
@@ -99,10 +99,18 @@ class Gallery:
         scope: tuple[str, str] = DEFAULT_SCOPE,
     ) -> str:
         """Enrol one face (embedding float32[D]) of an existing subject, whose
-        (namespace, gallery) is ``scope``; returns the face's id."""
-        face_id = self.subjects.add_face(
-            subject_id, embedding, content_hash, quality, box, image=image, model_id=self.model_id
-        )
+        (namespace, gallery) is ``scope``; returns the face's id. The same image enrolled
+        before under another model is re-enrolment: that face moves to this model
+        (:meth:`replace_template`) and keeps its id."""
+        try:
+            face_id = self.subjects.add_face(
+                subject_id, embedding, content_hash, quality, box, image, self.model_id
+            )
+        except ConflictError as exc:
+            moved = self._reenrol(subject_id, content_hash, embedding, scope)
+            if moved is None:
+                raise exc from None
+            return moved
         try:
             self.index.add([face_id], [subject_id], embedding[None, :], [scope])
         except Exception:
@@ -112,6 +120,19 @@ class Gallery:
             self.index.delete_faces([face_id])  # the subject was deleted meanwhile
             raise NotFoundError(f"subject {subject_id} was deleted during enrolment")
         return face_id
+
+    def _reenrol(
+        self, subject_id: str, content_hash: str, embedding: np.ndarray, scope: tuple[str, str]
+    ) -> str | None:
+        """The id of the face of the same image moved to this model, or None when that
+        face is already of this model (a plain duplicate)."""
+        face = self.subjects.face_by_hash(subject_id, content_hash)
+        if face is None or face.model_id == self.model_id or face.state != "indexed":
+            return None
+        outcome = self.replace_template(face.id, subject_id, embedding, face.model_id, scope)
+        if outcome == "gone":
+            raise NotFoundError(f"subject {subject_id} was deleted during enrolment")
+        return face.id
 
     def replace_template(
         self,

@@ -201,6 +201,13 @@ def test_other_models_templates_are_refused_and_reembedded(
         (audited,) = [e for e in events if e["action"] == "reembed"][-1:]
         assert audited["outcome"] == "ok" and "reembedded=0" in audited["detail"]
         assert "embedding" not in json.dumps(events)
+        # re-enrolling the same image moves that face to the running model (no duplicate)
+        (again_face,) = enrol(client, hastert, HASTERT[:1])["results"]
+        assert again_face["face_id"] == left["face_id"]
+        assert verify(client, hastert, HASTERT[2]).json()["match"] is True
+        assert client.get("/v1/models").json()["other_model_templates"] == 0
+        r = client.post(f"/v1/subjects/{hastert}/faces", files=image_files(HASTERT[:1]))
+        assert r.json()["error"]["code"] == "duplicate_face"  # now a plain duplicate
 
 
 class StopError(Exception):

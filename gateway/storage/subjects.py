@@ -341,6 +341,16 @@ class SubjectRepository:
             ) from None
         return face_id
 
+    def face_by_hash(self, subject_id: str, content_hash: str) -> FaceInfo | None:
+        """The face of ``subject_id`` enrolled from the image of sha256 ``content_hash``."""
+        with Session(self.engine) as s:
+            row = s.scalars(
+                select(FaceRow).where(
+                    FaceRow.subject_id == subject_id, FaceRow.content_hash == content_hash
+                )
+            ).first()
+            return None if row is None else _face(row)
+
     def exists(self, subject_id: str) -> bool:
         with Session(self.engine) as s:
             return s.get(SubjectRow, subject_id) is not None
