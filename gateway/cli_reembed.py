@@ -38,13 +38,13 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     """Re-embed; exit status 1 when a face failed (an image that would not open or
     decode), else 0: faces needing re-enrolment are reported, not failures."""
     settings = get_settings()
-    db = open_database(settings)
-    pipeline = FacePipeline.open(
+    pipeline = FacePipeline.open(  # an unknown model is refused before the data is opened
         PipelineConfig(model=settings.model),
         backend=settings.backend,
         url=settings.triton_url,
         protocol=settings.triton_protocol,
     )
+    db = open_database(settings)
     gallery = open_gallery(settings, db, pipeline.card.embedding_size, pipeline.model_id)
     limits = DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
     audit = open_audit(settings, db)
