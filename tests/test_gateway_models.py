@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from sqlalchemy import update
 
 from apiclient import image_files, one_image, running, settings_for
 from conftest import GALLERY, lfw_path
@@ -30,9 +31,12 @@ from facerec.errors import FaceRecError
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
 from gateway.bootstrap import open_database, open_gallery, open_gateway
+from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.model_ids import collection_prefix, published_model_id
 from gateway.service.reembed import embed_stored, reembed
 from gateway.settings import Settings, get_settings
+from gateway.storage.database import Database
+from gateway.storage.schema import FaceRow
 from gateway.storage.subjects import StoredFace
 
 KERRY = sorted(GALLERY.glob("John_Kerry_*.jpg"))
@@ -297,3 +301,27 @@ def test_the_model_setting_is_checked_before_anything_starts(tmp_path: Path) -> 
         open_gateway(settings)
     assert refused.value.code == "unknown_model"
     assert not (tmp_path / "data").exists()
+
+
+def test_a_face_recording_no_model_is_the_published_models(tmp_path: Path) -> None:
+    """A row written without a model (by a release from before the column, during a
+    rolling upgrade, after the start-up backfill) counts as the published model's."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(MasterKey.generate()))
+    store = db.subjects
+    sid = store.create("A").id
+    vector = np.eye(128, dtype=np.float32)[0]
+    old = store.add_face(sid, vector, "h1", 0.9, [0, 0, 1, 1])
+    other = store.add_face(sid, vector, "h2", 0.9, [0, 0, 1, 1], model_id="rotated:0123")
+    store.mark_indexed([old, other])
+    with db.engine.begin() as conn:
+        conn.execute(update(FaceRow).where(FaceRow.id == old).values(model_id=None))
+    published = published_model_id()
+    assert store.indexed_face_ids(published) == {old}
+    assert [f.id for f in store.faces_not_of(published)] == [other]
+    assert [f.id for f in store.faces_not_of("rotated:0123")] == [old]
+    assert [f for f, _, _ in store.templates(sid, published)] == [old]
+    assert store.model_counts() == {published: 1, "rotated:0123": 1}
+    assert {f.id: f.model_id for f in store.faces(sid)} == {old: published, other: "rotated:0123"}
+    # moving it needs it still to record no model
+    assert store.replace_template(old, vector, "rotated:0123", published) == "changed"
+    assert store.replace_template(old, vector, "rotated:0123", None) == "replaced"

@@ -105,8 +105,22 @@ def _in_scope(query: _Q, namespace: str | None, gallery: str | None) -> _Q:
 
 
 def _of_model(query: _Q, model_id: str | None) -> _Q:
-    """``query`` limited to faces whose templates model ``model_id`` computed (None: any)."""
-    return query if model_id is None else query.where(FaceRow.model_id == model_id)
+    """``query`` limited to faces whose templates model ``model_id`` computed (None: any).
+    A face that records no model is the published model's (written by a release from
+    before the column, say during a rolling upgrade, after the start-up backfill)."""
+    if model_id is None:
+        return query
+    if model_id == published_model_id():
+        return query.where(or_(FaceRow.model_id == model_id, FaceRow.model_id.is_(None)))
+    return query.where(FaceRow.model_id == model_id)
+
+
+def _not_of_model(model_id: str) -> ColumnElement[bool]:
+    """Faces whose templates another model than ``model_id`` computed (see
+    :func:`_of_model` for faces that record none)."""
+    if model_id == published_model_id():
+        return FaceRow.model_id != model_id  # SQL: NULL is not "different"
+    return or_(FaceRow.model_id != model_id, FaceRow.model_id.is_(None))
 
 
 def _same_model(model_id: str | None) -> ColumnElement[bool]:
@@ -115,8 +129,9 @@ def _same_model(model_id: str | None) -> ColumnElement[bool]:
 
 
 def _face(row: FaceRow) -> FaceInfo:
+    model_id = row.model_id or published_model_id()  # see _of_model
     return FaceInfo(
-        row.id, row.subject_id, row.quality, list(row.box), row.state, row.created_at, row.model_id
+        row.id, row.subject_id, row.quality, list(row.box), row.state, row.created_at, model_id
     )
 
 
@@ -478,7 +493,7 @@ class SubjectRepository:
             for row in s.scalars(query):
                 key = self._data_key(row)
                 for face in row.faces:
-                    if model_id is None or face.model_id == model_id:
+                    if model_id is None or (face.model_id or published_model_id()) == model_id:
                         yield face.id, row.id, open_template(key, face.template, row.id, face.id)
 
     # -- models -----------------------------------------------------------------------
@@ -502,7 +517,7 @@ class SubjectRepository:
                     FaceRow.image.is_not(None),
                 )
                 .where(FaceRow.state == "indexed")
-                .where(or_(FaceRow.model_id.is_(None), FaceRow.model_id != model_id))
+                .where(_not_of_model(model_id))
                 .order_by(FaceRow.created_at, FaceRow.id)
             )
             rows = s.execute(query)
