@@ -22,7 +22,7 @@ from facerec.detection.mtcnn import MTCNNDetector
 from facerec.detection.types import Detections
 from facerec.embedding import OnnxEmbedder, l2_normalise, per_image_standardization
 from facerec.models import ONNX_FILES, ModelCard, embedder_file
-from facerec.pipeline import primary_face
+from facerec.selection import primary_face
 from training.inception_resnet_v1 import InceptionResnetV1
 from training.mtcnn import ONet, PNet, RNet
 from training.mtcnn_reference import EagerMTCNN

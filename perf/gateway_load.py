@@ -80,6 +80,7 @@ class Spawned:
     url: str
     api_key: str
     log_problems: list[str] = field(default_factory=list)
+    pid: int = 0  # the service's process (its CPU time and memory are read from /proc)
 
 
 @contextmanager
@@ -103,7 +104,7 @@ def spawned_server(startup_timeout: float) -> Iterator[Spawned]:
     proc = subprocess.Popen(  # cwd: no stray .env file is read
         cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    server = Spawned(f"http://127.0.0.1:{port}", api_key="")
+    server = Spawned(f"http://127.0.0.1:{port}", api_key="", pid=proc.pid)
     try:
         key_file = folder / "data" / "admin.key"
         deadline = time.monotonic() + startup_timeout

@@ -135,9 +135,10 @@ def _proc_cpu() -> dict[int, tuple[int, float]]:
     return out
 
 
-def _ours(table: dict[int, tuple[int, float]]) -> set[int]:
-    """This process and its descendants (tritonserver, its stubs, perf_analyzer)."""
-    ours = {os.getpid()}
+def _ours(table: dict[int, tuple[int, float]], root: int | None = None) -> set[int]:
+    """This process (or ``root``) and its descendants (tritonserver, its stubs,
+    perf_analyzer)."""
+    ours = {os.getpid() if root is None else root}
     grew = True
     while grew:
         new = {pid for pid, (ppid, _) in table.items() if ppid in ours} - ours

@@ -20,8 +20,12 @@ What runs (each part can be picked with ``--parts``):
   the scene looping) for ``--soak-seconds``: resident memory sampled every 5 s.
 - ``triton``: ``single`` and ``multi`` (4 streams) again with the networks on a spawned
   tritonserver (CPU repository), when ``scripts/install_triton.sh`` has installed it.
+- ``ws``: the gateway's ``WS /v1/stream`` on a spawned ``facerec serve``: 1 and then 4
+  clients, each a camera sending the 640x480 scene's frames as JPEG in real time (a frame
+  is skipped when one is still in flight), detection on every frame and every 3rd:
+  send-to-result latency p50/p95/p99, processed frames/s, drops, the service's CPU per
+  frame, time to the right name and the tracking figures (``perf/video_ws.py``).
 
-The frame-to-result latency over the gateway's WebSocket is a later part (``SECTIONS``).
 Machine load is recorded beside every timing (the 1-minute load average before and after,
 and the cores other processes kept busy during the run): on a shared machine the timings
 move with it; counts and accuracy do not.
@@ -67,6 +71,7 @@ from facerec.video import (  # noqa: E402
     open_source,
 )
 from perf.triton_perf import watch_load  # noqa: E402
+from perf.video_ws import part_ws, plot_ws, table_ws  # noqa: E402
 
 FPS = 25.0
 SIZES = {"640x480": (640, 480), "1280x720": (1280, 720)}
@@ -330,8 +335,7 @@ def triton_url(folder: Path) -> Iterator[str | None]:
         yield server.grpc_url
 
 
-# the parts; the gateway's WebSocket latency joins here later
-SECTIONS = ("single", "realtime", "multi", "soak", "triton")
+SECTIONS = ("single", "realtime", "multi", "soak", "triton", "ws")
 
 
 def prepare(folder: Path, quick: bool) -> Context:
@@ -380,6 +384,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                         "single": part_single(only, remote, realtime=False),
                         "multi": part_multi(ctx, remote["default"], [4], (3,)),
                     }
+        if "ws" in args.parts:
+            result["ws"] = part_ws(ctx, measured)
     result["machine"]["load_at_end"] = load()
     return result
 
@@ -393,7 +399,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     single = result.get("single", [])
     if single:
         labels = [f"{r['size']}\nevery {r['every']}\n{r['pipeline']}" for r in single]
@@ -438,6 +444,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axes[2].set_xlabel("minutes")
         axes[2].set_ylabel("resident memory, MB")
         axes[2].set_title(f"soak: RSS growth after warm-up {100 * soak['rss_growth']:.1f} %")
+    if result.get("ws", {}).get("rows"):
+        plot_ws(axes[3], result["ws"])
     fig.suptitle(
         f"facerec video on {result['machine']['cpus']} shared cores: measured, and frames "
         "per second of CPU the process got"
@@ -452,12 +460,14 @@ def _ttn(rows: list[dict[str, Any]]) -> list[float]:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [
-        "| stream | detect every | pipeline | processed fps | CPU ms per frame | MOTA | IDF1 | "
-        "ID switches | identity accuracy | time to name, max | other load, cores |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
     remote = result.get("triton", {})
+    lines = []
+    if result.get("single", []) + remote.get("single", []):
+        lines += [
+            "| stream | detect every | pipeline | processed fps | CPU ms per frame | MOTA | IDF1 | "
+            "ID switches | identity accuracy | time to name, max | other load, cores |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for r in result.get("single", []) + remote.get("single", []):
         t = r["tracking"]
         backend = " (Triton)" if r in remote.get("single", []) else ""
@@ -518,6 +528,8 @@ def table(result: dict[str, Any]) -> str:
             f"({100 * soak['rss_growth']:+.1f} %), {soak['fps']} fps, "
             f"{soak['dropped']} frames dropped.",
         ]
+    if result.get("ws", {}).get("rows"):
+        lines += ([""] if lines else []) + table_ws(result["ws"])
     return "\n".join(lines) + "\n"
 
 

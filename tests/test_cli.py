@@ -140,7 +140,9 @@ def test_worker_processes_choice(local_pipeline: FacePipeline) -> None:
 
     assert worker_processes(local_pipeline, PROCESS_MIN_FILES - 1) == 1
     assert worker_processes(local_pipeline, PROCESS_MIN_FILES) == default_threads()
-    assert worker_processes(local_pipeline, 3, requested=2) == 2
+    assert worker_processes(local_pipeline, 9, requested=2) == 2
+    assert worker_processes(local_pipeline, 3, requested=2) == 1  # one batch of 8: one worker
+    assert worker_processes(local_pipeline, 17, requested=8, batch=8) == 3
     assert worker_processes(local_pipeline, 500, requested=1) == 1
 
 

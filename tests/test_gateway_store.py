@@ -131,3 +131,23 @@ def test_idempotency_claims(db: Database) -> None:
     assert keys.claim("k1:b", "f3", hour) is None
     assert keys.claim("k1:b", "f4", timedelta(0)) is None  # abandoned claims are taken over
     assert keys.prune(now() + timedelta(seconds=1)) == 2 and keys.keys() == []
+
+
+def test_candidate_templates_keep_to_the_callers_scope(db: Database) -> None:
+    """The templates opened for an identification's candidates are only those of the
+    caller's namespace and gallery, whatever subject ids the index returned (a second
+    guard behind the index's own filter)."""
+    store = db.subjects
+    mine = store.create("Mine", namespace="acme", gallery="staff")
+    visitor = store.create("Visitor", namespace="acme", gallery="visitors")
+    other = store.create("Other", namespace="globex", gallery="staff")
+    for n, subject in enumerate((mine, visitor, other)):
+        store.mark_indexed([store.add_face(subject.id, unit(n), f"h{n}", 0.9, [0, 0, 9, 9])])
+    ids = [mine.id, visitor.id, other.id]
+    assert set(store.candidate_templates(ids)) == set(ids)
+    assert set(store.candidate_templates(ids, "acme")) == {mine.id, visitor.id}
+    assert set(store.candidate_templates(ids, "acme", "staff")) == {mine.id}
+    assert set(store.candidate_templates(ids, None, "staff")) == {mine.id, other.id}
+    name, vectors = store.candidate_templates(ids, "globex", "staff")[other.id]
+    assert name == "Other"
+    np.testing.assert_array_equal(vectors, unit(2)[None])

@@ -120,6 +120,26 @@ def test_vote_names_after_enough_agreeing_votes_and_does_not_flicker() -> None:
     assert vote.subject == "bob"
 
 
+def test_vote_names_from_the_first_clear_views_after_cut_off_ones() -> None:
+    """A face entering cut off by the frame's edge matches no one at first: those votes
+    do not hold its name back once two clear views agree (the latest three votes decide
+    the first name), and a later minority of unknown votes does not unname it."""
+    vote = IdentityVote(VoteConfig(min_votes=2, min_share=0.6, name_window=3))
+    for weight in (0.35, 0.45, 0.5, 0.6):  # growing into view, below the threshold
+        assert not vote.add([Candidate("ann", 0.3)], AT_04, weight)
+    assert not vote.add([Candidate("ann", 0.7)], AT_04, 0.7)
+    assert vote.subject is None  # one clear view is not enough
+    assert vote.add([Candidate("ann", 0.75)], AT_04, 0.9)  # all votes: 1.6 of 3.5, 46 %
+    assert vote.subject == "ann" and vote.support == 2
+    for _ in range(3):
+        assert not vote.add([Candidate("ann", 0.2)], AT_04, 1.0)  # looks away
+    assert vote.subject == "ann"
+    stranger = IdentityVote(VoteConfig(min_votes=2, min_share=0.6, name_window=3))
+    for similarity in (0.2, 0.45, 0.3, 0.2, 0.45, 0.3):  # a stray match now and then
+        stranger.add([Candidate("bob", similarity)], AT_04, 1.0)
+        assert stranger.subject is None
+
+
 def test_vote_stays_unknown_below_threshold_and_weighs_area() -> None:
     vote = IdentityVote()
     for _ in range(5):

@@ -63,7 +63,8 @@ class FullEngine:
         self.amp = amp
         self.channels_last = self.device.type == "cuda"
         if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time; torch's stubs leave it out
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def forward(self, idx: np.ndarray, g: torch.Generator) -> Tensor:
         i = torch.as_tensor(idx, device=self.device)
@@ -75,7 +76,8 @@ class FullEngine:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(self.device, self.amp):
-            return self.model(x)
+            out: Tensor = self.model(x)
+            return out
 
     def embed(self, indices: Sequence[int] | np.ndarray, batch: int = 256) -> np.ndarray:
         self.model.eval()
@@ -97,7 +99,8 @@ class CachedEngine:
 
     def forward(self, idx: np.ndarray, g: torch.Generator) -> Tensor:
         v = torch.randint(0, self.store.shape[0], (len(idx),), generator=g).numpy()
-        return self.head(self._features(v, np.asarray(idx)))
+        out: Tensor = self.head(self._features(v, np.asarray(idx)))
+        return out
 
     @torch.no_grad()
     def embed(self, indices: Sequence[int] | np.ndarray, batch: int = 256) -> np.ndarray:

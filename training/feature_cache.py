@@ -128,7 +128,8 @@ def build_feature_cache(
 
         def run(x: torch.Tensor) -> np.ndarray:
             with torch.inference_mode():
-                return trunk(x).numpy()
+                out: np.ndarray = trunk(x).numpy()
+                return out
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     store = np.lib.format.open_memmap(tmp, "w+", np.float16, (versions, len(crops), *shape))

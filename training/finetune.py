@@ -275,7 +275,7 @@ def run_training(
         log.info("resumed %s at epoch %d, step %d", out, start_epoch, step)
     else:
         figures, val_s, val_y = validate()
-        entry = {"epoch": 0, "step": 0, "validation": figures}
+        entry: dict[str, Any] = {"epoch": 0, "step": 0, "validation": figures}
         if split.test_pairs:
             test_s, test_y = evaluate("test")
             baseline = {"test": heldout_accuracy(test_s, test_y, val_s, val_y)}
@@ -328,7 +328,7 @@ def run_training(
             emb = engine.forward(idx, g)
             loss, stats = triplet_loss(emb, labels_dev[idx], cfg.margin, cfg.mining)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             optimizer.step()
             scheduler.step()
             step += 1

@@ -127,7 +127,7 @@ def _measure(
         g = torch.Generator(device=crops.device).manual_seed(n)
         loss, _ = triplet_loss(engine.forward(idx, g), labels[idx], cfg.margin, cfg.mining)
         opt.zero_grad()
-        loss.backward()
+        torch.autograd.backward(loss)
         opt.step()
         if crops.device.type == "cuda":
             torch.cuda.synchronize()

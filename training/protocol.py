@@ -36,10 +36,16 @@ def summarise(folds: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"folds_done": [f["split"]["test_fold"] for f in done]}
     if not done:
         return out
-    for name, get in (
-        ("fine_tuned", lambda f: f["test"]),
-        ("starting_model", lambda f: f["baseline"]["test"]),
-    ):
+
+    def fine_tuned(fold: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = fold["test"]
+        return result
+
+    def starting_model(fold: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = fold["baseline"]["test"]
+        return result
+
+    for name, get in (("fine_tuned", fine_tuned), ("starting_model", starting_model)):
         acc = np.array([get(f)["accuracy"] for f in done])
         scores = np.concatenate([get(f)["scores"] for f in done])
         same = np.concatenate([f["test"]["same"] for f in done]).astype(bool)

@@ -25,15 +25,20 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 PROCESS_MIN_FILES = 32
 
 
-def worker_processes(pipeline: FacePipeline, files: int, requested: int | None = None) -> int:
+def worker_processes(
+    pipeline: FacePipeline, files: int, requested: int | None = None, batch: int = 8
+) -> int:
     """How many worker processes analyse ``files`` files: ``requested`` when given, else
-    one per core from :data:`PROCESS_MIN_FILES` files on. 1 means in this process, which
-    is also the answer for a remote backend (Triton does the work there)."""
+    one per core from :data:`PROCESS_MIN_FILES` files on; never more than there are
+    batches of ``batch`` files (a worker without one would only load the models). 1 means
+    in this process, which is also the answer for a remote backend (Triton does the work
+    there)."""
     if not pipeline.in_process:
         return 1
+    wanted = default_threads() if files >= PROCESS_MIN_FILES else 1
     if requested is not None:
-        return max(1, requested)
-    return default_threads() if files >= PROCESS_MIN_FILES else 1
+        wanted = requested
+    return max(1, min(wanted, -(-files // batch)))
 
 
 def analyze_files(
@@ -48,7 +53,7 @@ def analyze_files(
     """Decode and analyse ``paths`` a batch at a time, in input order; a bad file never
     stops the rest. Many files go to worker processes (:func:`worker_processes`)."""
     bar = tqdm(total=len(paths), unit="img", disable=not progress, leave=False)
-    workers = worker_processes(pipeline, len(paths), processes)
+    workers = worker_processes(pipeline, len(paths), processes, batch)
     if workers > 1:
         with ProcessBatchRunner(pipeline.config, workers) as runner:
             for result in runner.run(paths, primary_only=primary_only, embed=embed, chunk=batch):

@@ -5,9 +5,12 @@ Each embedding of a track is one vote: for the subject the open-set matching pol
 weighs the detector's score times the face's area (relative to ``reference_area``, capped
 at 1) times the part of its box inside the frame, so an unsure, distant or cut-off view
 counts less than a clear, near one. The
-track is named once one subject holds ``min_share`` of the weight with at least
-``min_votes`` votes; until then it is ``unknown``. A named track keeps its name unless
-another subject comes to hold ``switch_share``: the label does not flicker.
+track is named once one subject holds ``min_share`` of the weight of its latest
+``name_window`` votes with at least ``min_votes`` of them; until then it is ``unknown``.
+The window makes a face that entered cut off by the frame's edge (its first views match
+no one) named from its first clear views, instead of waiting until they outweigh the
+early ones. A named track keeps its name unless another subject comes to hold
+``switch_share`` of all its kept votes: the label does not flicker.
 
 Each vote is decided by the project's one open-set rule (:func:`facerec.matching.decide`)
 at the operating point of the :class:`MatchPolicy`: a threshold for a target FPIR and
@@ -18,7 +21,7 @@ adapts an in-memory :class:`~facerec.matching.Gallery`; the gateway adapts its i
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,6 +59,7 @@ class GalleryPolicy:
 class VoteConfig:
     min_votes: int = 2
     min_share: float = 0.6
+    name_window: int = 3  # the latest votes a track without a name is named from
     switch_share: float = 0.75
     max_votes: int = 32  # the most recent votes kept per track (bounded memory)
     reference_area: float = 80.0 * 80.0  # px²: faces this large get the full area weight
@@ -110,29 +114,24 @@ class IdentityVote:
         return self._decide()
 
     def _decide(self) -> bool:
-        total = sum(v.weight for v in self.votes)
-        if total <= 0:
+        if self.subject is None:  # naming: from the latest votes
+            window = list(self.votes)[-max(self.config.name_window, self.config.min_votes) :]
+            leader, share, count = _leader(window)
+            if leader is None or share < self.config.min_share or count < self.config.min_votes:
+                return False
+            self.subject = leader
+            self._refresh(leader, sum(v.subject == leader for v in self.votes))
+            return True
+        leader, share, count = _leader(self.votes)  # renaming: from every kept vote
+        support = sum(v.subject == self.subject for v in self.votes)
+        if leader is None or leader == self.subject:
+            self._refresh(self.subject, support)
             return False
-        weight: dict[str, float] = {}
-        count: dict[str, int] = {}
-        for v in self.votes:
-            if v.subject is not None:
-                weight[v.subject] = weight.get(v.subject, 0.0) + v.weight
-                count[v.subject] = count.get(v.subject, 0) + 1
-        if not weight:
-            return False
-        leader = max(weight, key=lambda s: weight[s])
-        share = weight[leader] / total
-        needed = self.config.min_share if self.subject is None else self.config.switch_share
-        if leader == self.subject:
-            self._refresh(leader, count[leader])
-            return False
-        if share < needed or count[leader] < self.config.min_votes:
-            if self.subject is not None:
-                self._refresh(self.subject, count.get(self.subject, 0))
+        if share < self.config.switch_share or count < self.config.min_votes:
+            self._refresh(self.subject, support)
             return False
         self.subject = leader
-        self._refresh(leader, count[leader])
+        self._refresh(leader, count)
         return True
 
     def _refresh(self, subject: str, support: int) -> None:
@@ -141,3 +140,20 @@ class IdentityVote:
         if mine and w > 0:
             self.similarity = sum(v.similarity * v.weight for v in mine) / w
         self.support = support
+
+
+def _leader(votes: Iterable[Vote]) -> tuple[str | None, float, int]:
+    """The subject with the most weight among ``votes``, its share of all their weight
+    (unknown votes included) and its number of votes; (None, 0, 0) when none names one."""
+    total = 0.0
+    weight: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for v in votes:
+        total += v.weight
+        if v.subject is not None:
+            weight[v.subject] = weight.get(v.subject, 0.0) + v.weight
+            count[v.subject] = count.get(v.subject, 0) + 1
+    if not weight or total <= 0:
+        return None, 0.0, 0
+    leader = max(weight, key=lambda s: weight[s])
+    return leader, weight[leader] / total, count[leader]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple
 
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -25,6 +25,7 @@ from gateway.api.edge import client_address
 from gateway.api.policy import ROLE_ATTRIBUTE
 from gateway.errors import AuthError
 from gateway.service.types import Caller
+from gateway.service.video import TooManyConnectionsError, VideoService
 
 NORMAL = 1000  # the client closed, or the stream ended
 GOING_AWAY = 1001  # the service is shutting down
@@ -175,3 +176,36 @@ async def _first_message_key(channel: Channel, role: str, timeout: float) -> Cal
         await channel.close(UNAUTHORIZED, exc.code, exc)
         return None
     return caller
+
+
+class Connected(NamedTuple):
+    """An accepted, authenticated video connection."""
+
+    channel: Channel
+    caller: Caller
+
+
+@contextlib.asynccontextmanager
+async def video_connection(websocket: WebSocket, role: str) -> AsyncIterator[Connected | None]:
+    """How every video WebSocket opens and ends: accept, take one of the service's video
+    connection slots (closing 1013 ``too_many_connections`` when all are taken), and
+    authenticate for ``role`` (:func:`authenticate`). Yields the connection, or None when
+    it was refused (already closed). A client that stops reading results
+    (:class:`SendTimeoutError` out of the body) is closed 4408 ``client_not_reading``;
+    the slot is released however the body ends."""
+    video: VideoService = websocket.app.state.gateway.video
+    channel = Channel(websocket, video.limits.send_timeout_s)
+    await websocket.accept()
+    try:
+        video.acquire()
+    except TooManyConnectionsError as exc:
+        await channel.close(TRY_LATER, exc.code, exc)
+        yield None
+        return
+    try:
+        caller = await authenticate(channel, role, video.limits.auth_timeout_s)
+        yield None if caller is None else Connected(channel, caller)
+    except SendTimeoutError:
+        await channel.close(TIMEOUT, "client_not_reading")
+    finally:
+        video.release()

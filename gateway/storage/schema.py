@@ -99,10 +99,7 @@ class SubjectRow(Base):
 
 class FaceRow(Base):
     __tablename__ = "faces"
-    __table_args__ = (
-        UniqueConstraint("subject_id", "content_hash"),
-        Index("ix_faces_model_id", "model_id"),
-    )
+    __table_args__ = (UniqueConstraint("subject_id", "content_hash"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     subject_id: Mapped[str] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
     template: Mapped[bytes] = mapped_column(LargeBinary)

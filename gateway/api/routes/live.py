@@ -40,14 +40,13 @@ from gateway.api.websocket import (
     TIMEOUT,
     TOO_BIG,
     TOO_MANY_FRAMES,
-    TRY_LATER,
     Channel,
     SendTimeoutError,
-    authenticate,
     error_doc,
     role_marker,
+    video_connection,
 )
-from gateway.service.video import LIMIT_CODES, LiveSession, TooManyConnectionsError, VideoService
+from gateway.service.video import LIMIT_CODES, LiveSession, VideoService
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["video"])
@@ -190,17 +189,10 @@ class LiveConnection:
 async def stream(websocket: WebSocket) -> None:
     """Live frames in, per-frame results and track events out (see the module docstring)."""
     video: VideoService = websocket.app.state.gateway.video
-    channel = Channel(websocket, video.limits.send_timeout_s)
-    await websocket.accept()
-    try:
-        video.acquire()
-    except TooManyConnectionsError as exc:
-        await channel.close(TRY_LATER, exc.code, exc)
-        return
-    try:
-        caller = await authenticate(channel, "identify", video.limits.auth_timeout_s)
-        if caller is None:
+    async with video_connection(websocket, "identify") as connected:
+        if connected is None:
             return
+        channel, caller = connected
         loop = asyncio.get_running_loop()
         try:
             options = query_options(websocket.query_params)
@@ -226,7 +218,3 @@ async def stream(websocket: WebSocket) -> None:
             }
         )
         await LiveConnection(channel, video, session).run()
-    except SendTimeoutError:
-        await channel.close(TIMEOUT, "client_not_reading")
-    finally:
-        video.release()

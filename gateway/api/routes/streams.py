@@ -17,15 +17,11 @@ from gateway.api.websocket import (
     INVALID_REQUEST,
     NORMAL,
     NOT_FOUND,
-    TIMEOUT,
-    TRY_LATER,
     Channel,
-    SendTimeoutError,
-    authenticate,
     role_marker,
+    video_connection,
 )
 from gateway.service.streams import StreamService, StreamSpec, StreamWorker
-from gateway.service.video import TooManyConnectionsError, VideoService
 
 router = APIRouter(prefix="/v1", tags=["video"])
 
@@ -158,17 +154,10 @@ async def stream_events(websocket: WebSocket, stream_id: str) -> None:
     """The stream's events as JSON messages, each with its ``seq``; ``?after=N`` replays
     the kept ones after N (default: only new ones). Closes with 1000 ``stream_ended``."""
     gateway = websocket.app.state.gateway
-    video: VideoService = gateway.video
-    channel = Channel(websocket, video.limits.send_timeout_s)
-    await websocket.accept()
-    try:
-        video.acquire()
-    except TooManyConnectionsError as exc:
-        await channel.close(TRY_LATER, exc.code, exc)
-        return
-    try:
-        if await authenticate(channel, "admin", video.limits.auth_timeout_s) is None:
+    async with video_connection(websocket, "admin") as connected:
+        if connected is None:
             return
+        channel = connected.channel
         try:
             worker = gateway.streams.get(stream_id)
             raw = websocket.query_params.get("after")
@@ -185,7 +174,3 @@ async def stream_events(websocket: WebSocket, stream_id: str) -> None:
             await channel.close(INVALID_REQUEST, "invalid_request", error)
             return
         await _follow(channel, worker, after)
-    except SendTimeoutError:
-        await channel.close(TIMEOUT, "client_not_reading")
-    finally:
-        video.release()
