@@ -26,7 +26,7 @@ from sqlalchemy import update
 
 from apiclient import image_files, one_image, running, settings_for
 from conftest import GALLERY, lfw_path
-from facerec.cli.main import main
+from facerec.cli.main import build_parser
 from facerec.errors import FaceRecError
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline
@@ -113,7 +113,8 @@ def reembed_cli(
     umask = os.umask(0o022)
     capsys.readouterr()
     try:
-        rc = main(["reembed", *args, "--json"])
+        parsed = build_parser().parse_args(["reembed", *args, "--json"])
+        rc = parsed.run(parsed)  # as main() runs it, without main()'s process-wide SIGPIPE
     finally:
         os.umask(umask)
         get_settings.cache_clear()
