@@ -11,7 +11,8 @@ from facerec.batching import MicroBatcher
 from facerec.imaging.budget import PixelBudget
 from facerec.imaging.decode import DecodeLimits
 from facerec.matching import Scoring
-from facerec.pipeline import FacePipeline
+from facerec.models import load_model_card
+from facerec.pipeline import FacePipeline, PipelineConfig
 from facerec.selection import EnrolmentGates
 from gateway.audit.log import AuditLog
 from gateway.audit.refusals import RefusalLog
@@ -95,10 +96,17 @@ def milvus_options(settings: Settings) -> MilvusOptions:
     )
 
 
-def open_gallery(settings: Settings, db: Database, dim: int) -> Gallery:
-    """The faces of ``db`` with their vectors in the configured Milvus (``dim`` wide)."""
+def open_gallery(
+    settings: Settings, db: Database, dim: int, model_id: str | None = None
+) -> Gallery:
+    """The faces of ``db`` with their vectors in the configured Milvus (``dim`` wide);
+    the index holds those of model ``model_id`` (default: ``FACEREC_MODEL``'s)."""
     options = milvus_options(settings)
-    index = IndexManager(db.secrets, settings.index_uri, dim, settings.index_type, options)
+    if model_id is None:
+        model_id = load_model_card(settings.model).identity
+    index = IndexManager(
+        db.secrets, settings.index_uri, dim, settings.index_type, options, model_id=model_id
+    )
     return Gallery(db.subjects, index)
 
 
@@ -151,7 +159,10 @@ class Gateway:
 
 
 def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Gateway:
-    """Open everything, bootstrap the admin key, repair the index (both audited)."""
+    """Open everything, bootstrap the admin key, repair the index (both audited). The
+    embedding model is ``pipeline``'s, else ``FACEREC_MODEL``'s."""
+    if pipeline is None:
+        load_model_card(settings.model)  # an unknown model is refused before anything starts
     db = open_database(settings)
     admin = open_admin(settings, db)
     if (token := settings.secret("admin_key")) is not None:
@@ -171,9 +182,12 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
     )
     admin.refusals.start()
     pipe = pipeline or FacePipeline.open(
-        backend=settings.backend, url=settings.triton_url, protocol=settings.triton_protocol
+        PipelineConfig(model=settings.model),
+        backend=settings.backend,
+        url=settings.triton_url,
+        protocol=settings.triton_protocol,
     )
-    gallery = open_gallery(settings, db, pipe.card.embedding_size)
+    gallery = open_gallery(settings, db, pipe.card.embedding_size, pipe.model_id)
     repaired = gallery.reconcile()
     if repaired.changed:
         admin.audit("repair", "ok", SYSTEM, detail=repaired.describe())

@@ -1,4 +1,4 @@
-"""The gateway's commands, reached through ``facerec serve|keys|reindex|audit``.
+"""The gateway's commands, reached through ``facerec serve|keys|reindex|reembed|audit``.
 
 The core CLI imports this module only when one of these commands runs, so ``facerec``
 itself needs no web framework.
@@ -114,8 +114,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace, settings: Settings, db: Database, admin: AdminService) -> int:
     """Re-wrap every data key under the current master key, then move the index to a new
     protection key (reads continue on the old index until the new one is complete)."""
-    card = load_model_card()
-    gallery = open_gallery(settings, db, card.embedding_size)
+    card = load_model_card(settings.model)
+    gallery = open_gallery(settings, db, card.embedding_size, card.identity)
     rewrapped = db.rotate_master_key()
     moved = gallery.rotate_index(MasterKey.generate().secret) if not args.keep_index else 0
     admin.audit("key_rotate", "ok", CLI)
@@ -131,7 +131,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     """Rebuild the search index from the system of record (after a loss or a migration)."""
     settings = get_settings()
     db = open_database(settings)
-    gallery = open_gallery(settings, db, load_model_card().embedding_size)
+    card = load_model_card(settings.model)
+    gallery = open_gallery(settings, db, card.embedding_size, card.identity)
     if args.check:
         repaired = gallery.reconcile()
         if repaired.changed:
@@ -164,6 +165,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reembed(args: argparse.Namespace) -> int:
+    from gateway.cli_reembed import cmd_reembed
+
+    return cmd_reembed(args)
+
+
 def run(args: argparse.Namespace) -> int:
     os.umask(PRIVATE_UMASK)  # what the service and its tools create is theirs alone
     try:
@@ -172,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
             "keys": cmd_keys,
             "reindex": cmd_reindex,
             "audit": cmd_audit,
+            "reembed": _reembed,
         }[args.command]
         return handler(args)
     except FaceRecError as exc:

@@ -1,4 +1,4 @@
-"""The gateway's commands (``facerec serve|keys|reindex|audit``), registered with the core
+"""The gateway's commands (``facerec serve|keys|reindex|reembed|audit``), registered with the core
 CLI through the ``facerec.commands`` entry point.
 
 This module only declares the options; :mod:`gateway.cli` (the web framework, the database,
@@ -65,6 +65,22 @@ def add_commands(
         epilog=SETTINGS_HELP,
     )
     p.add_argument("--check", action="store_true", help="only repair differences (as at start-up)")
+    common(p)
+    p.set_defaults(run=_run)
+
+    p = sub.add_parser(
+        "reembed",
+        help="re-compute templates of other models with FACEREC_MODEL from the enrolment "
+        "images kept with FACEREC_STORE_IMAGES; lists the faces that need re-enrolment",
+        description="Each face of another model whose enrolment image was kept is detected "
+        "again in it (the face at its stored box) and embedded by the running model, one "
+        "face at a time: a run stopped anywhere loses nothing, and running it again "
+        "finishes. Exit status 1 only when a face failed (an image that would not open).",
+        epilog=SETTINGS_HELP,
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="only count and list: change nothing, open no image"
+    )
     common(p)
     p.set_defaults(run=_run)
 

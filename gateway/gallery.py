@@ -34,6 +34,14 @@ and checks SQL and the index afterwards.
   the index are restored from their templates; vectors with no record are removed.
 - **Rebuild and rotation**: the index can always be rebuilt from the sealed templates,
   which is also how it moves to a new protection key without stopping searches.
+- **Models**: the index holds only the templates of the running model
+  (``index.model_id``, :mod:`gateway.model_ids`); repair, rebuild and rotation read only
+  those. **Re-embed** face F (:meth:`Gallery.replace_template`, ``facerec reembed``): (r1)
+  F's new vector goes to the running model's collection while F's row still holds the
+  old model's template; (r2) one conditional ``UPDATE`` swaps template and model if F's row
+  still exists with the old model; if F is gone, (r3) the vector is removed. r1-r3 play the
+  parts of a2-a4 against a delete. A crash between r1 and r2 leaves F of the old model and
+  an orphan vector the repair removes; after r2 F is complete under the new model.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.errors import NotFoundError
+from gateway.errors import ConflictError, NotFoundError
 from gateway.index.manager import IndexManager
 from gateway.index.milvus import DEFAULT_SCOPE, FaceIndex
 from gateway.storage.subjects import SubjectRepository
@@ -74,6 +82,7 @@ class Gallery:
 
     def __init__(self, subjects: SubjectRepository, index: IndexManager) -> None:
         self.subjects, self.index = subjects, index
+        self.model_id = index.model_id  # the model whose templates are indexed
 
     def close(self) -> None:
         self.index.close()
@@ -90,10 +99,18 @@ class Gallery:
         scope: tuple[str, str] = DEFAULT_SCOPE,
     ) -> str:
         """Enrol one face (embedding float32[D]) of an existing subject, whose
-        (namespace, gallery) is ``scope``; returns the face's id."""
-        face_id = self.subjects.add_face(
-            subject_id, embedding, content_hash, quality, box, image=image
-        )
+        (namespace, gallery) is ``scope``; returns the face's id. The same image enrolled
+        before under another model is re-enrolment: that face moves to this model
+        (:meth:`replace_template`) and keeps its id."""
+        try:
+            face_id = self.subjects.add_face(
+                subject_id, embedding, content_hash, quality, box, image, self.model_id
+            )
+        except ConflictError as exc:
+            moved = self._reenrol(subject_id, content_hash, embedding, scope)
+            if moved is None:
+                raise exc from None
+            return moved
         try:
             self.index.add([face_id], [subject_id], embedding[None, :], [scope])
         except Exception:
@@ -103,6 +120,43 @@ class Gallery:
             self.index.delete_faces([face_id])  # the subject was deleted meanwhile
             raise NotFoundError(f"subject {subject_id} was deleted during enrolment")
         return face_id
+
+    def _reenrol(
+        self, subject_id: str, content_hash: str, embedding: np.ndarray, scope: tuple[str, str]
+    ) -> str | None:
+        """The id of the face of the same image moved to this model, or None when that
+        face is already of this model (a plain duplicate)."""
+        face = self.subjects.face_by_hash(subject_id, content_hash)
+        if face is None or face.model_id == self.model_id or face.state != "indexed":
+            return None
+        outcome = self.replace_template(face.id, subject_id, embedding, face.model_id, scope)
+        if outcome == "gone":
+            raise NotFoundError(f"subject {subject_id} was deleted during enrolment")
+        return face.id
+
+    def replace_template(
+        self,
+        face_id: str,
+        subject_id: str,
+        embedding: np.ndarray,
+        old_model_id: str | None,
+        scope: tuple[str, str] = DEFAULT_SCOPE,
+    ) -> str:
+        """Move face ``face_id`` of ``subject_id`` (scope ``scope``) from a template of
+        ``old_model_id`` to ``embedding`` float32[D] of the running model (r1-r3 above).
+        Returns ``replaced``, ``gone`` (deleted meanwhile: nothing left behind) or
+        ``changed`` (another run moved it first)."""
+        self.index.add([face_id], [subject_id], embedding[None, :], [scope])
+        try:
+            outcome = self.subjects.replace_template(
+                face_id, embedding, self.model_id, old_model_id
+            )
+        except Exception:
+            self.index.delete_faces([face_id])  # the row keeps the old model's template
+            raise
+        if outcome == "gone":
+            self.index.delete_faces([face_id])
+        return outcome
 
     def delete_face(self, subject_id: str, face_id: str) -> None:
         self.subjects.delete_face(subject_id, face_id)
@@ -126,7 +180,7 @@ class Gallery:
             if index is not None:
                 index.delete_faces(pending)
         self.subjects.discard_faces(pending)
-        indexed = self.subjects.indexed_face_ids()
+        indexed = self.subjects.indexed_face_ids(self.model_id)
         if not pending and current.count() == len(indexed):
             return Reconciled(0, 0, 0)  # the usual case: nothing to compare id by id
         present = current.ids()
@@ -152,7 +206,7 @@ class Gallery:
     ) -> int:
         """Upsert every indexed template of the system of record (or those of ``only``)
         into ``index``; returns how many."""
-        indexed = self.subjects.indexed_face_ids() if only is None else only
+        indexed = self.subjects.indexed_face_ids(self.model_id) if only is None else only
         scopes = self.subjects.scopes()
         batch_ids: list[str] = []
         batch_subjects: list[str] = []
@@ -171,7 +225,7 @@ class Gallery:
                 batch_subjects.clear()
                 batch_vectors.clear()
 
-        for face_id, subject_id, vector in self.subjects.templates():
+        for face_id, subject_id, vector in self.subjects.templates(model_id=self.model_id):
             if face_id in indexed:
                 batch_ids.append(face_id)
                 batch_subjects.append(subject_id)

@@ -10,8 +10,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from facerec.errors import InvalidArgumentError
 from facerec.matching import DEFAULT_SCORING, ScoreMethod
-from facerec.models import facerec_home
+from facerec.models import BASE_MODEL, check_model_name, facerec_home
 from facerec.openset import DEFAULT_FPIR
 from facerec.pipeline import DEFAULT_TRITON_URL
 from facerec.selection import DEFAULT_GATES
@@ -117,6 +118,9 @@ class Settings(BaseSettings):
     purge_interval_s: float = Field(default=60.0, gt=0.0)  # how often expired subjects go
     idempotency_ttl_hours: float = Field(default=24.0, gt=0.0)  # how long replays answer
     backend: Literal["local", "triton"] = "local"  # where the networks run
+    # the embedding model by name (`facerec models --list`); templates of another model are
+    # never compared (README "Models and templates")
+    model: str = BASE_MODEL
     triton_url: str = DEFAULT_TRITON_URL  # host:port of Triton's gRPC (or HTTP) endpoint
     triton_protocol: Literal["grpc", "http"] = "grpc"
     host: str = "127.0.0.1"
@@ -138,6 +142,14 @@ class Settings(BaseSettings):
                 "set FACEREC_MASTER_KEY or FACEREC_MASTER_KEY_FILE (or FACEREC_ENV=development "
                 "for a throwaway key)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_model_name(self) -> Settings:
+        try:
+            check_model_name(self.model)
+        except InvalidArgumentError as exc:
+            raise ValueError(f"FACEREC_MODEL: {exc.message}") from None
         return self
 
     @model_validator(mode="after")

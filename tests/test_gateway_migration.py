@@ -1,7 +1,8 @@
 """An existing deployment keeps working after the upgrade to namespaces, bootstrap-key
-rotation and replayable idempotency keys: a database with the earlier schema gains the new
-columns (SQLite and PostgreSQL), and a Milvus collection without the namespace field is
-rebuilt from the encrypted record by the start-up repair (Milvus Lite and a server)."""
+rotation, replayable idempotency keys and templates that record their model: a database
+with the earlier schema gains the new columns (SQLite and PostgreSQL; its templates are
+the published model's), and a Milvus collection without the namespace field is rebuilt
+from the encrypted record by the start-up repair (Milvus Lite and a server)."""
 
 from __future__ import annotations
 
@@ -31,9 +32,10 @@ from gateway.crypto.envelope import Keyring, MasterKey, new_data_key, seal_templ
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager
+from gateway.model_ids import published_model_id
 from gateway.storage.database import Database
 from gateway.storage.migrate import migrate
-from gateway.storage.schema import ApiKeyRow, Base, SubjectRow
+from gateway.storage.schema import ApiKeyRow, Base, FaceRow, SubjectRow
 from gateway.storage.secrets import SecretRepository
 from servers import MilvusTarget
 
@@ -179,6 +181,8 @@ def test_upgrade_keeps_an_existing_deployment(storage: dict[str, Any], tmp_path:
         assert tuple(row) == ("default", "default")
         boot = dict(conn.execute(select(ApiKeyRow.id, ApiKeyRow.bootstrap)).all())
         assert boot == {"boot": True, "ops": False}
+        # templates from before faces recorded their model: the published model's
+        assert conn.execute(select(FaceRow.model_id)).scalar_one() == published_model_id()
     assert db.subjects.get(sid).scope == ("default", "default")
     held = db.idempotency.claim("ops:create-1", "f", timedelta(minutes=10))
     assert held is not None and held.fingerprint is None  # a key used before: still refused

@@ -39,6 +39,7 @@ class FaceOut(BaseModel):
     quality: float
     box: list[float]
     created_at: datetime
+    model_id: str | None = None  # the model that computed the template (name:sha)
 
 
 class SubjectOut(BaseModel):
@@ -195,6 +196,13 @@ class AuditEventOut(BaseModel):
 class AuditPage(BaseModel):
     events: list[AuditEventOut]
     next_after: int | None
+
+
+class ModelsOut(BaseModel):
+    id: str  # the running model's identity, name:sha
+    templates: int  # stored templates of it
+    other_model_templates: int  # stored templates of other models: never compared
+    other_models: dict[str, int]  # how many of each
 
 
 class ApiKeyIn(BaseModel):

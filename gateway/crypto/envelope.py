@@ -141,11 +141,18 @@ def seal_template(data_key: bytes, embedding: np.ndarray, subject_id: str, face_
     return _seal(data_key, raw, _template_aad(subject_id, face_id))
 
 
+def _image_aad(subject_id: str, face_id: str) -> bytes:
+    return b"facerec/image/v1/" + subject_id.encode() + b"/" + face_id.encode()
+
+
 def seal_image(data_key: bytes, data: bytes, subject_id: str, face_id: str) -> bytes:
     """Encrypt an uploaded image kept for (subject, face) (only when a setting asks)."""
-    return _seal(
-        data_key, data, b"facerec/image/v1/" + subject_id.encode() + b"/" + face_id.encode()
-    )
+    return _seal(data_key, data, _image_aad(subject_id, face_id))
+
+
+def open_image(data_key: bytes, blob: bytes, subject_id: str, face_id: str) -> bytes:
+    """Decrypt an image sealed by :func:`seal_image` for the same (subject, face)."""
+    return _open(data_key, blob, _image_aad(subject_id, face_id), "image")
 
 
 def seal_record(key: bytes, data: bytes, context: str) -> bytes:

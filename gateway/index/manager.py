@@ -6,6 +6,13 @@ writes each new vector to both collections while searches keep reading the curre
 Once the new collection is built (:meth:`gateway.gallery.Gallery.rotate_index`), it becomes
 current and the old one is dropped. Processes notice either change within ``refresh``
 seconds.
+
+The collections hold the vectors of one model only (``model_id``, :mod:`gateway.model_ids`):
+each model has its own collection prefix, so vectors of two models are never searched
+together. Every process of a deployment runs the same model. The collections of other
+models under the same protection key (left by an earlier model) are never searched, but
+deletions reach them too, so a deleted face leaves no vector anywhere; a rotation drops
+them (their vectors are rebuilt from the record if that model runs again).
 """
 
 from __future__ import annotations
@@ -13,13 +20,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
+import grpc
 import numpy as np
+from pymilvus import MilvusException
 
 from gateway.crypto.envelope import MasterKey
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.errors import IndexUnavailableError
-from gateway.index.milvus import FaceIndex, Hit, MilvusOptions
+from gateway.index.milvus import FaceIndex, Hit, MilvusOptions, check_id, unavailable
+from gateway.model_ids import PREFIX, collection_prefix, published_model_id
 from gateway.storage.secrets import SecretRepository
 
 CURRENT = "index"
@@ -38,20 +49,27 @@ class IndexManager:
         index_type: str = "HNSW",
         options: MilvusOptions | None = None,
         refresh: float = 1.0,
+        model_id: str | None = None,
     ) -> None:
         self.secrets, self.uri, self.dim = secrets, uri, dim
+        self.model_id = model_id or published_model_id()
+        self.prefix = collection_prefix(self.model_id)
         self.index_type, self.options, self.refresh = index_type, options, refresh
         self._lock = threading.Lock()
         self._opened: dict[bytes, FaceIndex] = {}
         self._checked = 0.0
         self._current, self._next = self._load()
+        # (current collection, the other models' collections beside it), found on first use
+        self._others: tuple[str, list[str]] | None = None
 
     # -- which collections --------------------------------------------------------------
     def _open(self, secret: bytes) -> FaceIndex:
         index = self._opened.get(secret)
         if index is None:
             protector = VectorProtector(MasterKey.from_bytes(secret), self.dim)
-            index = FaceIndex(self.uri, protector, index_type=self.index_type, options=self.options)
+            index = FaceIndex(
+                self.uri, protector, self.prefix, index_type=self.index_type, options=self.options
+            )
             self._opened[secret] = index
         return index
 
@@ -105,11 +123,54 @@ class IndexManager:
         for index in self._targets():
             if index is not None:
                 index.delete_faces(face_ids)
+        if face_ids:
+            self._delete_elsewhere(ids=[check_id(f, "face id") for f in face_ids])
 
     def delete_subject(self, subject_id: str) -> None:
         for index in self._targets():
             if index is not None:
                 index.delete_subject(subject_id)
+        self._delete_elsewhere(filter=f'subject_id == "{check_id(subject_id, "subject id")}"')
+
+    # -- other models' collections --------------------------------------------------------
+    def other_models(self, index: FaceIndex | None = None) -> list[str]:
+        """Collections of other models beside ``index`` (default: the current one): named
+        with its protection key's id, under another model's prefix. Loaded, so that
+        deletions reach them."""
+        index = index or self.current
+        suffix = index.collection.removeprefix(self.prefix)
+        client, timeout = index.client, index.options.timeout
+        try:
+            names = client.list_collections(timeout=timeout)
+            found = sorted(
+                n
+                for n in names
+                if n.startswith(PREFIX) and n.endswith(suffix) and n != index.collection
+            )
+            for name in found:
+                client.load_collection(name, timeout=timeout)
+        except (MilvusException, grpc.RpcError) as exc:
+            raise unavailable(self.uri, "list collections", exc) from exc
+        return found
+
+    def _delete_elsewhere(self, **where: Any) -> None:
+        """Delete (``ids=`` or ``filter=``) in the other models' collections too (found
+        again after the current collection changed, or one of them went)."""
+        current = self.current
+        if self._others is None or self._others[0] != current.collection:
+            self._others = (current.collection, self.other_models(current))
+        client, timeout = current.client, current.options.timeout
+        for name in self._others[1]:
+            try:
+                client.delete(name, timeout=timeout, **where)
+            except (MilvusException, grpc.RpcError) as exc:
+                try:
+                    gone = not client.has_collection(name, timeout=timeout)
+                except (MilvusException, grpc.RpcError):
+                    gone = False
+                if not gone:
+                    raise unavailable(self.uri, "remove vectors", exc) from exc
+                self._others = None  # dropped by a rotation elsewhere
 
     def ping(self) -> None:
         """Raise unless Milvus answers."""
@@ -134,6 +195,13 @@ class IndexManager:
         self.secrets.set(CURRENT, new_secret)
         self.secrets.drop(NEXT)
         time.sleep(2 * self.refresh)  # every process now reads the new collection
+        others = self.other_models(old)
         old.drop()
+        for name in others:  # keyed by the retired secret: rebuilt if that model runs again
+            try:
+                old.client.drop_collection(name, timeout=old.options.timeout)
+            except (MilvusException, grpc.RpcError) as exc:
+                raise unavailable(self.uri, "drop a collection", exc) from exc
+        self._others = None
         self._opened = {k: v for k, v in self._opened.items() if v is not old}
         self._current, self._next = self._load()

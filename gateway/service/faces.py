@@ -39,6 +39,7 @@ from gateway.errors import ForbiddenError, NotFoundError
 from gateway.gallery import Gallery
 from gateway.index.milvus import check_id
 from gateway.memory import release_memory
+from gateway.model_ids import mismatch
 from gateway.service.enrolment import (
     Prepared,
     choose_face,
@@ -47,6 +48,7 @@ from gateway.service.enrolment import (
     face_quality,
 )
 from gateway.service.matching import IndexMatcher, scope_of, visible
+from gateway.service.models import ModelCensus
 from gateway.service.names import clean_name
 from gateway.service.types import (
     UNSET,
@@ -93,6 +95,8 @@ class FaceService:
         self.budget = budget or PixelBudget(10 * limits.max_pixels)
         self.trim_after_pixels = trim_after_pixels
         self.index = gallery.index
+        self.model_id = gallery.model_id  # the identity of the model templates are of
+        self.model_census = ModelCensus(db.subjects, self.model_id)
         self.audit_log = audit_log
         self.limits = limits
         self.store_images = store_images
@@ -126,7 +130,7 @@ class FaceService:
             except Exception as exc:  # readiness reports, never raises
                 checks[name] = f"error: {type(exc).__name__}"
         checks["models"] = "ok" if self.pipeline.ready() else "error: unavailable"
-        return Readiness(checks)
+        return Readiness(checks, {"id": self.model_id})
 
     @contextmanager
     def _decoded(self, data: bytes) -> Iterator[np.ndarray]:
@@ -234,6 +238,7 @@ class FaceService:
         subject = self.get_subject(subject_id, caller)
         removed = self.gallery.delete_subject(subject.id)
         self.matcher.sizes.changed(-1 if removed else 0, subject.scope)
+        self.model_census.changed()
         self.audit(action, "ok", caller, subject=subject_id)
         return removed
 
@@ -270,7 +275,9 @@ class FaceService:
         if not uploads:
             raise InvalidArgumentError("no images uploaded", code="missing_image")
         prepared = list(self._fanout.map(lambda u: self._prepare(u, choice), uploads))
-        existing = self.db.subjects.candidate_templates([subject_id]).get(subject_id)
+        existing = self.db.subjects.candidate_templates([subject_id], model_id=self.model_id).get(
+            subject_id
+        )
         accepted = [] if existing is None else list(existing[1])
         had_faces = bool(accepted)
         results: list[Enrolled | FailedImage | None] = [None] * len(uploads)
@@ -292,6 +299,7 @@ class FaceService:
                 results[i] = FailedImage(upload.name, exc)
                 self.audit("enrol", "refused", caller, subject=subject_id)
         done = [r for r in results if r is not None]
+        self.model_census.changed()
         if not had_faces and any(isinstance(r, Enrolled) for r in done):
             self.matcher.sizes.changed(+1, subject.scope)
         failures = [r.error for r in done if isinstance(r, FailedImage)]
@@ -354,19 +362,27 @@ class FaceService:
     def delete_face(self, subject_id: str, face_id: str, caller: Caller) -> None:
         subject = self.get_subject(subject_id, caller)
         self.gallery.delete_face(subject.id, check_id(face_id, "face id"))
-        last = not any(f.state == "indexed" for f in self.db.subjects.faces(subject.id))
+        last = not any(
+            f.state == "indexed" and f.model_id == self.model_id
+            for f in self.db.subjects.faces(subject.id)
+        )
         self.matcher.sizes.changed(-1 if last else 0, subject.scope)
+        self.model_census.changed()
         self.audit("delete_face", "ok", caller, subject=subject_id)
 
     # -- matching ---------------------------------------------------------------------------
     def verify(
         self, data: bytes, subject_id: str, caller: Caller, threshold: float | None = None
     ) -> Verification:
-        """1:1 against the subject's best-matching template."""
+        """1:1 against the subject's best-matching template of the running model; a subject
+        with templates only of other models is refused (409 ``template_model_mismatch``)."""
         limit = self._threshold(threshold)
         self.get_subject(subject_id, caller)
-        templates = [v for _, _, v in self.db.subjects.templates(subject_id)]
+        templates = [v for _, _, v in self.db.subjects.templates(subject_id, self.model_id)]
         if not templates:
+            stored = list(self.db.subjects.model_counts(subject_id))
+            if stored:
+                raise mismatch(subject_id, self.model_id, stored)
             raise NoFaceError(
                 f"subject {subject_id} has no enrolled faces", code="subject_has_no_faces"
             )

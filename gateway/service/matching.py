@@ -200,7 +200,10 @@ class IndexMatcher:
     ) -> None:
         self.policy, self.index, self.subjects = policy, index, subjects
         self.fpir = check_fpir(fpir)
-        self.sizes = sizes or GallerySizes(subjects.enrolled_count)
+        model_id = index.model_id  # only the running model's templates are compared
+        self.sizes = sizes or GallerySizes(
+            lambda namespace, gallery: subjects.enrolled_count(namespace, gallery, model_id)
+        )
         policy.operating_point(1, self.fpir)  # an FPIR outside the card's range fails here
 
     def match(
@@ -228,7 +231,10 @@ class IndexMatcher:
                 mine.append(Hit(h.face_id, h.subject_id, h.similarity))
             kept.append(mine)
         found = self.subjects.candidate_templates(
-            sorted({h.subject_id for mine in kept for h in mine}), namespace, gallery
+            sorted({h.subject_id for mine in kept for h in mine}),
+            namespace,
+            gallery,
+            self.index.model_id,
         )
         templates = {sid: vectors for sid, (_, vectors) in found.items()}
         scoring = self.policy.scoring

@@ -281,9 +281,11 @@ class NewApiKey:
 
 @dataclass(frozen=True)
 class Readiness:
-    """Each dependency's state: ``ok`` or ``error: <what>``."""
+    """Each dependency's state: ``ok`` or ``error: <what>``; and the running model's
+    identity, ``{"id": "name:sha"}`` (counts only on the admin route ``/v1/models``)."""
 
     checks: dict[str, str] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:

@@ -11,6 +11,7 @@ finds the column there).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
@@ -24,7 +25,19 @@ BACKFILL = {
     # bootstrap keys were told apart by their label before the column existed
     ("api_keys", "bootstrap"): "UPDATE api_keys SET bootstrap = :yes WHERE label = 'bootstrap'",
 }
-BACKFILL_PARAMS = {"yes": True}
+BACKFILL_PARAMS: dict[str, Any] = {"yes": True}
+# Templates from before faces recorded their model were computed by the published model
+# (the gateway could run no other). Its identity comes from its packaged card, present
+# whichever model runs now.
+BACKFILL[("faces", "model_id")] = "UPDATE faces SET model_id = :published WHERE model_id IS NULL"
+
+
+def _params(statement: str) -> dict[str, Any]:
+    """The values ``statement`` binds."""
+    from gateway.model_ids import published_model_id
+
+    values = {**BACKFILL_PARAMS, "published": published_model_id()}
+    return {k: v for k, v in values.items() if f":{k}" in statement}
 
 
 def migrate(engine: Engine, metadata: MetaData) -> list[str]:
@@ -44,7 +57,7 @@ def migrate(engine: Engine, metadata: MetaData) -> list[str]:
                     conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
                     backfill = BACKFILL.get((table.name, column.name))
                     if backfill is not None:
-                        conn.execute(text(backfill), BACKFILL_PARAMS)
+                        conn.execute(text(backfill), _params(backfill))
             except DBAPIError:
                 if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
                     raise

@@ -108,6 +108,9 @@ class FaceRow(Base):
     box: Mapped[list[float]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     image: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # sealed, opt-in
+    # the identity (name:sha) of the model that computed the template (gateway.model_ids);
+    # added with model selection, rows from before get the published model's (migrate)
+    model_id: Mapped[str | None] = mapped_column(String(160), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
     subject: Mapped[SubjectRow] = relationship(back_populates="faces")
 

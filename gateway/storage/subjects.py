@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
@@ -23,11 +23,13 @@ from gateway.crypto.envelope import (
     Keyring,
     WrappedKey,
     new_data_key,
+    open_image,
     open_template,
     seal_image,
     seal_template,
 )
 from gateway.errors import ConflictError, NotFoundError
+from gateway.model_ids import published_model_id
 from gateway.storage.schema import (
     DEFAULT_GALLERY,
     DEFAULT_NAMESPACE,
@@ -66,6 +68,18 @@ class FaceInfo:
     box: list[float]
     state: str  # pending | indexed
     created_at: datetime
+    model_id: str | None = None  # identity of the model that computed the template
+
+
+@dataclass(frozen=True)
+class StoredFace:
+    """A face to re-embed: where it was found, and its enrolment image when kept."""
+
+    id: str
+    subject_id: str
+    model_id: str | None
+    box: list[float]
+    has_image: bool
 
 
 def _subject(row: SubjectRow, faces: int) -> Subject:
@@ -90,8 +104,35 @@ def _in_scope(query: _Q, namespace: str | None, gallery: str | None) -> _Q:
     return query
 
 
+def _of_model(query: _Q, model_id: str | None) -> _Q:
+    """``query`` limited to faces whose templates model ``model_id`` computed (None: any).
+    A face that records no model is the published model's (written by a release from
+    before the column, say during a rolling upgrade, after the start-up backfill)."""
+    if model_id is None:
+        return query
+    if model_id == published_model_id():
+        return query.where(or_(FaceRow.model_id == model_id, FaceRow.model_id.is_(None)))
+    return query.where(FaceRow.model_id == model_id)
+
+
+def _not_of_model(model_id: str) -> ColumnElement[bool]:
+    """Faces whose templates another model than ``model_id`` computed (see
+    :func:`_of_model` for faces that record none)."""
+    if model_id == published_model_id():
+        return FaceRow.model_id != model_id  # SQL: NULL is not "different"
+    return or_(FaceRow.model_id != model_id, FaceRow.model_id.is_(None))
+
+
+def _same_model(model_id: str | None) -> ColumnElement[bool]:
+    """Faces of ``model_id`` (None: faces that record no model)."""
+    return FaceRow.model_id.is_(None) if model_id is None else FaceRow.model_id == model_id
+
+
 def _face(row: FaceRow) -> FaceInfo:
-    return FaceInfo(row.id, row.subject_id, row.quality, list(row.box), row.state, row.created_at)
+    model_id = row.model_id or published_model_id()  # see _of_model
+    return FaceInfo(
+        row.id, row.subject_id, row.quality, list(row.box), row.state, row.created_at, model_id
+    )
 
 
 def _face_count(s: Session, subject_id: str) -> int:
@@ -274,11 +315,14 @@ class SubjectRepository:
         quality: float,
         box: Sequence[float],
         image: bytes | None = None,
+        model_id: str | None = None,
     ) -> str:
         """Store a sealed template float32[D] as ``pending``; returns the face id. The same
         image twice for one subject is a :class:`ConflictError` (``duplicate_face``).
-        ``image`` (the upload) is kept, sealed, only when given."""
+        ``image`` (the upload) is kept, sealed, only when given. ``model_id``: the identity
+        of the model that computed it (default: the published model's)."""
         face_id = new_id()
+        model_id = model_id or published_model_id()
         try:
             with Session(self.engine) as s, s.begin():
                 row = s.get(SubjectRow, subject_id)
@@ -299,6 +343,7 @@ class SubjectRepository:
                         box=[float(v) for v in box],
                         state="pending",
                         image=sealed_image,
+                        model_id=model_id,
                     )
                 )
         except SqlIntegrityError:
@@ -310,6 +355,16 @@ class SubjectRepository:
                 "this image is already enrolled for this subject", code="duplicate_face"
             ) from None
         return face_id
+
+    def face_by_hash(self, subject_id: str, content_hash: str) -> FaceInfo | None:
+        """The face of ``subject_id`` enrolled from the image of sha256 ``content_hash``."""
+        with Session(self.engine) as s:
+            row = s.scalars(
+                select(FaceRow).where(
+                    FaceRow.subject_id == subject_id, FaceRow.content_hash == content_hash
+                )
+            ).first()
+            return None if row is None else _face(row)
 
     def exists(self, subject_id: str) -> bool:
         with Session(self.engine) as s:
@@ -354,22 +409,30 @@ class SubjectRepository:
         with Session(self.engine) as s:
             return set(s.scalars(select(FaceRow.id)))
 
-    def indexed_face_ids(self) -> set[str]:
+    def indexed_face_ids(self, model_id: str | None = None) -> set[str]:
+        """Faces confirmed in the index (of model ``model_id`` when given)."""
         with Session(self.engine) as s:
-            return set(s.scalars(select(FaceRow.id).where(FaceRow.state == "indexed")))
+            query = select(FaceRow.id).where(FaceRow.state == "indexed")
+            return set(s.scalars(_of_model(query, model_id)))
 
     def pending_face_ids(self) -> list[str]:
         """Faces written but not confirmed in the index."""
         with Session(self.engine) as s:
             return list(s.scalars(select(FaceRow.id).where(FaceRow.state == "pending")))
 
-    def enrolled_count(self, namespace: str | None = None, gallery: str | None = None) -> int:
+    def enrolled_count(
+        self,
+        namespace: str | None = None,
+        gallery: str | None = None,
+        model_id: str | None = None,
+    ) -> int:
         """Subjects with at least one indexed face (the gallery size of 1:N), of
-        ``namespace`` and ``gallery`` when given."""
+        ``namespace`` and ``gallery`` when given, and of model ``model_id`` when given."""
         with Session(self.engine) as s:
             query = select(func.count(func.distinct(FaceRow.subject_id))).where(
                 FaceRow.state == "indexed"
             )
+            query = _of_model(query, model_id)
             if namespace is not None or gallery is not None:
                 query = _in_scope(
                     query.join(SubjectRow, SubjectRow.id == FaceRow.subject_id), namespace, gallery
@@ -381,15 +444,18 @@ class SubjectRepository:
         subject_ids: Sequence[str],
         namespace: str | None = None,
         gallery: str | None = None,
+        model_id: str | None = None,
     ) -> dict[str, tuple[str, np.ndarray]]:
         """Name and indexed templates float32[K, D] of each of ``subject_ids`` that exists,
         has any and is in ``namespace`` and ``gallery`` when given, opened, in one query
-        (the candidates of an identification).
+        (the candidates of an identification); only those of model ``model_id`` when
+        given.
 
-        The scope is checked on the rows read, not in SQL: with the scope in the ``WHERE``
-        clause SQLite's planner walked the scope index (every subject of the tenant)
-        instead of the few primary keys asked for, which made an identification at
-        100,000 subjects 5x slower (``perf/search_scaling.py``, identify path)."""
+        The scope and the model are checked on the rows read, not in SQL: with the scope
+        in the ``WHERE`` clause SQLite's planner walked the scope index (every subject of
+        the tenant) instead of the few primary keys asked for, which made an
+        identification at 100,000 subjects 5x slower (``perf/search_scaling.py``, identify
+        path)."""
         if not subject_ids:
             return {}
         wanted = sorted(set(subject_ids))
@@ -404,6 +470,7 @@ class SubjectRepository:
                     SubjectRow.dek_blob,
                     FaceRow.id,
                     FaceRow.template,
+                    FaceRow.model_id,
                 )
                 .join(FaceRow, FaceRow.subject_id == SubjectRow.id)
                 .where(
@@ -415,10 +482,12 @@ class SubjectRepository:
             rows = s.execute(query).all()
         keys: dict[str, bytes] = {}
         found: dict[str, tuple[str, list[np.ndarray]]] = {}
-        for sid, name, space, group, key_id, blob, face_id, template in rows:
+        for sid, name, space, group, key_id, blob, face_id, template, model in rows:
             if (namespace is not None and space != namespace) or (
                 gallery is not None and group != gallery
             ):
+                continue
+            if model_id is not None and (model or published_model_id()) != model_id:
                 continue
             if sid not in keys:
                 keys[sid] = self.keyring.unwrap(WrappedKey(key_id, blob), sid)
@@ -426,9 +495,11 @@ class SubjectRepository:
             found[sid][1].append(open_template(keys[sid], template, sid, face_id))
         return {sid: (name, np.stack(vectors)) for sid, (name, vectors) in found.items()}
 
-    def templates(self, subject_id: str | None = None) -> Iterator[tuple[str, str, np.ndarray]]:
-        """(face id, subject id, embedding float32[D]) of every face (or of one subject's),
-        opened."""
+    def templates(
+        self, subject_id: str | None = None, model_id: str | None = None
+    ) -> Iterator[tuple[str, str, np.ndarray]]:
+        """(face id, subject id, embedding float32[D]) of every face (or of one subject's;
+        of model ``model_id`` only when given), opened."""
         with Session(self.engine) as s:
             query = select(SubjectRow)
             if subject_id is not None:
@@ -436,4 +507,65 @@ class SubjectRepository:
             for row in s.scalars(query):
                 key = self._data_key(row)
                 for face in row.faces:
-                    yield face.id, row.id, open_template(key, face.template, row.id, face.id)
+                    if model_id is None or (face.model_id or published_model_id()) == model_id:
+                        yield face.id, row.id, open_template(key, face.template, row.id, face.id)
+
+    # -- models -----------------------------------------------------------------------
+    def model_counts(self, subject_id: str | None = None) -> dict[str, int]:
+        """How many faces each model's templates are (of one subject when given)."""
+        with Session(self.engine) as s:
+            query = select(FaceRow.model_id, func.count()).group_by(FaceRow.model_id)
+            if subject_id is not None:
+                query = query.where(FaceRow.subject_id == subject_id)
+            return {str(m or published_model_id()): int(n) for m, n in s.execute(query)}
+
+    def faces_not_of(self, model_id: str) -> list[StoredFace]:
+        """The indexed faces whose templates another model computed, oldest first."""
+        with Session(self.engine) as s:
+            query = (
+                select(
+                    FaceRow.id,
+                    FaceRow.subject_id,
+                    FaceRow.model_id,
+                    FaceRow.box,
+                    FaceRow.image.is_not(None),
+                )
+                .where(FaceRow.state == "indexed")
+                .where(_not_of_model(model_id))
+                .order_by(FaceRow.created_at, FaceRow.id)
+            )
+            rows = s.execute(query)
+            return [StoredFace(i, sid, m, list(b), bool(kept)) for i, sid, m, b, kept in rows]
+
+    def stored_image(self, face_id: str) -> bytes | None:
+        """The enrolment image kept with a face, opened; None when none was kept or the
+        face is gone."""
+        with Session(self.engine) as s:
+            face = s.get(FaceRow, face_id)
+            if face is None or face.image is None:
+                return None
+            subject = s.get(SubjectRow, face.subject_id)
+            if subject is None:
+                return None
+            return open_image(self._data_key(subject), face.image, subject.id, face.id)
+
+    def replace_template(
+        self, face_id: str, embedding: np.ndarray, model_id: str, old_model_id: str | None
+    ) -> str:
+        """Replace a face's template float32[D] by one of ``model_id``, if it still exists
+        and is still of ``old_model_id``, in one transaction. Returns ``replaced``,
+        ``gone`` (the face or its subject was deleted) or ``changed`` (another run
+        replaced it first)."""
+        with Session(self.engine) as s, s.begin():
+            face = s.get(FaceRow, face_id)
+            subject = None if face is None else s.get(SubjectRow, face.subject_id)
+            if face is None or subject is None:
+                return "gone"
+            blob = seal_template(self._data_key(subject), embedding, subject.id, face_id)
+            done = s.execute(
+                update(FaceRow)
+                .where(FaceRow.id == face_id, _same_model(old_model_id))
+                .values(template=blob, model_id=model_id)
+                .returning(FaceRow.id)
+            ).first()
+            return "replaced" if done is not None else "changed"

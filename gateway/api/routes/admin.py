@@ -1,4 +1,4 @@
-"""Administration: the audit log and API keys (role ``admin``)."""
+"""Administration: the audit log, API keys and the stored templates' models (role ``admin``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from gateway.api.deps import AdminCaller, AdminChange, AdminDep
-from gateway.api.schemas import ApiKeyIn, ApiKeyOut, AuditEventOut, AuditPage
+from gateway.api.deps import AdminCaller, AdminChange, AdminDep, ServiceDep
+from gateway.api.schemas import ApiKeyIn, ApiKeyOut, AuditEventOut, AuditPage, ModelsOut
 from gateway.service.types import ApiKeyInfo
 
 router = APIRouter(prefix="/v1", tags=["admin"])
@@ -59,3 +59,10 @@ def create_key(body: ApiKeyIn, admin: AdminDep, caller: AdminChange) -> ApiKeyOu
 def revoke_key(key_id: str, admin: AdminDep, caller: AdminChange) -> Response:
     admin.revoke_key(key_id, caller)
     return Response(status_code=204)
+
+
+@router.get("/models", response_model=ModelsOut)
+def models(service: ServiceDep, caller: AdminCaller) -> ModelsOut:
+    """The running model's identity and how many stored templates are of it and of other
+    models, which no search compares (``facerec reembed`` moves those with a kept image)."""
+    return ModelsOut(**service.model_census.get())

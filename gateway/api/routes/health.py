@@ -20,10 +20,11 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(service: ServiceDep) -> JSONResponse:
-    """The models, the database and the index all answer."""
+    """The models, the database and the index all answer; and the running model's
+    identity (``GET /v1/models`` tells an admin how many templates are of others)."""
     readiness = service.readiness()
     return JSONResponse(
-        {"ready": readiness.ready, "checks": readiness.checks},
+        {"ready": readiness.ready, "checks": readiness.checks, "model": readiness.model},
         status_code=200 if readiness.ready else 503,
     )
 

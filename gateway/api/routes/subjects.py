@@ -87,7 +87,7 @@ def get_subject(
 ) -> SubjectDetail:
     subject = service.get_subject(subject_id, caller)
     faces = [
-        FaceOut(id=f.id, quality=f.quality, box=f.box, created_at=f.created_at)
+        FaceOut(id=f.id, quality=f.quality, box=f.box, created_at=f.created_at, model_id=f.model_id)
         for f in service.faces(subject_id, caller)
     ]
     return SubjectDetail(**_out(subject, _limits(settings)).model_dump(), face_list=faces)
