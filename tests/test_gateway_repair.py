@@ -1,6 +1,6 @@
 """Start-up repair, state by state: each place an enrolment or a deletion can die; and the
-index's move to a new protection key. On Milvus Lite, Milvus Lite's server and a real
-Milvus standalone server."""
+index's move to a new protection key (other models' collections dropped with the old
+key). On Milvus Lite, Milvus Lite's server and a real Milvus standalone server."""
 
 from __future__ import annotations
 
@@ -64,6 +64,14 @@ def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path, milvus: MilvusTar
         ids.append(f)
     old_collection = index.current.collection
     index.close()
+    # a collection of another model under the same key (that model ran here before)
+    other = IndexManager(
+        db.secrets, milvus.uri, 128, "FLAT", milvus.options(), model_id="rotated:0123456789ab"
+    )
+    other.add(["other-face"], [sid], unit(9)[None])
+    other_collection = other.current.collection
+    assert other_collection != old_collection
+    other.close()
 
     # `facerec keys rotate`: the new master key, with the old one to unwrap
     new_master = MasterKey.generate()
@@ -74,6 +82,9 @@ def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path, milvus: MilvusTar
     assert moved == 5
     assert index.current.collection != old_collection
     assert not index.current.client.has_collection(old_collection)
+    # the other model's collection was keyed by the retired key: dropped, rebuilt from the
+    # system of record if that model runs again
+    assert not index.current.client.has_collection(other_collection)
     hit = index.search(unit(3)[None], 1)[0][0]
     assert hit.face_id == ids[3] and hit.similarity > 0.9999
     index.close()
