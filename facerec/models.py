@@ -186,7 +186,8 @@ class ModelCard:
         if not ranked:
             raise InvalidArgumentError(
                 f"model card {self.name} has no identification thresholds for {method!r} "
-                "(`facerec bench lfw-openset --update-card` measures them)"
+                f"(`facerec bench lfw-openset --data LFW --out DIR --model {self.name} "
+                "--update-card` measures them)"
             )
         chosen = ranked[0]
         if (chosen.alignment, chosen.flip, chosen.precision) != (alignment, flip, precision):
