@@ -46,7 +46,7 @@ from facerec.pipeline import Face, FacePipeline
 from gateway.bootstrap import open_database, open_gallery, open_gateway
 from gateway.crypto.envelope import new_data_key, seal_template
 from gateway.gallery import Gallery
-from gateway.index.milvus import FaceIndex
+from gateway.index.milvus import SEARCH_EF, FaceIndex
 from gateway.service.types import Caller
 from gateway.settings import Settings
 from gateway.storage.schema import FaceRow, SubjectRow, now
@@ -56,7 +56,7 @@ PHOTOS_PER_IDENTITY = 4
 NOISE = 0.6  # per-dimension noise relative to the centre: same-identity cosine ~0.7
 BATCH = 10_000  # vectors per insert call
 EFS = (16, 32, 64, 128, 256)
-DEFAULT_EF = 64  # what FaceIndex.search uses
+DEFAULT_EF = SEARCH_EF  # what FaceIndex.search uses
 
 
 def synthetic(rng: np.random.Generator, identities: int, photos: int) -> np.ndarray:
