@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,16 +50,7 @@ class ReembedReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "model_id": self.model_id,
-            "dry_run": self.dry_run,
-            "considered": self.considered,
-            "reembedded": self.reembedded,
-            "moved_meanwhile": self.moved_meanwhile,
-            "gone": self.gone,
-            "needs_reenrolment": self.needs_reenrolment,
-            "errors": self.errors,
-        }
+        return asdict(self)
 
     def describe(self) -> str:
         """``considered=N reembedded=N ...`` (for the audit event)."""

@@ -123,13 +123,19 @@ def _not_of_model(model_id: str) -> ColumnElement[bool]:
     return or_(FaceRow.model_id != model_id, FaceRow.model_id.is_(None))
 
 
+def _recorded_model(value: str | None) -> str:
+    """The model a face's template is of, from its ``model_id`` column: a face that records
+    none is the published model's (see :func:`_of_model`)."""
+    return value or published_model_id()
+
+
 def _same_model(model_id: str | None) -> ColumnElement[bool]:
     """Faces of ``model_id`` (None: faces that record no model)."""
     return FaceRow.model_id.is_(None) if model_id is None else FaceRow.model_id == model_id
 
 
 def _face(row: FaceRow) -> FaceInfo:
-    model_id = row.model_id or published_model_id()  # see _of_model
+    model_id = _recorded_model(row.model_id)
     return FaceInfo(
         row.id, row.subject_id, row.quality, list(row.box), row.state, row.created_at, model_id
     )
@@ -487,7 +493,7 @@ class SubjectRepository:
                 gallery is not None and group != gallery
             ):
                 continue
-            if model_id is not None and (model or published_model_id()) != model_id:
+            if model_id is not None and _recorded_model(model) != model_id:
                 continue
             if sid not in keys:
                 keys[sid] = self.keyring.unwrap(WrappedKey(key_id, blob), sid)
@@ -507,7 +513,7 @@ class SubjectRepository:
             for row in s.scalars(query):
                 key = self._data_key(row)
                 for face in row.faces:
-                    if model_id is None or (face.model_id or published_model_id()) == model_id:
+                    if model_id is None or _recorded_model(face.model_id) == model_id:
                         yield face.id, row.id, open_template(key, face.template, row.id, face.id)
 
     # -- models -----------------------------------------------------------------------
@@ -517,7 +523,7 @@ class SubjectRepository:
             query = select(FaceRow.model_id, func.count()).group_by(FaceRow.model_id)
             if subject_id is not None:
                 query = query.where(FaceRow.subject_id == subject_id)
-            return {str(m or published_model_id()): int(n) for m, n in s.execute(query)}
+            return {_recorded_model(m): int(n) for m, n in s.execute(query)}
 
     def faces_not_of(self, model_id: str) -> list[StoredFace]:
         """The indexed faces whose templates another model computed, oldest first."""
