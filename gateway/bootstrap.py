@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,16 +24,21 @@ from gateway.index.manager import IndexManager
 from gateway.index.milvus import MilvusOptions
 from gateway.service.admin import SYSTEM, AdminService
 from gateway.service.faces import FaceService
+from gateway.service.job_worker import JobRunner, WorkerTimes
 from gateway.service.jobs import JobLimits, JobService
+from gateway.service.maintenance import REPAIR_EVERY_S, Housekeeping, repair
 from gateway.service.sources import SourcePolicy
-from gateway.service.streams import StreamService
+from gateway.service.streams import StreamRunner, StreamService
 from gateway.service.types import Caller
 from gateway.service.video import LiveLimits, VideoService
 from gateway.settings import SQLITE_FILE, Settings
 from gateway.storage.database import Database
 from gateway.storage.files import create_private, prepare_data_dir, touch_private
+from gateway.storage.locks import session_lock
+from gateway.storage.processes import process_started
 
 log = logging.getLogger(__name__)
+AUDIT_WITNESS_S = 5.0  # how often each process records and checks the audit chain's head
 
 
 def load_keyring(settings: Settings) -> Keyring:
@@ -105,7 +110,13 @@ def open_gallery(
     if model_id is None:
         model_id = load_model_card(settings.model).identity
     index = IndexManager(
-        db.secrets, settings.index_uri, dim, settings.index_type, options, model_id=model_id
+        db.secrets,
+        settings.index_uri,
+        dim,
+        settings.index_type,
+        options,
+        model_id=model_id,
+        marks=db.index_marks,
     )
     return Gallery(db.subjects, index)
 
@@ -123,57 +134,95 @@ def open_admin(settings: Settings, db: Database) -> AdminService:
 
 @dataclass
 class Gateway:
-    """Everything a running service holds."""
+    """Everything a running process holds: the services, and in a worker process the job
+    runner and the periodic tasks."""
 
     settings: Settings
+    db: Database
     service: FaceService
     admin: AdminService
     jobs: JobService
     video: VideoService
     streams: StreamService
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._purger = threading.Thread(target=self._purge_loop, name="purge", daemon=True)
-        self._purger.start()
-
-    def _purge_loop(self) -> None:
-        """Retention: delete subjects past their expiry, now and then (audited)."""
-        while not self._stop.wait(self.settings.purge_interval_s):
-            try:
-                purged = self.service.purge_expired(Caller(role="system"))
-                if purged:
-                    log.info("purged %d expired subjects", len(purged))
-                self.admin.prune_requests(timedelta(hours=self.settings.idempotency_ttl_hours))
-            except Exception:  # the loop must survive a failed round
-                log.exception("purging expired subjects failed")
+    housekeeping: Housekeeping
+    runner: JobRunner | None = None
+    stream_runner: StreamRunner | None = None
+    draining: bool = False  # SIGTERM received: /readyz answers 503
 
     def close(self) -> None:
-        self._stop.set()
-        self._purger.join(timeout=30)
-        self.jobs.close()
-        self.streams.close()
+        """Stop the workers (their leases go back to the others), then everything else."""
+        if self.runner is not None:
+            self.runner.close()
+        if self.stream_runner is not None:
+            self.stream_runner.close()
         self.video.close()
+        self.housekeeping.close()
         self.service.close()
         self.admin.close()
 
 
-def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Gateway:
-    """Open everything, bootstrap the admin key, repair the index (both audited). The
+def _periodic_tasks(
+    settings: Settings, db: Database, gallery: Gallery, service: FaceService, admin: AdminService
+) -> dict[str, tuple[float, Callable[[], None]]]:
+    """What worker processes do now and then: retention, idempotency keys, the repair."""
+
+    def purge() -> None:
+        purged = service.purge_expired(Caller(role="system"))
+        if purged:
+            log.info("purged %d expired subjects", len(purged))
+        admin.prune_requests(timedelta(hours=settings.idempotency_ttl_hours))
+        db.processes.prune(24 * 3600)
+
+    return {
+        "retention": (settings.purge_interval_s, purge),
+        "repair": (REPAIR_EVERY_S, lambda: _discard(repair(db, gallery, admin.audit_log))),
+    }
+
+
+def _discard(_: object) -> None:
+    return None
+
+
+def audit_witness(audit: AuditLog) -> Callable[[], None]:
+    """Every process: record the chain's head seen in the database, and cry out when the
+    database no longer holds the head recorded before (events cut from its end)."""
+    reported: list[str] = []
+
+    def witness() -> None:
+        report = audit.witness()
+        if report is not None and report.reason not in reported:
+            reported.append(str(report.reason))
+            log.critical(
+                "AUDIT LOG TAMPERED: event %s %s (facerec audit verify)",
+                report.first_bad_seq,
+                report.reason,
+            )
+
+    return witness
+
+
+def open_gateway(
+    settings: Settings, pipeline: FacePipeline | None = None, api: bool = True
+) -> Gateway:
+    """Open everything, bootstrap the admin key, repair the index (both audited; once when
+    several processes start together). With ``FACEREC_WORKERS`` this process also runs
+    jobs and streams; ``api=False`` is a worker without HTTP (``facerec worker``). The
     embedding model is ``pipeline``'s, else ``FACEREC_MODEL``'s."""
+    started = process_started()
     if pipeline is None:
         load_model_card(settings.model)  # an unknown model is refused before anything starts
     db = open_database(settings)
     admin = open_admin(settings, db)
-    if (token := settings.secret("admin_key")) is not None:
-        admin.bootstrap_admin_key(token)  # refuses an unusable key before anything starts
-    elif settings.env == "development" and not admin.list_keys():
-        admin_file = settings.data_dir / "admin.key"
-        new = admin.create_key("admin", "development bootstrap", SYSTEM)
-        if admin_file.exists():
-            admin_file.unlink()
-        create_private(admin_file, new.token + "\n")
-        log.warning("development mode: created an admin API key, saved in %s", admin_file)
+    with session_lock(db.engine, "bootstrap"):  # replicas starting together take turns
+        if (token := settings.secret("admin_key")) is not None:
+            admin.bootstrap_admin_key(token)  # refuses an unusable key before anything starts
+        elif settings.env == "development" and not admin.list_keys():
+            admin_file = settings.data_dir / "admin.key"
+            new = admin.create_key("admin", "development bootstrap", SYSTEM)
+            if admin_file.exists():
+                admin_file.unlink()
+            create_private(admin_file, new.token + "\n")
+            log.warning("development mode: created an admin API key, saved in %s", admin_file)
     admin.throttle = FailureThrottle(settings.auth_failures_per_minute)
     admin.refusals = RefusalLog(
         admin.audit_log.append,
@@ -188,9 +237,9 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         protocol=settings.triton_protocol,
     )
     gallery = open_gallery(settings, db, pipe.card.embedding_size, pipe.model_id)
-    repaired = gallery.reconcile()
-    if repaired.changed:
-        admin.audit("repair", "ok", SYSTEM, detail=repaired.describe())
+    workers = settings.workers or not api
+    roles = ",".join(r for r, on in (("api", api), ("worker", workers)) if on)
+    repair(db, gallery, admin.audit_log, unless_since=started)
     batcher = MicroBatcher(pipe, max_wait=settings.batch_max_wait_ms / 1000)
     service = FaceService(
         db,
@@ -214,7 +263,40 @@ def open_gateway(settings: Settings, pipeline: FacePipeline | None = None) -> Ga
         settings.max_jobs_queued,
         settings.max_spool_bytes,
     )
-    jobs = JobService(db.jobs, service, limits, settings.data_dir / "spool")
+    jobs = JobService(db.jobs, service, limits)
+    runner = None
+    if workers:
+        times = WorkerTimes(settings.job_lease_s, settings.job_slice_s, settings.job_poll_s)
+        runner = JobRunner(db.jobs, service, times, settings.job_workers)
+        jobs.on_submit = runner.wake
+    tasks = _periodic_tasks(settings, db, gallery, service, admin) if workers else {}
+    tasks["audit witness"] = (AUDIT_WITNESS_S, audit_witness(admin.audit_log))
+    housekeeping = Housekeeping(db, roles, tasks)
     video = VideoService(service, LiveLimits.from_settings(settings))
-    streams = StreamService(video, SourcePolicy.from_settings(settings), settings.max_streams)
-    return Gateway(settings, service, admin, jobs, video, streams)
+    source_key = db.secrets.get_or_create("streams")
+    streams = StreamService(
+        db.streams,
+        service.audit,
+        SourcePolicy.from_settings(settings),
+        settings.max_streams,
+        source_key,
+        settings.stream_lease_s,
+    )
+    stream_runner = None
+    if workers:
+        stream_runner = StreamRunner(
+            db.streams, video, source_key, settings.max_streams, settings.stream_lease_s
+        )
+        streams.on_start = stream_runner.wake
+    return Gateway(
+        settings,
+        db,
+        service,
+        admin,
+        jobs,
+        video,
+        streams,
+        housekeeping,
+        runner,
+        stream_runner,
+    )

@@ -1,4 +1,4 @@
-"""The gateway's commands, reached through ``facerec serve|keys|reindex|reembed|audit``.
+"""The gateway's commands, reached through ``facerec serve|worker|keys|reindex|reembed|audit``.
 
 The core CLI imports this module only when one of these commands runs, so ``facerec``
 itself needs no web framework.
@@ -11,6 +11,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,6 +30,7 @@ from gateway.storage.files import PRIVATE_UMASK
 
 log = logging.getLogger(__name__)
 CLI = Caller(key_id=None, role="cli", request_id=None)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -35,12 +38,13 @@ def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from gateway.api.app import create_app
-    from gateway.api.server import server_config
+    from gateway.api.server import DrainingServer, server_config
 
     settings = get_settings()
+    if args.no_workers:
+        settings = settings.model_copy(update={"workers": False})
     host = args.host or settings.host
     port = args.port or settings.port
     # Opened before the server starts, so a refusal (an unusable FACEREC_ADMIN_KEY, a
@@ -56,9 +60,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log=args.verbose,
         )
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGINT, as uvicorn.run does
-            uvicorn.Server(config).run()
+            DrainingServer(config, gateway, settings.drain_s).run()
     finally:
         gateway.close()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Jobs and streams without HTTP, until SIGTERM or SIGINT (then the leases held go
+    back to the queue)."""
+    settings = get_settings()
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
+    try:
+        gateway = open_gateway(settings, api=False)
+        try:
+            log.warning("worker %s: running jobs and streams", gateway.housekeeping.name)
+            while not stop.wait(1.0):
+                pass
+        finally:
+            gateway.close()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
@@ -176,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         handler = {
             "serve": cmd_serve,
+            "worker": cmd_worker,
             "keys": cmd_keys,
             "reindex": cmd_reindex,
             "audit": cmd_audit,

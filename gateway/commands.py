@@ -1,5 +1,5 @@
-"""The gateway's commands (``facerec serve|keys|reindex|reembed|audit``), registered with the core
-CLI through the ``facerec.commands`` entry point.
+"""The gateway's commands (``facerec serve|worker|keys|reindex|reembed|audit``), registered
+with the core CLI through the ``facerec.commands`` entry point.
 
 This module only declares the options; :mod:`gateway.cli` (the web framework, the database,
 Milvus) is imported when one of the commands runs.
@@ -32,6 +32,24 @@ def add_commands(
     )
     p.add_argument("--host", default=None, help="bind address (FACEREC_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (FACEREC_PORT, 8000)")
+    p.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="serve the API only: jobs and streams run in `facerec worker` processes "
+        "(FACEREC_WORKERS=false)",
+    )
+    common(p)
+    p.set_defaults(run=_run)
+
+    p = sub.add_parser(
+        "worker",
+        help="run jobs and server-side streams from the shared database, without HTTP",
+        description="A worker claims jobs and streams from the database under leases "
+        "(README 'Scaling out'): start as many as the work needs, on any machine that "
+        "reaches the database, the index and the models. SIGTERM or Ctrl-C: the jobs and "
+        "streams held go back to the others, then it exits.",
+        epilog=SETTINGS_HELP,
+    )
     common(p)
     p.set_defaults(run=_run)
 

@@ -76,3 +76,30 @@ class IndexUnavailableError(FaceRecError):
     code = "index_unavailable"
     http_status = 503
     retriable = True
+
+
+class DatabaseUnavailableError(FaceRecError):
+    """The database did not answer (restarting, unreachable, out of connections). Nothing
+    was half-written: each change is one transaction. Retry later."""
+
+    code = "database_unavailable"
+    http_status = 503
+    retriable = True
+
+
+def database_error(exc: BaseException) -> FaceRecError:
+    """What a SQLAlchemy error means for the caller: a connection-level failure is
+    :class:`DatabaseUnavailableError` (503, retry), anything else an internal error."""
+    from sqlalchemy import exc as sql
+
+    unavailable = (
+        sql.OperationalError,
+        sql.InterfaceError,
+        sql.DisconnectionError,
+        sql.TimeoutError,
+    )
+    if isinstance(exc, unavailable) or getattr(exc, "connection_invalidated", False):
+        return DatabaseUnavailableError(
+            "the database did not answer; retry in a moment", retry_after=1
+        )
+    return FaceRecError("an unexpected database error occurred")  # internal_error, 500

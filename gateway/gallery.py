@@ -31,7 +31,13 @@ enrolments with its deletion:
 and checks SQL and the index afterwards.
 - **Repair** (:meth:`Gallery.reconcile`, at start-up before serving): ``pending`` faces
   belong to enrolments that never answered and are rolled back; indexed faces missing from
-  the index are restored from their templates; vectors with no record are removed.
+  the index are restored from their templates; vectors with no record are removed. With
+  several processes over one database and one index, a ``pending`` face may belong to an
+  enrolment in progress in another process: each face records the process that wrote it,
+  and a pending face of a process still alive (:mod:`gateway.storage.processes`) is rolled
+  back only once it is older than any enrolment takes; and a vector counts as an orphan
+  only when no face row of the running model, in any state, holds its id (read after the
+  index).
 - **Rebuild and rotation**: the index can always be rebuilt from the sealed templates,
   which is also how it moves to a new protection key without stopping searches.
 - **Models**: the index holds only the templates of the running model
@@ -47,8 +53,9 @@ and checks SQL and the index afterwards.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
@@ -172,10 +179,19 @@ class Gallery:
         return len(faces)
 
     # -- repair, rebuild, rotation ----------------------------------------------------------
-    def reconcile(self) -> Reconciled:
-        """Make the index agree with the system of record (run at start-up, before serving)."""
+    def reconcile(
+        self, live: Collection[str] | None = None, pending_before: datetime | None = None
+    ) -> Reconciled:
+        """Make the index agree with the system of record (at start-up, before serving,
+        and now and then in a worker). With other processes enrolling meanwhile (``live``:
+        the processes alive), a ``pending`` face that a live process wrote after
+        ``pending_before`` is an enrolment in progress and is left alone; and what is read
+        is read in an order that no enrolment in progress can fool: the indexed faces,
+        then the index, then every face row (a vector found in the index has had its row
+        written before it, so a vector is an orphan only when no row of this model holds
+        its id)."""
         current, nxt = self.index.collections()
-        pending = self.subjects.pending_face_ids()
+        pending = self.subjects.pending_face_ids(live, pending_before)
         for index in (current, nxt):
             if index is not None:
                 index.delete_faces(pending)
@@ -184,7 +200,7 @@ class Gallery:
         if not pending and current.count() == len(indexed):
             return Reconciled(0, 0, 0)  # the usual case: nothing to compare id by id
         present = current.ids()
-        orphans = sorted(present - indexed)
+        orphans = sorted(present - self.subjects.face_ids(self.model_id))
         current.delete_faces(orphans)
         missing = indexed - present
         if missing:

@@ -73,7 +73,14 @@ class Settings(BaseSettings):
     max_job_inflated_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # unzipped
     max_jobs_queued_per_key: int = Field(default=4, ge=1)
     max_jobs_queued: int = Field(default=32, ge=1)
-    max_spool_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=1024 * 1024)  # on disk
+    max_spool_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=1024 * 1024)  # stored
+    # -- workers (README "Scaling out"): jobs and server-side streams ----------------------
+    workers: bool = True  # run job and stream workers in this process (serve --no-workers)
+    job_workers: int = Field(default=1, ge=1, le=64)  # job threads per worker process
+    job_lease_s: float = Field(default=30.0, ge=1.0)  # a dead worker's job is taken after
+    job_slice_s: float = Field(default=10.0, gt=0.0)  # a worker keeps one job this long
+    job_poll_s: float = Field(default=1.0, gt=0.0)  # an idle worker looks for work
+    drain_s: float = Field(default=5.0, ge=0.0)  # SIGTERM: not ready this long, then stop
     # -- subject metadata -------------------------------------------------------------------
     max_metadata_depth: int = Field(default=16, ge=1, le=64)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=64)
@@ -110,7 +117,8 @@ class Settings(BaseSettings):
     stream_idle_timeout_s: float = Field(default=60.0, gt=0.0)  # no message for this long
     stream_send_timeout_s: float = Field(default=10.0, gt=0.0)  # a client not reading
     stream_ping_s: float = Field(default=20.0, gt=0.0)  # ping interval, and pong timeout
-    max_streams: int = Field(default=8, ge=1)  # server-side stream workers
+    max_streams: int = Field(default=8, ge=1)  # server-side streams (all workers together)
+    stream_lease_s: float = Field(default=5.0, ge=1.0)  # a dead worker's stream is taken after
     stream_allowed_schemes: str = "rtsp,rtsps,http,https"  # comma-separated
     stream_allowed_hosts: str = ""  # host names, *.domain, addresses or networks (CIDR)
     stream_file_dir: Path | None = None  # file: sources allowed only under this folder

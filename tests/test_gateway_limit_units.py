@@ -1,14 +1,14 @@
 """The pieces behind the gateway's limits, alone: the failed-auth throttle, the aggregated
-refusal log, metadata depth, the sealed job spool, zip members inflated in chunks, the audit
+refusal log, metadata depth, zip archives (directory bombs, members inflated in chunks), the audit
 chain's late fields, and the route policies derived from the app."""
 
 from __future__ import annotations
 
 import io
 import json
+import struct
 import tracemalloc
 import zipfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +20,14 @@ from gateway.audit.chain import AuditEvent, _mac, chain_event, verify_chain
 from gateway.audit.refusals import RefusalLog
 from gateway.auth.throttle import FailureThrottle, TooManyRequestsError
 from gateway.crypto.envelope import MasterKey
-from gateway.service.jobs import JobLimits, _read_member, spool_uploads
+from gateway.service.jobs import (
+    ImageSink,
+    JobLimits,
+    _read_member,
+    central_directory,
+    spool_uploads,
+)
 from gateway.service.metadata import MetadataLimits, check_metadata, depth, readable
-from gateway.service.spool import JobSpool, clear_spools
 from gateway.service.types import Upload
 from gateway.settings import Settings
 
@@ -91,22 +96,6 @@ def test_metadata_depth_is_counted_without_recursion() -> None:
     assert list(readable({"a": [[{"b": 2}]]}, limits)) == ["_withheld"]
 
 
-def test_spool_is_sealed_read_back_in_order_and_deleted(tmp_path: Path) -> None:
-    spool = JobSpool(tmp_path / "spool", "job1")
-    images = [(f"img{i}.jpg", bytes([i]) * 5000) for i in range(5)]
-    for name, data in images:
-        spool.add(name, data)
-    spool.finish()
-    raw = spool.path.read_bytes()
-    assert all(data[:64] not in raw for _, data in images)
-    assert [(u.name, u.data) for u in spool] == images
-    spool.discard()
-    assert not spool.path.exists()
-    left = JobSpool(tmp_path / "spool", "job2")
-    left.finish()
-    assert clear_spools(tmp_path / "spool") == 1 and not left.path.exists()
-
-
 def lying_zip(declared: int, inflated: int) -> zipfile.ZipFile:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
@@ -129,24 +118,100 @@ def test_a_member_is_inflated_in_chunks_and_never_past_its_declared_size() -> No
     assert "bad_archive" in str(getattr(caught.value, "code", "")) or "CRC" in str(caught.value)
 
 
-def test_job_totals_and_counts_are_refused_before_spooling_past_them(tmp_path: Path) -> None:
+def test_job_totals_and_counts_are_refused_before_spooling_past_them() -> None:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as z:
         for i in range(5):
             z.writestr(f"{i}.jpg", b"x" * 1000)
     upload = Upload("a.zip", out.getvalue())
-    spool = JobSpool(tmp_path, "j")
+    kept: list[tuple[int, str, bytes]] = []
+    sink = ImageSink(lambda i, name, data: kept.append((i, name, data)))
     with pytest.raises(FaceRecError) as caught:
-        spool_uploads([upload], spool, JobLimits(max_files=4))
-    assert caught.value.code == "too_many_files" and spool.count == 0
-    spool = JobSpool(tmp_path, "k")
+        spool_uploads([upload], sink, JobLimits(max_files=4))
+    assert caught.value.code == "too_many_files" and sink.count == 0 and not kept
+    sink = ImageSink(lambda i, name, data: kept.append((i, name, data)))
     with pytest.raises(FaceRecError) as caught:
-        spool_uploads([upload], spool, JobLimits(max_inflated_bytes=2500))
-    assert caught.value.code == "archive_too_large" and spool.count == 2
-    spool = JobSpool(tmp_path, "l")  # the other queued jobs leave room for 3 images
+        spool_uploads([upload], sink, JobLimits(max_inflated_bytes=2500))
+    assert caught.value.code == "archive_too_large" and sink.count == 2
+    assert [(i, n) for i, n, _ in kept] == [(0, "a.zip/0.jpg"), (1, "a.zip/1.jpg")]
+
+
+def directory_bomb(entries: int, zip64: bool = False) -> bytes:
+    """A zip archive whose central directory lists ``entries`` empty .jpg members (no
+    data), written by hand the way a hostile client would, with a zip64 end record when
+    asked."""
+    local, central = io.BytesIO(), io.BytesIO()
+    for i in range(entries):
+        name = f"{i}.jpg".encode()
+        offset = local.tell()
+        local.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0))
+        local.write(name)
+        central.write(
+            struct.pack(
+                "<4s6H3L5H2L",
+                b"PK\x01\x02",
+                20,
+                20,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                len(name),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+        )
+        central.write(name)
+    body, directory = local.getvalue(), central.getvalue()
+    count = 0xFFFF if zip64 else entries
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(directory), len(body), 0)
+    if not zip64:
+        return body + directory + end
+    eocd64_at = len(body) + len(directory)
+    eocd64 = struct.pack(
+        "<4sQ2H2L4Q",
+        b"PK\x06\x06",
+        44,
+        45,
+        45,
+        0,
+        0,
+        entries,
+        entries,
+        len(directory),
+        len(body),
+    )
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, eocd64_at, 1)
+    return body + directory + eocd64 + locator + end
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_a_central_directory_bomb_is_refused_from_its_end_record(zip64: bool) -> None:
+    limits = JobLimits(max_files=10)
+    bomb = directory_bomb(200, zip64)  # 200 entries: more than 4 per allowed image
+    assert central_directory(bomb)[0] == 200
+    parsed = []
+    sink = ImageSink(lambda *_: parsed.append(1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FaceRecError) as caught:
+            spool_uploads([Upload("bomb.zip", bomb)], sink, limits)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.code == "too_many_files" and caught.value.http_status == 413
+    assert not parsed and peak < len(bomb)  # refused before zipfile read the directory
+    small = directory_bomb(30, zip64)  # within 4 entries per image: zipfile reads it
     with pytest.raises(FaceRecError) as caught:
-        spool_uploads([upload], spool, JobLimits(), room=3500)
-    assert caught.value.code == "too_many_jobs" and caught.value.http_status == 429
+        spool_uploads([Upload("small.zip", small)], ImageSink(lambda *_: None), limits)
+    assert caught.value.code == "too_many_files"  # 30 .jpg members: over 10 images
 
 
 def test_audit_events_from_before_the_client_field_still_verify() -> None:

@@ -5,7 +5,6 @@ metadata, zip archives and the job queue; and, on the embedded one, hostile imag
 from __future__ import annotations
 
 import io
-import stat
 import struct
 import time
 import zipfile
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from sqlalchemy import create_engine, text
 
 from conftest import GALLERY
 from gateway.bootstrap import open_audit, open_database
@@ -204,8 +204,18 @@ def wait_done(service: Service, job_id: str) -> dict[str, Any]:
     raise TimeoutError(job_id)
 
 
-def test_queued_jobs_are_bounded_and_their_inputs_sealed_on_disk(
-    serve: Any, tmp_path: Path
+def stored_inputs(tmp_path: Path, storage: dict[str, Any]) -> list[bytes]:
+    """The job inputs as the database holds them."""
+    engine = create_engine(settings_of(tmp_path, storage).sqlite_url)
+    try:
+        with engine.connect() as conn:
+            return [bytes(r) for r in conn.execute(text("SELECT data FROM job_inputs")).scalars()]
+    finally:
+        engine.dispose()
+
+
+def test_queued_jobs_are_bounded_and_their_inputs_sealed_in_the_database(
+    serve: Any, storage: dict[str, Any], tmp_path: Path
 ) -> None:
     service = serve(FACEREC_MAX_JOBS_QUEUED_PER_KEY="2", FACEREC_MAX_JOBS_QUEUED="3")
     a, b = new_key(service, "identify"), new_key(service, "identify")
@@ -220,12 +230,9 @@ def test_queued_jobs_are_bounded_and_their_inputs_sealed_on_disk(
     r = submit(service, slow, b)  # b has one, but the queue is full
     assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_jobs"
 
-    spool = tmp_path / "data" / "spool"
-    files = sorted(spool.glob("*.spool"))
-    assert files and stat.S_IMODE(spool.stat().st_mode) == 0o700
-    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
-    for f in files:
-        content = f.read_bytes()
+    stored = stored_inputs(tmp_path, storage)
+    assert stored
+    for content in stored:
         for image in IMAGES[:5]:
             raw = image.read_bytes()
             assert raw[200:264] not in content  # sealed: no run of the image in clear
@@ -233,7 +240,7 @@ def test_queued_jobs_are_bounded_and_their_inputs_sealed_on_disk(
     for r in accepted:
         job = wait_done(service, r.json()["id"])
         assert job["status"] == "done" and job["done"] == job["total"] == 80
-    assert list(spool.glob("*.spool")) == []  # each spool goes with its job
+    assert stored_inputs(tmp_path, storage) == []  # each job's inputs go with it
     assert submit(service, zip_of(IMAGES[:2]), b).status_code == 202  # room again
 
 

@@ -33,6 +33,7 @@ import uuid
 from typing import Any
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -41,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from facerec.errors import FaceRecError, InvalidArgumentError
 from gateway.api import handlers
 from gateway.api.policy import Policies, RoutePolicy, valid_request_id
-from gateway.errors import PayloadTooLargeError
+from gateway.errors import PayloadTooLargeError, database_error
 from gateway.metrics import Metrics
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
@@ -168,6 +169,8 @@ class EdgeMiddleware:
             )
         except FaceRecError as exc:
             return exc
+        except SQLAlchemyError as exc:  # the database is down: 503, not a crash
+            return database_error(exc)
         return None
 
     async def _refuse(

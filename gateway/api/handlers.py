@@ -12,9 +12,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facerec.errors import FaceRecError
+from gateway.errors import database_error
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,14 @@ def install(app: FastAPI) -> None:
             code or f"http_{exc.status_code}",
             str(exc.detail),
             headers=dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        error = database_error(exc)
+        log.error("%s: %s", error.code, type(exc).__name__)
+        return error_response(
+            request, error.http_status, error.code, error.message, **error.details
         )
 
     @app.exception_handler(Exception)

@@ -164,7 +164,7 @@ class FacesOut(BaseModel):
 class JobOut(BaseModel):
     id: str
     kind: str
-    status: str
+    status: str = Field(description="queued, running, done, failed or cancelled")
     total: int
     done: int
     progress: float

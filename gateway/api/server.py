@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -246,5 +248,42 @@ def server_config(app: Any, settings: Settings, host: str, port: int, **options:
         ws_per_message_deflate=False,
         ws_ping_interval=settings.stream_ping_s,  # a client that answers no ping in time
         ws_ping_timeout=settings.stream_ping_s,  # (one that stopped reading) is let go
+        timeout_graceful_shutdown=30,  # requests in flight at shutdown: this long at most
         **options,
     )
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a graceful drain for load-balanced replicas.
+
+    On SIGTERM the gateway is marked draining (``/readyz`` answers 503, so the load
+    balancer's health check takes the replica out of rotation) while requests keep being
+    served for ``drain_s`` seconds; then the server stops accepting connections, finishes
+    the requests in flight, closes WebSockets with 1012 (service restart: the client
+    reconnects, through the load balancer, to another replica), and :meth:`run` returns so
+    that the caller can give the process's leases back. A second SIGTERM, or SIGINT, stops
+    without the wait. Unlike uvicorn's own handling, SIGTERM is not raised again after the
+    shutdown: the process exits normally, after its clean-up.
+    """
+
+    def __init__(self, config: uvicorn.Config, gateway: Any, drain_s: float) -> None:
+        super().__init__(config)
+        self.gateway, self.drain_s = gateway, drain_s
+        self._drain_until: float | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if sig == signal.SIGTERM and self._drain_until is None and self.drain_s > 0:
+            log.warning("SIGTERM: draining for %.1f s, then stopping", self.drain_s)
+            self.gateway.draining = True
+            self._drain_until = time.monotonic() + self.drain_s
+            return
+        self.gateway.draining = True
+        if sig == signal.SIGTERM:
+            self.should_exit = True  # not re-raised once the server has stopped
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_until is not None and time.monotonic() >= self._drain_until:
+            self.should_exit = True
+        return await super().on_tick(counter)

@@ -1,13 +1,27 @@
 """The audit log as the service writes it: chained events in SQL, the chain's head apart.
 
-The head (last ``seq`` and chain value) is written to a small file beside the data after
-every append, so cutting events from the end of the SQL log is detected too.
+Every process of a deployment appends to the one chain in the database (appends are
+serialised there: :class:`~gateway.storage.audit.AuditRepository`). A chain alone cannot
+show that events were cut from its end, and whoever can write the database could rewind
+a head kept in it too; so each process keeps the highest head it has seen (``seq`` and
+chain value) in a small file of its own data directory, outside the database: after each
+of its own appends, and every few seconds from the database's last event
+(:meth:`AuditLog.witness`, which also checks that the database still holds the head it
+recorded). Cutting events from the end is detected by any process that saw them, by its
+witness within seconds and by ``facerec audit verify`` on its machine. Processes sharing
+a data directory share the file, written under a lock.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hmac
 import json
+import logging
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +29,19 @@ from typing import Any
 from gateway.audit.chain import AuditEvent, ChainReport, chain_event, verify_chain
 from gateway.storage.audit import AuditRepository
 from gateway.storage.files import replace_private
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (0600), for processes sharing a data directory."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def utc_timestamp() -> str:
@@ -46,11 +73,39 @@ class AuditLog:
     def _write_head(self, event: AuditEvent) -> None:
         if self.head_file is None:
             return
-        with self._lock:
+        with self._lock, _file_lock(self.head_file.with_name(f"{self.head_file.name}.lock")):
             current = self.head()
             if current is not None and current[0] >= event.seq:
                 return  # another process already recorded a later event
+            if current is not None and not self._holds(current):
+                # the log no longer holds the head recorded here: keep it, as evidence
+                log.critical("AUDIT LOG TAMPERED: event %d is gone or changed", current[0])
+                return
             replace_private(self.head_file, json.dumps({"seq": event.seq, "mac": event.mac}))
+
+    def _holds(self, head: tuple[int, str]) -> bool:
+        """Whether the stored log still holds ``head`` unchanged."""
+        held = self.stored.event(head[0])
+        return held is not None and hmac.compare_digest(held.mac, head[1])
+
+    def witness(self) -> ChainReport | None:
+        """Record the database's last event as the head when it is newer, after checking
+        that the database still holds the head recorded here: a report of what is wrong
+        (events cut from the end, or the head event changed), or None when all is well."""
+        recorded = self.head()
+        last = self.stored.last()
+        if recorded is not None:
+            seq, mac = recorded
+            held = self.stored.event(seq)
+            if held is None:
+                return ChainReport(
+                    False, last.seq if last else 0, seq, f"the log ends before event {seq}"
+                )
+            if not hmac.compare_digest(held.mac, mac):
+                return ChainReport(False, seq, seq, "differs from the recorded head")
+        if last is not None:
+            self._write_head(last)
+        return None
 
     def verify(self) -> ChainReport:
         return verify_chain(self.key, self.stored.events(), self.head())

@@ -31,6 +31,7 @@ from gateway.crypto.vector_protection import VectorProtector
 from gateway.errors import IndexUnavailableError
 from gateway.index.milvus import FaceIndex, Hit, MilvusOptions, check_id, unavailable
 from gateway.model_ids import PREFIX, collection_prefix, published_model_id
+from gateway.storage.index_marks import IndexMarks
 from gateway.storage.secrets import SecretRepository
 
 CURRENT = "index"
@@ -50,8 +51,10 @@ class IndexManager:
         options: MilvusOptions | None = None,
         refresh: float = 1.0,
         model_id: str | None = None,
+        marks: IndexMarks | None = None,
     ) -> None:
         self.secrets, self.uri, self.dim = secrets, uri, dim
+        self.marks = marks  # every replica's writes, for Session reads
         self.model_id = model_id or published_model_id()
         self.prefix = collection_prefix(self.model_id)
         self.index_type, self.options, self.refresh = index_type, options, refresh
@@ -68,7 +71,12 @@ class IndexManager:
         if index is None:
             protector = VectorProtector(MasterKey.from_bytes(secret), self.dim)
             index = FaceIndex(
-                self.uri, protector, self.prefix, index_type=self.index_type, options=self.options
+                self.uri,
+                protector,
+                self.prefix,
+                index_type=self.index_type,
+                options=self.options,
+                marks=self.marks,
             )
             self._opened[secret] = index
         return index

@@ -24,10 +24,12 @@ from typing import Any, Literal
 import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus.client import ts_utils
 
 from facerec.errors import InvalidArgumentError
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.errors import IndexUnavailableError
+from gateway.storage.index_marks import IndexMarks
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,12 @@ class MilvusOptions:
     """How to reach a Milvus server: credentials, TLS, a per-call timeout, and the read
     consistency of searches. Milvus Lite (a file path) uses only ``timeout``.
 
-    ``Session`` (the default) lets a process read its own writes; ``Strong`` also sees
-    other processes' writes at once, but each search waits for Milvus's time tick (394 ms
-    p50 measured on 2.3, against 6 ms: perf/milvus_consistency.py). Maintenance reads
-    (counts, id lists for repair) are always ``Strong``.
+    ``Session`` (the default) lets a process read its own writes, and, through the
+    deployment's write marks in the database (:mod:`gateway.storage.index_marks`), every
+    other process's writes acknowledged before the search began; ``Strong`` also sees
+    them, but each search waits for Milvus's time tick (394 ms p50 measured on 2.3,
+    against 6 ms: perf/milvus_consistency.py). Maintenance reads (counts, id lists for
+    repair) are always ``Strong``.
     """
 
     token: str | None = None  # "user:password", or an API key (Zilliz Cloud)
@@ -197,6 +201,7 @@ class FaceIndex:
         prefix: str = "faces",
         index_type: str = "HNSW",
         options: MilvusOptions | None = None,
+        marks: IndexMarks | None = None,
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise InvalidArgumentError(f"index_type must be one of {INDEX_TYPES}")
@@ -206,6 +211,9 @@ class FaceIndex:
         self.collection = f"{prefix}_{protector.key_id.replace('-', '_')}"
         self.index_type = index_type
         self.embedded = uri.endswith(".db")  # Milvus Lite, as pymilvus decides
+        # the deployment's latest write, shared through the database (a server only: an
+        # embedded Milvus Lite file has one process)
+        self.marks = None if self.embedded else marks
         self._unsettled: set[str] = set()  # face ids whose vector may linger
         self._lock = threading.Lock()
         # Removals done / seen by a Strong search. On Milvus 2.3 a Session search does not
@@ -331,6 +339,22 @@ class FaceIndex:
             self.forget(face_ids)  # written or not: gone before anything else is served
             raise
         self._grown(len(rows))
+        if self.marks is not None and self.options.consistency == "Session":
+            self.marks.raise_to(self.collection, self._write_stamp())
+
+    def _endpoint(self) -> str:
+        """The server address pymilvus keys this collection's last write under, for
+        ``Session`` reads (the default database)."""
+        return str(self.client._get_connection().server_address)
+
+    def _write_stamp(self) -> int:
+        """The timestamp of this process's latest write to the collection (0: none)."""
+        return int(ts_utils.get_collection_ts(self.collection, self._endpoint(), "") or 0)
+
+    def _see(self, ts: int) -> None:
+        """Make this process's ``Session`` searches wait for writes up to ``ts`` too."""
+        if ts > 0:
+            ts_utils.update_collection_ts(self.collection, ts, self._endpoint(), "")
 
     def _removed(self) -> None:
         with self._lock:
@@ -349,6 +373,8 @@ class FaceIndex:
         if len(embeddings) == 0:
             return []
         probes = self.protector.protect(embeddings)
+        if self.marks is not None and self.options.consistency == "Session":
+            self._see(self.marks.get(self.collection))  # every replica's writes
         with self._call("search"):
             self._settle()
             with self._lock:

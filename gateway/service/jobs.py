@@ -1,45 +1,44 @@
 """Asynchronous identification jobs: many images in, a job id out, progress and results on
-request.
+request, from any replica.
 
-Inputs are unpacked as they are submitted into a spool on disk, sealed with a key that only
-this process holds (:mod:`gateway.service.spool`), so neither a queue of jobs nor a large
-archive is held in memory, and no raw image reaches the disk. Zip members are inflated in
-chunks: one that inflates beyond its declared size, or an archive that inflates beyond the
-job's total, is refused without inflating the rest. Queued jobs are bounded per API key
-and in total (429 with ``Retry-After``). A job cut short by a restart is marked ``failed``
-with the code ``interrupted`` when the service starts again (its spool is deleted).
+Submission (this module) unpacks the upload as it is stored: each image is sealed with a
+data key of the job's own (AES-256-GCM, bound to the job and the image's position; the key
+is wrapped by the master key like a subject's) and written to the database, where every
+worker of the deployment can read it (:mod:`gateway.storage.jobs`). No raw image reaches a
+disk, and nothing of a queued job is held in memory. Zip archives are checked from their
+end-of-central-directory record before Python's ``zipfile`` parses the directory, and
+members are inflated in chunks: one that inflates beyond its declared size, or an archive
+that inflates beyond the job's total, is refused without inflating the rest. Queued jobs
+are bounded per API key and in total, and their inputs in bytes, across all replicas (429
+with ``Retry-After``). Workers run the jobs (:mod:`gateway.service.job_worker`).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import queue
-import threading
+import struct
 import zipfile
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from facerec.errors import FaceRecError, InvalidArgumentError
+from facerec.errors import InvalidArgumentError
 from gateway.auth.throttle import TooManyRequestsError
-from gateway.errors import ForbiddenError, PayloadTooLargeError
+from gateway.crypto.envelope import new_data_key, seal_record
+from gateway.errors import NotFoundError, PayloadTooLargeError
 from gateway.memory import release_memory
 from gateway.service.faces import FaceService
-from gateway.service.spool import JobSpool, clear_spools
 from gateway.service.types import Caller, Job, Upload
-from gateway.storage.jobs import JobRepository
-from gateway.storage.schema import new_id, now
+from gateway.storage.jobs import JobRepository, QueueFullError, input_context
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-CHUNK = 8  # images analysed together, and how often progress is saved ...
-CHUNK_BYTES = 32 * 1024 * 1024  # ... or fewer, when their files reach this size together
 READ_CHUNK = 64 * 1024  # zip members are inflated this much at a time
 RETRY_AFTER_S = 30  # what a refused submission is told to wait
+UPLOAD_LEASE_S = 120.0  # a submission whose process stops renewing this is removed
+ENTRY_OVERHEAD = 4  # archive entries allowed per image (folders, other files)
+TRIM_AFTER_BYTES = 32 * 1024 * 1024  # give memory back after submissions this large
 
 
 @dataclass(frozen=True)
@@ -47,14 +46,28 @@ class JobLimits:
     """``max_files``: images per job; ``max_image_bytes``: per image (a zip member's
     inflated size); ``max_inflated_bytes``: all images of a job together, inflated;
     ``max_queued_per_key`` and ``max_queued``: jobs waiting or running;
-    ``max_spool_bytes``: the images of all of them together, on disk."""
+    ``max_spool_bytes``: the inputs of all of them together, stored (all replicas)."""
 
     max_files: int = 2000
     max_image_bytes: int = 20 * 1024 * 1024
     max_inflated_bytes: int = 1024 * 1024 * 1024
     max_queued_per_key: int = 4
     max_queued: int = 32
-    max_spool_bytes: int = 4 * 1024 * 1024 * 1024  # all queued jobs' inputs on disk
+    max_spool_bytes: int = 4 * 1024 * 1024 * 1024
+
+
+class ImageSink:
+    """Where :func:`spool_uploads` puts the images of a job (``add``), counting them."""
+
+    def __init__(self, add: Callable[[int, str, bytes], None]) -> None:
+        self._add = add
+        self.count = 0
+        self.bytes = 0
+
+    def add(self, name: str, data: bytes) -> None:
+        self._add(self.count, name, data)
+        self.count += 1
+        self.bytes += len(data)
 
 
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, upload: str) -> bytes:
@@ -72,22 +85,69 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, upload: str)
     return bytes(out)
 
 
-def spool_uploads(
-    uploads: Sequence[Upload], spool: JobSpool, limits: JobLimits, room: int | None = None
-) -> None:
-    """Write the images of ``uploads`` (zip archives expanded) into ``spool``; refuses the
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory record
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s6H3L5H2L")  # one central directory record (before its name)
+
+
+def central_directory(data: bytes) -> tuple[int, int, int]:
+    """(entries declared, offset, bytes) of a zip archive's central directory, found from
+    its end record (zip64 included) where Python's ``zipfile`` finds it, without reading
+    the directory; :class:`InvalidArgumentError` ``bad_archive`` when there is no end
+    record."""
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - 65_535 - _EOCD.size))
+    if end < 0 or end + _EOCD.size > len(data):
+        raise InvalidArgumentError("not a zip archive: no end record", code="bad_archive")
+    _, _, _, _, entries, size, _, _ = _EOCD.unpack_from(data, end)
+    before = end  # the directory ends where the (zip64) end records begin
+    locator = end - _ZIP64_LOCATOR.size
+    record = locator - _ZIP64_EOCD.size
+    zip64 = data[locator : locator + 4] == b"PK\x06\x07"
+    if zip64 and record >= 0 and data[record : record + 4] == b"PK\x06\x06":
+        fields = _ZIP64_EOCD.unpack_from(data, record)
+        entries, size, before = fields[6], fields[7], record
+    return int(entries), before - int(size), int(size)
+
+
+def _check_directory(data: bytes, upload: str, limits: JobLimits) -> None:
+    """Refuse an archive whose directory lists more entries than a job may hold, before
+    ``zipfile`` builds an object per entry (a directory bomb): the records are counted
+    where they lie, and the count stops past the bound."""
+    most = limits.max_files * ENTRY_OVERHEAD
+    entries, pos, size = central_directory(data)
+    counted, stop = 0, min(len(data), pos + size)
+    if pos < 0:
+        raise InvalidArgumentError(f"{upload}: damaged central directory", code="bad_archive")
+    while pos + _CENTRAL.size <= stop and counted <= most:
+        fields = _CENTRAL.unpack_from(data, pos)
+        if fields[0] != b"PK\x01\x02":
+            break
+        counted += 1
+        pos += _CENTRAL.size + fields[10] + fields[11] + fields[12]
+    if max(counted, min(entries, most + 1)) > most:
+        raise PayloadTooLargeError(
+            f"{upload} lists more than {most} entries; a job holds at most "
+            f"{limits.max_files} images",
+            code="too_many_files",
+            limit=limits.max_files,
+        )
+
+
+def spool_uploads(uploads: Sequence[Upload], sink: ImageSink, limits: JobLimits) -> None:
+    """Put the images of ``uploads`` (zip archives expanded) into ``sink``; refuses the
     whole job when there are more than ``limits.max_files`` images, when one is too large,
-    when together they inflate beyond ``limits.max_inflated_bytes``, or beyond ``room``
-    (what the other queued jobs leave of the spool's bound: 429 ``too_many_jobs``)."""
+    or when together they inflate beyond ``limits.max_inflated_bytes``."""
     images = 0
     for upload in uploads:
         if not upload.data.startswith(b"PK\x03\x04"):
             images += 1
             _check_count(images, limits)
-            _check_room(spool.bytes + len(upload.data), limits, room)
-            spool.add(upload.name, upload.data)
+            _check_total(sink.bytes + len(upload.data), limits)
+            sink.add(upload.name, upload.data)
             continue
         try:
+            _check_directory(upload.data, upload.name, limits)
             archive = zipfile.ZipFile(io.BytesIO(upload.data))
             members = [
                 m
@@ -103,8 +163,8 @@ def spool_uploads(
                         f"{limits.max_image_bytes} bytes",
                         code="file_too_large",
                     )
-                _check_room(spool.bytes + m.file_size, limits, room)
-                spool.add(f"{upload.name}/{m.filename}", _read_member(archive, m, upload.name))
+                _check_total(sink.bytes + m.file_size, limits)
+                sink.add(f"{upload.name}/{m.filename}", _read_member(archive, m, upload.name))
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
             raise InvalidArgumentError(
                 f"{upload.name} is not a readable zip archive: {exc}", code="bad_archive"
@@ -117,18 +177,12 @@ def spool_uploads(
         raise InvalidArgumentError("no images in the upload", code="missing_image")
 
 
-def _check_room(total: int, limits: JobLimits, room: int | None) -> None:
+def _check_total(total: int, limits: JobLimits) -> None:
     if total > limits.max_inflated_bytes:
         raise PayloadTooLargeError(
             f"the images of this job inflate beyond {limits.max_inflated_bytes} bytes",
             code="archive_too_large",
             limit=limits.max_inflated_bytes,
-        )
-    if room is not None and total > room:
-        raise TooManyRequestsError(
-            "the queued jobs fill the job spool; retry later",
-            code="too_many_jobs",
-            retry_after=RETRY_AFTER_S,
         )
 
 
@@ -141,45 +195,28 @@ def _check_count(images: int, limits: JobLimits) -> None:
         )
 
 
+def _queue_full(which: str, limits: JobLimits) -> TooManyRequestsError:
+    message = {
+        "key": f"this API key has {limits.max_queued_per_key} jobs queued or running; "
+        "wait for one to finish",
+        "total": f"{limits.max_queued} jobs are queued already; retry later",
+        "bytes": "the queued jobs fill the job store; retry later",
+    }[which]
+    return TooManyRequestsError(message, code="too_many_jobs", retry_after=RETRY_AFTER_S)
+
+
 class JobService:
-    """Jobs submitted, and one background thread working through them in order."""
+    """Jobs submitted, read and cancelled (any replica); workers run them."""
 
     def __init__(
-        self, jobs: JobRepository, faces: FaceService, limits: JobLimits, spool_dir: Path
+        self,
+        jobs: JobRepository,
+        faces: FaceService,
+        limits: JobLimits,
+        on_submit: Callable[[], None] | None = None,
     ) -> None:
-        self.jobs, self.faces, self.limits, self.spool_dir = jobs, faces, limits, spool_dir
-        self._queue: queue.Queue[tuple[str, str, JobSpool] | None] = queue.Queue()
-        self._pending: Counter[str] = Counter()  # jobs queued or running, per key
-        self._spooled = 0  # bytes in the spools of those jobs
-        self._lock = threading.Lock()
-        self.jobs.fail_unfinished({"code": "interrupted", "message": "the service restarted"})
-        if removed := clear_spools(spool_dir):
-            log.info("removed %d job spools left by the previous run", removed)
-        self._thread = threading.Thread(target=self._run, name="jobs", daemon=True)
-        self._thread.start()
-
-    def _claim_slot(self, key: str) -> None:
-        with self._lock:
-            if self._pending.total() >= self.limits.max_queued:
-                raise TooManyRequestsError(
-                    f"{self.limits.max_queued} jobs are queued already; retry later",
-                    code="too_many_jobs",
-                    retry_after=RETRY_AFTER_S,
-                )
-            if self._pending[key] >= self.limits.max_queued_per_key:
-                raise TooManyRequestsError(
-                    f"this API key has {self.limits.max_queued_per_key} jobs queued or "
-                    "running; wait for one to finish",
-                    code="too_many_jobs",
-                    retry_after=RETRY_AFTER_S,
-                )
-            self._pending[key] += 1
-
-    def _release_slot(self, key: str) -> None:
-        with self._lock:
-            self._pending[key] -= 1
-            if self._pending[key] <= 0:
-                del self._pending[key]
+        self.jobs, self.faces, self.limits = jobs, faces, limits
+        self.on_submit = on_submit  # wakes this process's workers, if it runs any
 
     def submit_identify(
         self,
@@ -193,77 +230,60 @@ class JobService:
         :class:`JobLimits`); refused with 429 ``too_many_jobs`` when the queue is full.
         The operating point (``fpir``/``threshold``) is checked now and fixed when the job
         runs, for the gallery's size then."""
-        self.faces.operating_point(fpir, threshold, caller)  # refuse a bad one before queueing
-        key = caller.key_id or ""
-        self._claim_slot(key)
-        spool = JobSpool(self.spool_dir, new_id())
+        self.faces.operating_point(fpir, threshold, caller)  # refuse a bad one first
+        params = {"top_k": top_k, "threshold": threshold, "fpir": fpir, **caller.to_params()}
+        data_key = new_data_key()
+        limits = self.limits
         try:
-            with self._lock:
-                room = self.limits.max_spool_bytes - self._spooled
-            spool_uploads(uploads, spool, self.limits, room)
-            spool.finish()
-            if spool.bytes >= CHUNK_BYTES:
-                release_memory()  # the inflated members have passed through
-            with self._lock:
-                self._spooled += spool.bytes
-            params = {"top_k": top_k, "threshold": threshold, "fpir": fpir, **caller.to_params()}
-            job = self.jobs.create("identify", caller.key_id, spool.count, params)
+            job = self.jobs.create(
+                "identify",
+                caller.key_id,
+                caller.namespace,
+                params,
+                data_key,
+                limits.max_queued_per_key,
+                limits.max_queued,
+                UPLOAD_LEASE_S,
+            )
+        except QueueFullError as full:
+            raise _queue_full(full.which, limits) from None
+
+        def store(idx: int, name: str, data: bytes) -> None:
+            sealed = seal_record(data_key, data, input_context(job.id, idx))
+            self.jobs.add_input(
+                job.id, idx, name, len(data), sealed, limits.max_spool_bytes, UPLOAD_LEASE_S
+            )
+
+        sink = ImageSink(store)
+        try:
+            spool_uploads(uploads, sink, limits)
+            queued = self.jobs.enqueue(job.id, sink.count)
+        except QueueFullError as full:
+            self.jobs.discard(job.id)
+            raise _queue_full(full.which, limits) from None
         except BaseException:
-            spool.discard()
-            self._release_slot(key)
+            self.jobs.discard(job.id)
             raise
-        self._queue.put((job.id, key, spool))
-        return job
+        finally:
+            if sink.bytes >= TRIM_AFTER_BYTES:
+                release_memory()  # the inflated members have passed through
+        if self.on_submit is not None:
+            self.on_submit()
+        return queued
 
-    def get(self, job_id: str, caller: Caller) -> Job:
-        """A job, with its results so far; only its owner (or an admin) may see it."""
-        job = self.jobs.get(job_id)
+    def get(self, job_id: str, caller: Caller, with_results: bool = True) -> Job:
+        """A job, with its results so far; only its owner (or an admin) may see it: to
+        anyone else it does not exist (404, as an unknown id)."""
+        job = self.jobs.get(job_id, with_results)
         if caller.role != "admin" and job.key_id != caller.key_id:
-            raise ForbiddenError("this job belongs to another API key")
+            raise NotFoundError(f"no job {job_id}")
         return job
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-        while not self._queue.empty():  # jobs never started: their spools go now
-            item = self._queue.get_nowait()
-            if item is not None:
-                item[2].discard()
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            job_id, key, spool = item
-            try:
-                self._process(job_id, spool)
-            except Exception as exc:  # the job fails, the runner lives on
-                log.exception("job %s failed", job_id)
-                error = (
-                    exc.to_dict()
-                    if isinstance(exc, FaceRecError)
-                    else {"code": "internal_error", "message": "the job failed"}
-                )
-                self.jobs.update(job_id, status="failed", error=error, finished_at=now())
-            finally:
-                spool.discard()
-                with self._lock:
-                    self._spooled -= spool.bytes
-                self._release_slot(key)
-            del item, spool  # nothing of the job stays referenced while the next one waits
-            release_memory()
-
-    def _process(self, job_id: str, spool: JobSpool) -> None:
-        params = self.jobs.get(job_id).params
-        caller = Caller.from_params(params)
-        top_k, threshold, fpir = int(params["top_k"]), params["threshold"], params.get("fpir")
-        self.jobs.update(job_id, status="running")
-        results: list[dict[str, Any]] = []
-        chunk: list[Upload] = []
-        for upload in spool:
-            chunk.append(upload)
-            last = len(results) + len(chunk) == spool.count
-            if last or len(chunk) == CHUNK or sum(len(u.data) for u in chunk) >= CHUNK_BYTES:
-                identified = self.faces.identify_many(chunk, caller, top_k, threshold, fpir)
-                results.extend(r.to_dict() for r in identified)
-                self.jobs.update(job_id, done=len(results), results=list(results))
-                chunk = []
-        self.jobs.update(job_id, status="done", finished_at=now())
+    def cancel(self, job_id: str, caller: Caller) -> Job:
+        """Cancel a job that has not ended (its inputs are deleted at once; a worker
+        running it stops after the images in hand). A job that ended is left as it is."""
+        before = self.get(job_id, caller, with_results=False)
+        job = self.jobs.cancel(job_id)
+        if job.status == "cancelled" and before.status != "cancelled":
+            self.faces.audit("job_cancel", "ok", caller, target=job_id)
+        return job

@@ -15,12 +15,15 @@ from collections.abc import Callable
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from gateway.audit.chain import AuditEvent
 from gateway.errors import ConflictError
+from gateway.storage.locks import transaction_lock
 from gateway.storage.schema import AuditRow
+
+OUTAGE_S = 10.0  # how long an append waits for a database that does not answer
 
 
 class AuditRepository:
@@ -33,14 +36,19 @@ class AuditRepository:
     def append(self, follow: Callable[[AuditEvent | None], AuditEvent]) -> AuditEvent:
         """Store the event ``follow`` makes from the last stored one (None for the first).
 
-        Appends from this process are serialised by a lock; another process appending at
-        the same moment makes the insert of the same sequence number fail, and this one
-        retries with the new last event.
+        Appends from this process are serialised by a lock, and on PostgreSQL appends from
+        every process by an advisory lock held for the transaction. Elsewhere (SQLite) a
+        process appending at the same moment makes the insert of the same sequence number
+        fail, and this one retries with the new last event. Either way the events form one
+        chain. While the database does not answer (a restart), the append is tried again
+        for up to ``OUTAGE_S`` seconds, so that an audited action is not lost to a blip.
         """
+        deadline = time.monotonic() + OUTAGE_S
         with self._lock:
             for attempt in range(50):
                 try:
                     with Session(self.engine) as s, s.begin():
+                        transaction_lock(s, "audit")  # PostgreSQL: replicas take turns
                         last_row = s.scalars(
                             select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)
                         ).first()
@@ -49,8 +57,12 @@ class AuditRepository:
                         body = json.dumps(event.__dict__, sort_keys=True)
                         s.add(AuditRow(seq=event.seq, body=body))
                     return event
-                except (SqlIntegrityError, OperationalError):
+                except SqlIntegrityError:
                     time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                except (OperationalError, InterfaceError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(random.uniform(0.05, 0.25))
         raise ConflictError("could not append to the audit log", code="audit_contention")
 
     def events(self, after: int = 0, limit: int | None = None) -> list[AuditEvent]:
@@ -60,6 +72,16 @@ class AuditRepository:
             if limit is not None:
                 query = query.limit(limit)
             return [AuditEvent(**json.loads(r.body)) for r in s.scalars(query)]
+
+    def event(self, seq: int) -> AuditEvent | None:
+        with Session(self.engine) as s:
+            row = s.get(AuditRow, seq)
+            return None if row is None else AuditEvent(**json.loads(row.body))
+
+    def last(self) -> AuditEvent | None:
+        with Session(self.engine) as s:
+            row = s.scalars(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)).first()
+            return None if row is None else AuditEvent(**json.loads(row.body))
 
     def last_seq(self) -> int:
         with Session(self.engine) as s:

@@ -8,7 +8,7 @@ templates. A face is written ``pending`` before its vector reaches the index and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -152,8 +152,9 @@ def _missing(subject_id: str) -> NotFoundError:
 class SubjectRepository:
     """The ``subjects`` and ``faces`` tables; each method is one transaction."""
 
-    def __init__(self, engine: Engine, keyring: Keyring) -> None:
+    def __init__(self, engine: Engine, keyring: Keyring, writer: str | None = None) -> None:
         self.engine, self.keyring = engine, keyring
+        self.writer = writer  # this process, recorded on the faces it writes
 
     # -- subjects ---------------------------------------------------------------------
     def create(
@@ -350,6 +351,7 @@ class SubjectRepository:
                         state="pending",
                         image=sealed_image,
                         model_id=model_id,
+                        writer=self.writer,
                     )
                 )
         except SqlIntegrityError:
@@ -410,10 +412,10 @@ class SubjectRepository:
             s.delete(row)
         self._flush_deleted()
 
-    def face_ids(self) -> set[str]:
-        """Every face id, pending or indexed."""
+    def face_ids(self, model_id: str | None = None) -> set[str]:
+        """Every face id, pending or indexed (of model ``model_id`` when given)."""
         with Session(self.engine) as s:
-            return set(s.scalars(select(FaceRow.id)))
+            return set(s.scalars(_of_model(select(FaceRow.id), model_id)))
 
     def indexed_face_ids(self, model_id: str | None = None) -> set[str]:
         """Faces confirmed in the index (of model ``model_id`` when given)."""
@@ -421,10 +423,21 @@ class SubjectRepository:
             query = select(FaceRow.id).where(FaceRow.state == "indexed")
             return set(s.scalars(_of_model(query, model_id)))
 
-    def pending_face_ids(self) -> list[str]:
-        """Faces written but not confirmed in the index."""
+    def pending_face_ids(
+        self, live: Collection[str] | None = None, before: datetime | None = None
+    ) -> list[str]:
+        """Faces written but not confirmed in the index. Given the ``live`` processes,
+        those a live process wrote after ``before`` are left out: enrolments that may
+        still be in progress."""
         with Session(self.engine) as s:
-            return list(s.scalars(select(FaceRow.id).where(FaceRow.state == "pending")))
+            query = select(FaceRow.id, FaceRow.writer, FaceRow.created_at).where(
+                FaceRow.state == "pending"
+            )
+            return [
+                face_id
+                for face_id, writer, created in s.execute(query)
+                if live is None or writer not in live or (before is not None and created < before)
+            ]
 
     def enrolled_count(
         self,

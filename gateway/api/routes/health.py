@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from facerec import __version__
-from gateway.api.deps import ServiceDep
+from gateway.api.deps import GatewayDep
 
 router = APIRouter(tags=["health"])
 
@@ -19,13 +19,16 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(service: ServiceDep) -> JSONResponse:
-    """The models, the database and the index all answer; and the running model's
-    identity (``GET /v1/models`` tells an admin how many templates are of others)."""
-    readiness = service.readiness()
+def readyz(gateway: GatewayDep) -> JSONResponse:
+    """The models, the database and the index all answer, and the process is not
+    draining (after SIGTERM: a load balancer stops sending it requests); and the running
+    model's identity (``GET /v1/models`` tells an admin how many templates are of others)."""
+    readiness = gateway.service.readiness()
+    checks = {**readiness.checks, "process": "draining" if gateway.draining else "ok"}
+    ready = readiness.ready and not gateway.draining
     return JSONResponse(
-        {"ready": readiness.ready, "checks": readiness.checks, "model": readiness.model},
-        status_code=200 if readiness.ready else 503,
+        {"ready": ready, "checks": checks, "model": readiness.model},
+        status_code=200 if ready else 503,
     )
 
 

@@ -66,4 +66,14 @@ def get_job(
     caller: IdentifyCaller,
     results: Annotated[bool, Query(description="include the results so far")] = True,
 ) -> JobOut:
-    return _out(jobs.get(job_id, caller), results)
+    """A job of this API key (404 for any other key's, as for an unknown id), from any
+    replica; ``results``: one per image done so far, in the order of the upload."""
+    return _out(jobs.get(job_id, caller, results), results)
+
+
+@router.delete("/{job_id}", response_model=JobOut)
+def cancel_job(job_id: str, jobs: JobsDep, caller: IdentifyChange) -> JobOut:
+    """Cancel a job of this API key: its stored inputs are deleted at once, a worker
+    running it stops after the images in hand, and the results so far stay readable
+    (status ``cancelled``). A job that has ended is returned as it is."""
+    return _out(jobs.cancel(job_id, caller), False)

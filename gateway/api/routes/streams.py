@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, WebSocket
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from facerec.errors import FaceRecError, InvalidArgumentError
 from gateway.api.deps import AdminCaller
@@ -21,9 +22,11 @@ from gateway.api.websocket import (
     role_marker,
     video_connection,
 )
-from gateway.service.streams import StreamService, StreamSpec, StreamWorker
+from gateway.service.streams import StreamService, StreamSpec, status
+from gateway.storage.streams import FINISHED, StoredStream
 
 router = APIRouter(prefix="/v1", tags=["video"])
+POLL_S = 0.25  # how often an events socket looks for new events
 
 
 def get_streams(request: Request) -> StreamService:
@@ -61,7 +64,12 @@ class StreamOut(BaseModel):
     )
     every: int
     created_at: datetime
-    state: str = Field(description="connecting, streaming, reconnecting, ended, failed or closed")
+    state: str = Field(
+        description="pending (no worker has taken it yet), connecting, streaming, "
+        "reconnecting, ended or failed"
+    )
+    owner: str | None = Field(description="the worker process running it (host/pid/run)")
+    claims: int = Field(description="how many times a worker took it (more than 1: taken over)")
     fps: float = Field(description="processed frames per second, last 2 s")
     latency_ms: float = Field(description="mean frame-to-result time, last 2 s")
     processed: int
@@ -76,14 +84,16 @@ class StreamList(BaseModel):
     items: list[StreamOut]
 
 
-def _out(worker: StreamWorker) -> StreamOut:
-    return StreamOut.model_validate(worker.status())
+def _out(stream: StoredStream) -> StreamOut:
+    return StreamOut.model_validate(status(stream))
 
 
 @router.post("/streams", status_code=201, response_model=StreamOut)
 def start_stream(body: StreamIn, streams: StreamsDep, caller: AdminCaller) -> StreamOut:
-    """Start a worker on ``source`` (checked against the allow-list). A live source that
-    cannot be reached is retried with backoff: see ``state`` and ``last_error``."""
+    """Store a stream on ``source`` (checked against the allow-list); a worker process
+    takes it within a second (``state`` ``pending`` until then), and another takes it
+    over if that one dies. A live source that cannot be reached is retried with backoff:
+    see ``state`` and ``last_error``."""
     spec = StreamSpec(
         body.source,
         body.every,
@@ -98,7 +108,8 @@ def start_stream(body: StreamIn, streams: StreamsDep, caller: AdminCaller) -> St
 
 @router.get("/streams", response_model=StreamList)
 def list_streams(streams: StreamsDep, caller: AdminCaller) -> StreamList:
-    return StreamList(items=[_out(w) for w in streams.list()])
+    """Every stream of the deployment, whichever worker runs it."""
+    return StreamList(items=[_out(s) for s in streams.list()])
 
 
 @router.get("/streams/{stream_id}", response_model=StreamOut)
@@ -108,34 +119,33 @@ def get_stream(stream_id: str, streams: StreamsDep, caller: AdminCaller) -> Stre
 
 @router.delete("/streams/{stream_id}", status_code=204)
 def stop_stream(stream_id: str, streams: StreamsDep, caller: AdminCaller) -> Response:
-    """Stop the worker (its open tracks end) and forget the stream."""
+    """Stop the stream (its worker ends its open tracks) and forget it."""
     streams.delete(stream_id, caller)
     return Response(status_code=204)
 
 
-async def _follow(channel: Channel, worker: StreamWorker, after: int) -> None:
-    """Send the feed's events after ``after`` as they come, until the stream ends or the
-    client goes."""
-    feed = worker.feed
-    wake = feed.subscribe()
+async def _follow(channel: Channel, streams: StreamService, stream_id: str, after: int) -> None:
+    """Send the stored events after ``after`` as they come (read every ``POLL_S``), until
+    the stream ends or is deleted, or the client goes."""
     gone = asyncio.create_task(_until_disconnect(channel))
     try:
         while not gone.done():
-            wake.clear()
-            items, missed = feed.since(after)
-            if missed:
-                await channel.send({"event": "missed", "count": missed})
+            items = await run_in_threadpool(streams.streams.events, stream_id, after)
+            if items and items[0]["seq"] > after + 1:
+                await channel.send({"event": "missed", "count": items[0]["seq"] - after - 1})
             for doc in items:
                 await channel.send(doc)
                 after = doc["seq"]
-            if feed.closed and not feed.since(after)[0]:
-                await channel.close(NORMAL, "stream_ended")
-                return
-            waiting = asyncio.create_task(wake.wait())
-            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
+            if not items:
+                try:
+                    stream = await run_in_threadpool(streams.get, stream_id)
+                except FaceRecError:
+                    stream = None
+                if stream is None or (stream.state in FINISHED and stream.events <= after):
+                    await channel.close(NORMAL, "stream_ended")
+                    return
+                await asyncio.wait({gone}, timeout=POLL_S)
     finally:
-        feed.unsubscribe(wake)
         gone.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gone
@@ -151,17 +161,19 @@ async def _until_disconnect(channel: Channel) -> None:
 
 @router.websocket("/streams/{stream_id}/events", dependencies=[Depends(role_marker("admin"))])
 async def stream_events(websocket: WebSocket, stream_id: str) -> None:
-    """The stream's events as JSON messages, each with its ``seq``; ``?after=N`` replays
-    the kept ones after N (default: only new ones). Closes with 1000 ``stream_ended``."""
+    """The stream's events as JSON messages, each with its ``seq``, on any replica;
+    ``?after=N`` replays the kept ones after N (default: only new ones), so a client cut
+    off (a replica restarting: 1012) reconnects and goes on where it was. Closes with
+    1000 ``stream_ended``."""
     gateway = websocket.app.state.gateway
     async with video_connection(websocket, "admin") as connected:
         if connected is None:
             return
         channel = connected.channel
         try:
-            worker = gateway.streams.get(stream_id)
+            stream = await run_in_threadpool(gateway.streams.get, stream_id)
             raw = websocket.query_params.get("after")
-            after = worker.feed.last if raw is None else int(raw)
+            after = stream.events if raw is None else int(raw)
             if after < 0:
                 raise ValueError
         except FaceRecError as exc:
@@ -173,4 +185,4 @@ async def stream_events(websocket: WebSocket, stream_id: str) -> None:
             )
             await channel.close(INVALID_REQUEST, "invalid_request", error)
             return
-        await _follow(channel, worker, after)
+        await _follow(channel, gateway.streams, stream_id, after)
