@@ -355,13 +355,38 @@ def postgres_bin() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL cluster on loopback; ``url`` names its empty database."""
+
+    url: str
+    pgdata: Path
+    bindir: Path
+    as_user: list[str]
+    opts: str
+    log: Path
+
+    def _ctl(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        command = [*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.pgdata), *args]
+        return subprocess.run(command, capture_output=True)
+
+    def stop(self) -> None:
+        self._ctl("-m", "immediate", "stop")
+
+    def start(self) -> None:
+        done = self._ctl("-o", self.opts, "-l", str(self.log), "-w", "start")
+        if done.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not start: {done.stderr[-2000:]!r}")
+
+    def restart(self) -> None:
+        """Stop at once (every connection cut, as in a crash) and start again."""
+        self.stop()
+        self.start()
+
+
 @contextmanager
-def postgres_server(data: Path) -> Iterator[str]:
-    """A throwaway PostgreSQL cluster; yields a SQLAlchemy URL of an empty database."""
-    given = os.environ.get("FACEREC_TEST_DATABASE_URL")
-    if given:
-        yield given
-        return
+def postgres_instance(data: Path) -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster (Debian's server binaries; .ci/run installs them)."""
     bindir = postgres_bin()
     if bindir is None:
         raise FileNotFoundError("PostgreSQL server binaries are not installed")
@@ -391,24 +416,10 @@ def postgres_server(data: Path) -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    log = data / "postgres.log"
-    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(pgdata),
-            "-o",
-            opts,
-            "-l",
-            str(log),
-            "-w",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+    url = f"postgresql+psycopg://facerec@127.0.0.1:{port}/facerec"
+    server = Postgres(url, pgdata, bindir, as_user, opts, data / "postgres.log")
+    server.start()
     try:
         subprocess.run(
             [
@@ -425,12 +436,21 @@ def postgres_server(data: Path) -> Iterator[str]:
             check=True,
             capture_output=True,
         )
-        yield f"postgresql+psycopg://facerec@127.0.0.1:{port}/facerec"
+        yield server
     finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
+        server.stop()
+
+
+@contextmanager
+def postgres_server(data: Path) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster; yields a SQLAlchemy URL of an empty database.
+    ``FACEREC_TEST_DATABASE_URL`` names an existing server instead."""
+    given = os.environ.get("FACEREC_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    with postgres_instance(data) as server:
+        yield server.url
 
 
 def fresh_database(url: str, name: str) -> str:
@@ -464,32 +484,66 @@ def _env(data: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_gateway(
-    data: Path, env: dict[str, str] | None = None, log: Path | None = None
-) -> Service:
-    """``facerec serve`` in development mode on a free loopback port, once ready; its
-    output goes to ``log`` when given."""
-    port = free_port()
+def _facerec(data: Path, args: list[str], env: dict[str, str] | None, log: Path | None) -> Any:
     facerec = Path(sys.executable).with_name("facerec")
-    proc = subprocess.Popen(
-        [str(facerec), "serve", "--port", str(port)],
+    return subprocess.Popen(
+        [str(facerec), *args],
         env=_env(data, env),
         cwd=data.parent,
         stdout=subprocess.DEVNULL,
-        stderr=log.open("wb") if log else subprocess.DEVNULL,
+        stderr=log.open("ab") if log else subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 90) -> None:
+    """Until ``url``/readyz answers 200 (the process must not exit meanwhile)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the service exited"
+        assert proc is None or proc.poll() is None, "the service exited"
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return Service(url, (data / "admin.key").read_text().strip(), proc)
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.3)
+    if proc is not None:
+        proc.kill()
+    raise TimeoutError(f"{url} did not become ready")
+
+
+def start_gateway(
+    data: Path,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    port: int | None = None,
+    args: tuple[str, ...] = (),
+) -> Service:
+    """``facerec serve`` in development mode on a free loopback port (or ``port``), once
+    ready; its output goes to ``log`` when given; ``args`` are more options of serve.
+    The key is ``FACEREC_ADMIN_KEY`` when ``env`` sets it, else the development one."""
+    port = port or free_port()
+    proc = _facerec(data, ["serve", "--port", str(port), *args], env, log)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc)
+    key = (env or {}).get("FACEREC_ADMIN_KEY") or (data / "admin.key").read_text().strip()
+    return Service(url, key, proc)
+
+
+def start_worker(
+    data: Path, env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 90
+) -> subprocess.Popen[bytes]:
+    """``facerec worker`` in development mode, once it runs (it says so in ``log``)."""
+    log = log or data.parent / f"worker-{time.monotonic_ns()}.log"
+    start = log.stat().st_size if log.exists() else 0
+    proc = _facerec(data, ["worker"], env, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_bytes()[start:][-3000:]
+        if b"running jobs and streams" in log.read_bytes()[start:]:
+            return proc
+        time.sleep(0.2)
     proc.kill()
-    raise TimeoutError("the service did not become ready")
+    raise TimeoutError("the worker did not start")
 
 
 def stop_gateway(service: Service) -> None:
@@ -499,3 +553,75 @@ def stop_gateway(service: Service) -> None:
     except subprocess.TimeoutExpired:
         service.proc.kill()
         service.proc.wait()
+
+
+# -- the load balancer (HAProxy, Debian's; scripts/install_services.sh installs it) -------
+HAPROXY_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.cfg"
+
+
+def haproxy_installed() -> bool:
+    return shutil.which("haproxy") is not None
+
+
+@dataclass
+class LoadBalancer:
+    url: str
+    stats_url: str
+    proc: subprocess.Popen[bytes]
+
+    def servers(self) -> dict[str, dict[str, str]]:
+        """Each backend server's row of HAProxy's CSV statistics (status, stot, ...)."""
+        text = httpx.get(f"{self.stats_url};csv", timeout=5).text
+        lines = text.lstrip("# ").splitlines()
+        header = lines[0].split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+        return {
+            r["svname"]: r
+            for r in rows
+            if r.get("pxname") == "gateway" and r["svname"] not in ("FRONTEND", "BACKEND")
+        }
+
+    def wait_up(self, names: list[str] | None = None, timeout: float = 60) -> None:
+        """Until every backend server (or those of ``names``) is UP."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = {k: v["status"] for k, v in self.servers().items()}
+            if all(states[n] == "UP" for n in (names or list(states))):
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"backend servers not up: {self.servers()}")
+
+
+def haproxy_config(backends: dict[str, str]) -> str:
+    """``deploy/haproxy.cfg`` with its server block replaced by ``backends`` (name ->
+    host:port)."""
+    text = HAPROXY_CONFIG.read_text()
+    start = text.index("    # --- servers ---\n")
+    end = text.index("    # --- end servers ---\n")
+    lines = "".join(f"    server {name} {address}\n" for name, address in backends.items())
+    return text[:start] + lines + text[end:]
+
+
+@contextmanager
+def load_balancer(backends: dict[str, str], data: Path) -> Iterator[LoadBalancer]:
+    """HAProxy on a free loopback port with the deployment's configuration, in front of
+    ``backends`` (name -> host:port); its log is ``data/haproxy.log``."""
+    data.mkdir(parents=True, exist_ok=True)
+    config = data / "haproxy.cfg"
+    config.write_text(haproxy_config(backends))
+    port, stats = free_port(), free_port()
+    env = dict(
+        os.environ,
+        FACEREC_LB_BIND=f"127.0.0.1:{port}",
+        FACEREC_LB_STATS_BIND=f"127.0.0.1:{stats}",
+    )
+    with (data / "haproxy.log").open("ab") as log:
+        proc = subprocess.Popen(
+            ["haproxy", "-f", str(config), "-db"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for_port(port, proc)
+        yield LoadBalancer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stats}/stats", proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
