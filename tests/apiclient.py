@@ -1,7 +1,10 @@
-"""The gateway in-process behind a real HTTP client (Starlette's TestClient), for tests."""
+"""The gateway in-process behind a real HTTP client (Starlette's TestClient), and the
+request bodies tests send."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,3 +36,13 @@ def image_files(paths: Sequence[Path], field: str = "images") -> list[tuple[str,
 
 def one_image(path: Path, field: str = "image") -> dict[str, Any]:
     return {field: (path.name, path.read_bytes(), "image/jpeg")}
+
+
+def zip_of(images: Sequence[Path], repeat: int = 1) -> bytes:
+    """A zip archive of ``images``, ``repeat`` times over (in folders 0/, 1/, ...)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for k in range(repeat):
+            for p in images:
+                z.writestr(f"{k}/{p.name}", p.read_bytes())
+    return out.getvalue()

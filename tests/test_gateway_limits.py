@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 
+from apiclient import zip_of
 from conftest import GALLERY
 from gateway.bootstrap import open_audit, open_database
 from gateway.settings import Settings
@@ -142,15 +143,6 @@ def test_metadata_limits_and_a_listing_no_row_can_break(
 
 
 # -- archives and the job queue ---------------------------------------------------------
-def zip_of(images: list[Path], repeat: int = 1) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as z:
-        for k in range(repeat):
-            for p in images:
-                z.writestr(f"{k}/{p.name}", p.read_bytes())
-    return out.getvalue()
-
-
 def zip_bomb(declared: int = 1000, inflated: int = 64 * 1024 * 1024) -> bytes:
     """One member that declares ``declared`` bytes and inflates to ``inflated`` (zeros)."""
     out = io.BytesIO()

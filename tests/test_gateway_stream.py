@@ -18,7 +18,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from facerec.pipeline import FacePipeline
-from servers import Service, free_port, start_gateway, stop_gateway
+from servers import Service, free_port, start_gateway, stop_gateway, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -615,16 +615,6 @@ def test_a_client_that_stops_reading_is_let_go_and_others_are_served(service: Se
 
 
 # -- server-side streams ---------------------------------------------------------------------
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Events(threading.Thread):

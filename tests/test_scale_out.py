@@ -11,7 +11,6 @@ share the deployment (module scope)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import secrets
@@ -21,9 +20,8 @@ import sys
 import threading
 import time
 import uuid
-import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +37,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 import servers
+from apiclient import image_files, zip_of
 from conftest import GALLERY, LFW
-from servers import LoadBalancer, Postgres, Service
+from servers import LoadBalancer, Postgres, Service, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,19 +52,6 @@ PEOPLE += ["Howard_Dean", "Jeremy_Greenstock", "John_Kerry", "Xanana_Gusmao"]
 
 def photos(person: str) -> list[Path]:
     return sorted(GALLERY.glob(f"{person}_*.jpg"))
-
-
-def files(paths: list[Path], field_name: str = "images") -> list[tuple[str, Any]]:
-    return [(field_name, (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
-
-
-def zip_of(images: list[Path], repeat: int = 1) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as z:
-        for k in range(repeat):
-            for p in images:
-                z.writestr(f"{k}/{p.name}", p.read_bytes())
-    return out.getvalue()
 
 
 @dataclass
@@ -181,7 +167,7 @@ def enrol(client: httpx.Client, person: str, paths: list[Path]) -> str:
     r = client.post("/v1/subjects", json={"name": person})
     assert r.status_code == 201, r.text
     sid: str = r.json()["id"]
-    r = client.post(f"/v1/subjects/{sid}/faces", files=files(paths), data={"face": "primary"})
+    r = client.post(f"/v1/subjects/{sid}/faces", files=image_files(paths), data={"face": "primary"})
     assert r.status_code == 200, r.text
     assert any(x["error"] is None for x in r.json()["results"]), r.text
     return sid
@@ -205,13 +191,15 @@ def test_clients_enrol_identify_verify_and_delete_through_the_load_balancer(
         pics = photos(person)
         with d.client() as c:
             sid = enrol(c, person, pics[:2])
-            r = c.post("/v1/identify", files=files(pics[3:4], "image"))
+            r = c.post("/v1/identify", files=image_files(pics[3:4], "image"))
             assert r.status_code == 200 and best_match(r.json()) == sid, r.text
-            r = c.post("/v1/verify", files=files(pics[4:5], "image"), data={"subject_id": sid})
+            r = c.post(
+                "/v1/verify", files=image_files(pics[4:5], "image"), data={"subject_id": sid}
+            )
             assert r.status_code == 200 and r.json()["match"] is True, r.text
             if person in PEOPLE[:2]:  # some are deleted again
                 assert c.delete(f"/v1/subjects/{sid}").status_code == 204
-                r = c.post("/v1/identify", files=files(pics[3:4], "image"))
+                r = c.post("/v1/identify", files=image_files(pics[3:4], "image"))
                 assert best_match(r.json()) is None, r.text
             return sid
 
@@ -225,7 +213,7 @@ def test_clients_enrol_identify_verify_and_delete_through_the_load_balancer(
     for k, path in enumerate(strangers):
         with d.direct(API[k % 3]) as a, d.direct(API[(k + 1) % 3]) as b:
             sid = enrol(a, f"cross {k}", [path])
-            r = b.post("/v1/identify", files=files([path], "image"))
+            r = b.post("/v1/identify", files=image_files([path], "image"))
             assert r.status_code == 200 and best_match(r.json()) == sid, (k, r.text)
             assert a.delete(f"/v1/subjects/{sid}").status_code == 204
 
@@ -277,16 +265,6 @@ def job_row(d: Deployment, job_id: str) -> Any:
     return rows[0]
 
 
-def wait(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def submit_job(d: Deployment, images: int) -> str:
     """A job of ``images`` images (a multiple of the 40 gallery photos)."""
     pics = [p for person in PEOPLE for p in photos(person)]
@@ -302,7 +280,7 @@ def submit_job(d: Deployment, images: int) -> str:
 def test_a_worker_killed_in_the_middle_of_a_job(deployment: Deployment) -> None:
     d = deployment
     job_id = submit_job(d, 80)
-    running = wait(
+    running = wait_for(
         lambda: (row := job_row(d, job_id)).done >= 8 and row.owner and row,
         120,
         "the job to be under way",
@@ -312,7 +290,7 @@ def test_a_worker_killed_in_the_middle_of_a_job(deployment: Deployment) -> None:
     d.workers[victim].kill()  # SIGKILL: no clean-up at all
     killed_at = time.monotonic()
     d.workers[victim].wait()
-    taken = wait(
+    taken = wait_for(
         lambda: (row := job_row(d, job_id)).owner and d.pid_of(row.owner) != victim and row,
         JOB_LEASE_S + 10,
         "another worker to take the job over",
@@ -321,7 +299,7 @@ def test_a_worker_killed_in_the_middle_of_a_job(deployment: Deployment) -> None:
     assert takeover_s <= JOB_LEASE_S + 5, takeover_s
     assert taken.claims >= 2
     d.start_worker(victim)
-    done = wait(lambda: (row := job_row(d, job_id)).status == "done" and row, 300, "the job")
+    done = wait_for(lambda: (row := job_row(d, job_id)).status == "done" and row, 300, "the job")
     assert done.done == done.total == 80
     counts = d.sql(
         "SELECT count(*), count(DISTINCT idx) FROM job_results WHERE job_id = :i", i=job_id
@@ -338,7 +316,7 @@ def test_a_worker_killed_in_the_middle_of_a_job(deployment: Deployment) -> None:
 def test_a_job_cancelled_while_it_runs(deployment: Deployment) -> None:
     d = deployment
     job_id = submit_job(d, 80)
-    wait(lambda: job_row(d, job_id).done >= 8, 120, "the job to be under way")
+    wait_for(lambda: job_row(d, job_id).done >= 8, 120, "the job to be under way")
     with d.client() as c:
         r = c.delete(f"/v1/jobs/{job_id}")
         assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
@@ -438,7 +416,7 @@ def test_a_worker_killed_in_the_middle_of_a_stream(
     d = deployment
     sid = stream["id"]
     follower = Follower(d, sid)
-    first = wait(
+    first = wait_for(
         lambda: (s := stream_status(d, sid))["state"] == "streaming" and s["processed"] > 5 and s,
         60,
         "the stream to run",
@@ -452,12 +430,12 @@ def test_a_worker_killed_in_the_middle_of_a_stream(
         assert c.get("/v1/streams").status_code == 200
     victim = d.pid_of(first["owner"])
     assert victim is not None
-    wait(lambda: len(follower.items) >= 2, 60, "events", every=0.3)
+    wait_for(lambda: len(follower.items) >= 2, 60, "events", every=0.3)
     d.workers[victim].kill()
     killed_at = time.monotonic()
     count = len(follower.items)
     d.workers[victim].wait()
-    back = wait(
+    back = wait_for(
         lambda: (
             (s := stream_status(d, sid))["owner"]
             and s["owner"] != first["owner"]
@@ -471,7 +449,7 @@ def test_a_worker_killed_in_the_middle_of_a_stream(
     takeover_s = time.monotonic() - killed_at
     assert takeover_s <= 10, takeover_s
     assert back["claims"] == first["claims"] + 1
-    wait(lambda: len(follower.items) > count, 60, "events after the take-over", every=0.3)
+    wait_for(lambda: len(follower.items) > count, 60, "events after the take-over", every=0.3)
     assert any(e.get("state") == "streaming" for e in follower.items[count:])
     seqs = follower.seqs()
     assert seqs == list(range(1, len(seqs) + 1)), seqs  # numbered on, nothing twice
@@ -507,7 +485,7 @@ class Load:
             while not self.stop.is_set():
                 start = time.monotonic()
                 try:
-                    r = c.post("/v1/identify", files=files([image], "image"))
+                    r = c.post("/v1/identify", files=image_files([image], "image"))
                     self.codes[r.status_code] += 1
                     if r.status_code >= 500:
                         self.errors.append(r.text[:300])
@@ -563,7 +541,7 @@ def test_every_process_restarted_at_once(deployment: Deployment, stream: dict[st
     assert d.sql("SELECT runs FROM maintenance WHERE name = 'repair'")[0][0] == runs + 1
     live = d.sql("SELECT count(*) FROM processes WHERE seen_at > now() - interval '30 seconds'")
     assert live[0][0] == len(names)
-    back = wait(
+    back = wait_for(
         lambda: (
             (s := stream_status(d, stream["id"]))["state"] == "streaming"
             and s["claims"] > before["claims"]
@@ -579,7 +557,7 @@ def test_every_process_restarted_at_once(deployment: Deployment, stream: dict[st
 def test_postgres_restarted_under_load(deployment: Deployment) -> None:
     d = deployment
     job_id = submit_job(d, 40)
-    wait(lambda: job_row(d, job_id).done >= 8, 120, "the job to be under way")
+    wait_for(lambda: job_row(d, job_id).done >= 8, 120, "the job to be under way")
     with Load(d) as load:
         time.sleep(1)
         d.pg.restart()
@@ -589,14 +567,14 @@ def test_postgres_restarted_under_load(deployment: Deployment) -> None:
     assert refused == [], refused  # a clear 503 (retry), never another error
     assert set(load.codes) <= {200, 503}, load.codes
     d.lb.wait_up(timeout=30)
-    done = wait(lambda: (row := job_row(d, job_id)).status == "done" and row, 300, "the job")
+    done = wait_for(lambda: (row := job_row(d, job_id)).status == "done" and row, 300, "the job")
     assert done.done == done.total == 40
     counts = d.sql(
         "SELECT count(*), count(DISTINCT idx) FROM job_results WHERE job_id = :i", i=job_id
     )[0]
     assert tuple(counts) == (40, 40)
     with d.client() as c:
-        r = c.post("/v1/identify", files=files(photos("John_Kerry")[4:5], "image"))
+        r = c.post("/v1/identify", files=image_files(photos("John_Kerry")[4:5], "image"))
         assert r.status_code == 200
 
 

@@ -19,8 +19,6 @@ their inputs are checked under a lock (:func:`gateway.storage.locks.transaction_
 
 from __future__ import annotations
 
-import random
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,12 +27,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from gateway.crypto.envelope import Keyring, WrappedKey
 from gateway.errors import NotFoundError
-from gateway.storage.locks import transaction_lock
+from gateway.storage.locks import in_transaction, transaction_lock
 from gateway.storage.schema import JobInputRow, JobResultRow, JobRow, now, rowcount
 
 ACTIVE = ("uploading", "queued", "running")  # count against the limits
@@ -128,17 +125,7 @@ class JobRepository:
         self.engine, self.keyring = engine, keyring
 
     def _retrying(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in a transaction; SQLite's writers may find the database busy
-        (another process's transaction): try again."""
-        for attempt in range(20):
-            try:
-                with Session(self.engine) as s, s.begin():
-                    return work(s)
-            except OperationalError:
-                if self.engine.dialect.name != "sqlite" or attempt == 19:
-                    raise
-                time.sleep(random.uniform(0.01, 0.05 * (attempt + 1)))
-        raise AssertionError("unreachable")
+        return in_transaction(self.engine, work)
 
     # -- submission ---------------------------------------------------------------------
     def create(

@@ -14,16 +14,20 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def lock_id(name: str) -> int:
@@ -42,6 +46,20 @@ def transaction_lock(session: Session, name: str) -> None:
     change: the first write takes the database's lock."""
     if is_postgres(session.get_bind()):  # type: ignore[arg-type]
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id(name)})
+
+
+def in_transaction(engine: Engine, work: Callable[[Session], T], attempts: int = 20) -> T:
+    """Run ``work`` in one transaction; on SQLite, where another process's write
+    transaction can make a writer's find the database busy, try it again."""
+    for attempt in range(attempts):
+        try:
+            with Session(engine) as s, s.begin():
+                return work(s)
+        except OperationalError:
+            if engine.dialect.name != "sqlite" or attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.01, 0.05 * (attempt + 1)))
+    raise AssertionError("unreachable")
 
 
 def _sqlite_file(engine: Engine) -> Path | None:

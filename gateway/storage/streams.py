@@ -14,8 +14,6 @@ gives the lease back; then the row goes, with its events.
 
 from __future__ import annotations
 
-import random
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +22,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from gateway.errors import NotFoundError
-from gateway.storage.locks import transaction_lock
+from gateway.storage.locks import in_transaction, transaction_lock
 from gateway.storage.schema import StreamEventRow, StreamRow, now, rowcount
 
 FINISHED = ("ended", "failed")
@@ -99,15 +96,7 @@ class StreamRepository:
         self.engine = engine
 
     def _retrying(self, work: Callable[[Session], T]) -> T:
-        for attempt in range(20):
-            try:
-                with Session(self.engine) as s, s.begin():
-                    return work(s)
-            except OperationalError:
-                if self.engine.dialect.name != "sqlite" or attempt == 19:
-                    raise
-                time.sleep(random.uniform(0.01, 0.05 * (attempt + 1)))
-        raise AssertionError("unreachable")
+        return in_transaction(self.engine, work)
 
     # -- the API's side ----------------------------------------------------------------------
     def create(
