@@ -271,7 +271,7 @@ def open_gateway(
         jobs.on_submit = runner.wake
     tasks = _periodic_tasks(settings, db, gallery, service, admin) if workers else {}
     tasks["audit witness"] = (AUDIT_WITNESS_S, audit_witness(admin.audit_log))
-    housekeeping = Housekeeping(db, roles, tasks)
+    housekeeping = Housekeeping(db, roles, tasks, settings.alive_file)
     video = VideoService(service, LiveLimits.from_settings(settings))
     source_key = db.secrets.get_or_create("streams")
     streams = StreamService(

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     job_slice_s: float = Field(default=10.0, gt=0.0)  # a worker keeps one job this long
     job_poll_s: float = Field(default=1.0, gt=0.0)  # an idle worker looks for work
     drain_s: float = Field(default=5.0, ge=0.0)  # SIGTERM: not ready this long, then stop
+    alive_file: Path | None = None  # touched with every heartbeat (a worker's health check)
     # -- subject metadata -------------------------------------------------------------------
     max_metadata_depth: int = Field(default=16, ge=1, le=64)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=64)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -269,25 +271,70 @@ def test_secrets_are_declared_and_reach_the_services_as_files() -> None:
     assert top["postgres_password"] == {"environment": "POSTGRES_PASSWORD"}
 
 
-def test_only_the_gateway_publishes_a_port_on_loopback_by_default() -> None:
+def networks_of(service: dict[str, Any]) -> set[str]:
+    networks = service["networks"]
+    return set(networks) if isinstance(networks, (list, dict)) else set()
+
+
+def test_only_the_load_balancer_publishes_a_port_on_loopback_by_default() -> None:
     published = {n for n, s in services().items() if s.get("ports")}
-    assert published == {"gateway"}
+    assert published == {"lb"}
     for env in (env_example(), {k: v for k, v in env_example().items() if "GATEWAY" not in k}):
-        (port,) = compose_with(env)["services"]["gateway"]["ports"]
+        (port,) = compose_with(env)["services"]["lb"]["ports"]
         host_ip, host_port, container_port = str(port).split(":")
         assert (host_ip, container_port) == ("127.0.0.1", "8000"), port
         assert host_port.isdigit(), port
     networks = raw_compose()["networks"]
     assert networks["backend"].get("internal") is True
+    assert networks["edge"].get("internal") is True
+    expected = {
+        "lb": {"frontend", "edge"},  # clients in, replicas out
+        "gateway": {"edge", "backend"},  # the API replicas: reached through the lb only
+        "worker": {"backend", "frontend"},  # pulls the cameras' streams
+    }
     for name, service in services().items():
-        assert "backend" in service["networks"], name
-        assert name == "gateway" or service["networks"] == ["backend"], name
+        assert networks_of(service) == expected.get(name, {"backend"}), name
+
+
+def test_the_load_balancer_runs_the_tested_configuration_before_the_replicas() -> None:
+    lb = services()["lb"]
+    (mount,) = lb["volumes"]
+    assert (COMPOSE.parent / mount["source"]).resolve() == DEPLOY / "haproxy.cfg"
+    assert mount["target"] == "/usr/local/etc/haproxy/haproxy.cfg" and mount["read_only"]
+    assert depends_on(lb) == {"gateway": {"condition": "service_healthy"}}
+    address = lb["networks"]["edge"]["ipv4_address"]
+    for name in ("gateway", "worker"):  # X-Forwarded-For believed from the lb only
+        assert services()[name]["environment"]["FACEREC_TRUSTED_PROXIES"] == address
+    assert services()["gateway"]["command"][:3] == ["facerec", "serve", "--no-workers"]
+    assert services()["worker"]["command"] == ["facerec", "worker"]
+    config = (DEPLOY / "haproxy.cfg").read_text()
+    assert "option httpchk GET /readyz" in config
+    if shutil.which("haproxy"):  # the tests' own HAProxy checks the file as compose runs it
+        env = {**os.environ, "FACEREC_LB_BIND": ":8000", "FACEREC_LB_STATS_BIND": "127.0.0.1:8404"}
+        checked = subprocess.run(
+            ["haproxy", "-c", "-f", str(DEPLOY / "haproxy.cfg")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_triton_reserves_one_nvidia_gpu() -> None:
     devices = services()["triton"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert not any("deploy" in s for n, s in services().items() if n != "triton")
+    for name, service in services().items():  # the others may only say how many run
+        if name != "triton":
+            assert set(service.get("deploy", {})) <= {"replicas"}, name
+    replicas = compose_with(env_example())["services"]
+    assert (
+        replicas["gateway"]["deploy"]["replicas"],
+        replicas["worker"]["deploy"]["replicas"],
+    ) == (
+        3,
+        2,
+    )
 
 
 def test_gateway_environment_names_real_settings_and_real_services() -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from facerec import __version__
 from gateway.audit.log import AuditLog
@@ -65,8 +66,10 @@ class Housekeeping:
         db: Database,
         roles: str,
         tasks: dict[str, tuple[float, Callable[[], None]]],
+        alive_file: Path | None = None,
     ) -> None:
         self.db, self.roles, self.tasks = db, roles, tasks
+        self.alive_file = alive_file  # touched with every heartbeat (a health check)
         self.name = process_name()
         self._stop = threading.Event()
         db.processes.register(self.name, roles, __version__)
@@ -81,6 +84,8 @@ class Housekeeping:
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 self.db.processes.beat(self.name, self.roles, __version__)
+                if self.alive_file is not None:
+                    self.alive_file.touch()
             except Exception:  # the loop must survive a database outage
                 log.warning("heartbeat failed", exc_info=True)
 
