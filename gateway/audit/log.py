@@ -77,11 +77,21 @@ class AuditLog:
             current = self.head()
             if current is not None and current[0] >= event.seq:
                 return  # another process already recorded a later event
-            if current is not None and not self._holds(current):
+            if (
+                current is not None
+                and not self._follows(event, current)
+                and not self._holds(current)
+            ):
                 # the log no longer holds the head recorded here: keep it, as evidence
                 log.critical("AUDIT LOG TAMPERED: event %d is gone or changed", current[0])
                 return
             replace_private(self.head_file, json.dumps({"seq": event.seq, "mac": event.mac}))
+
+    @staticmethod
+    def _follows(event: AuditEvent, head: tuple[int, str]) -> bool:
+        """Whether ``event`` was chained right onto ``head`` (then the log held the head
+        when the event was stored: no need to read it back)."""
+        return event.seq == head[0] + 1 and hmac.compare_digest(event.prev, head[1])
 
     def _holds(self, head: tuple[int, str]) -> bool:
         """Whether the stored log still holds ``head`` unchanged."""
