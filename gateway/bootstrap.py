@@ -173,14 +173,13 @@ def _periodic_tasks(
         admin.prune_requests(timedelta(hours=settings.idempotency_ttl_hours))
         db.processes.prune(24 * 3600)
 
+    def repair_index() -> None:
+        repair(db, gallery, admin.audit_log)
+
     return {
         "retention": (settings.purge_interval_s, purge),
-        "repair": (REPAIR_EVERY_S, lambda: _discard(repair(db, gallery, admin.audit_log))),
+        "repair": (REPAIR_EVERY_S, repair_index),
     }
-
-
-def _discard(_: object) -> None:
-    return None
 
 
 def audit_witness(audit: AuditLog) -> Callable[[], None]:

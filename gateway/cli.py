@@ -38,7 +38,6 @@ def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-
     from gateway.api.app import create_app
     from gateway.api.server import DrainingServer, server_config
 

@@ -94,6 +94,21 @@ def earlier_schema() -> MetaData:
         Column("updated_at", when),
     )
     Table("audit_events", meta, Column("seq", Integer, primary_key=True), Column("body", String))
+    Table(
+        "jobs",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("kind", String(32)),
+        Column("key_id", String(32), nullable=True),
+        Column("status", String(16)),
+        Column("total", Integer),
+        Column("done", Integer),
+        Column("params", JSON),
+        Column("results", JSON),
+        Column("error", JSON, nullable=True),
+        Column("created_at", when),
+        Column("finished_at", when, nullable=True),
+    )
     return meta
 
 
@@ -150,6 +165,14 @@ def test_upgrade_keeps_an_existing_deployment(storage: dict[str, Any], tmp_path:
             ],
         )
         conn.execute(old.tables["requests"].insert(), [dict(key="ops:create-1", created_at=t)])
+        job = dict(kind="identify", key_id="ops", total=2, params={}, created_at=t)
+        conn.execute(
+            old.tables["jobs"].insert(),
+            [
+                dict(job, id="running", status="running", done=1, results=[{"image": "a"}]),
+                dict(job, id="finished", status="done", done=2, results=[{}, {}]),
+            ],
+        )
     secret = SecretRepository(engine, keyring).get_or_create("index")
     engine.dispose()
     protector = VectorProtector(MasterKey.from_bytes(secret), 128)
@@ -184,6 +207,11 @@ def test_upgrade_keeps_an_existing_deployment(storage: dict[str, Any], tmp_path:
         # templates from before faces recorded their model: the published model's
         assert conn.execute(select(FaceRow.model_id)).scalar_one() == published_model_id()
     assert db.subjects.get(sid).scope == ("default", "default")
+    # a job the earlier release was running kept its inputs in that process: it ended
+    interrupted = db.jobs.get("running")
+    assert interrupted.status == "failed" and interrupted.error is not None
+    assert interrupted.error["code"] == "interrupted" and interrupted.results == [{"image": "a"}]
+    assert db.jobs.get("finished").status == "done" and db.jobs.active() == []
     held = db.idempotency.claim("ops:create-1", "f", timedelta(minutes=10))
     assert held is not None and held.fingerprint is None  # a key used before: still refused
     index = IndexManager(db.secrets, uri, 128, "FLAT", milvus.options())

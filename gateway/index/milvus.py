@@ -91,8 +91,8 @@ class MilvusOptions:
     deployment's write marks in the database (:mod:`gateway.storage.index_marks`), every
     other process's writes acknowledged before the search began; ``Strong`` also sees
     them, but each search waits for Milvus's time tick (200 ms p50 measured on 2.3
-    without writes, against 6 ms: perf/milvus_consistency.py). Maintenance reads (counts, id lists for
-    repair) are always ``Strong``.
+    without writes, against 6 ms: perf/milvus_consistency.py). Maintenance reads
+    (counts, id lists for repair) are always ``Strong``.
     """
 
     token: str | None = None  # "user:password", or an API key (Zilliz Cloud)

@@ -11,10 +11,12 @@ finds the column there).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import inspect, text, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateColumn, MetaData
 
@@ -30,6 +32,28 @@ BACKFILL_PARAMS: dict[str, Any] = {"yes": True}
 # (the gateway could run no other). Its identity comes from its packaged card, present
 # whichever model runs now.
 BACKFILL[("faces", "model_id")] = "UPDATE faces SET model_id = :published WHERE model_id IS NULL"
+
+
+def _interrupted_jobs(conn: Connection, metadata: MetaData) -> None:
+    """Jobs queued or running when the durable queue arrived kept their inputs in the
+    old process's memory and disk: they end as the old start-up ended them (a process of
+    the earlier release still running one writes its end over this)."""
+    jobs = metadata.tables["jobs"]
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.status.in_(["queued", "running"]))
+        .values(
+            status="failed",
+            error={"code": "interrupted", "message": "the service was upgraded"},
+            finished_at=datetime.now(UTC),
+        )
+    )
+
+
+# Code run once, right after a column is added, where plain SQL cannot bind the values.
+BACKFILL_CODE: dict[tuple[str, str], Callable[[Connection, MetaData], None]] = {
+    ("jobs", "lease"): _interrupted_jobs,
+}
 
 
 def _params(statement: str) -> dict[str, Any]:
@@ -58,6 +82,9 @@ def migrate(engine: Engine, metadata: MetaData) -> list[str]:
                     backfill = BACKFILL.get((table.name, column.name))
                     if backfill is not None:
                         conn.execute(text(backfill), _params(backfill))
+                    code = BACKFILL_CODE.get((table.name, column.name))
+                    if code is not None:
+                        code(conn, metadata)
             except DBAPIError:
                 if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
                     raise
