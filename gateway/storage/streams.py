@@ -106,7 +106,8 @@ class StreamRepository:
         max_active: int,
     ) -> StoredStream:
         """Store a stream (``values``: the columns); :class:`TooManyStreamsStored` when
-        ``max_active`` streams that have not ended exist already (in all replicas)."""
+        ``max_active`` streams that have not ended exist already (in all replicas). Of the
+        streams that ended, the newest ``max_active`` stay listed; older ones go."""
 
         def work(s: Session) -> StoredStream:
             row = StreamRow(id=stream_id, **values)
@@ -120,6 +121,9 @@ class StreamRepository:
             )
             if (active or 0) > max_active:
                 raise TooManyStreamsStored()
+            ended = select(StreamRow.id).where(StreamRow.state.in_(FINISHED))
+            old = ended.order_by(StreamRow.created_at.desc()).offset(max_active)
+            s.execute(delete(StreamRow).where(StreamRow.id.in_(list(s.scalars(old)))))
             return _stream(row)
 
         return self._retrying(work)
