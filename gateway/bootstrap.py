@@ -29,7 +29,6 @@ from gateway.service.jobs import JobLimits, JobService
 from gateway.service.maintenance import REPAIR_EVERY_S, Housekeeping, repair
 from gateway.service.sources import SourcePolicy
 from gateway.service.streams import StreamRunner, StreamService
-from gateway.service.types import Caller
 from gateway.service.video import LiveLimits, VideoService
 from gateway.settings import SQLITE_FILE, Settings
 from gateway.storage.database import Database
@@ -167,7 +166,7 @@ def _periodic_tasks(
     """What worker processes do now and then: retention, idempotency keys, the repair."""
 
     def purge() -> None:
-        purged = service.purge_expired(Caller(role="system"))
+        purged = service.purge_expired(SYSTEM)
         if purged:
             log.info("purged %d expired subjects", len(purged))
         admin.prune_requests(timedelta(hours=settings.idempotency_ttl_hours))

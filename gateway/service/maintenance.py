@@ -18,7 +18,7 @@ from pathlib import Path
 from facerec import __version__
 from gateway.audit.log import AuditLog
 from gateway.gallery import Gallery, Reconciled
-from gateway.service.types import Caller
+from gateway.service.admin import SYSTEM
 from gateway.storage.database import Database
 from gateway.storage.locks import session_lock
 from gateway.storage.processes import process_name
@@ -26,7 +26,6 @@ from gateway.storage.schema import now
 
 log = logging.getLogger(__name__)
 
-SYSTEM = Caller(role="system")
 HEARTBEAT_S = 5.0  # how often a process says it is alive
 PROCESS_TTL_S = 30.0  # a process not seen for this long is dead
 # A pending face of a live process older than this is rolled back anyway (an enrolment

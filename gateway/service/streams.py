@@ -312,9 +312,6 @@ class StreamRunner:
     def wake(self) -> None:
         self._wake.set()
 
-    def running(self) -> list[str]:
-        return list(self._workers)
-
     def close(self) -> None:
         """Stop every stream here and give them back for other workers to take on."""
         self._stop.set()
@@ -400,9 +397,9 @@ class StreamRunner:
             del self._workers[worker.id]
             if wanted is None:  # deleted or taken over: write nothing more
                 worker.lost = True
-                self._in_background(worker, None)
+                self._in_background(worker, release=False)
             else:  # asked to stop: end the tracks, then let it go
-                self._in_background(worker, "stopped")
+                self._in_background(worker, release=True)
 
     def _ended(self, worker: StreamWorker) -> None:
         """The stream ended by itself (a file's end, a source given up, a failure)."""
@@ -414,21 +411,21 @@ class StreamRunner:
         self.streams.beat(worker.held, self.lease_s, final, worker.figures(), worker.last_error())
         self.streams.release(worker.held, final)
 
-    def _in_background(self, worker: StreamWorker, state: str | None) -> None:
+    def _in_background(self, worker: StreamWorker, release: bool) -> None:
+        """Stop ``worker`` without holding up the runner; then give its stream back
+        (``release``), its state as it is."""
+
         def stop() -> None:
             worker.stop()
-            if state is not None:
-                self._release(worker, state)
+            if release:
+                self._release(worker)
 
         thread = threading.Thread(target=stop, name=f"stop {worker.id[:8]}", daemon=True)
         thread.start()
         self._stoppers = [t for t in self._stoppers if t.is_alive()] + [thread]
 
-    def _release(self, worker: StreamWorker, state: str) -> None:
+    def _release(self, worker: StreamWorker, state: str | None = None) -> None:
         try:
-            if state == "pending":
-                self.streams.release(worker.held, "pending")
-            else:
-                self.streams.release(worker.held)
+            self.streams.release(worker.held, state)
         except Exception:
             log.warning("stream %s: could not give it back", worker.id, exc_info=True)

@@ -243,20 +243,6 @@ class JobRepository:
             )
             return [_job(r, []) for r in rows]
 
-    def result_counts(self, job_id: str) -> tuple[int, int]:
-        """(result rows, distinct images among them) of a job: equal unless an image's
-        result was written twice, which the primary key forbids."""
-        with Session(self.engine) as s:
-            rows = s.scalar(
-                select(func.count()).select_from(JobResultRow).where(JobResultRow.job_id == job_id)
-            )
-            distinct = s.scalar(
-                select(func.count(func.distinct(JobResultRow.idx))).where(
-                    JobResultRow.job_id == job_id
-                )
-            )
-            return int(rows or 0), int(distinct or 0)
-
     # -- workers ---------------------------------------------------------------------------
     def claim(self, owner: str, lease_s: float) -> Claim | None:
         """Take the next job for ``owner`` under a new lease: queued, or running under a

@@ -28,9 +28,3 @@ class MaintenanceRepository:
                 s.add(MaintenanceRow(name=name, done_at=now(), by=by, runs=1))
             else:
                 row.done_at, row.by, row.runs = now(), by, row.runs + 1
-
-    def runs(self, name: str) -> int:
-        """How many times ``name`` has run (for tests and inspection)."""
-        with Session(self.engine) as s:
-            row = s.get(MaintenanceRow, name)
-            return 0 if row is None else row.runs

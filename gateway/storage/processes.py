@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -48,15 +47,6 @@ def process_started() -> datetime:
         return now()
 
 
-@dataclass(frozen=True)
-class ProcessInfo:
-    name: str
-    roles: str
-    version: str
-    started_at: datetime
-    seen_at: datetime
-
-
 class ProcessRepository:
     """The ``processes`` table."""
 
@@ -89,11 +79,6 @@ class ProcessRepository:
         since = now() - timedelta(seconds=ttl)
         with Session(self.engine) as s:
             return set(s.scalars(select(ProcessRow.name).where(ProcessRow.seen_at >= since)))
-
-    def list(self) -> list[ProcessInfo]:
-        with Session(self.engine) as s:
-            rows = s.scalars(select(ProcessRow).order_by(ProcessRow.started_at))
-            return [ProcessInfo(r.name, r.roles, r.version, r.started_at, r.seen_at) for r in rows]
 
     def prune(self, older_than: float) -> int:
         """Remove processes not seen for ``older_than`` seconds (they died unclean)."""

@@ -56,7 +56,8 @@ class StoredStream:
 
 @dataclass(frozen=True)
 class StreamLease:
-    """A stream held by one worker; ``events``: the last event number stored."""
+    """A stream held by one worker: the stream as claimed (``stream.events`` is the last
+    event number stored then) and the claim's token."""
 
     stream: StoredStream
     lease: str
@@ -162,13 +163,6 @@ class StreamRepository:
                 .limit(limit)
             )
             return list(rows)
-
-    def first_event(self, stream_id: str) -> int | None:
-        """The oldest event kept (older ones fell off)."""
-        with Session(self.engine) as s:
-            return s.scalar(
-                select(func.min(StreamEventRow.seq)).where(StreamEventRow.stream_id == stream_id)
-            )
 
     # -- the workers' side -------------------------------------------------------------------
     def claim(self, owner: str, lease_s: float, limit: int) -> list[StreamLease]:
