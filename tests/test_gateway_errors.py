@@ -194,6 +194,54 @@ def test_bad_requests_change_nothing(client: TestClient, kerry: str) -> None:
             "invalid_request",
         ),
         (lambda: client.post("/v1/subjects", json=["name"]), 422, "invalid_request"),
+        # text that is not Unicode (JSON's escape of a lone surrogate), in any field
+        *(
+            (
+                lambda body=body: client.post(
+                    "/v1/subjects", content=body, headers={"content-type": "application/json"}
+                ),
+                422,
+                "invalid_request",
+            )
+            for body in (
+                b'{"name": "a", "metadata": {"x": "\\ud800"}}',
+                b'{"name": "a", "metadata": {"\\udfff": 1}}',
+                b'{"name": "\\ud800"}',
+            )
+        ),
+        (
+            lambda: client.patch(
+                f"/v1/subjects/{kerry}",
+                content=b'{"metadata": {"x": ["\\ud800"]}}',
+                headers={"content-type": "application/json"},
+            ),
+            422,
+            "invalid_request",
+        ),
+        # times past the calendar's ends once moved to UTC
+        *(
+            (
+                lambda when=when: client.post(
+                    "/v1/subjects", json={"name": "a", "expires_at": when}
+                ),
+                422,
+                "invalid_request",
+            )
+            for when in ("9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00")
+        ),
+        (
+            lambda: client.patch(
+                f"/v1/subjects/{kerry}", json={"expires_at": "9999-12-31T23:59:59-05:00"}
+            ),
+            422,
+            "invalid_request",
+        ),
+        # a sequence number past 64 bits
+        (
+            lambda: client.get("/v1/audit", params={"after": 2**63}),
+            422,
+            "invalid_request",
+        ),
         # unknown or malformed ids
         (lambda: client.get("/v1/subjects/0123456789abcdef"), 404, "not_found"),
         (lambda: client.get('/v1/subjects/bad"id'), 400, "invalid_id"),

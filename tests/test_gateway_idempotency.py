@@ -93,6 +93,19 @@ def test_idempotency_keys(storage: dict[str, Any], tmp_path: Path) -> None:
             r = c.post("/v1/subjects", json={"name": "Eve"}, headers=other)
             assert r.status_code == 201 and r.json()["id"] != sid
 
+            # an admin's X-Namespace is part of the request: the same key and body in
+            # another namespace is another request (409), never a replay of the first
+            in_a = {"X-Namespace": "ns_a", **key("create-dee")}
+            in_b = {"X-Namespace": "ns_b", **key("create-dee")}
+            r = c.post("/v1/subjects", json={"name": "Dee"}, headers=in_a)
+            assert r.status_code == 201 and r.json()["namespace"] == "ns_a"
+            r = c.post("/v1/subjects", json={"name": "Dee"}, headers=in_b)
+            assert (r.status_code, code(r)) == (409, "idempotency_key_reused")
+            listed = c.get("/v1/subjects", headers={"X-Namespace": "ns_b"}).json()["items"]
+            assert listed == []
+            r = c.post("/v1/subjects", json={"name": "Dee"}, headers=in_a)
+            assert r.headers["Idempotent-Replayed"] == "true"
+
             # concurrent copies of one request: one subject, the others replay or wait
             def create(_: int) -> tuple[int, str | None, str | None]:
                 with service.client() as cc:
@@ -129,5 +142,5 @@ def test_idempotency_keys(storage: dict[str, Any], tmp_path: Path) -> None:
     with db.engine.connect() as conn:
         rows = conn.execute(text("SELECT key, response FROM requests")).all()
     kept = [bytes(r[1]) for r in rows if r[1] is not None]
-    assert len(kept) == 6  # two subjects, a face, a key, the other caller's, a delete
+    assert len(kept) == 7  # three subjects, a face, a key, the other caller's, a delete
     assert not any(sid.encode() in blob or b"face_id" in blob for blob in kept)

@@ -111,7 +111,7 @@ def changes(role: str) -> Callable[..., Awaitable[Caller]]:
         ] = None,
     ) -> Caller:
         if idempotency_key is not None:
-            digest = await idempotency.fingerprint(request, caller.key_id)
+            digest = await idempotency.fingerprint(request, caller)
             outcome = await run_in_threadpool(admin.begin_request, caller, idempotency_key, digest)
             if isinstance(outcome, StoredResponse):
                 raise idempotency.Replay(outcome)

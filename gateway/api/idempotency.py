@@ -1,8 +1,9 @@
 """``Idempotency-Key`` on the mutating routes, the way Stripe does it.
 
 - The first request with a key claims it (for the caller's API key) with its
-  *fingerprint*: SHA-256 over the method, the path and query, the API key's id and the
-  body (JSON canonicalised; a multipart body as its fields in order, each file as its
+  *fingerprint*: SHA-256 over the method, the path and query, the API key's id, the
+  namespace and gallery it acts in (an admin's ``X-Namespace`` makes another request) and
+  the body (JSON canonicalised; a multipart body as its fields in order, each file as its
   name and the SHA-256 of its bytes, so that a client's new multipart boundary on a retry
   is still the same request).
 - When that request succeeds (2xx), its status and body are kept, sealed; a replay of the
@@ -29,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.service.types import IdempotencyClaim, StoredResponse
+from gateway.service.types import Caller, IdempotencyClaim, StoredResponse
 
 STATE = "idempotency_claim"  # where the dependency leaves its claim in the request's state
 REPLAYED = "Idempotent-Replayed"
@@ -52,9 +53,16 @@ def _file_digest(upload: UploadFile) -> str:
     return digest.hexdigest()
 
 
-async def fingerprint(request: Request, key_id: str | None) -> str:
+async def fingerprint(request: Request, caller: Caller) -> str:
     """What makes two requests the same request (see the module's docstring)."""
-    head = [request.method, request.url.path, request.url.query, key_id or ""]
+    head = [
+        request.method,
+        request.url.path,
+        request.url.query,
+        caller.key_id or "",
+        caller.namespace or "",
+        caller.gallery or "",
+    ]
     content_type = request.headers.get("content-type", "")
     body: list[Any]
     if content_type.startswith("multipart/form-data"):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from gateway.auth.api_keys import ROLES
 from gateway.service.enrolment import REFUSAL_CODES
@@ -13,11 +13,52 @@ from gateway.service.enrolment import REFUSAL_CODES
 SCOPE_NAME = "^[A-Za-z0-9_-]{1,64}$"
 
 
-class SubjectIn(BaseModel):
+def _unicode(value: Any) -> None:
+    """Raise ValueError when a string in ``value`` is not valid Unicode: JSON's ``\\ud800``
+    escape gives a lone surrogate, which no database or encoder takes."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("text holds a lone surrogate (\\ud800-\\udfff): not Unicode") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _unicode(key)
+            _unicode(item)
+    elif isinstance(value, list):
+        for item in value:
+            _unicode(item)
+
+
+def _in_utc(value: datetime) -> datetime:
+    """The instant in UTC (no offset: taken as UTC); ValueError past the calendar's ends."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is outside years 1-9999 in UTC") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(_in_utc)]
+
+
+class InputModel(BaseModel):
+    """A request body: unknown fields refused, every string valid Unicode."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        _unicode(data)
+        return data
+
+
+class SubjectIn(InputModel):
     name: str = Field(min_length=1, max_length=256)
     metadata: dict[str, Any] | None = None
-    expires_at: datetime | None = Field(
+    expires_at: UtcTime | None = Field(
         None, description="purge this subject after this time (no offset: UTC)"
     )
     gallery: str | None = Field(
@@ -27,11 +68,10 @@ class SubjectIn(BaseModel):
     )
 
 
-class SubjectPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SubjectPatch(InputModel):
     name: str | None = Field(None, min_length=1, max_length=256)
     metadata: dict[str, Any] | None = None
-    expires_at: datetime | None = None
+    expires_at: UtcTime | None = None
 
 
 class FaceOut(BaseModel):
@@ -205,8 +245,7 @@ class ModelsOut(BaseModel):
     other_models: dict[str, int]  # how many of each
 
 
-class ApiKeyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ApiKeyIn(InputModel):
     role: str = Field(pattern=f"^({'|'.join(ROLES)})$")
     label: str = Field("", max_length=256)
     namespace: str | None = Field(

@@ -53,7 +53,10 @@ def problem(meta: Any, limits: MetadataLimits) -> str | None:
     """Why ``meta`` is over the limits, or None."""
     if depth(meta, limits.max_depth) > limits.max_depth:
         return f"metadata nests deeper than {limits.max_depth} levels"
-    size = len(json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode())
+    try:
+        size = len(json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode())
+    except UnicodeEncodeError:
+        return "metadata holds a lone surrogate (\\ud800-\\udfff): not Unicode"
     if size > limits.max_bytes:
         return f"metadata is {size} bytes as JSON; the limit is {limits.max_bytes}"
     return None

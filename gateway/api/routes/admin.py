@@ -30,7 +30,9 @@ def _key_out(k: ApiKeyInfo, token: str | None = None) -> ApiKeyOut:
 def audit(
     admin: AdminDep,
     caller: AdminCaller,
-    after: Annotated[int, Query(ge=0, description="events after this sequence number")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="events after this sequence number")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     last: Annotated[
         int | None, Query(ge=1, le=1000, description="only the newest events, this many")

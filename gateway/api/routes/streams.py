@@ -9,11 +9,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, WebSocket
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from facerec.errors import FaceRecError, InvalidArgumentError
 from gateway.api.deps import AdminCaller
+from gateway.api.schemas import InputModel
 from gateway.api.websocket import (
     INVALID_REQUEST,
     NORMAL,
@@ -37,8 +38,7 @@ def get_streams(request: Request) -> StreamService:
 StreamsDep = Annotated[StreamService, Depends(get_streams)]
 
 
-class StreamIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StreamIn(InputModel):
     source: str = Field(
         min_length=1,
         max_length=2048,
