@@ -72,6 +72,7 @@ def test_auth_failures(client: TestClient, kerry: str) -> None:
     before = snapshot(client)
     admin = client.headers.pop("X-API-Key")
     expect(client.get("/v1/subjects"), 401, "missing_api_key")
+    expect(client.get("/metrics"), 401, "missing_api_key")  # counts span every tenant
     expect(client.get("/v1/subjects", headers={"X-API-Key": "nonsense"}), 401, "invalid_api_key")
     key_id = admin.split("_")[1]
     wrong = f"frk_{key_id}_{'x' * 43}"
@@ -88,6 +89,7 @@ def test_auth_failures(client: TestClient, kerry: str) -> None:
     h = {"X-API-Key": verify_key}
     expect(client.post("/v1/subjects", json={"name": "x"}, headers=h), 403, "forbidden")
     expect(client.get("/v1/audit", headers=h), 403, "forbidden")
+    expect(client.get("/metrics", headers=h), 403, "forbidden")
     expect(client.delete(f"/v1/subjects/{kerry}", headers=h), 403, "forbidden")
     r = client.post("/v1/verify", files=one_image(KERRY[3]), data={"subject_id": kerry}, headers=h)
     assert r.status_code == 200 and r.json()["match"]
@@ -103,10 +105,10 @@ def test_auth_failures(client: TestClient, kerry: str) -> None:
     client.app.state.gateway.admin.refusals.flush(everything=True)  # type: ignore[attr-defined]
     events = client.get("/v1/audit", params={"limit": 1000}).json()["events"]
     refused = [e for e in events if e["action"] == "auth" and e["outcome"] == "refused"]
-    # Every refused request is audited: the 3 of a key holder one by one, the 4 without a
-    # valid key as the client's first refusal plus one event counting the other 3.
-    assert [e["key_id"] for e in refused if e["key_id"]] == [verify_id] * 3
-    assert sum(e["count"] or 1 for e in refused) == 7
+    # Every refused request is audited: the 4 of a key holder one by one, the 5 without a
+    # valid key as the client's first refusal plus one event counting the other 4.
+    assert [e["key_id"] for e in refused if e["key_id"]] == [verify_id] * 4
+    assert sum(e["count"] or 1 for e in refused) == 9
     assert all(e["client"] == "testclient" for e in refused)
 
 

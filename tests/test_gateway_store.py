@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from gateway.audit.chain import verify_chain
 from gateway.audit.log import AuditLog
@@ -151,3 +151,44 @@ def test_candidate_templates_keep_to_the_callers_scope(db: Database) -> None:
     name, vectors = store.candidate_templates(ids, "globex", "staff")[other.id]
     assert name == "Other"
     np.testing.assert_array_equal(vectors, unit(2)[None])
+
+
+class _Statements:
+    """Counts the SQL statements ``db`` sends while in the ``with`` block."""
+
+    def __init__(self, db: Database) -> None:
+        self.engine, self.count = db.engine, 0
+
+    def _seen(self, *_: object) -> None:
+        self.count += 1
+
+    def __enter__(self) -> _Statements:
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+
+
+def test_out_of_scope_lookups_cost_what_unknown_ids_do(db: Database) -> None:
+    """Another tenant's subject, another key's job: refused by the same single query that
+    misses an unknown id (the scope is in its WHERE clause), so the 404's timing does not
+    tell a real id from a made-up one."""
+    theirs = db.subjects.create("Mallory", namespace="globex")
+    assert db.subjects.get(theirs.id, "globex").name == "Mallory"
+    counts = []
+    for subject_id in (theirs.id, "0123456789abcdef"):
+        with _Statements(db) as seen, pytest.raises(NotFoundError):
+            db.subjects.get(subject_id, "acme")
+        counts.append(seen.count)
+    assert counts == [1, 1]
+
+    job = db.jobs.create("identify", "key-b", "globex", {}, b"k" * 32, 4, 16, 60.0)
+    db.jobs.enqueue(job.id, 1)
+    assert db.jobs.get(job.id, key_id="key-b").id == job.id
+    counts = []
+    for job_id in (job.id, "0123456789abcdef"):
+        with _Statements(db) as seen, pytest.raises(NotFoundError):
+            db.jobs.get(job_id, key_id="key-a")
+        counts.append(seen.count)
+    assert counts == [1, 1]

@@ -220,9 +220,14 @@ class JobRepository:
         self._retrying(lambda s: s.execute(delete(JobRow).where(JobRow.id == job_id)))
 
     # -- reading ----------------------------------------------------------------------------
-    def get(self, job_id: str, with_results: bool = True) -> Job:
+    def get(self, job_id: str, with_results: bool = True, key_id: str | None = None) -> Job:
+        """A job (only when ``key_id`` submitted it, if given: the owner is in the query, so
+        another key's job costs what an unknown id does)."""
         with Session(self.engine) as s:
-            row = s.get(JobRow, job_id)
+            query = select(JobRow).where(JobRow.id == job_id)
+            if key_id is not None:
+                query = query.where(JobRow.key_id == key_id)
+            row = s.scalars(query).first()
             if row is None or row.status == "uploading":
                 raise NotFoundError(f"no job {job_id}")
             results = list(row.results)

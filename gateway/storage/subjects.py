@@ -182,9 +182,15 @@ class SubjectRepository:
             s.flush()
             return _subject(row, 0)
 
-    def get(self, subject_id: str) -> Subject:
+    def get(
+        self, subject_id: str, namespace: str | None = None, gallery: str | None = None
+    ) -> Subject:
+        """The subject, when it exists within ``namespace`` and ``gallery`` (None: any).
+        The scope is in the query, so a subject out of scope costs the same one query as
+        an unknown id: the answer's timing does not tell them apart."""
         with Session(self.engine) as s:
-            row = s.get(SubjectRow, subject_id)
+            query = select(SubjectRow).where(SubjectRow.id == subject_id)
+            row = s.scalars(_in_scope(query, namespace, gallery)).first()
             if row is None:
                 raise _missing(subject_id)
             return _subject(row, _face_count(s, subject_id))

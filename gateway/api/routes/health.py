@@ -1,4 +1,4 @@
-"""Liveness, readiness and metrics (no API key needed)."""
+"""Liveness and readiness (no API key needed), and metrics (an admin key)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from facerec import __version__
-from gateway.api.deps import GatewayDep
+from gateway.api.deps import AdminCaller, GatewayDep
 
 router = APIRouter(tags=["health"])
 
@@ -33,8 +33,10 @@ def readyz(gateway: GatewayDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(request: Request) -> Response:
-    """Prometheus metrics."""
+def metrics(request: Request, caller: AdminCaller) -> Response:
+    """Prometheus metrics, for an admin key (Prometheus sends it with
+    ``authorization: {credentials: ...}``): the counts by route and status span every
+    namespace and would show another tenant's enrolment activity and gallery growth."""
     return Response(
         generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )
