@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     keepalive_timeout_s: int = Field(default=5, ge=1)
     keepalive_max_requests: int = Field(default=1000, ge=1)
     max_connections: int = Field(default=512, ge=1)
+    max_connections_per_client: int = Field(default=64, ge=1)  # one address's share
     # -- refused requests ------------------------------------------------------------------
     auth_failures_per_minute: int = Field(default=20, ge=1)  # per client, then 429
     refusal_audit_window_s: float = Field(default=60.0, gt=0.0)  # aggregation window

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 HEAD_TIMEOUT = 2  # FACEREC_HEADER_TIMEOUT_S of the service under test
 BODY_TIMEOUT = 2
 MAX_CONNECTIONS = 40
+PER_CLIENT = 25  # FACEREC_MAX_CONNECTIONS_PER_CLIENT
 MAX_JSON = 65536
 MAX_UPLOAD = 300_000
 ENV = {
@@ -31,6 +32,7 @@ ENV = {
     "FACEREC_BODY_TIMEOUT_S": str(BODY_TIMEOUT),
     "FACEREC_BODY_MIN_RATE": "1024",
     "FACEREC_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+    "FACEREC_MAX_CONNECTIONS_PER_CLIENT": str(PER_CLIENT),
     "FACEREC_KEEPALIVE_MAX_REQUESTS": "3",
     "FACEREC_MAX_JSON_BYTES": str(MAX_JSON),
     "FACEREC_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
@@ -50,8 +52,9 @@ def port_of(service: Service) -> int:
     return int(service.url.rsplit(":", 1)[1])
 
 
-def connect(service: Service, timeout: float = 15) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port_of(service)))
+def connect(service: Service, timeout: float = 15, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from ``source`` (any 127.0.0.0/8 address is this machine's)."""
+    s = socket.create_connection(("127.0.0.1", port_of(service)), source_address=(source, 0))
     s.settimeout(timeout)
     return s
 
@@ -260,10 +263,10 @@ def test_a_trickled_body_is_cut(service: Service) -> None:
 
 
 def test_slow_clients_do_not_stop_others_from_being_served(service: Service) -> None:
-    """Thirty connections holding half a head each: other clients are served meanwhile,
+    """Twenty connections holding half a head each: other clients are served meanwhile,
     and the slow ones are all closed by the server."""
     slow = []
-    for _ in range(30):
+    for _ in range(20):
         s = connect(service)
         s.sendall(b"POST /v1/subjects HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         slow.append(s)
@@ -279,7 +282,8 @@ def test_slow_clients_do_not_stop_others_from_being_served(service: Service) -> 
 
 
 def test_connections_over_the_cap_are_refused_and_room_comes_back(service: Service) -> None:
-    held = [connect(service) for _ in range(MAX_CONNECTIONS)]
+    half = MAX_CONNECTIONS // 2  # from two addresses, each within its share
+    held = [connect(service, source=f"127.0.0.{2 + i // half}") for i in range(MAX_CONNECTIONS)]
     try:
         time.sleep(0.3)  # let the server accept them all
         with connect(service) as s:
@@ -291,6 +295,58 @@ def test_connections_over_the_cap_are_refused_and_room_comes_back(service: Servi
             s.close()
     time.sleep(0.5)
     assert httpx.get(f"{service.url}/healthz", timeout=5).status_code == 200
+
+
+def test_one_client_cannot_keep_the_connection_cap_full(service: Service) -> None:
+    """Issue 19, high 2: one address holding idle connections, reopening each one the
+    server cuts, gets at most its share; another client is served throughout."""
+    stop = threading.Event()
+    refused: list[bytes] = []
+
+    def squat() -> None:
+        held: list[socket.socket] = []
+        while not stop.is_set():
+            held = [s for s in held if s.fileno() != -1]
+            while len(held) < MAX_CONNECTIONS and not stop.is_set():
+                s = connect(service, timeout=HEAD_TIMEOUT + 3)
+                s.setblocking(False)
+                try:  # a refused one is answered and closed at once
+                    time.sleep(0.01)
+                    answer = s.recv(4096)
+                    refused.append(answer)
+                    s.close()
+                    break
+                except BlockingIOError:
+                    held.append(s)
+            for s in list(held):
+                try:
+                    if s.recv(4096) == b"":  # cut by the head timeout: reopen
+                        s.close()
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    s.close()
+            time.sleep(0.05)
+        for s in held:
+            s.close()
+
+    attacker = threading.Thread(target=squat)
+    attacker.start()
+    try:
+        served = []
+        transport = httpx.HTTPTransport(local_address="127.0.0.9")
+        with httpx.Client(transport=transport, timeout=5) as client:
+            deadline = time.monotonic() + 2.5 * HEAD_TIMEOUT  # past a round of cuts
+            while time.monotonic() < deadline:
+                served.append(client.get(f"{service.url}/healthz").status_code)
+                time.sleep(0.2)
+    finally:
+        stop.set()
+        attacker.join()
+    assert served and set(served) == {200}
+    assert refused and all(
+        status_of(r) == 503 and b'"too_many_client_connections"' in r for r in refused
+    )
 
 
 def test_a_connection_serves_a_bounded_number_of_requests(service: Service) -> None:

@@ -253,6 +253,17 @@ def test_every_protected_route_has_a_role_and_a_body_limit() -> None:
     assert kinds[("/v1/subjects/{subject_id}/faces", "POST")].limit == settings.max_request_bytes
     assert kinds[("/v1/jobs", "POST")].limit == settings.max_archive_bytes
     assert kinds[("/v1/keys", "POST")].role == "admin"
-    public = Policies(health.router.routes, settings)
-    assert all(p.role is None for _, p in public.table)
+    health_routes = {(r.path, p.role) for r, p in Policies(health.router.routes, settings).table}
+    assert health_routes == {("/healthz", None), ("/readyz", None), ("/metrics", "admin")}
     assert valid_request_id("a-b.c:d_e") and not valid_request_id("a b")
+
+
+def test_connections_count_per_client_address_and_ipv6_per_64() -> None:
+    from gateway.api.server import client_group
+
+    assert client_group("127.0.0.1") == "127.0.0.1" != client_group("127.0.0.2")
+    assert client_group("::ffff:10.0.0.7") == "10.0.0.7"  # an IPv4 client over IPv6
+    # one host picks addresses from its /64 at will: they are one client
+    assert client_group("2001:db8:1:2::5") == client_group("2001:db8:1:2:ffff::9")
+    assert client_group("2001:db8:1:2::5") != client_group("2001:db8:1:3::5")
+    assert client_group(None) is None

@@ -13,7 +13,12 @@ that never completes, nor for a body that trickles in, nor a cap on open connect
   honest link is not. Time the server itself stops reading (flow control) is not counted;
 - **connections**: past ``max_connections`` open connections a new one gets 503 and is
   closed at once; a connection serves at most ``keepalive_max_requests`` requests and
-  idles at most ``keepalive_timeout_s`` between them.
+  idles at most ``keepalive_timeout_s`` between them;
+- **a share per client**: one client address (an IPv6 one by its /64) holds at most
+  ``max_connections_per_client`` of them, so that one client reopening idle connections
+  as they are cut cannot keep the cap full for everyone else. A trusted proxy
+  (``FACEREC_TRUSTED_PROXIES``: the load balancer, which limits its own clients) has no
+  share of its own.
 
 A connection upgraded to WebSocket leaves this protocol, and its timers with it (it still
 counts against ``max_connections``); the WebSocket protocol is ``websockets``' sans-I/O one,
@@ -23,11 +28,14 @@ which reads a connection's next message only once the application took the last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any, ClassVar
 
 import h11
@@ -47,6 +55,8 @@ class ConnectionLimits:
     body_min_rate: int = 16 * 1024
     keepalive_max_requests: int = 1000
     max_connections: int = 512
+    max_connections_per_client: int = 64
+    trusted: tuple[IPv4Network | IPv6Network, ...] = ()  # proxies: no share of their own
 
     @staticmethod
     def from_settings(settings: Settings) -> ConnectionLimits:
@@ -56,7 +66,35 @@ class ConnectionLimits:
             settings.body_min_rate,
             settings.keepalive_max_requests,
             settings.max_connections,
+            settings.max_connections_per_client,
+            tuple(_networks(settings.trusted_proxies)),
         )
+
+
+def _networks(listed: str) -> Iterator[IPv4Network | IPv6Network]:
+    """The addresses and networks of a comma-separated list (``*``: every address)."""
+    for item in (p.strip() for p in listed.split(",")):
+        if item == "*":
+            yield from (ip_network("0.0.0.0/0"), ip_network("::/0"))
+        elif item:
+            with contextlib.suppress(ValueError):  # a name, not an address: never matches
+                yield ip_network(item, strict=False)
+
+
+def client_group(host: str | None) -> str | None:
+    """What one client's connections count under: its address; an IPv6 address by its
+    /64 (one host is given a whole /64 to pick from). None for a socket without one."""
+    if not host:
+        return None
+    try:
+        address = ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d is the IPv4 client a.b.c.d
+            return str(address.ipv4_mapped)
+        return str(ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _raw_response(status: int, reason: str, code: str, message: str, retry: int | None) -> bytes:
@@ -77,6 +115,13 @@ TIMEOUT_408 = _raw_response(
 )
 FULL_503 = _raw_response(
     503, "Service Unavailable", "too_many_connections", "too many open connections", 1
+)
+CLIENT_FULL_503 = _raw_response(
+    503,
+    "Service Unavailable",
+    "too_many_client_connections",
+    "too many open connections from this address",
+    1,
 )
 
 
@@ -102,7 +147,30 @@ class GuardedH11Protocol(H11Protocol):
             transport.write(FULL_503)
             transport.close()
             return
+        if self._over_client_share():
+            log.warning("refused a connection: its client holds its share")
+            transport.write(CLIENT_FULL_503)
+            transport.close()
+            return
         self._arm_head()
+
+    def _over_client_share(self) -> bool:
+        """Whether this connection's client already held its share before it. Counted
+        over the server's open connections (WebSockets upgraded from this protocol
+        included: they keep their ``client``), so no count can drift."""
+        host = self.client[0] if self.client else None
+        group = client_group(host)
+        if group is None or self._trusted(host):
+            return False
+        held = sum(1 for c in self.connections if c is not self and client_group(_host(c)) == group)
+        return held >= self.limits.max_connections_per_client
+
+    def _trusted(self, host: str | None) -> bool:
+        try:
+            address = ip_address(host or "")
+        except ValueError:
+            return False
+        return any(address in network for network in self.limits.trusted)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
@@ -208,6 +276,11 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel(self._head_timer)
         self._cancel(self._body_timer)
         self._head_timer = self._body_timer = None
+
+
+def _host(protocol: Any) -> str | None:
+    client = getattr(protocol, "client", None)
+    return str(client[0]) if client else None
 
 
 def protocol_class(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
