@@ -112,9 +112,10 @@ class Settings(BaseSettings):
     identify_score: ScoreMethod = DEFAULT_SCORING.method  # subject score over its templates
     # -- video (README "Video"): WebSocket frames and server-side streams ------------------
     stream_max_connections: int = Field(default=16, ge=1)  # WebSockets open at once
+    stream_max_connections_per_key: int = Field(default=8, ge=1)  # one API key's share
     stream_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # one message
     stream_max_frame_pixels: int = Field(default=3840 * 2160, ge=10_000)  # one frame
-    stream_max_fps: float = Field(default=30.0, gt=0.0)  # frames a connection may send
+    stream_max_fps: float = Field(default=30.0, gt=0.0)  # messages a connection may send
     stream_auth_timeout_s: float = Field(default=10.0, gt=0.0)  # key in the first message
     stream_idle_timeout_s: float = Field(default=60.0, gt=0.0)  # no message for this long
     stream_send_timeout_s: float = Field(default=10.0, gt=0.0)  # a client not reading

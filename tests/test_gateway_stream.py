@@ -38,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 FPS = 10.0
 MAX_CONNECTIONS = 12
+PER_KEY = 8  # FACEREC_STREAM_MAX_CONNECTIONS_PER_KEY
 MAX_FPS = 1000
 PING_S = 3
 FRAME_KEYS = {"frame", "time", "faces", "dropped"}
@@ -64,6 +65,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, pipeline: FacePipeline) ->
     env = {
         "FACEREC_STREAM_ALLOWED_HOSTS": "127.0.0.1",
         "FACEREC_STREAM_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "FACEREC_STREAM_MAX_CONNECTIONS_PER_KEY": str(PER_KEY),
         "FACEREC_STREAM_MAX_FPS": str(MAX_FPS),
         "FACEREC_STREAM_AUTH_TIMEOUT_S": "2",
         "FACEREC_STREAM_SEND_TIMEOUT_S": "2",
@@ -534,11 +536,11 @@ def test_keys_are_checked_in_the_headers_and_in_the_first_message(
 
 
 def test_many_connections_at_once_and_beyond_the_limit(
-    service: Service, jpegs: list[bytes]
+    service: Service, jpegs: list[bytes], keys: dict[str, str]
 ) -> None:
-    """``MAX_CONNECTIONS`` clients send frames at once, each gets its own results; one
-    more is refused with 1013 while they are open; sockets dropped in the middle of a
-    frame free their slots."""
+    """``MAX_CONNECTIONS`` clients (of two keys, each within its share) send frames at
+    once, each gets its own results; one more is refused with 1013 while they are open;
+    sockets dropped in the middle of a frame free their slots."""
     for _ in range(3):  # cut off in the middle of a frame
         raw = RawClient(service, service.key)
         raw.read_message()
@@ -551,7 +553,7 @@ def test_many_connections_at_once_and_beyond_the_limit(
 
     def client(n: int) -> None:
         try:
-            with open_ws(service) as ws:
+            with open_ws(service, service.key if n < PER_KEY else keys["identify"]) as ws:
                 opened.wait(timeout=60)
                 frames = []
                 for k in range(4):
@@ -576,6 +578,62 @@ def test_many_connections_at_once_and_beyond_the_limit(
         t.join()
     assert not failures, failures
     assert results == {n: [0, 1, 2, 3] for n in range(MAX_CONNECTIONS)}
+
+
+def test_sockets_without_a_key_take_no_slot(service: Service, keys: dict[str, str]) -> None:
+    """Issue 19, high 1: more sockets than there are slots, open and silent (no key):
+    a caller with a key still gets a slot and is served; the silent ones are closed
+    1008 after the authentication timeout, holding nothing."""
+    squatters = [connect(ws_url(service)) for _ in range(MAX_CONNECTIONS + 4)]
+    try:
+        with open_ws(service, keys["identify"]) as ws:
+            ws.send(KERRY.read_bytes())
+            assert result_of(ws, 0)[0]["faces"]
+        for ws in squatters:
+            assert closed_with(ws, timeout=10)[:2] == (1008, "auth_timeout")
+    finally:
+        for ws in squatters:
+            ws.close()
+
+
+def test_one_key_holds_at_most_its_share_of_the_slots(
+    service: Service, keys: dict[str, str]
+) -> None:
+    """One key's sockets take at most ``PER_KEY`` slots (then 1013): another key is
+    served meanwhile."""
+    with contextlib.ExitStack() as stack:
+        for _ in range(PER_KEY):
+            stack.enter_context(open_ws(service, keys["identify"]))
+        with connect(ws_url(service), additional_headers={"X-API-Key": keys["identify"]}) as ws:
+            code, reason, messages = closed_with(ws)
+        assert (code, reason) == (1013, "too_many_connections")
+        assert "per API key" in messages[-1]["error"]["message"]
+        with open_ws(service) as ws:  # the admin key
+            ws.send(KERRY.read_bytes())
+            assert result_of(ws, 0)[0]["faces"]
+    with open_ws(service, keys["identify"]) as ws:  # the slots came back
+        ws.send(KERRY.read_bytes())
+        assert result_of(ws, 0)[0]["faces"]
+
+
+def test_text_messages_count_against_the_message_rate(
+    service: Service, keys: dict[str, str]
+) -> None:
+    """Issue 19, low 4: text messages (each answered with an error) are limited like
+    frames: a flood is closed 4429, and another client is served."""
+    with open_ws(service, keys["identify"]) as ws:
+        for _ in range(3 * MAX_FPS):
+            try:
+                ws.send("{}")
+            except ConnectionClosed:
+                break
+        code, reason, messages = closed_with(ws)
+    assert (code, reason) == (4429, "too_many_frames")
+    # one second's burst answered, and what the rate refilled meanwhile: not all 3,000
+    assert len(messages) < 2 * MAX_FPS
+    with open_ws(service) as ws:
+        ws.send(KERRY.read_bytes())
+        assert result_of(ws, 0)[0]["faces"]
 
 
 def test_a_client_that_stops_reading_is_let_go_and_others_are_served(service: Service) -> None:

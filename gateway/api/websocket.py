@@ -187,25 +187,35 @@ class Connected(NamedTuple):
 
 @contextlib.asynccontextmanager
 async def video_connection(websocket: WebSocket, role: str) -> AsyncIterator[Connected | None]:
-    """How every video WebSocket opens and ends: accept, take one of the service's video
-    connection slots (closing 1013 ``too_many_connections`` when all are taken), and
-    authenticate for ``role`` (:func:`authenticate`). Yields the connection, or None when
-    it was refused (already closed). A client that stops reading results
+    """How every video WebSocket opens and ends: accept, authenticate for ``role``
+    (:func:`authenticate`), then take one of the service's video connection slots for
+    the caller's key (closing 1013 ``too_many_connections`` when all are taken, or the
+    key holds its share). Slots go to authenticated callers only: sockets waiting to
+    send a key hold none (they are connections, bounded by the server's per-client share,
+    and closed after the auth timeout). Yields the connection, or None when it was
+    refused (already closed). A client that stops reading results
     (:class:`SendTimeoutError` out of the body) is closed 4408 ``client_not_reading``;
     the slot is released however the body ends."""
     video: VideoService = websocket.app.state.gateway.video
     channel = Channel(websocket, video.limits.send_timeout_s)
     await websocket.accept()
     try:
-        video.acquire()
+        caller = await authenticate(channel, role, video.limits.auth_timeout_s)
+    except SendTimeoutError:
+        await channel.close(TIMEOUT, "client_not_reading")
+        caller = None
+    if caller is None:
+        yield None
+        return
+    try:
+        video.acquire(caller.key_id)
     except TooManyConnectionsError as exc:
         await channel.close(TRY_LATER, exc.code, exc)
         yield None
         return
     try:
-        caller = await authenticate(channel, role, video.limits.auth_timeout_s)
-        yield None if caller is None else Connected(channel, caller)
+        yield Connected(channel, caller)
     except SendTimeoutError:
         await channel.close(TIMEOUT, "client_not_reading")
     finally:
-        video.release()
+        video.release(caller.key_id)

@@ -54,8 +54,9 @@ class TooManyConnectionsError(FaceRecError):
 @dataclass(frozen=True)
 class LiveLimits:
     """Per connection: ``max_frame_bytes`` (one message), ``max_frame_pixels`` (one frame,
-    from its header), ``max_fps`` (frames a client may send per second, a burst of one
-    second allowed); in all: ``max_connections`` open at once. Timeouts in seconds: the
+    from its header), ``max_fps`` (messages, frames or text, a client may send per second,
+    a burst of one second allowed); in all: ``max_connections`` open at once, of which one
+    API key holds at most ``max_connections_per_key``. Timeouts in seconds: the
     key in the first message (``auth_timeout_s``), no message at all (``idle_timeout_s``),
     a result the client does not take (``send_timeout_s``)."""
 
@@ -66,6 +67,7 @@ class LiveLimits:
     auth_timeout_s: float = 10.0
     idle_timeout_s: float = 60.0
     send_timeout_s: float = 10.0
+    max_connections_per_key: int = 8
 
     @staticmethod
     def from_settings(settings: Settings) -> LiveLimits:
@@ -77,6 +79,7 @@ class LiveLimits:
             settings.stream_auth_timeout_s,
             settings.stream_idle_timeout_s,
             settings.stream_send_timeout_s,
+            settings.stream_max_connections_per_key,
         )
 
 
@@ -178,25 +181,38 @@ class VideoService:
         # connections never take the threads that REST requests run in.
         self.executor = ThreadPoolExecutor(limits.max_connections, thread_name_prefix="live")
         self._open = 0
+        self._per_key: dict[str | None, int] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
 
     # -- connections --------------------------------------------------------------------------
-    def acquire(self) -> None:
-        """Take a connection slot, or :class:`TooManyConnectionsError`."""
+    def acquire(self, key_id: str | None) -> None:
+        """Take a connection slot for an authenticated caller's key, or
+        :class:`TooManyConnectionsError` (all slots taken, or the key's share)."""
         with self._lock:
             if self._open >= self.limits.max_connections:
                 raise TooManyConnectionsError(
                     f"at most {self.limits.max_connections} video connections at once",
                     retry_after=1,
                 )
+            held = self._per_key.get(key_id, 0)
+            if key_id is not None and held >= self.limits.max_connections_per_key:
+                raise TooManyConnectionsError(
+                    f"at most {self.limits.max_connections_per_key} video connections at "
+                    "once per API key",
+                    retry_after=1,
+                )
             self._open += 1
+            self._per_key[key_id] = held + 1
 
-    def release(self) -> None:
+    def release(self, key_id: str | None) -> None:
         with self._lock:
             self._open = max(0, self._open - 1)
+            held = self._per_key.pop(key_id, 0) - 1
+            if held > 0:
+                self._per_key[key_id] = held
 
     @property
     def connections(self) -> int:

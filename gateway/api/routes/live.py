@@ -135,22 +135,22 @@ class LiveConnection:
             if data is None and _is_end(message.get("text")):
                 self._stop(NORMAL, "end")  # the remaining track events, then close
                 return
+            if data is not None and len(data) > self.limits.max_frame_bytes:
+                self._stop(TOO_BIG, "frame_too_large")  # the server's max_size did not apply
+                return
+            if not self.take():  # every message counts, text too: each costs an answer
+                error = FaceRecError(
+                    f"at most {self.limits.max_fps:g} messages a second",
+                    code="too_many_frames",
+                )
+                self._stop(TOO_MANY_FRAMES, error.code, error)
+                return
             if data is None:
                 invalid = InvalidArgumentError(
                     "send frames as binary messages (JPEG or PNG)", code="invalid_message"
                 )
                 await self.channel.send(error_doc(invalid))
                 continue
-            if len(data) > self.limits.max_frame_bytes:  # the server's max_size did not apply
-                self._stop(TOO_BIG, "frame_too_large")
-                return
-            if not self.take():
-                error = FaceRecError(
-                    f"at most {self.limits.max_fps:g} frames a second",
-                    code="too_many_frames",
-                )
-                self._stop(TOO_MANY_FRAMES, error.code, error)
-                return
             if self.slot is not None:
                 self.dropped += 1
             self.slot = (data, self.received, time.monotonic() - self.start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from gateway.api.websocket import (
     INVALID_REQUEST,
     NORMAL,
     NOT_FOUND,
+    TOO_MANY_FRAMES,
     Channel,
     role_marker,
     video_connection,
@@ -124,10 +126,12 @@ def stop_stream(stream_id: str, streams: StreamsDep, caller: AdminCaller) -> Res
     return Response(status_code=204)
 
 
-async def _follow(channel: Channel, streams: StreamService, stream_id: str, after: int) -> None:
+async def _follow(
+    channel: Channel, streams: StreamService, stream_id: str, after: int, take: Callable[[], bool]
+) -> None:
     """Send the stored events after ``after`` as they come (read every ``POLL_S``), until
     the stream ends or is deleted, or the client goes."""
-    gone = asyncio.create_task(_until_disconnect(channel))
+    gone = asyncio.create_task(_until_disconnect(channel, take))
     try:
         while not gone.done():
             items = await run_in_threadpool(streams.streams.events, stream_id, after)
@@ -151,11 +155,17 @@ async def _follow(channel: Channel, streams: StreamService, stream_id: str, afte
             await gone
 
 
-async def _until_disconnect(channel: Channel) -> None:
+async def _until_disconnect(channel: Channel, take: Callable[[], bool]) -> None:
+    """Wait for the client to go; messages it sends mean nothing here and are limited
+    like a live stream's (4429 past ``FACEREC_STREAM_MAX_FPS`` a second)."""
     while True:
         message = await channel.ws.receive()
         if message["type"] == "websocket.disconnect":
             channel.closed = True
+            return
+        if not take():
+            error = FaceRecError("this socket only sends; stop sending", code="too_many_frames")
+            await channel.close(TOO_MANY_FRAMES, error.code, error)
             return
 
 
@@ -185,4 +195,4 @@ async def stream_events(websocket: WebSocket, stream_id: str) -> None:
             )
             await channel.close(INVALID_REQUEST, "invalid_request", error)
             return
-        await _follow(channel, gateway.streams, stream_id, after)
+        await _follow(channel, gateway.streams, stream_id, after, gateway.video.rate_limiter())
