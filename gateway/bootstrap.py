@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from facerec.batching import MicroBatcher
-from facerec.imaging.budget import PixelBudget
+from facerec.imaging.budget import DecodeBudget
 from facerec.imaging.decode import DecodeLimits
 from facerec.matching import Scoring
 from facerec.models import load_model_card
@@ -245,12 +245,16 @@ def open_gateway(
         pipe,
         batcher,
         admin.audit_log,
-        DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
+        DecodeLimits(
+            max_bytes=settings.max_upload_bytes,
+            max_pixels=settings.max_image_pixels,
+            max_decode_bytes=settings.max_decode_bytes_in_flight,
+        ),
         store_images=settings.store_images,
         gates=enrolment_gates(settings),
         fpir=settings.identify_fpir,
         scoring=Scoring(settings.identify_score),
-        budget=PixelBudget(settings.max_pixels_in_flight, wait=settings.busy_wait_s),
+        budget=DecodeBudget(settings.max_decode_bytes_in_flight, wait=settings.busy_wait_s),
         trim_after_pixels=settings.trim_after_pixels,
     )
     limits = JobLimits(

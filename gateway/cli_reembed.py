@@ -46,7 +46,11 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     )
     db = open_database(settings)
     gallery = open_gallery(settings, db, pipeline.card.embedding_size, pipeline.model_id)
-    limits = DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
+    limits = DecodeLimits(
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_decode_bytes=settings.max_decode_bytes_in_flight,
+    )
     audit = open_audit(settings, db)
     show = sys.stderr.isatty() and not args.json
     bar = tqdm(unit="face", disable=not show, leave=False, desc="reembed")

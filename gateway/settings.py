@@ -63,9 +63,10 @@ class Settings(BaseSettings):
     max_archive_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)  # POST /v1/jobs
     max_body_bytes_in_flight: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     max_batch_images: int = Field(default=32, ge=1)  # POST /v1/batch/identify
-    # -- pixels: per image, and decoded at once across requests ---------------------------
+    # -- images: pixels of one, and decoding's memory across requests ---------------------
     max_image_pixels: int = Field(default=40_000_000, ge=10_000)
-    max_pixels_in_flight: int = Field(default=60_000_000, ge=10_000)
+    # what decoding may allocate, for all images at once (and so for one): 640 MiB
+    max_decode_bytes_in_flight: int = Field(default=640 * 1024 * 1024, ge=1024 * 1024)
     busy_wait_s: float = Field(default=10.0, ge=0.0)  # queue this long for pixels, then 503
     trim_after_pixels: int = Field(default=4_000_000, ge=0)  # malloc_trim after; 0: never
     # -- asynchronous jobs ----------------------------------------------------------------

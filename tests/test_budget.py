@@ -1,4 +1,4 @@
-"""The shared pixel budget: concurrent reservations never exceed it; a full budget queues,
+"""The shared decode budget: concurrent reservations never exceed it; a full budget queues,
 then refuses with a retriable ``busy``."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from facerec.imaging.budget import BusyError, PixelBudget
+from facerec.imaging.budget import BusyError, DecodeBudget
 
 
 def test_reservations_add_up_and_release() -> None:
-    budget = PixelBudget(100, wait=0.0)
+    budget = DecodeBudget(100, wait=0.0)
     with budget.reserve(60):
         assert budget.used == 60
         with budget.reserve(40):
@@ -21,7 +21,7 @@ def test_reservations_add_up_and_release() -> None:
 
 
 def test_full_budget_refuses_with_busy_after_waiting() -> None:
-    budget = PixelBudget(100, wait=0.05)
+    budget = DecodeBudget(100, wait=0.05)
     with budget.reserve(80), pytest.raises(BusyError) as info, budget.reserve(30):
         pass
     assert info.value.code == "busy" and info.value.http_status == 503
@@ -30,7 +30,7 @@ def test_full_budget_refuses_with_busy_after_waiting() -> None:
 
 
 def test_waiting_reservation_proceeds_when_room_is_freed() -> None:
-    budget = PixelBudget(100, wait=30.0)
+    budget = DecodeBudget(100, wait=30.0)
     holding, release, done = threading.Event(), threading.Event(), threading.Event()
     seen: list[int] = []
 
@@ -58,7 +58,7 @@ def test_waiting_reservation_proceeds_when_room_is_freed() -> None:
 
 
 def test_oversized_reservation_waits_for_the_whole_budget() -> None:
-    budget = PixelBudget(100, wait=0.0)
+    budget = DecodeBudget(100, wait=0.0)
     with budget.reserve(500):
         assert budget.used == 100
     with budget.reserve(60), pytest.raises(BusyError), budget.reserve(500):

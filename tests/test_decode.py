@@ -12,7 +12,15 @@ from PIL import Image
 
 from conftest import lfw_path
 from facerec.errors import ImageError
-from facerec.imaging.decode import DecodeLimits, ImageInfo, decode_image, probe_image, read_image
+from facerec.imaging.decode import (
+    DECODE_BYTES_PER_PIXEL,
+    DecodeLimits,
+    ImageInfo,
+    decode_cost,
+    decode_image,
+    probe_image,
+    read_image,
+)
 
 
 def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -157,3 +165,32 @@ def test_small_jpeg_claiming_a_huge_frame_is_truncated_from_the_header() -> None
 
 def test_arithmetic_coded_jpeg_is_unsupported() -> None:
     assert code_of(_claiming(64, 64, sof=0xC9)) == "unsupported_format"
+
+
+def test_decoding_is_counted_in_bytes_by_channels_and_depth() -> None:
+    """What the decode budget reserves comes from the header: pixels times the bytes
+    the layout takes through decoding (perf/decode_memory.py measures them)."""
+    side = 64
+    grey = probe_image(encode(Image.new("L", (side, side)), "PNG"))
+    rgb = probe_image(encode(Image.new("RGB", (side, side)), "JPEG"))
+    rgba = probe_image(encode(Image.new("RGBA", (side, side)), "PNG"))
+    palette = Image.new("P", (side, side))
+    keyed = probe_image(encode(palette, "PNG", transparency=0))
+    assert (grey.mode, rgb.mode, rgba.mode, keyed.mode) == ("L", "RGB", "RGBA", "P")
+    assert keyed.transparent and not probe_image(encode(palette, "PNG")).transparent
+    costs = [decode_cost(i) for i in (grey, rgb, rgba)]
+    assert costs == sorted(costs) and costs[0] < costs[2]
+    assert decode_cost(keyed) == decode_cost(rgba)  # composited like RGBA
+    # a mode the table does not know counts as the most expensive one
+    assert decode_cost(ImageInfo("X", side, side, "BGR;24")) == side * side * max(
+        DECODE_BYTES_PER_PIXEL.values()
+    )
+    # every layout decode_image turns into RGB is priced
+    for mode in ("1", "L", "P", "RGB", "CMYK", "RGBA", "LA", "I;16", "I", "F", "YCbCr"):
+        assert mode in DECODE_BYTES_PER_PIXEL
+    # the per-image limit refuses from the header, naming the layout
+    limits = DecodeLimits(max_decode_bytes=decode_cost(rgb))
+    assert decode_image(encode(Image.new("RGB", (side, side)), "JPEG"), limits).shape[2] == 3
+    with pytest.raises(ImageError) as info:
+        decode_image(encode(Image.new("RGBA", (side, side)), "PNG"), limits)
+    assert info.value.code == "image_too_large" and "RGBA" in info.value.message

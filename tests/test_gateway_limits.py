@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 
 from apiclient import zip_of
 from conftest import GALLERY
+from facerec.imaging.decode import DECODE_BYTES_PER_PIXEL
 from gateway.bootstrap import open_audit, open_database
 from gateway.settings import Settings
 from servers import Service, start_gateway, stop_gateway
@@ -249,8 +250,8 @@ def claimed_size_jpeg(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("storage", ["embedded"], indirect=True)
 def test_small_files_claiming_huge_frames_and_concurrent_large_images(serve: Any) -> None:
-    big = 2000 * 2000
-    service = serve(FACEREC_MAX_PIXELS_IN_FLIGHT=str(big + big // 2), FACEREC_BUSY_WAIT_S="0")
+    big = 2000 * 2000 * DECODE_BYTES_PER_PIXEL["RGB"]  # what decoding one large JPEG takes
+    service = serve(FACEREC_MAX_DECODE_BYTES_IN_FLIGHT=str(big + big // 2), FACEREC_BUSY_WAIT_S="0")
     hostile = claimed_size_jpeg(6000, 6000)
     assert len(hostile) < 10_000
     with service.client() as c:
@@ -275,7 +276,25 @@ def test_small_files_claiming_huge_frames_and_concurrent_large_images(serve: Any
     statuses = sorted(r.status_code for r in answers)
     assert set(statuses) <= {200, 503} and 200 in statuses, statuses
     busy = [r for r in answers if r.status_code == 503]
-    assert busy, "six 4-MP images at once in a 6-MP budget: some must be told to retry"
+    assert busy, "six 4-MP images at once in a budget of 1.5: some must be told to retry"
     for r in busy:
         assert r.json()["error"]["code"] == "busy" and int(r.headers["retry-after"]) >= 1
     assert detect(0).status_code == 200  # the budget is whole again afterwards
+
+    # Issue 19, medium 1: channels and depth count. A compressible RGBA PNG (a few KB)
+    # with 40 % more pixels than the JPEGs above costs more than the whole budget to
+    # decode and is refused from its header; an RGB JPEG of the same size is served.
+    side = 2400
+    assert side * side * DECODE_BYTES_PER_PIXEL["RGBA"] > big + big // 2
+    assert side * side * DECODE_BYTES_PER_PIXEL["RGB"] < big + big // 2
+    flat = io.BytesIO()
+    Image.new("RGBA", (side, side), (90, 90, 90, 255)).save(flat, "PNG")
+    assert len(flat.getvalue()) < 100_000
+    with service.client() as c:
+        r = c.post("/v1/detect", files={"image": ("flat.png", flat.getvalue(), "image/png")})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "image_too_large"
+        assert "RGBA" in r.json()["error"]["message"]
+        same = io.BytesIO()
+        face.resize((side, side)).save(same, "JPEG", quality=90)
+        r = c.post("/v1/detect", files={"image": ("rgb.jpg", same.getvalue(), "image/jpeg")})
+        assert r.status_code == 200

@@ -1,10 +1,12 @@
-"""A budget of pixels that may be decoded at once, shared by everything in flight.
+"""A budget of memory that decoding may take at once, shared by everything in flight.
 
 Each request checks its own image against the per-image limits, but N concurrent requests
-would still hold N frames. A :class:`PixelBudget` makes the total bounded: a caller reserves
-an image's pixels (read from the header with :func:`facerec.imaging.decode.probe_image`)
-before decoding it and releases them when it is done with the frame. When the budget is
-spent, callers wait up to ``wait`` seconds for room, then get a retriable ``busy`` error.
+would still hold N frames. A :class:`DecodeBudget` makes the total bounded: a caller
+reserves what decoding an image costs (counted from its header by
+:func:`facerec.imaging.decode.decode_cost`: pixels times the bytes its channels and depth
+take through decoding) before decoding it, and releases it when it is done with the
+frame. When the budget is spent, callers wait up to ``wait`` seconds for room, then get a
+retriable ``busy`` error.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ class BusyError(FaceRecError):
     retriable = True
 
 
-class PixelBudget:
-    """At most ``total`` pixels reserved at any time across threads.
+class DecodeBudget:
+    """At most ``total`` bytes reserved at any time across threads.
 
     ``wait``: how long :meth:`reserve` waits for room before raising :class:`BusyError`.
     A single reservation larger than ``total`` waits for the whole budget (so one large
@@ -35,7 +37,7 @@ class PixelBudget:
 
     def __init__(self, total: int, wait: float = 10.0) -> None:
         if total <= 0:
-            raise ValueError("a pixel budget must be positive")
+            raise ValueError("a decode budget must be positive")
         self.total = total
         self.wait = wait
         self._used = 0
@@ -47,9 +49,9 @@ class PixelBudget:
             return self._used
 
     @contextmanager
-    def reserve(self, pixels: int) -> Iterator[None]:
-        """Hold ``pixels`` of the budget for the duration of the ``with`` block."""
-        need = min(max(pixels, 0), self.total)
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        """Hold ``nbytes`` of the budget for the duration of the ``with`` block."""
+        need = min(max(nbytes, 0), self.total)
         deadline = time.monotonic() + self.wait
         with self._cond:
             while self._used + need > self.total:

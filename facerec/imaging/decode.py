@@ -42,12 +42,15 @@ class DecodeLimits:
 
     ``bomb_ratio``: a frame with more than this many pixels per byte of file, and over
     ``max_pixels``, is reported as a decompression bomb rather than merely too large.
+    ``max_decode_bytes``: the most memory decoding one image may take at its peak, as
+    :func:`decode_cost` counts it from the header (channels and depth included).
     """
 
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     min_side: int = 12
     bomb_ratio: int = 1000
+    max_decode_bytes: int | None = None  # what decoding may allocate (decode_cost)
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -128,18 +131,36 @@ def _check_jpeg_data(data: bytes, width: int, height: int) -> None:
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> contiguous ``uint8[H, W, 3]``; 16-bit and float are rescaled."""
+    """Any Pillow mode -> contiguous ``uint8[H, W, 3]``; 16-bit and float are rescaled.
+
+    Written for memory, not brevity: no copy of a frame that is already RGB, arithmetic in
+    place, and alpha composited into one RGB frame (what each layout costs at its peak is
+    :data:`DECODE_BYTES_PER_PIXEL`, measured by ``perf/decode_memory.py``)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float32)
+        if not arr.flags.writeable:
+            arr = arr.copy()
         top = 65535.0 if img.mode.startswith("I;16") or float(arr.max(initial=0)) > 255 else 255.0
-        gray = np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+        np.multiply(arr, 255.0 / top, out=arr)
+        arr += 0.5
+        np.clip(arr, 0, 255, out=arr)
+        gray = arr.astype(np.uint8)
+        del arr
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite on white, the way a viewer shows it, instead of exposing hidden pixels.
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+        background.alpha_composite(rgba)  # in place
+        del rgba
+        img = background.convert("RGB")
+        del background
+    elif img.mode == "L":  # grey to RGB without Pillow's 4-byte frame
+        gray = np.asarray(img, dtype=np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
 @dataclass(frozen=True)
@@ -149,10 +170,48 @@ class ImageInfo:
     format: str
     width: int
     height: int
+    mode: str = "RGB"  # Pillow's, from the header: channels and depth
+    transparent: bool = False  # a palette image with a transparent colour (composited)
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+
+DECODE_BYTES_PER_PIXEL = {
+    # Peak bytes per pixel that decode_image allocates for a frame held in this Pillow
+    # mode, above what it held before: Pillow's own frame (RGB and CMYK take 4 bytes a
+    # pixel in it), the conversion to RGB, and the copy numpy's array interface makes.
+    # Measured by perf/decode_memory.py (3000x3000 images), rounded up with a byte of
+    # margin; the result, uint8 RGB (3 bytes a pixel), is included.
+    "1": 12,
+    "L": 7,
+    "P": 12,
+    "RGB": 11,
+    "YCbCr": 15,
+    "CMYK": 15,
+    "RGBA": 15,
+    "LA": 17,
+    "PA": 17,
+    "I;16": 9,
+    "I;16B": 9,
+    "I;16L": 9,
+    "I;16N": 9,
+    "I": 13,
+    "F": 13,
+}
+_WORST_BYTES_PER_PIXEL = max(DECODE_BYTES_PER_PIXEL.values())
+
+
+def decode_cost(info: ImageInfo) -> int:
+    """The memory :func:`decode_image` takes at its peak for this image, in bytes, from
+    its header: pixels times :data:`DECODE_BYTES_PER_PIXEL` of its mode (an unlisted mode
+    counts as the most expensive one). A transparent palette image is composited like
+    RGBA."""
+    per_pixel = DECODE_BYTES_PER_PIXEL.get(info.mode, _WORST_BYTES_PER_PIXEL)
+    if info.transparent:
+        per_pixel = max(per_pixel, DECODE_BYTES_PER_PIXEL["RGBA"])
+    return info.pixels * per_pixel
 
 
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
@@ -191,10 +250,30 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         _check_size(img.width, img.height, len(data), limits)
         if img.format in ("JPEG", "MPO"):
             _check_jpeg_data(data, img.width, img.height)
+        _check_cost(_info(img), limits)
     except BaseException:
         img.close()
         raise
     return img
+
+
+def _info(img: Image.Image) -> ImageInfo:
+    transparent = img.mode == "P" and "transparency" in img.info
+    return ImageInfo(str(img.format), img.width, img.height, img.mode, transparent)
+
+
+def _check_cost(info: ImageInfo, limits: DecodeLimits) -> None:
+    cost = decode_cost(info)
+    if limits.max_decode_bytes is not None and cost > limits.max_decode_bytes:
+        mib = 1024 * 1024
+        raise ImageError(
+            f"decoding this {info.width}x{info.height} {info.mode} image takes about "
+            f"{cost // mib} MiB; the limit is {limits.max_decode_bytes // mib} MiB",
+            code="image_too_large",
+            width=info.width,
+            height=info.height,
+            mode=info.mode,
+        )
 
 
 def probe_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> ImageInfo:
@@ -205,7 +284,7 @@ def probe_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> ImageInfo
     frame before decoding it.
     """
     with _open(data, limits) as img:
-        return ImageInfo(str(img.format), img.width, img.height)
+        return _info(img)
 
 
 def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
@@ -220,8 +299,8 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
         try:
             img.seek(0)
             img.load()
-            oriented = ImageOps.exif_transpose(img) or img
-            rgb = _to_rgb(oriented)
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when upright
+            rgb = _to_rgb(img)
         except OSError as exc:
             text = str(exc).lower()
             code = "truncated_image" if "truncat" in text or "broken" in text else "corrupt_image"

@@ -20,9 +20,15 @@ from typing import Any
 import numpy as np
 
 from facerec.batching import MicroBatcher
-from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
-from facerec.imaging.budget import PixelBudget
-from facerec.imaging.decode import DecodeLimits, decode_image, probe_image
+from facerec.errors import FaceRecError, ImageError, InvalidArgumentError, NoFaceError
+from facerec.imaging.budget import DecodeBudget
+from facerec.imaging.decode import (
+    DecodeLimits,
+    ImageInfo,
+    decode_cost,
+    decode_image,
+    probe_image,
+)
 from facerec.matching import (
     DEFAULT_SCORING,
     Candidate,
@@ -85,14 +91,16 @@ class FaceService:
         audit_log: AuditLog,
         limits: DecodeLimits,
         store_images: bool = False,
-        budget: PixelBudget | None = None,
+        budget: DecodeBudget | None = None,
         trim_after_pixels: int = 0,
         gates: EnrolmentGates = DEFAULT_GATES,
         fpir: float = DEFAULT_FPIR,
         scoring: Scoring = DEFAULT_SCORING,
     ) -> None:
         self.db, self.gallery, self.pipeline, self.batcher = db, gallery, pipeline, batcher
-        self.budget = budget or PixelBudget(10 * limits.max_pixels)
+        self.budget = budget or DecodeBudget(
+            limits.max_decode_bytes or 10 * decode_cost(ImageInfo("", limits.max_pixels, 1))
+        )
         self.trim_after_pixels = trim_after_pixels
         self.index = gallery.index
         self.model_id = gallery.model_id  # the identity of the model templates are of
@@ -133,22 +141,39 @@ class FaceService:
         return Readiness(checks, {"id": self.model_id})
 
     @contextmanager
-    def _decoded(self, data: bytes) -> Iterator[np.ndarray]:
-        """One upload decoded to RGB uint8[H, W, 3]. The header is checked first (a file too
-        short for its frame is ``truncated_image``); then the frame's pixels are reserved
-        in the budget shared by every request in flight, until the block ends, so
-        concurrent large images wait (or get 503 ``busy``) instead of adding up."""
-        pixels = probe_image(data, self.limits).pixels
+    def decoded(
+        self,
+        data: bytes,
+        limits: DecodeLimits | None = None,
+        formats: frozenset[str] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """One image (an upload, a video frame) decoded to RGB uint8[H, W, 3], the one way
+        every route and the video path decode. The header is checked first against
+        ``limits`` (the service's by default; a file too short for its frame is
+        ``truncated_image``; a format outside ``formats``, when given, is
+        ``unsupported_format``); then what decoding it costs (:func:`decode_cost`:
+        channels and depth counted) is reserved in the budget shared by every request and
+        frame in flight, until the block ends, so concurrent large images wait (or get
+        503 ``busy``) instead of adding up; after a large one, freed memory goes back to
+        the system."""
+        limits = limits or self.limits
+        info = probe_image(data, limits)
+        if formats is not None and info.format not in formats:
+            raise ImageError(
+                f"send {' or '.join(sorted(formats))}, not {info.format}",
+                code="unsupported_format",
+                format=info.format,
+            )
         try:
-            with self.budget.reserve(pixels):
-                yield decode_image(data, self.limits)
+            with self.budget.reserve(decode_cost(info)):
+                yield decode_image(data, limits)
         finally:
-            if self.trim_after_pixels and pixels >= self.trim_after_pixels:
+            if self.trim_after_pixels and info.pixels >= self.trim_after_pixels:
                 release_memory()
 
     def _analyze(self, data: bytes, primary_only: bool = False) -> ImageFaces:
-        """Decode and analyse one upload (within the pixel budget, see :meth:`_decoded`)."""
-        with self._decoded(data) as image:
+        """Decode and analyse one upload (within the decode budget, see :meth:`decoded`)."""
+        with self.decoded(data) as image:
             return self.batcher.analyze(image, primary_only)
 
     def analyze_many(
@@ -317,7 +342,7 @@ class FaceService:
         """Decode one upload, choose its face, refuse it at the quality gates (before
         embedding), then embed it: everything that does not need the subject's templates."""
         try:
-            with self._decoded(upload.data) as image:
+            with self.decoded(upload.data) as image:
                 detections = self.batcher.detect(image)
                 height, width = image.shape[:2]
                 k = choose_face(detections, height, width, choice)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from facerec.errors import FaceRecError, InvalidArgumentError
-from facerec.imaging.decode import DecodeLimits, decode_image, probe_image
+from facerec.imaging.decode import DecodeLimits
 from facerec.matching import Candidate
 from facerec.openset import OperatingPoint
 from facerec.video import FrameResult, StreamAnalyzer, TrackEvent, VideoConfig
@@ -37,7 +37,7 @@ from gateway.service.matching import privileged
 from gateway.service.types import Caller
 from gateway.settings import Settings
 
-FRAME_FORMATS = ("JPEG", "PNG")
+FRAME_FORMATS = frozenset({"JPEG", "PNG"})
 AUDITED_EVENTS = {"identified": "stream_identified", "track_ended": "stream_track_ended"}
 # Frame errors that are limits: the connection is closed (see gateway.api.routes.live).
 LIMIT_CODES = frozenset({"image_too_large", "decompression_bomb", "file_too_large"})
@@ -175,7 +175,9 @@ class VideoService:
         self.faces, self.limits = faces, limits
         self.names = SubjectNames(faces)
         self.decode_limits = DecodeLimits(
-            max_bytes=limits.max_frame_bytes, max_pixels=limits.max_frame_pixels
+            max_bytes=limits.max_frame_bytes,
+            max_pixels=limits.max_frame_pixels,
+            max_decode_bytes=faces.limits.max_decode_bytes,
         )
         # Frames are analysed here, not in the event loop's default pool, so that video
         # connections never take the threads that REST requests run in.
@@ -314,20 +316,15 @@ class LiveSession:
     def process(self, data: bytes, frame: int, t: float, dropped: int) -> list[dict[str, Any]]:
         """The messages for one frame (JPEG or PNG bytes): its result, then its events.
 
-        The header is checked first (format, pixels: no pixel decoded for a frame over the
-        limits); the frame's pixels are then reserved in the service's pixel budget, shared
-        with every request, until its analysis is done. Raises the image codes of
+        Decoded as every upload is (:meth:`FaceService.decoded`): the header checked first
+        (format, pixels: no pixel decoded for a frame over the limits), what decoding it
+        costs reserved in the budget shared with every request until its analysis is
+        done, and memory given back after a large frame. Raises the image codes of
         :func:`~facerec.imaging.decode.decode_image`, ``unsupported_format`` for an image
         that is not JPEG or PNG, ``busy`` when the budget stays full."""
-        faces = self.video.faces
-        info = probe_image(data, self.video.decode_limits)
-        if info.format not in FRAME_FORMATS:
-            raise InvalidArgumentError(
-                f"frames must be JPEG or PNG, not {info.format}", code="unsupported_format"
-            )
-        with faces.budget.reserve(info.pixels):
-            image = decode_image(data, self.video.decode_limits)
+        with self.video.faces.decoded(data, self.video.decode_limits, FRAME_FORMATS) as image:
             result = self.analyzer.process(image, frame, t, dropped)
+            del image
         self._last = (frame, t)
         self.video.audit(result.events, self.caller, self.analyzer)
         return self.video.messages(result, result.events, self.caller)
