@@ -264,6 +264,8 @@ def open_gateway(
         settings.max_jobs_queued_per_key,
         settings.max_jobs_queued,
         settings.max_spool_bytes,
+        settings.max_job_pixels,
+        settings.max_job_pixels_per_key,
     )
     jobs = JobService(db.jobs, service, limits)
     runner = None

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     max_jobs_queued_per_key: int = Field(default=4, ge=1)
     max_jobs_queued: int = Field(default=32, ge=1)
     max_spool_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=1024 * 1024)  # stored
+    # work, as pixels (from each image's header): one job, and one key's active jobs
+    max_job_pixels: int = Field(default=8_000_000_000, ge=1_000_000)
+    max_job_pixels_per_key: int = Field(default=16_000_000_000, ge=1_000_000)
     # -- workers (README "Scaling out"): jobs and server-side streams ----------------------
     workers: bool = True  # run job and stream workers in this process (serve --no-workers)
     job_workers: int = Field(default=1, ge=1, le=64)  # job threads per worker process

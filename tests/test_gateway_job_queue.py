@@ -160,6 +160,32 @@ def test_stored_inputs_are_bounded_in_bytes_across_jobs(replicas: list[JobReposi
     assert full.value.which == "bytes"
 
 
+def test_a_keys_work_is_bounded_across_its_jobs_and_replicas(
+    replicas: list[JobRepository],
+) -> None:
+    """Issue 19, high 4: the pixels of one key's active jobs are bounded together, across
+    replicas; another key submits meanwhile; a finished job's work no longer counts."""
+    a, b, _ = replicas
+
+    def start(repo: JobRepository, key: str, pixels: int) -> str:
+        job = repo.create("identify", key, "default", {}, bytes(32), 10, 100, 60)
+        sealed = seal_record(bytes(32), b"img", input_context(job.id, 0))
+        repo.add_input(job.id, 0, "0.png", 3, sealed, 10**9, 60, pixels, 100_000_000)
+        return job.id
+
+    first = start(a, "k1", 60_000_000)
+    a.enqueue(first, 1)
+    with pytest.raises(QueueFullError) as full:  # the other replica sees k1's first job
+        start(b, "k1", 60_000_000)
+    assert full.value.which == "work"
+    other = start(b, "k2", 60_000_000)  # another key has its own share
+    b.enqueue(other, 1)
+    while (claim := a.claim("worker", lease_s=30)) is not None:  # both jobs run
+        assert a.finish(claim, "done")
+    assert a.get(first).status == "done"
+    b.enqueue(start(b, "k1", 60_000_000), 1)  # the finished job's work is done
+
+
 def test_cancelled_jobs_stop_their_worker_and_lose_their_inputs(
     replicas: list[JobRepository],
 ) -> None:

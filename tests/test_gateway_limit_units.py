@@ -12,6 +12,7 @@ import zipfile
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from facerec.errors import FaceRecError
 from gateway.api.policy import Policies, valid_request_id
@@ -125,15 +126,39 @@ def test_job_totals_and_counts_are_refused_before_spooling_past_them() -> None:
             z.writestr(f"{i}.jpg", b"x" * 1000)
     upload = Upload("a.zip", out.getvalue())
     kept: list[tuple[int, str, bytes]] = []
-    sink = ImageSink(lambda i, name, data: kept.append((i, name, data)))
+    sink = ImageSink(lambda i, name, data, _: kept.append((i, name, data)))
     with pytest.raises(FaceRecError) as caught:
         spool_uploads([upload], sink, JobLimits(max_files=4))
     assert caught.value.code == "too_many_files" and sink.count == 0 and not kept
-    sink = ImageSink(lambda i, name, data: kept.append((i, name, data)))
+    sink = ImageSink(lambda i, name, data, _: kept.append((i, name, data)))
     with pytest.raises(FaceRecError) as caught:
         spool_uploads([upload], sink, JobLimits(max_inflated_bytes=2500))
     assert caught.value.code == "archive_too_large" and sink.count == 2
     assert [(i, n) for i, n, _ in kept] == [(0, "a.zip/0.jpg"), (1, "a.zip/1.jpg")]
+
+
+def test_a_jobs_work_is_counted_from_the_headers_and_bounded() -> None:
+    """Issue 19, high 4: highly compressible large images (a few KB of zip for 40 M
+    pixels each) are counted by the pixels they declare; past the job's bound the job is
+    refused, with nothing more inflated."""
+    flat = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (80, 80, 80)).save(flat, "PNG")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(5):
+            z.writestr(f"{i}.png", flat.getvalue())
+        z.writestr("junk.jpg", b"not an image")
+    upload = Upload("flat.zip", out.getvalue())
+    assert len(upload.data) < 200_000
+    counted: list[int] = []
+    sink = ImageSink(lambda *args: counted.append(args[3]))
+    spool_uploads([upload], sink, JobLimits())
+    assert counted == [6_000_000] * 5 + [0] and sink.pixels == 30_000_000
+    sink = ImageSink(lambda *args: counted.append(args[3]))
+    with pytest.raises(FaceRecError) as caught:
+        spool_uploads([upload], sink, JobLimits(max_job_pixels=15_000_000))
+    assert caught.value.code == "job_too_large" and caught.value.http_status == 413
+    assert sink.count == 3  # the third passed the bound: the rest never inflated
 
 
 def directory_bomb(entries: int, zip64: bool = False) -> bytes:

@@ -237,6 +237,43 @@ def test_queued_jobs_are_bounded_and_their_inputs_sealed_in_the_database(
     assert submit(service, zip_of(IMAGES[:2]), b).status_code == 202  # room again
 
 
+def flat_pngs(count: int, width: int = 3000, height: int = 2000) -> bytes:
+    """A zip of ``count`` flat PNGs: a few KB each, ``width`` x ``height`` pixels."""
+    one = io.BytesIO()
+    Image.new("RGB", (width, height), (80, 80, 80)).save(one, "PNG")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(count):
+            z.writestr(f"{i}.png", one.getvalue())
+    return out.getvalue()
+
+
+def test_the_work_of_a_job_and_of_a_key_is_bounded(serve: Any) -> None:
+    """Issue 19, high 4: work is counted in pixels from the headers of compressible
+    images: a job over its bound is refused (413), a key past its share of queued work
+    is told to wait (429) while another key submits and identifies, and a cancelled job
+    gives its share back. (No workers here: the jobs stay queued.)"""
+    service = serve(
+        FACEREC_WORKERS="false",
+        FACEREC_MAX_JOB_PIXELS="20000000",
+        FACEREC_MAX_JOB_PIXELS_PER_KEY="30000000",
+    )
+    a, b = new_key(service, "identify"), new_key(service, "identify")
+    r = submit(service, flat_pngs(4), a)  # 24 M pixels in a 20 M job
+    assert r.status_code == 413 and r.json()["error"]["code"] == "job_too_large", r.text
+    first = submit(service, flat_pngs(3), a)  # 18 M
+    assert first.status_code == 202
+    r = submit(service, flat_pngs(3), a)  # 36 M for the key
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_jobs"
+    assert "pixels of work" in r.json()["error"]["message"]
+    assert submit(service, flat_pngs(3), b).status_code == 202  # another key's own share
+    with service.client() as c:
+        probe = {"image": (IMAGES[0].name, IMAGES[0].read_bytes(), "image/jpeg")}
+        assert c.post("/v1/identify", files=probe).status_code == 200
+        assert c.delete(f"/v1/jobs/{first.json()['id']}").status_code == 200
+    assert submit(service, flat_pngs(3), a).status_code == 202
+
+
 # -- images (storage does not matter) ---------------------------------------------------
 def claimed_size_jpeg(width: int, height: int) -> bytes:
     """A real small JPEG whose frame header claims ``width`` x ``height``."""

@@ -22,7 +22,8 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from facerec.errors import InvalidArgumentError
+from facerec.errors import ImageError, InvalidArgumentError
+from facerec.imaging.decode import DecodeLimits, probe_image
 from gateway.auth.throttle import TooManyRequestsError
 from gateway.crypto.envelope import new_data_key, seal_record
 from gateway.errors import PayloadTooLargeError
@@ -46,7 +47,9 @@ class JobLimits:
     """``max_files``: images per job; ``max_image_bytes``: per image (a zip member's
     inflated size); ``max_inflated_bytes``: all images of a job together, inflated;
     ``max_queued_per_key`` and ``max_queued``: jobs waiting or running;
-    ``max_spool_bytes``: the inputs of all of them together, stored (all replicas)."""
+    ``max_spool_bytes``: the inputs of all of them together, stored (all replicas);
+    ``max_job_pixels``: the work of one job, as the pixels its images' headers declare;
+    ``max_key_pixels``: that of one key's jobs waiting or running together."""
 
     max_files: int = 2000
     max_image_bytes: int = 20 * 1024 * 1024
@@ -54,20 +57,38 @@ class JobLimits:
     max_queued_per_key: int = 4
     max_queued: int = 32
     max_spool_bytes: int = 4 * 1024 * 1024 * 1024
+    max_job_pixels: int = 8_000_000_000
+    max_key_pixels: int = 16_000_000_000
+
+
+def header_pixels(data: bytes) -> int:
+    """The pixels an image's header declares: the work it will cost (0 for one that
+    cannot be read; it fails at once when the job runs)."""
+    try:
+        return probe_image(data, UNBOUNDED).pixels
+    except ImageError:
+        return 0
+
+
+UNBOUNDED = DecodeLimits(max_bytes=1 << 62, max_pixels=1 << 62, bomb_ratio=1 << 62)
 
 
 class ImageSink:
-    """Where :func:`spool_uploads` puts the images of a job (``add``), counting them."""
+    """Where :func:`spool_uploads` puts the images of a job (``add``, with the pixels its
+    header declares), counting them."""
 
-    def __init__(self, add: Callable[[int, str, bytes], None]) -> None:
+    def __init__(self, add: Callable[[int, str, bytes, int], None]) -> None:
         self._add = add
         self.count = 0
         self.bytes = 0
+        self.pixels = 0
 
     def add(self, name: str, data: bytes) -> None:
-        self._add(self.count, name, data)
+        pixels = header_pixels(data)
+        self._add(self.count, name, data, pixels)
         self.count += 1
         self.bytes += len(data)
+        self.pixels += pixels
 
 
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, upload: str) -> bytes:
@@ -145,6 +166,7 @@ def spool_uploads(uploads: Sequence[Upload], sink: ImageSink, limits: JobLimits)
             _check_count(images, limits)
             _check_total(sink.bytes + len(upload.data), limits)
             sink.add(upload.name, upload.data)
+            _check_work(sink.pixels, limits)
             continue
         try:
             _check_directory(upload.data, upload.name, limits)
@@ -165,6 +187,7 @@ def spool_uploads(uploads: Sequence[Upload], sink: ImageSink, limits: JobLimits)
                     )
                 _check_total(sink.bytes + m.file_size, limits)
                 sink.add(f"{upload.name}/{m.filename}", _read_member(archive, m, upload.name))
+                _check_work(sink.pixels, limits)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
             raise InvalidArgumentError(
                 f"{upload.name} is not a readable zip archive: {exc}", code="bad_archive"
@@ -186,6 +209,16 @@ def _check_total(total: int, limits: JobLimits) -> None:
         )
 
 
+def _check_work(pixels: int, limits: JobLimits) -> None:
+    if pixels > limits.max_job_pixels:
+        raise PayloadTooLargeError(
+            f"the images of this job hold more than {limits.max_job_pixels:,} pixels of "
+            "work; split it into smaller jobs, or send smaller images",
+            code="job_too_large",
+            limit=limits.max_job_pixels,
+        )
+
+
 def _check_count(images: int, limits: JobLimits) -> None:
     if images > limits.max_files:
         raise PayloadTooLargeError(
@@ -201,6 +234,8 @@ def _queue_full(which: str, limits: JobLimits) -> TooManyRequestsError:
         "wait for one to finish",
         "total": f"{limits.max_queued} jobs are queued already; retry later",
         "bytes": "the queued jobs fill the job store; retry later",
+        "work": f"this API key's jobs queued or running hold more than "
+        f"{limits.max_key_pixels:,} pixels of work; wait for one to finish",
     }[which]
     return TooManyRequestsError(message, code="too_many_jobs", retry_after=RETRY_AFTER_S)
 
@@ -248,10 +283,18 @@ class JobService:
         except QueueFullError as full:
             raise _queue_full(full.which, limits) from None
 
-        def store(idx: int, name: str, data: bytes) -> None:
+        def store(idx: int, name: str, data: bytes, pixels: int) -> None:
             sealed = seal_record(data_key, data, input_context(job.id, idx))
             self.jobs.add_input(
-                job.id, idx, name, len(data), sealed, limits.max_spool_bytes, UPLOAD_LEASE_S
+                job.id,
+                idx,
+                name,
+                len(data),
+                sealed,
+                limits.max_spool_bytes,
+                UPLOAD_LEASE_S,
+                pixels,
+                limits.max_key_pixels,
             )
 
         sink = ImageSink(store)

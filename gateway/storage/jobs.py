@@ -81,7 +81,8 @@ class LeaseLostError(Exception):
 
 
 class QueueFullError(Exception):
-    """Submitting would pass a limit: ``which`` is ``key``, ``total`` or ``bytes``."""
+    """Submitting would pass a limit: ``which`` is ``key``, ``total``, ``bytes`` or
+    ``work``."""
 
     def __init__(self, which: str) -> None:
         super().__init__(which)
@@ -178,9 +179,12 @@ class JobRepository:
         sealed: bytes,
         max_bytes: int,
         upload_lease_s: float,
+        pixels: int = 0,
+        max_key_pixels: int | None = None,
     ) -> None:
-        """Store one sealed input of an ``uploading`` job; :class:`QueueFullError` (``bytes``)
-        when the inputs of all active jobs would pass ``max_bytes``."""
+        """Store one sealed input of an ``uploading`` job; :class:`QueueFullError` when the
+        inputs of all active jobs would pass ``max_bytes`` (``bytes``), or the ``pixels``
+        of the submitting key's active jobs ``max_key_pixels`` (``work``)."""
 
         def work(s: Session) -> None:
             changed = rowcount(
@@ -189,6 +193,7 @@ class JobRepository:
                     .where(JobRow.id == job_id, JobRow.status == "uploading")
                     .values(
                         input_bytes=JobRow.input_bytes + size,
+                        input_pixels=JobRow.input_pixels + pixels,
                         lease_until=now() + timedelta(seconds=upload_lease_s),
                     )
                 )
@@ -199,6 +204,15 @@ class JobRepository:
             total = s.scalar(select(func.sum(JobRow.input_bytes)).where(JobRow.status.in_(ACTIVE)))
             if (total or 0) > max_bytes:
                 raise QueueFullError("bytes")
+            if max_key_pixels is not None:
+                key_id = select(JobRow.key_id).where(JobRow.id == job_id).scalar_subquery()
+                held = s.scalar(
+                    select(func.sum(JobRow.input_pixels)).where(
+                        JobRow.status.in_(ACTIVE), JobRow.key_id == key_id
+                    )
+                )
+                if (held or 0) > max_key_pixels:
+                    raise QueueFullError("work")
             s.add(JobInputRow(job_id=job_id, idx=idx, name=name, size=size, data=sealed))
 
         self._retrying(work)

@@ -194,6 +194,7 @@ class JobRow(Base):
     # -- the durable queue (added with replicas; old rows are finished or failed) ---------
     namespace: Mapped[str | None] = mapped_column(String(64), nullable=True)
     input_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    input_pixels: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     owner: Mapped[str | None] = mapped_column(String(128), nullable=True)  # a worker's name
     lease: Mapped[str | None] = mapped_column(String(64), nullable=True)  # its claim's token
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
