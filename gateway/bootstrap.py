@@ -289,7 +289,12 @@ def open_gateway(
     stream_runner = None
     if workers:
         stream_runner = StreamRunner(
-            db.streams, video, source_key, settings.max_streams, settings.stream_lease_s
+            db.streams,
+            video,
+            source_key,
+            settings.max_streams,
+            settings.stream_lease_s,
+            sources=streams.sources,
         )
         streams.on_start = stream_runner.wake
     return Gateway(

@@ -46,7 +46,14 @@ def _jpeg_parts(jpeg: bytes) -> tuple[bytes, bytes]:
 class _Server:
     """A listening socket on loopback, one thread per client, frames sent at ``fps``."""
 
-    def __init__(self, frames: Sequence[np.ndarray], fps: float, port: int | None = None) -> None:
+    def __init__(
+        self,
+        frames: Sequence[np.ndarray],
+        fps: float,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.host = host
         self.jpegs = [encode_jpeg(f) for f in frames]
         self.height, self.width = frames[0].shape[:2]
         self.fps = fps
@@ -61,7 +68,7 @@ class _Server:
         self._stop.clear()
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
+        sock.bind((self.host, self.port))
         sock.listen(8)
         sock.settimeout(0.2)
         self._sock = sock
@@ -134,7 +141,7 @@ class RtspServer(_Server):
 
     @property
     def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/stream"
+        return f"rtsp://{self.host}:{self.port}/stream"
 
     def _serve(self, conn: socket.socket) -> None:
         reader = conn.makefile("rb")
@@ -211,7 +218,7 @@ class MjpegServer(_Server):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+        return f"http://{self.host}:{self.port}/stream.mjpg"
 
     def _serve(self, conn: socket.socket) -> None:
         reader = conn.makefile("rb")
@@ -228,3 +235,44 @@ class MjpegServer(_Server):
                 + b"\r\n"
             )
             conn.sendall(part)
+
+
+class RedirectingServer(_Server):
+    """A source that sends its client elsewhere, every time it connects: ``kind`` is
+    ``http`` (an HTTP 302 to ``target``), ``rtsp`` (an RTSP 302 to ``target``, the answer
+    to the first request) or ``hls`` (an HTTP 200 with an HLS playlist whose one segment
+    is ``target``; ``playlist_type`` is its Content-Type)."""
+
+    def __init__(
+        self, kind: str, target: str, playlist_type: str = "application/vnd.apple.mpegurl"
+    ) -> None:
+        super().__init__([np.zeros((16, 16, 3), np.uint8)], 1.0)
+        self.kind, self.target, self.playlist_type = kind, target, playlist_type
+
+    @property
+    def url(self) -> str:
+        path = {"http": "cam.mjpg", "rtsp": "stream", "hls": "live.m3u8"}[self.kind]
+        scheme = "rtsp" if self.kind == "rtsp" else "http"
+        return f"{scheme}://{self.host}:{self.port}/{path}"
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        cseq = "1"
+        while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
+            if line.lower().startswith(b"cseq:"):
+                cseq = line.split(b":", 1)[1].strip().decode()
+        if self.kind == "rtsp":
+            answer = f"RTSP/1.0 302 Moved Temporarily\r\nCSeq: {cseq}\r\nLocation: {self.target}"
+            conn.sendall(f"{answer}\r\n\r\n".encode())
+        elif self.kind == "http":
+            conn.sendall(f"HTTP/1.0 302 Found\r\nLocation: {self.target}\r\n\r\n".encode())
+        else:
+            playlist = (
+                "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n"
+                f"#EXTINF:2.0,\n{self.target}\n"
+            )
+            conn.sendall(
+                f"HTTP/1.0 200 OK\r\nContent-Type: {self.playlist_type}\r\n"
+                f"Content-Length: {len(playlist)}\r\n\r\n{playlist}".encode()
+            )
+        time.sleep(0.2)

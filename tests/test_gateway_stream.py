@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 import video_scenes as vs
-from media_servers import RtspServer, encode_jpeg
+from media_servers import MjpegServer, RedirectingServer, RtspServer, encode_jpeg
 from PIL import Image
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
@@ -822,3 +822,45 @@ def test_stream_sources_outside_the_rules_are_refused(
     with open_ws(service, path="/v1/streams/nope/events") as ws:
         assert closed_with(ws)[:2] == (4404, "not_found")
     assert stored(service) == before
+
+
+def test_redirects_and_playlists_cannot_take_a_stream_past_the_allow_list(
+    service: Service, scene: vs.Scene
+) -> None:
+    """Issue 19, medium 2: with only 127.0.0.1 allowed, a source there that answers an
+    HTTP 302, an RTSP 302 or an HLS playlist pointing at 127.0.0.2 never gets the
+    service to connect to 127.0.0.2, on the first open or on any reconnect; the stream's
+    status says why. (Any 127.0.0.0/8 address is this machine's.)"""
+    elsewhere_http = MjpegServer(scene.frames[:5], FPS, host="127.0.0.2")
+    elsewhere_rtsp = RtspServer(scene.frames[:5], FPS, host="127.0.0.2")
+    elsewhere_http.start()
+    elsewhere_rtsp.start()
+    redirectors = [
+        RedirectingServer("http", elsewhere_http.url),
+        RedirectingServer("http", elsewhere_rtsp.url),
+        RedirectingServer("rtsp", elsewhere_rtsp.url),
+        RedirectingServer("hls", elsewhere_http.url),
+        RedirectingServer("hls", elsewhere_http.url, playlist_type="text/plain"),
+    ]
+    try:
+        with service.client() as client:
+            for source in redirectors:
+                source.start()
+                r = client.post("/v1/streams", json={"source": source.url})
+                assert r.status_code == 201, r.text
+                sid = r.json()["id"]
+                status = wait_for(
+                    lambda sid=sid: (
+                        (s := client.get(f"/v1/streams/{sid}").json())["last_error"] and s
+                    ),
+                    30,
+                    "the refusal",
+                )
+                assert "refused" in status["last_error"], status
+                wait_for(lambda source=source: source.clients >= 2, 30, "a reconnect")
+                assert client.delete(f"/v1/streams/{sid}").status_code == 204
+                source.stop()
+        assert (elsewhere_http.clients, elsewhere_rtsp.clients) == (0, 0)
+    finally:
+        for server in (*redirectors, elsewhere_http, elsewhere_rtsp):
+            server.stop()

@@ -9,7 +9,9 @@ URL is allowed by name, or when every address it resolves to lies in an allowed 
 files under that folder. Camera indices are never accepted from the API.
 
 Credentials in a URL (``rtsp://user:secret@camera/...``) are kept for opening the source and
-masked everywhere the URL is shown (:func:`redact`).
+masked everywhere the URL is shown (:func:`redact`). What a source answers cannot take a
+stream past the list either: workers open live sources through
+:class:`gateway.service.relay.SourceRelay`, which refuses redirects and playlists.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class SourcePolicy:
         host = (parts.hostname or "").lower()
         if not host:
             raise InvalidSourceError("the URL names no host")
-        if not self._host_allowed(host, parts.port):
+        if not self.host_allowed(host, parts.port):
             raise SourceNotAllowedError(
                 f"the host {host} is not in FACEREC_STREAM_ALLOWED_HOSTS", host=host
             )
@@ -123,7 +125,9 @@ class SourcePolicy:
             raise InvalidSourceError(f"no such file: {resolved}", code="file_not_found")
         return resolved
 
-    def _host_allowed(self, host: str, port: int | None) -> bool:
+    def host_allowed(self, host: str, port: int | None) -> bool:
+        """Whether ``host`` is in the allow-list (by name, or every address it resolves
+        to within an allowed network)."""
         if host in self.hosts:
             return True
         try:

@@ -23,13 +23,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from facerec.errors import FaceRecError
 from facerec.video import SourceError, SourceOptions, VideoStream, open_source
 from gateway.crypto.envelope import open_record, seal_record
-from gateway.service.sources import SourcePolicy, redact
+from gateway.service.relay import SourceRelay
+from gateway.service.sources import LIVE_SCHEMES, SourcePolicy, redact
 from gateway.service.types import Caller
 from gateway.service.video import VideoService
 from gateway.storage.processes import process_name
@@ -187,6 +189,7 @@ class StreamWorker:
         source: str,
         options: SourceOptions,
         publish: Callable[[int, dict[str, Any]], bool],
+        sources: SourcePolicy | None = None,
     ) -> None:
         stream = held.stream
         self.held, self.id = held, stream.id
@@ -202,19 +205,30 @@ class StreamWorker:
         self.analyzer = video.analyzer(
             self.caller, int(spec.get("every", 1)), spec.get("fpir"), spec.get("threshold")
         )
+        # a live source is opened through a relay that refuses redirects (see relay.py)
+        live = sources is not None and urlsplit(source).scheme.lower() in LIVE_SCHEMES
+        self.relay = SourceRelay(source, sources.host_allowed) if live and sources else None
         try:
-            self.source = open_source(source, options)
+            self.source = open_source(self.relay.url if self.relay else source, options)
         except SourceError as exc:  # a file OpenCV cannot read (live sources are retried)
+            self._close_relay()
             raise FaceRecError(str(self._hide(exc.message)), code=exc.code) from None
         self.stream = VideoStream(self.source, self.analyzer)
         self._thread = threading.Thread(target=self._run, name=f"stream {self.id[:8]}", daemon=True)
         self._thread.start()
 
     def _hide(self, text: str | None) -> str | None:
-        """``text`` with the source URL's credentials masked."""
-        if text is None or self.source_url == self.shown_source:
+        """``text`` with the source URL's credentials masked (and the relay's URL shown
+        as the source's)."""
+        if text is None:
             return text
+        if self.relay is not None:
+            text = text.replace(self.relay.url, self.shown_source)
         return text.replace(self.source_url, self.shown_source)
+
+    def _close_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
 
     @property
     def running(self) -> bool:
@@ -246,13 +260,15 @@ class StreamWorker:
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
             self.source.close()
+            self._close_relay()
             self.watch_state()
 
     def state(self) -> str:
         return "failed" if self.error else self.source.stats.state
 
     def last_error(self) -> str | None:
-        return self.error or self._hide(self.source.stats.last_error)
+        refused = self.relay.refused if self.relay is not None else None
+        return self.error or refused or self._hide(self.source.stats.last_error)
 
     def watch_state(self) -> None:
         """Publish a ``stream_state`` event when the source's state changed."""
@@ -265,6 +281,7 @@ class StreamWorker:
     def stop(self) -> None:
         self.stream.stop()
         self.source.close()
+        self._close_relay()
         self._thread.join(timeout=self.source.options.read_timeout + 10)
 
     def figures(self) -> dict[str, Any]:
@@ -291,8 +308,10 @@ class StreamRunner:
         lease_s: float,
         options: Callable[[dict[str, Any]], SourceOptions] | None = None,
         poll_s: float = 1.0,
+        sources: SourcePolicy | None = None,
     ) -> None:
         self.streams, self.video, self.source_key = streams, video, source_key
+        self.sources = sources  # live sources are opened through a relay checking them
         self.capacity, self.lease_s, self.poll_s = capacity, lease_s, poll_s
         self.name = process_name()
         self._options = options or (
@@ -361,6 +380,7 @@ class StreamRunner:
                 source,
                 self._options(stream.spec),
                 lambda seq, doc: self._publish(held, seq, doc),
+                self.sources,
             )
         except FaceRecError as exc:
             self.streams.beat(held, self.lease_s, "failed", stream.stats, exc.message)
