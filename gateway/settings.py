@@ -129,6 +129,7 @@ class Settings(BaseSettings):
     stream_allowed_schemes: str = "rtsp,rtsps,http,https"  # comma-separated
     stream_allowed_hosts: str = ""  # host names, *.domain, addresses or networks (CIDR)
     stream_file_dir: Path | None = None  # file: sources allowed only under this folder
+    stream_ca_file: Path | None = None  # PEM: authorities rtsps/https sources may show
     batch_max_wait_ms: float = Field(default=4.0, ge=0.0)  # micro-batching window
     purge_interval_s: float = Field(default=60.0, gt=0.0)  # how often expired subjects go
     idempotency_ttl_hours: float = Field(default=24.0, gt=0.0)  # how long replays answer

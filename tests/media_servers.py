@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -52,8 +54,13 @@ class _Server:
         fps: float,
         port: int | None = None,
         host: str = "127.0.0.1",
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.host = host
+        self.tls = None  # a server-side TLS context: https:// and rtsps:// (cert, key)
+        if tls is not None:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(*tls)
         self.jpegs = [encode_jpeg(f) for f in frames]
         self.height, self.width = frames[0].shape[:2]
         self.fps = fps
@@ -114,6 +121,8 @@ class _Server:
 
     def _serve_safely(self, conn: socket.socket) -> None:
         try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             self._serve(conn)
         except OSError:
             pass  # the client went away, or stop() closed the connection
@@ -218,7 +227,8 @@ class MjpegServer(_Server):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/stream.mjpg"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}/stream.mjpg"
 
     def _serve(self, conn: socket.socket) -> None:
         reader = conn.makefile("rb")
@@ -244,15 +254,19 @@ class RedirectingServer(_Server):
     is ``target``; ``playlist_type`` is its Content-Type)."""
 
     def __init__(
-        self, kind: str, target: str, playlist_type: str = "application/vnd.apple.mpegurl"
+        self,
+        kind: str,
+        target: str,
+        playlist_type: str = "application/vnd.apple.mpegurl",
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
-        super().__init__([np.zeros((16, 16, 3), np.uint8)], 1.0)
+        super().__init__([np.zeros((16, 16, 3), np.uint8)], 1.0, tls=tls)
         self.kind, self.target, self.playlist_type = kind, target, playlist_type
 
     @property
     def url(self) -> str:
         path = {"http": "cam.mjpg", "rtsp": "stream", "hls": "live.m3u8"}[self.kind]
-        scheme = "rtsp" if self.kind == "rtsp" else "http"
+        scheme = ("rtsp" if self.kind == "rtsp" else "http") + ("s" if self.tls else "")
         return f"{scheme}://{self.host}:{self.port}/{path}"
 
     def _serve(self, conn: socket.socket) -> None:

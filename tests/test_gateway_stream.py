@@ -32,7 +32,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from facerec.pipeline import FacePipeline
-from servers import Service, free_port, start_gateway, stop_gateway, wait_for
+from servers import (
+    Service,
+    free_port,
+    self_signed_certificate,
+    start_gateway,
+    stop_gateway,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -60,9 +67,20 @@ def jpegs(scene: vs.Scene) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, pipeline: FacePipeline) -> Iterator[Service]:
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (a camera's), and its key."""
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def service(
+    tmp_path_factory: pytest.TempPathFactory,
+    pipeline: FacePipeline,
+    certificate: tuple[Path, Path],
+) -> Iterator[Service]:
     root = tmp_path_factory.mktemp("stream")
     env = {
+        "FACEREC_STREAM_CA_FILE": str(certificate[0]),
         "FACEREC_STREAM_ALLOWED_HOSTS": "127.0.0.1",
         "FACEREC_STREAM_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         "FACEREC_STREAM_MAX_CONNECTIONS_PER_KEY": str(PER_KEY),
@@ -825,7 +843,7 @@ def test_stream_sources_outside_the_rules_are_refused(
 
 
 def test_redirects_and_playlists_cannot_take_a_stream_past_the_allow_list(
-    service: Service, scene: vs.Scene
+    service: Service, scene: vs.Scene, certificate: tuple[Path, Path]
 ) -> None:
     """Issue 19, medium 2: with only 127.0.0.1 allowed, a source there that answers an
     HTTP 302, an RTSP 302 or an HLS playlist pointing at 127.0.0.2 never gets the
@@ -841,6 +859,7 @@ def test_redirects_and_playlists_cannot_take_a_stream_past_the_allow_list(
         RedirectingServer("rtsp", elsewhere_rtsp.url),
         RedirectingServer("hls", elsewhere_http.url),
         RedirectingServer("hls", elsewhere_http.url, playlist_type="text/plain"),
+        RedirectingServer("http", elsewhere_http.url, tls=certificate),  # read through TLS
     ]
     try:
         with service.client() as client:
@@ -864,3 +883,36 @@ def test_redirects_and_playlists_cannot_take_a_stream_past_the_allow_list(
     finally:
         for server in (*redirectors, elsewhere_http, elsewhere_rtsp):
             server.stop()
+
+
+def test_a_tls_source_is_read_through_the_relay_with_its_certificate_checked(
+    service: Service, scene: vs.Scene, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An https:// MJPEG camera whose certificate FACEREC_STREAM_CA_FILE vouches for is
+    streamed (the relay terminates TLS); one showing another certificate is not."""
+    other = self_signed_certificate(tmp_path)  # same names, another key: not vouched for
+    good = MjpegServer(scene.frames[:10], FPS, tls=certificate)
+    bad = MjpegServer(scene.frames[:10], FPS, tls=other)
+    good.start()
+    bad.start()
+    try:
+        with service.client() as client:
+            ids = [
+                client.post("/v1/streams", json={"source": s.url}).json()["id"] for s in (good, bad)
+            ]
+            wait_for(
+                lambda: client.get(f"/v1/streams/{ids[0]}").json()["processed"] >= 5,
+                60,
+                "frames from the TLS camera",
+            )
+            status = wait_for(
+                lambda: bad.clients >= 2 and client.get(f"/v1/streams/{ids[1]}").json(),
+                60,
+                "tries at the other camera",
+            )
+            assert status["processed"] == 0 and status["state"] != "streaming"
+            for sid in ids:
+                assert client.delete(f"/v1/streams/{sid}").status_code == 204
+    finally:
+        good.stop()
+        bad.stop()

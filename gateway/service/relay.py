@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
+import selectors
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +38,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "rtsp": 554, "rtsps": 322}
 MAX_HEAD = 64 * 1024  # one response head; more is refused
 TIMEOUT_S = 15.0  # connecting, and waiting for a response head
 PLAYLIST_TYPES = ("mpegurl", "m3u")  # application/vnd.apple.mpegurl, audio/x-mpegurl ...
+PLAYLIST_MAGIC = b"#EXTM3U"
 
 
 class Refused(Exception):  # noqa: N818 (a verdict on what the source answered)
@@ -43,9 +47,15 @@ class Refused(Exception):  # noqa: N818 (a verdict on what the source answered)
 
 class SourceRelay:
     """One stream's relay (see the module docstring). ``allowed(host, port)`` is the
-    allow-list check, run for every connection. :attr:`url` is what FFmpeg opens."""
+    allow-list check, run for every connection; ``tls`` checks the certificates of
+    ``https`` and ``rtsps`` sources. :attr:`url` is what FFmpeg opens."""
 
-    def __init__(self, uri: str, allowed: Callable[[str, int | None], bool]) -> None:
+    def __init__(
+        self,
+        uri: str,
+        allowed: Callable[[str, int | None], bool],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(uri)
         self.scheme = parts.scheme.lower()
         self.host = parts.hostname or ""
@@ -53,6 +63,7 @@ class SourceRelay:
         self.rtsp = self.scheme.startswith("rtsp")
         self.tls = self.scheme in ("https", "rtsps")
         self.allowed = allowed
+        self.context = tls or ssl.create_default_context()
         self.authority = parts.netloc.rpartition("@")[2]  # the Host an HTTP source expects
         self.refused: str | None = None
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -72,8 +83,7 @@ class SourceRelay:
         self._closed.set()
         with self._lock:
             for s in self._sockets:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+                _hang_up(s, close=False)
         self._thread.join(timeout=5)
         self._listener.close()
 
@@ -98,6 +108,8 @@ class SourceRelay:
                 self._sockets.discard(s)
 
     def _serve(self, client: socket.socket) -> None:
+        """One FFmpeg connection, both directions in this one thread (an SSL connection
+        must not be read and written from two threads at once)."""
         upstream: socket.socket | None = None
         self._track(client, True)
         try:
@@ -105,44 +117,60 @@ class SourceRelay:
                 raise Refused(f"the host {self.host} is no longer in the allow-list")
             upstream = socket.create_connection((self.host, self.port), timeout=TIMEOUT_S)
             if self.tls:
-                context = ssl.create_default_context()
-                upstream = context.wrap_socket(upstream, server_hostname=self.host)
-            self._track(upstream, True)
-            forward = threading.Thread(
-                target=self._forward, args=(client, upstream), name="source relay", daemon=True
-            )
-            forward.start()
-            if self.rtsp:
-                self._rtsp_answers(upstream, client)
-            else:
-                self._http_answer(upstream, client)
+                upstream = self.context.wrap_socket(upstream, server_hostname=self.host)
+            self._pump(client, upstream)
         except Refused as why:
             self.refused = str(why)
             log.warning("stream source %s refused: %s", self.host, why)
         except (OSError, ssl.SSLError, ValueError) as exc:
             log.info("stream source %s: %s", self.host, exc)
         finally:
-            for s in (client, upstream):
-                if s is not None:
-                    self._track(s, False)
-                    with contextlib.suppress(OSError):
-                        s.close()
+            self._track(client, False)
+            _hang_up(client)
+            if upstream is not None:
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    upstream.close()
 
-    def _forward(self, client: socket.socket, upstream: socket.socket) -> None:
-        """What FFmpeg sends, to the source (an HTTP request's ``Host`` set to the
-        source's own, since FFmpeg addressed the relay)."""
-        first = not self.rtsp
-        try:
-            while data := client.recv(65536):
-                if first:
-                    data = self._with_host(data)
-                    first = False
-                upstream.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                upstream.shutdown(socket.SHUT_WR)
+    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Pass FFmpeg's bytes on (an HTTP request's ``Host`` set to the source's own, since
+        FFmpeg addressed the relay) and the source's through :class:`_Answers`, until
+        either side closes; the first answer must begin within ``TIMEOUT_S``."""
+        answers = _Answers(self.rtsp)
+        first_request = not self.rtsp
+        deadline = time.monotonic() + TIMEOUT_S
+        upstream.setblocking(False)
+        client.setblocking(False)
+        with selectors.DefaultSelector() as selector:
+            selector.register(client, selectors.EVENT_READ)
+            selector.register(upstream, selectors.EVENT_READ)
+            while True:
+                pending = isinstance(upstream, ssl.SSLSocket) and upstream.pending() > 0
+                wait = 0.0 if pending else (1.0 if answers.started else deadline - time.monotonic())
+                if wait < 0:
+                    raise OSError("the source did not answer in time")
+                ready = {key.fileobj for key, _ in selector.select(wait)}
+                if pending:
+                    ready.add(upstream)
+                if client in ready:
+                    data = _recv(client)
+                    if data is None:
+                        pass
+                    elif not data:
+                        return
+                    else:
+                        if first_request:
+                            data, first_request = self._with_host(data), False
+                        _send(upstream, data)
+                if upstream in ready:
+                    data = _recv(upstream)
+                    if data is None:
+                        continue
+                    if not data:
+                        _send(client, answers.feed(b"", end=True))
+                        return
+                    _send(client, answers.feed(data))
+                if self._closed.is_set():
+                    return
 
     def _with_host(self, head: bytes) -> bytes:
         lines = head.split(b"\r\n")
@@ -153,78 +181,108 @@ class SourceRelay:
                 lines[i] = b"Host: " + self.authority.encode()
         return b"\r\n".join(lines)
 
-    # -- what the source answers ----------------------------------------------------------
-    def _http_answer(self, upstream: socket.socket, client: socket.socket) -> None:
-        reader = _Reader(upstream)
-        head = reader.head()
-        status, headers = _parse_head(head, b"HTTP/")
+
+def _recv(s: socket.socket) -> bytes | None:
+    """What a non-blocking socket has (b"" when it closed), None when nothing yet."""
+    try:
+        return s.recv(65536)
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return None
+
+
+def _send(s: socket.socket, data: bytes) -> None:
+    """All of ``data`` on a non-blocking socket (waiting for room as needed)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[s.send(view) :]
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            select.select([], [s], [], 1.0)
+
+
+def _hang_up(s: socket.socket, close: bool = True) -> None:
+    """End a plain connection now: ``shutdown`` sends the FIN and wakes a thread waiting
+    on it (``close`` alone does neither while another thread uses it)."""
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)
+    if close:
+        with contextlib.suppress(OSError):
+            s.close()
+
+
+class _Answers:
+    """What the source sends, checked as it arrives; :meth:`feed` returns the bytes that
+    may go on to FFmpeg, or raises :class:`Refused`.
+
+    HTTP: the first response's head (no ``3xx``, no playlist type) and the first bytes
+    of its body (no ``#EXTM3U``), then the rest as it comes. RTSP: every message, for the
+    whole session: interleaved ``$`` packets pass as they are, each response's head is
+    read whole (no ``3xx``) and passes with its body."""
+
+    def __init__(self, rtsp: bool) -> None:
+        self.rtsp = rtsp
+        self.buffer = b""
+        self.started = False  # the first answer passed its checks
+        self.through = False  # HTTP: checked; the rest passes as it comes
+
+    def feed(self, data: bytes, end: bool = False) -> bytes:
+        if self.through:
+            return data
+        self.buffer += data
+        if self.rtsp:
+            return self._rtsp(end)
+        return self._http(end)
+
+    def _http(self, end: bool) -> bytes:
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            if len(self.buffer) > MAX_HEAD:
+                raise Refused(f"a response head over {MAX_HEAD} bytes")
+            return b""
+        status, headers = _parse_head(self.buffer[: head_end + 4], b"HTTP/")
         if 300 <= status < 400:
             where = headers.get("location", "?")
             raise Refused(f"the source answered {status} to {where}: redirects are refused")
         kind = headers.get("content-type", "").lower()
         if any(t in kind for t in PLAYLIST_TYPES):
             raise Refused(f"the source answered a playlist ({kind}): playlists are refused")
-        start = reader.peek(7)
-        if start.startswith(b"#EXTM3U"):
+        body = self.buffer[head_end + 4 :]
+        if len(body) < len(PLAYLIST_MAGIC) and not end:
+            return b""
+        if body.startswith(PLAYLIST_MAGIC):
             raise Refused("the source answered a playlist (#EXTM3U): playlists are refused")
-        client.sendall(head)
-        upstream.settimeout(None)
-        _pass_on(reader, client)
+        out, self.buffer = self.buffer, b""
+        self.started = self.through = True
+        return out
 
-    def _rtsp_answers(self, upstream: socket.socket, client: socket.socket) -> None:
-        reader = _Reader(upstream)
-        while True:
-            first = reader.peek(1)
-            if not first:
-                return
-            if first == b"$":  # an interleaved packet: channel, 16-bit length, data
-                frame = reader.exactly(4)
-                client.sendall(frame + reader.exactly(int.from_bytes(frame[2:4], "big")))
+    def _rtsp(self, end: bool) -> bytes:
+        out = bytearray()
+        while self.buffer:
+            if self.buffer[:1] == b"$":  # an interleaved packet: channel, length, data
+                if len(self.buffer) < 4:
+                    break
+                size = 4 + int.from_bytes(self.buffer[2:4], "big")
+                if len(self.buffer) < size:
+                    break
+                out += self.buffer[:size]
+                self.buffer = self.buffer[size:]
                 continue
-            head = reader.head()
-            status, headers = _parse_head(head, b"RTSP/")
+            head_end = self.buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                if len(self.buffer) > MAX_HEAD:
+                    raise Refused(f"a response head over {MAX_HEAD} bytes")
+                break
+            status, headers = _parse_head(self.buffer[: head_end + 4], b"RTSP/")
             if 300 <= status < 400:
                 where = headers.get("location", "?")
                 raise Refused(f"the source answered {status} to {where}: redirects are refused")
-            body = reader.exactly(int(headers.get("content-length", "0") or 0))
-            client.sendall(head + body)
-            upstream.settimeout(None)  # once playing, the read timeout is FFmpeg's
-
-
-class _Reader:
-    """Buffered reads from a socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.buffer = sock, b""
-
-    def _fill(self) -> bool:
-        data = self.sock.recv(65536)
-        self.buffer += data
-        return bool(data)
-
-    def peek(self, n: int) -> bytes:
-        while len(self.buffer) < n and self._fill():
-            pass
-        return self.buffer[:n]
-
-    def exactly(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            if not self._fill():
-                raise ValueError("the source closed in the middle of a message")
-        out, self.buffer = self.buffer[:n], self.buffer[n:]
-        return out
-
-    def head(self) -> bytes:
-        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
-            if len(self.buffer) > MAX_HEAD:
-                raise Refused(f"a response head over {MAX_HEAD} bytes")
-            if not self._fill():
-                raise ValueError("the source closed before its answer's head ended")
-        return self.exactly(end + 4)
-
-    def drain(self) -> bytes:
-        out, self.buffer = self.buffer, b""
-        return out
+            size = head_end + 4 + int(headers.get("content-length", "0") or 0)
+            if len(self.buffer) < size:
+                break
+            out += self.buffer[:size]
+            self.buffer = self.buffer[size:]
+            self.started = True
+        return bytes(out)
 
 
 def _parse_head(head: bytes, protocol: bytes) -> tuple[int, dict[str, str]]:
@@ -241,15 +299,6 @@ def _parse_head(head: bytes, protocol: bytes) -> tuple[int, dict[str, str]]:
         if sep:
             headers[name.strip().lower()] = value.strip()
     return status, headers
-
-
-def _pass_on(reader: _Reader, client: socket.socket) -> None:
-    """The rest of an HTTP answer, as it comes."""
-    pending = reader.drain()
-    if pending:
-        client.sendall(pending)
-    while data := reader.sock.recv(65536):
-        client.sendall(data)
 
 
 __all__ = ["SourceRelay"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -69,6 +70,15 @@ class SourcePolicy:
     hosts: tuple[str, ...] = ()
     networks: tuple[Network, ...] = ()
     file_dir: Path | None = None
+    ca_file: Path | None = None  # authorities besides the system's, for rtsps and https
+
+    def tls_context(self) -> ssl.SSLContext:
+        """How TLS sources are checked: the host's certificate, from the system's
+        authorities or ``ca_file``'s."""
+        context = ssl.create_default_context()
+        if self.ca_file is not None:
+            context.load_verify_locations(cafile=str(self.ca_file))
+        return context
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SourcePolicy:
@@ -81,7 +91,7 @@ class SourcePolicy:
                 hosts.append(entry.lower().strip("[]"))
         schemes = frozenset(s.lower() for s in _split(settings.stream_allowed_schemes))
         file_dir = settings.stream_file_dir.resolve() if settings.stream_file_dir else None
-        return cls(schemes, tuple(hosts), tuple(networks), file_dir)
+        return cls(schemes, tuple(hosts), tuple(networks), file_dir, settings.stream_ca_file)
 
     def check(self, uri: str) -> str:
         """What to open for ``uri`` (a ``file:`` URL becomes its resolved path), or

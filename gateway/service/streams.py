@@ -207,7 +207,11 @@ class StreamWorker:
         )
         # a live source is opened through a relay that refuses redirects (see relay.py)
         live = sources is not None and urlsplit(source).scheme.lower() in LIVE_SCHEMES
-        self.relay = SourceRelay(source, sources.host_allowed) if live and sources else None
+        self.relay = (
+            SourceRelay(source, sources.host_allowed, sources.tls_context())
+            if live and sources
+            else None
+        )
         try:
             self.source = open_source(self.relay.url if self.relay else source, options)
         except SourceError as exc:  # a file OpenCV cannot read (live sources are retried)
