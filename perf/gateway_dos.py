@@ -9,8 +9,10 @@ the server's peak resident memory above where it started (``VmHWM``, reset befor
 scenario through ``/proc/PID/clear_refs``), its resident memory a few seconds after the
 scenario (whether memory was given back), and what the clients were answered. The large
 image scenario runs again with the service's ``malloc_trim`` off, and with
-``MALLOC_ARENA_MAX=2`` instead, to show which gives memory back. Writes
-``gateway_dos.json`` and ``gateway_dos.png``; asserts nothing.
+``MALLOC_ARENA_MAX=2`` instead, to show which gives memory back. Then (``--round 2``) the
+findings of the second pass (issue 19), each beside a legitimate client whose latency is
+measured before, during and after (:mod:`perf.dos_round2`). Writes ``gateway_dos.json``,
+``gateway_dos.png`` and ``gateway_dos_round2.png``; asserts nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from perf import dos_round2 as round2
 from perf.gateway_load import _facerec_command, _stop
 from perf.ports import free_port
 
@@ -327,29 +330,79 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_round2(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    names = [r["scenario"] for r in rows]
+    y = range(len(rows))
+    after_key = next(k for k in rows[0] if k.startswith("rss_") and k.endswith("_after_above_mb"))
+    ax1.barh([i - 0.2 for i in y], [r["peak_above_mb"] for r in rows], 0.4, label="peak")
+    ax1.barh([i + 0.2 for i in y], [r[after_key] for r in rows], 0.4, label="30 s after")
+    ax1.set_yticks(list(y), names, fontsize=8)
+    ax1.invert_yaxis()
+    ax1.set_xlabel("server RSS above its level before the attack (MB)")
+    ax1.set_title("Issue 19's attacks: memory")
+    ax1.legend(fontsize=8)
+    for phase, offset in (("before", -0.27), ("during", 0.0), ("after", 0.27)):
+        values = [r["legit_rest"][phase]["p50_ms"] or 0 for r in rows]
+        ax2.barh([i + offset for i in y], values, 0.27, label=phase)
+    ax2.set_yticks(list(y), [""] * len(rows))
+    ax2.invert_yaxis()
+    ax2.set_xlabel("legitimate client: REST identify p50 (ms)")
+    ax2.set_title("Another client meanwhile")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("perf/results"))
+    parser.add_argument(
+        "--round",
+        choices=["1", "2", "all"],
+        default="all",
+        help="the first pass's scenarios (issue 12), the second's (issue 19), or both",
+    )
+    parser.add_argument(
+        "--only",
+        help="of the second pass, only these (comma-separated tags: H1,H5); the others "
+        "already in the JSON are kept",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    large = large_jpeg(6000)
-    runs = []
-    for k, (variant, env) in enumerate(VARIANTS.items()):
-        print(f"-- {variant}")
-        with server(env) as s:
-            chosen = scenarios(large) if k == 0 else scenarios(large)[4:5]
-            rows = [measure(s, name, lambda run=run: run(s)) for name, run in chosen]
-        runs.append({"variant": variant, "env": env, "rows": rows})
-    result = {
-        "command": "python -m perf.gateway_dos --out " + str(args.out),
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "platform": platform.platform(),
-        "note": "client and server share the machine; peak = VmHWM - VmRSS before",
-        "runs": runs,
-    }
-    (args.out / "gateway_dos.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, args.out / "gateway_dos.png")
-    print(f"wrote {args.out / 'gateway_dos.json'} and .png")
+    path = args.out / "gateway_dos.json"
+    result: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    result.update(
+        command="python -m perf.gateway_dos --out " + str(args.out),
+        machine={"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        platform=platform.platform(),
+        note="client and server share the machine; peak = VmHWM - VmRSS before",
+    )
+    if args.round in ("1", "all"):
+        large = large_jpeg(6000)
+        runs = []
+        for k, (variant, env) in enumerate(VARIANTS.items()):
+            print(f"-- {variant}")
+            with server(env) as s:
+                chosen = scenarios(large) if k == 0 else scenarios(large)[4:5]
+                rows = [measure(s, name, lambda run=run: run(s)) for name, run in chosen]
+            runs.append({"variant": variant, "env": env, "rows": rows})
+        result["runs"] = runs
+        plot(result, args.out / "gateway_dos.png")
+    if args.round in ("2", "all"):
+        print("-- issue 19: each attack beside a legitimate client")
+        only = set(args.only.split(",")) if args.only else None
+        with server({}) as s:
+            rows = round2.run(s, only)
+        result["round2"] = round2.merge(result.get("round2", []), rows)
+        plot_round2(result["round2"], args.out / "gateway_dos_round2.png")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path} and the plots")
 
 
 if __name__ == "__main__":

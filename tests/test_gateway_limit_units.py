@@ -135,6 +135,11 @@ def test_job_totals_and_counts_are_refused_before_spooling_past_them() -> None:
         spool_uploads([upload], sink, JobLimits(max_inflated_bytes=2500))
     assert caught.value.code == "archive_too_large" and sink.count == 2
     assert [(i, n) for i, n, _ in kept] == [(0, "a.zip/0.jpg"), (1, "a.zip/1.jpg")]
+    # a file sent as is (not a zip) is one image: within the per-image limit
+    big = Upload("big.jpg", b"\xff\xd8" + b"x" * 3000)
+    with pytest.raises(FaceRecError) as caught:
+        spool_uploads([big], ImageSink(lambda *_: None), JobLimits(max_image_bytes=3000))
+    assert caught.value.code == "file_too_large"
 
 
 def test_a_jobs_work_is_counted_from_the_headers_and_bounded() -> None:
@@ -161,10 +166,11 @@ def test_a_jobs_work_is_counted_from_the_headers_and_bounded() -> None:
     assert sink.count == 3  # the third passed the bound: the rest never inflated
 
 
-def directory_bomb(entries: int, zip64: bool = False) -> bytes:
+def directory_bomb(entries: int, zip64: bool = False, declared: int | None = None) -> bytes:
     """A zip archive whose central directory lists ``entries`` empty .jpg members (no
     data), written by hand the way a hostile client would, with a zip64 end record when
-    asked."""
+    asked; its end records declare ``declared`` entries (default: the truth)."""
+    declared = entries if declared is None else declared
     local, central = io.BytesIO(), io.BytesIO()
     for i in range(entries):
         name = f"{i}.jpg".encode()
@@ -195,7 +201,7 @@ def directory_bomb(entries: int, zip64: bool = False) -> bytes:
         )
         central.write(name)
     body, directory = local.getvalue(), central.getvalue()
-    count = 0xFFFF if zip64 else entries
+    count = 0xFFFF if zip64 else declared
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(directory), len(body), 0)
     if not zip64:
         return body + directory + end
@@ -208,8 +214,8 @@ def directory_bomb(entries: int, zip64: bool = False) -> bytes:
         45,
         0,
         0,
-        entries,
-        entries,
+        declared,
+        declared,
         len(directory),
         len(body),
     )
@@ -218,10 +224,18 @@ def directory_bomb(entries: int, zip64: bool = False) -> bytes:
 
 
 @pytest.mark.parametrize("zip64", [False, True])
-def test_a_central_directory_bomb_is_refused_from_its_end_record(zip64: bool) -> None:
+@pytest.mark.parametrize("lying", [False, True])
+def test_a_central_directory_bomb_is_refused_from_its_end_record(zip64: bool, lying: bool) -> None:
+    """Refused whether the end records tell the number of entries or understate it (the
+    records are counted where the directory lies, as ``zipfile`` would read them)."""
     limits = JobLimits(max_files=10)
-    bomb = directory_bomb(200, zip64)  # 200 entries: more than 4 per allowed image
-    assert central_directory(bomb)[0] == 200
+    bomb = directory_bomb(200, zip64, declared=1 if lying else None)  # > 4 per image
+    entries, offset, size = central_directory(bomb)
+    assert (entries, size) == (
+        1 if lying else 200,
+        200 * 46 + sum(len(f"{i}.jpg") for i in range(200)),
+    )
+    assert bomb[offset : offset + 4] == b"PK\x01\x02"
     parsed = []
     sink = ImageSink(lambda *_: parsed.append(1))
     tracemalloc.start()

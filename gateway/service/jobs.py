@@ -126,8 +126,8 @@ def central_directory(data: bytes) -> tuple[int, int, int]:
     record = locator - _ZIP64_EOCD.size
     zip64 = data[locator : locator + 4] == b"PK\x06\x07"
     if zip64 and record >= 0 and data[record : record + 4] == b"PK\x06\x06":
-        fields = _ZIP64_EOCD.unpack_from(data, record)
-        entries, size, before = fields[6], fields[7], record
+        fields = _ZIP64_EOCD.unpack_from(data, record)  # ..., entries on this disk, in
+        entries, size, before = fields[7], fields[8], record  # all, directory size, offset
     return int(entries), before - int(size), int(size)
 
 
@@ -164,6 +164,11 @@ def spool_uploads(uploads: Sequence[Upload], sink: ImageSink, limits: JobLimits)
         if not upload.data.startswith(b"PK\x03\x04"):
             images += 1
             _check_count(images, limits)
+            if len(upload.data) > limits.max_image_bytes:
+                raise PayloadTooLargeError(
+                    f"{upload.name} is larger than {limits.max_image_bytes} bytes",
+                    code="file_too_large",
+                )
             _check_total(sink.bytes + len(upload.data), limits)
             sink.add(upload.name, upload.data)
             _check_work(sink.pixels, limits)
