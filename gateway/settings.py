@@ -117,6 +117,7 @@ class Settings(BaseSettings):
     # -- video (README "Video"): WebSocket frames and server-side streams ------------------
     stream_max_connections: int = Field(default=16, ge=1)  # WebSockets open at once
     stream_max_connections_per_key: int = Field(default=8, ge=1)  # one API key's share
+    stream_frames_per_key: int = Field(default=2, ge=1)  # one key's frames analysed at once
     stream_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # one message
     stream_max_frame_pixels: int = Field(default=3840 * 2160, ge=10_000)  # one frame
     stream_max_fps: float = Field(default=30.0, gt=0.0)  # messages a connection may send

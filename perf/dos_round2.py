@@ -117,8 +117,12 @@ class Legit:
         while not self._stop.is_set():
             start = time.monotonic()
             try:
+                own = socket.create_connection(
+                    ("127.0.0.1", self.s.port), timeout=10, source_address=(LEGIT_ADDRESS, 0)
+                )
                 with connect(
                     _ws_url(self.s),
+                    sock=own,
                     additional_headers={"X-API-Key": self.key},
                     open_timeout=10,
                     close_timeout=2,
@@ -441,14 +445,17 @@ def ws_text_flood(s: Server, sockets: int = 4, seconds: float = 15.0) -> Counter
 
 def decode_layouts(s: Server) -> Counter[str]:
     """Medium 1: images whose layout costs more per pixel than RGB, one at a time: a
-    flat RGBA PNG just under 40 M pixels, a 16-bit PNG and a float TIFF of 20 M."""
+    flat RGBA PNG just under 40 M pixels, a 16-bit PNG of 20 M, a float TIFF of 4.8 M
+    (uncompressed: the upload limit bounds it), and a grey+alpha PNG of 40 M (over the
+    decode budget)."""
     answers: Counter[str] = Counter()
     float_tiff = io.BytesIO()
-    Image.fromarray(np.full((4000, 5000), 90.0, np.float32)).save(float_tiff, "TIFF")
+    Image.fromarray(np.full((2400, 2000), 90.0, np.float32)).save(float_tiff, "TIFF")
     for label, data in (
         ("RGBA PNG 6320x6320", flat_png(6320, 6320, "RGBA")),
         ("16-bit PNG 5000x4000", flat_png(5000, 4000, "I;16")),
-        ("float TIFF 5000x4000", float_tiff.getvalue()),
+        ("grey+alpha PNG 6320x6320", flat_png(6320, 6320, "LA")),
+        ("float TIFF 2000x2400 (within the 20 MiB upload limit)", float_tiff.getvalue()),
     ):
         r = httpx.post(
             f"{s.url}/v1/detect",

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,9 @@ class LiveLimits:
     """Per connection: ``max_frame_bytes`` (one message), ``max_frame_pixels`` (one frame,
     from its header), ``max_fps`` (messages, frames or text, a client may send per second,
     a burst of one second allowed); in all: ``max_connections`` open at once, of which one
-    API key holds at most ``max_connections_per_key``. Timeouts in seconds: the
+    API key holds at most ``max_connections_per_key``, and at most ``frames_per_key`` of
+    its frames are analysed at once (the others wait, undecoded: one key's sockets cannot
+    take every core from the REST routes and other keys). Timeouts in seconds: the
     key in the first message (``auth_timeout_s``), no message at all (``idle_timeout_s``),
     a result the client does not take (``send_timeout_s``)."""
 
@@ -68,6 +71,7 @@ class LiveLimits:
     idle_timeout_s: float = 60.0
     send_timeout_s: float = 10.0
     max_connections_per_key: int = 8
+    frames_per_key: int = 2  # frames of one API key analysed at once
 
     @staticmethod
     def from_settings(settings: Settings) -> LiveLimits:
@@ -80,6 +84,7 @@ class LiveLimits:
             settings.stream_idle_timeout_s,
             settings.stream_send_timeout_s,
             settings.stream_max_connections_per_key,
+            settings.stream_frames_per_key,
         )
 
 
@@ -184,6 +189,7 @@ class VideoService:
         self.executor = ThreadPoolExecutor(limits.max_connections, thread_name_prefix="live")
         self._open = 0
         self._per_key: dict[str | None, int] = {}
+        self._busy: dict[str | None, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -215,6 +221,17 @@ class VideoService:
             held = self._per_key.pop(key_id, 0) - 1
             if held > 0:
                 self._per_key[key_id] = held
+
+    @contextmanager
+    def frame_turn(self, key_id: str | None) -> Iterator[None]:
+        """Hold one of ``frames_per_key`` turns of ``key_id`` while a frame is analysed."""
+        with self._lock:
+            turns = self._busy.get(key_id)
+            if turns is None:
+                turns = threading.BoundedSemaphore(self.limits.frames_per_key)
+                self._busy[key_id] = turns
+        with turns:
+            yield
 
     @property
     def connections(self) -> int:
@@ -322,7 +339,10 @@ class LiveSession:
         done, and memory given back after a large frame. Raises the image codes of
         :func:`~facerec.imaging.decode.decode_image`, ``unsupported_format`` for an image
         that is not JPEG or PNG, ``busy`` when the budget stays full."""
-        with self.video.faces.decoded(data, self.video.decode_limits, FRAME_FORMATS) as image:
+        with (
+            self.video.frame_turn(self.caller.key_id),
+            self.video.faces.decoded(data, self.video.decode_limits, FRAME_FORMATS) as image,
+        ):
             result = self.analyzer.process(image, frame, t, dropped)
             del image
         self._last = (frame, t)
