@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import tracemalloc
 import zipfile
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from apiclient import directory_bomb
 from facerec.errors import FaceRecError
 from gateway.api.policy import Policies, valid_request_id
 from gateway.api.routes import admin, health, jobs, recognition, subjects
@@ -164,63 +164,6 @@ def test_a_jobs_work_is_counted_from_the_headers_and_bounded() -> None:
         spool_uploads([upload], sink, JobLimits(max_job_pixels=15_000_000))
     assert caught.value.code == "job_too_large" and caught.value.http_status == 413
     assert sink.count == 3  # the third passed the bound: the rest never inflated
-
-
-def directory_bomb(entries: int, zip64: bool = False, declared: int | None = None) -> bytes:
-    """A zip archive whose central directory lists ``entries`` empty .jpg members (no
-    data), written by hand the way a hostile client would, with a zip64 end record when
-    asked; its end records declare ``declared`` entries (default: the truth)."""
-    declared = entries if declared is None else declared
-    local, central = io.BytesIO(), io.BytesIO()
-    for i in range(entries):
-        name = f"{i}.jpg".encode()
-        offset = local.tell()
-        local.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0))
-        local.write(name)
-        central.write(
-            struct.pack(
-                "<4s6H3L5H2L",
-                b"PK\x01\x02",
-                20,
-                20,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                len(name),
-                0,
-                0,
-                0,
-                0,
-                0,
-                offset,
-            )
-        )
-        central.write(name)
-    body, directory = local.getvalue(), central.getvalue()
-    count = 0xFFFF if zip64 else declared
-    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(directory), len(body), 0)
-    if not zip64:
-        return body + directory + end
-    eocd64_at = len(body) + len(directory)
-    eocd64 = struct.pack(
-        "<4sQ2H2L4Q",
-        b"PK\x06\x06",
-        44,
-        45,
-        45,
-        0,
-        0,
-        declared,
-        declared,
-        len(directory),
-        len(body),
-    )
-    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, eocd64_at, 1)
-    return body + directory + eocd64 + locator + end
 
 
 @pytest.mark.parametrize("zip64", [False, True])

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 
-from apiclient import zip_of
+from apiclient import directory_bomb, zip_of
 from conftest import GALLERY
 from facerec.imaging.decode import DECODE_BYTES_PER_PIXEL
 from gateway.bootstrap import open_audit, open_database
@@ -177,6 +177,13 @@ def test_archives_are_refused_before_they_are_inflated_or_cut(serve: Any) -> Non
     service = serve(FACEREC_MAX_JOB_IMAGES="40", FACEREC_MAX_JOB_INFLATED_BYTES="150000")
     r = submit(service, zip_bomb())
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_archive", r.text
+    # issue 19, high 3: a directory listing 20,000 entries (zip64, understating them) is
+    # refused from its end record; another caller is served meanwhile
+    r = submit(service, directory_bomb(20_000, zip64=True, declared=1))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_files", r.text
+    with service.client() as c:
+        probe = {"image": (IMAGES[0].name, IMAGES[0].read_bytes(), "image/jpeg")}
+        assert c.post("/v1/identify", files=probe).status_code == 200
     r = submit(service, zip_of(IMAGES[:21], repeat=2))  # 42 images: over FACEREC_MAX_JOB_IMAGES
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_files"
     assert r.json()["error"]["limit"] == 40
