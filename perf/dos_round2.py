@@ -32,6 +32,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from perf.proc import reset_peak, status
+
 GALLERY = Path(__file__).resolve().parents[1] / "tests" / "data" / "gallery"
 MB = 1024 * 1024
 AFTER_S = 30.0  # how long after the attack RSS is read again
@@ -45,13 +47,6 @@ class Server(Protocol):
 
     @property
     def port(self) -> int: ...
-
-
-def _status(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
 
 
 def _ws_url(s: Server) -> str:
@@ -162,14 +157,14 @@ def measure(
     time.sleep(1.0)
     with Legit(s, key, video) as legit:
         time.sleep(3.0)
-        before = _status(s.pid, "VmRSS")
-        Path(f"/proc/{s.pid}/clear_refs").write_text("5")
+        before = status(s.pid, "VmRSS")
+        reset_peak(s.pid)
         started = time.monotonic()
         answers = attack()
         ended = time.monotonic()
-        peak = _status(s.pid, "VmHWM")
+        peak = status(s.pid, "VmHWM")
         time.sleep(AFTER_S)
-        after = _status(s.pid, "VmRSS")
+        after = status(s.pid, "VmRSS")
     row = {
         "scenario": name,
         "attack_s": round(ended - started, 1),
@@ -246,10 +241,27 @@ def _for(seconds: float) -> Iterator[Callable[[], bool]]:
     yield lambda: time.monotonic() < end
 
 
+@contextmanager
+def _counting(answers: Counter[str]) -> Iterator[None]:
+    """Count how a WebSocket ended (its close code, or the error) instead of raising."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        yield
+    except ConnectionClosed as exc:
+        answers[f"closed {exc.rcvd.code if exc.rcvd else '-'}"] += 1
+    except OSError as exc:
+        answers[type(exc).__name__] += 1
+
+
+def _in_parallel(client: Callable[[int], None], count: int) -> None:
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(client, range(count)))
+
+
 def keyless_ws_squat(s: Server, sockets: int = 24, seconds: float = 20.0) -> Counter[str]:
     """High 1: silent sockets without a key, more than there are video slots, each
     reopened as soon as the server closes it."""
-    from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     answers: Counter[str] = Counter()
@@ -257,19 +269,13 @@ def keyless_ws_squat(s: Server, sockets: int = 24, seconds: float = 20.0) -> Cou
     def squat(_: int) -> None:
         with _for(seconds) as going:
             while going():
-                try:
-                    with connect(_ws_url(s), open_timeout=10) as ws:
-                        answers["opened"] += 1
-                        while going():
-                            with contextlib.suppress(TimeoutError):
-                                ws.recv(timeout=0.5)
-                except ConnectionClosed as exc:
-                    answers[f"closed {exc.rcvd.code if exc.rcvd else '-'}"] += 1
-                except OSError as exc:
-                    answers[type(exc).__name__] += 1
+                with _counting(answers), connect(_ws_url(s), open_timeout=10) as ws:
+                    answers["opened"] += 1
+                    while going():
+                        with contextlib.suppress(TimeoutError):
+                            ws.recv(timeout=0.5)
 
-    with ThreadPoolExecutor(sockets) as pool:
-        list(pool.map(squat, range(sockets)))
+    _in_parallel(squat, sockets)
     return answers
 
 
@@ -419,7 +425,6 @@ def video_frames(s: Server, seconds: float = 20.0) -> Counter[str]:
 
 def ws_text_flood(s: Server, sockets: int = 4, seconds: float = 15.0) -> Counter[str]:
     """Low 4: text messages as fast as a socket can send them."""
-    from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     key = new_key(s)
@@ -428,18 +433,15 @@ def ws_text_flood(s: Server, sockets: int = 4, seconds: float = 15.0) -> Counter
     def flood(_: int) -> None:
         with _for(seconds) as going:
             while going():
-                try:
-                    with connect(_ws_url(s), additional_headers={"X-API-Key": key}) as ws:
-                        while going():
-                            ws.send("{}")
-                            answers["sent"] += 1
-                except ConnectionClosed as exc:
-                    answers[f"closed {exc.rcvd.code if exc.rcvd else '-'}"] += 1
-                except OSError as exc:
-                    answers[type(exc).__name__] += 1
+                with (
+                    _counting(answers),
+                    connect(_ws_url(s), additional_headers={"X-API-Key": key}) as ws,
+                ):
+                    while going():
+                        ws.send("{}")
+                        answers["sent"] += 1
 
-    with ThreadPoolExecutor(sockets) as pool:
-        list(pool.map(flood, range(sockets)))
+    _in_parallel(flood, sockets)
     return answers
 
 

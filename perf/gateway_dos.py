@@ -44,6 +44,8 @@ from PIL import Image
 from perf import dos_round2 as round2
 from perf.gateway_load import _facerec_command, _stop
 from perf.ports import free_port
+from perf.proc import reset_peak
+from perf.proc import status as _status
 
 GALLERY = Path(__file__).resolve().parents[1] / "tests" / "data" / "gallery"
 MB = 1024 * 1024
@@ -58,18 +60,6 @@ class Server:
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
-
-
-def _status(pid: int, field: str) -> int:
-    """A ``VmRSS``/``VmHWM`` figure of ``/proc/PID/status``, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def reset_peak(pid: int) -> None:
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
 
 
 @contextmanager
