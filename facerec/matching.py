@@ -270,11 +270,17 @@ class Decision:
         }
 
 
+def verified(similarity: float, threshold: float) -> bool:
+    """The 1:1 decision: two faces are the same person when their cosine reaches the
+    threshold (the 1:N decision below holds its best candidate to the same rule)."""
+    return similarity >= threshold
+
+
 def decide(candidates: Sequence[Candidate], point: OperatingPoint) -> Decision:
     """The best of ``candidates`` (highest score, whatever their order) if it reaches
     ``point.threshold``, else no match."""
     ranked = tuple(sorted(candidates, key=lambda c: -c.similarity))
-    match = ranked[0] if ranked and ranked[0].similarity >= point.threshold else None
+    match = ranked[0] if ranked and verified(ranked[0].similarity, point.threshold) else None
     return Decision(match, ranked, point)
 
 

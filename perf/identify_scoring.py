@@ -46,11 +46,11 @@ import numpy as np
 from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
-from facerec.matching import DEFAULT_SCORING, IdentificationPolicy
+from facerec.matching import DEFAULT_SCORING, Hit, IdentificationPolicy
 from facerec.models import load_model_card
 from gateway.crypto.envelope import Keyring, MasterKey, new_data_key, seal_template
 from gateway.crypto.vector_protection import VectorProtector
-from gateway.index.milvus import FaceIndex, Hit
+from gateway.index.milvus import FaceIndex
 from gateway.service.matching import IndexMatcher, hits_wanted
 from gateway.storage.database import Database
 from gateway.storage.schema import FaceRow, SubjectRow, now

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from facerec.batch import FileResult, ProcessBatchRunner, analyze_paths
 from facerec.cli.output import emit, error_entry, fail
 from facerec.errors import FaceRecError, InvalidArgumentError, NoFaceError
+from facerec.matching import verified
 from facerec.pipeline import FacePipeline, ImageFaces
 from facerec.runtime import default_threads
 
@@ -162,7 +163,7 @@ def cmd_verify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
     assert ea is not None and eb is not None
     similarity = float(np.dot(ea, eb))
     threshold = args.threshold if args.threshold is not None else pipeline.threshold
-    match = similarity >= threshold
+    match = verified(similarity, threshold)
     doc = {
         "match": match,
         "similarity": round(similarity, 6),

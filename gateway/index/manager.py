@@ -26,11 +26,13 @@ import grpc
 import numpy as np
 from pymilvus import MilvusException
 
+from facerec.matching import Hit
 from gateway.crypto.envelope import MasterKey
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.errors import IndexUnavailableError
-from gateway.index.milvus import FaceIndex, Hit, MilvusOptions, check_id, unavailable
+from gateway.index.milvus import FaceIndex, MilvusOptions, unavailable
 from gateway.model_ids import PREFIX, collection_prefix, published_model_id
+from gateway.scope import check_id
 from gateway.storage.index_marks import IndexMarks
 from gateway.storage.secrets import SecretRepository
 

@@ -27,13 +27,14 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client import ts_utils
 
 from facerec.errors import InvalidArgumentError
+from facerec.matching import Hit
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.errors import IndexUnavailableError
+from gateway.scope import DEFAULT_SCOPE, check_id
 from gateway.storage.index_marks import IndexMarks
 
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INDEX_TYPES = ("FLAT", "HNSW")
 # Milvus Lite (the embedded default) is meant for galleries up to this many faces: its
 # search cost grows with the gallery (identify's index+SQL part, 2 busy cores: p50 11 ms at
@@ -53,14 +54,6 @@ Consistency = Literal["Strong", "Session", "Bounded", "Eventually"]
 SEARCH_EF = 128
 
 
-def check_id(value: str, what: str = "id") -> str:
-    """Ids reach Milvus filter expressions: only letters, digits, '_' and '-' pass."""
-    if not _ID.fullmatch(value):
-        raise InvalidArgumentError(f"invalid {what} {value!r}", code="invalid_id")
-    return value
-
-
-DEFAULT_SCOPE = ("default", "default")  # (namespace, gallery) of data from before scopes
 SCOPE_FIELDS = ("namespace", "gallery")
 
 
@@ -73,13 +66,6 @@ def scope_filter(namespace: str | None, gallery: str | None) -> str:
         if value is not None
     ]
     return " and ".join(terms)
-
-
-@dataclass(frozen=True)
-class Hit:
-    face_id: str
-    subject_id: str
-    similarity: float
 
 
 @dataclass(frozen=True)

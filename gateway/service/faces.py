@@ -35,6 +35,7 @@ from facerec.matching import (
     IdentificationPolicy,
     Scoring,
     decide,
+    verified,
 )
 from facerec.openset import DEFAULT_FPIR, OperatingPoint
 from facerec.pipeline import Face, FacePipeline, ImageFaces
@@ -43,9 +44,9 @@ from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.errors import ForbiddenError, NotFoundError
 from gateway.gallery import Gallery
-from gateway.index.milvus import check_id
 from gateway.memory import release_memory
 from gateway.model_ids import mismatch
+from gateway.scope import DEFAULT_GALLERY, DEFAULT_NAMESPACE, check_id
 from gateway.service.enrolment import (
     Prepared,
     choose_face,
@@ -75,7 +76,6 @@ from gateway.service.types import (
 )
 from gateway.service.types import Candidate as NamedCandidate
 from gateway.storage.database import Database
-from gateway.storage.schema import DEFAULT_GALLERY, DEFAULT_NAMESPACE
 
 
 class FaceService:
@@ -413,7 +413,7 @@ class FaceService:
         probe = self._probe(data)
         assert probe.embedding is not None
         similarity = float(np.max(np.stack(templates) @ probe.embedding))
-        match = similarity >= limit
+        match = verified(similarity, limit)
         self.audit(
             "verify",
             "match" if match else "no_match",
@@ -440,7 +440,7 @@ class FaceService:
         a, b = (f.embedding for f in faces)
         assert a is not None and b is not None
         similarity = float(a @ b)
-        match = similarity >= limit
+        match = verified(similarity, limit)
         self.audit(
             "verify_pair",
             "match" if match else "no_match",

@@ -228,7 +228,7 @@ class IndexMatcher:
                     if len(subjects) == limit:
                         continue
                     subjects.add(h.subject_id)
-                mine.append(Hit(h.face_id, h.subject_id, h.similarity))
+                mine.append(h)
             kept.append(mine)
         found = self.subjects.candidate_templates(
             sorted({h.subject_id for mine in kept for h in mine}),
