@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.onnx_export import export_onnx
 from export.setup_models import face_images
 from export.steps import embedder_parity, face_crops, half_precision, quantise, serving_graphs
 from facerec.alignment import crop_box
@@ -55,6 +54,7 @@ from facerec.models import (
 )
 from facerec.pipeline import PipelineConfig
 from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.onnx_export import export_onnx
 
 log = logging.getLogger(__name__)
 

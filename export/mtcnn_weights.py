@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from export.errors import ConversionError
+from training.errors import ConversionError
 from training.mtcnn import ONet, PNet, RNet
 
 __all__ = ["ConversionError", "load_mtcnn", "load_state_dict_strict"]

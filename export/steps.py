@@ -11,10 +11,8 @@ import numpy as np
 import onnx
 import torch
 
-from export.facenet_keras import load_facenet_keras
 from export.mtcnn_graph import optimise_mtcnn
 from export.mtcnn_weights import load_mtcnn
-from export.onnx_export import export_onnx
 from export.quantize import quantize_embedder
 from export.serving_graph import wrap_embedder
 from facerec.alignment import align_faces
@@ -23,9 +21,11 @@ from facerec.detection.types import Detections
 from facerec.embedding import OnnxEmbedder, l2_normalise, per_image_standardization
 from facerec.models import ONNX_FILES, ModelCard, embedder_file
 from facerec.selection import primary_face
+from training.facenet_keras import load_facenet_keras
 from training.inception_resnet_v1 import InceptionResnetV1
 from training.mtcnn import ONet, PNet, RNet
 from training.mtcnn_reference import EagerMTCNN
+from training.onnx_export import export_onnx
 
 log = logging.getLogger(__name__)
 

@@ -8,33 +8,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
 import threading
-from typing import Any
 
 from pydantic import ValidationError
 
-from facerec.cli.output import emit, fail
+from facerec.cli.output import fail
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
 from gateway.bootstrap import open_admin, open_audit, open_database, open_gallery, open_gateway
+from gateway.cli_common import CLI, _print
 from gateway.crypto.envelope import MasterKey
 from gateway.service.admin import AdminService
-from gateway.service.types import Caller
 from gateway.settings import Settings, get_settings
 from gateway.storage.database import Database
 from gateway.storage.files import PRIVATE_UMASK
 
 log = logging.getLogger(__name__)
-CLI = Caller(key_id=None, role="cli", request_id=None)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
-    emit(json.loads(json.dumps(data, default=str)), args.json, text)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

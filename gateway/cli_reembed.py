@@ -13,7 +13,7 @@ from facerec.errors import FaceRecError
 from facerec.imaging.decode import DecodeLimits
 from facerec.pipeline import FacePipeline, PipelineConfig
 from gateway.bootstrap import open_audit, open_database, open_gallery
-from gateway.cli import CLI, _print
+from gateway.cli_common import CLI, _print
 from gateway.service.reembed import ReembedReport, reembed
 from gateway.settings import get_settings
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from gateway.auth.api_keys import ROLES
+from gateway.roles import ROLES
 
 SETTINGS_HELP = "settings come from FACEREC_* variables or .env (see .env.example)"
 

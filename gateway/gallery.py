@@ -61,7 +61,8 @@ import numpy as np
 
 from gateway.errors import ConflictError, NotFoundError
 from gateway.index.manager import IndexManager
-from gateway.index.milvus import DEFAULT_SCOPE, FaceIndex
+from gateway.index.milvus import FaceIndex
+from gateway.scope import DEFAULT_SCOPE
 from gateway.storage.subjects import SubjectRepository
 
 log = logging.getLogger(__name__)

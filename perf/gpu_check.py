@@ -31,8 +31,8 @@ BATCHES = (1, 8, 64, 256)
 
 
 def save_weights(path: Path) -> None:
-    from export.facenet_keras import load_facenet_keras
     from facerec.models import facerec_home
+    from training.facenet_keras import load_facenet_keras
 
     model = load_facenet_keras(facerec_home() / "weights" / "facenet_keras.h5")
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}

@@ -51,8 +51,8 @@ class Reference:
     """facenet-pytorch's way: eager MTCNN, box crop, eager Inception-ResNet-v1."""
 
     def __init__(self) -> None:
-        from export.facenet_keras import load_facenet_keras
         from export.mtcnn_weights import load_mtcnn
+        from training.facenet_keras import load_facenet_keras
         from training.mtcnn_reference import EagerMTCNN
 
         w = facerec_home() / "weights"
@@ -157,7 +157,7 @@ def time_processes(config: PipelineConfig, paths: list[Path], pad: int, chunk: i
 
 def embedder_throughput(batches: tuple[int, ...], crops: np.ndarray) -> dict[str, Any]:
     """Faces/s of the embedder alone: PyTorch eager FP32, ONNX Runtime FP32 and INT8."""
-    from export.facenet_keras import load_facenet_keras
+    from training.facenet_keras import load_facenet_keras
 
     card = load_model_card()
     x_all = per_image_standardization(crops)

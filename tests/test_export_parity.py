@@ -8,11 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import DIFFERENT_PAIRS, lfw_image  # noqa: E402
-from export.facenet_keras import load_facenet_keras  # noqa: E402
 from export.mtcnn_weights import load_mtcnn  # noqa: E402
 from facerec.embedding import per_image_standardization  # noqa: E402
 from facerec.models import facerec_home  # noqa: E402
 from facerec.pipeline import FacePipeline, PipelineConfig  # noqa: E402
+from training.facenet_keras import load_facenet_keras  # noqa: E402
 from training.mtcnn_reference import EagerMTCNN  # noqa: E402
 
 KEYS = sorted({k for pair in DIFFERENT_PAIRS for k in pair})

@@ -23,7 +23,7 @@ pytest.importorskip("h5py")
 import h5py
 import torch
 
-from export.facenet_keras import (
+from training.facenet_keras import (
     ConversionError,
     ConversionReport,
     convert_facenet_keras,

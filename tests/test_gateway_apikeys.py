@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from facerec.errors import FaceRecError
-from gateway.auth.api_keys import allowed, check_secret, issue_key, parse_token
+from gateway.auth.api_keys import check_secret, issue_key, parse_token
 from gateway.crypto.envelope import MasterKey
 from gateway.errors import AuthError
+from gateway.roles import allowed
 
 
 def test_issued_key_verifies_and_is_not_stored_in_the_clear() -> None:

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 
 from export.mtcnn_graph import CHANNEL_BLOCK, GraphRewriteError, optimise_mtcnn  # noqa: E402
 from export.mtcnn_weights import load_mtcnn  # noqa: E402
-from export.onnx_export import export_onnx  # noqa: E402
 from facerec.models import facerec_home, model_path  # noqa: E402
+from training.onnx_export import export_onnx  # noqa: E402
 
 
 @pytest.mark.parametrize("net", ["pnet", "rnet", "onet"])

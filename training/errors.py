@@ -5,6 +5,10 @@ from __future__ import annotations
 from facerec.errors import FaceRecError
 
 
+class ConversionError(Exception):
+    """A published weight file does not match the module it is converted into."""
+
+
 class TrainingDataError(FaceRecError):
     """Training data that cannot be used (codes: ``not_found``, ``empty_dataset``,
     ``too_few_identities``, ``corrupt_image``, ``wrong_crop_size``, ``invalid_split``)."""

@@ -36,7 +36,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from export.errors import ConversionError
+from training.errors import ConversionError
 from training.inception_resnet_v1 import (
     BN_EPS,
     BasicConv2d,

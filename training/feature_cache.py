@@ -75,8 +75,8 @@ def version_inputs(crops: np.ndarray, version: int, cfg: AugmentConfig, seed: in
 
 class _OrtTrunk:
     def __init__(self, trunk: Trunk, path: Path, size: int, threads: int | None) -> None:
-        from export.onnx_export import export_onnx
         from facerec.runtime import create_session
+        from training.onnx_export import export_onnx
 
         if not path.is_file():
             export_onnx(

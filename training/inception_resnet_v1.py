@@ -1,7 +1,7 @@
 """Inception-ResNet-v1 face embedder (FaceNet, davidsandberg 20170512-110547 layout).
 
 Pure PyTorch, no torchvision. The layer structure mirrors the published Keras port
-(``facenet_keras.h5``) so that :mod:`export.facenet_keras` can fill every tensor from it.
+(``facenet_keras.h5``) so that :mod:`training.facenet_keras` can fill every tensor from it.
 
 Input: float32 ``[N, 3, 160, 160]``, RGB, already prewhitened by the caller
 (per-image ``(x - mean) / max(std, 1 / sqrt(x.size))``).

@@ -68,7 +68,7 @@ def base_weights(init: str, home: Path | None = None) -> tuple[dict[str, Tensor]
             raise CheckpointError(
                 f"{path} is missing: run `facerec models` first", code="checkpoint_not_found"
             )
-        from export.facenet_keras import load_facenet_keras
+        from training.facenet_keras import load_facenet_keras
 
         state = load_facenet_keras(path).state_dict()
         sha = load_model_card(BASE_MODEL).weights_sha256

@@ -44,7 +44,7 @@ def add_commands(
 
 
 def run(args: argparse.Namespace) -> int:
-    from facerec.cli.main import config_from_args
+    from facerec.cli.pipeline_args import config_from_args
     from facerec.dataset.prepare import PrepareOptions, prepare_dataset
 
     manifest = prepare_dataset(

@@ -16,10 +16,10 @@ from pathlib import Path
 from facerec import __version__
 from facerec.cli import bench, bench_openset, dataset, identify, images, triton, watch
 from facerec.cli.output import fail
-from facerec.detection.mtcnn import MTCNNConfig
+from facerec.cli.pipeline_args import pipeline_from_args
 from facerec.errors import FaceRecError
 from facerec.models import BASE_MODEL, PRECISIONS
-from facerec.pipeline import FacePipeline, PipelineConfig
+from facerec.pipeline import FacePipeline
 
 Handler = Callable[[argparse.Namespace, FacePipeline], int]
 Common = Callable[[argparse.ArgumentParser], None]
@@ -158,25 +158,6 @@ def _plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
             log.debug("commands %s not available: %s", ep.name, exc)
             continue
         register(sub, _common)
-
-
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """The pipeline settings of the pipeline options (:func:`_pipeline_options`)."""
-    return PipelineConfig(
-        detector=MTCNNConfig(
-            min_face_size=args.min_face_size, thresholds=tuple(args.detection_thresholds)
-        ),
-        alignment=args.alignment,
-        flip=args.flip,
-        precision=args.precision,
-        threads=args.threads,
-        max_detect_side=args.max_detect_side,
-        model=args.model,
-    )
-
-
-def pipeline_from_args(args: argparse.Namespace) -> FacePipeline:
-    return FacePipeline.open(config_from_args(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

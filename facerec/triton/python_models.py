@@ -17,12 +17,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from facerec.alignment import ALIGN_METHODS, AlignMethod, align_faces
+from facerec.detection.bounded import detect_bounded
 from facerec.detection.mtcnn import MTCNNConfig, MTCNNDetector
 from facerec.detection.types import Detections
 from facerec.embedding import l2_normalise
 from facerec.errors import FaceRecError
 from facerec.models import load_model_card
-from facerec.pipeline import detect_bounded
 from facerec.runtime import create_session
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from gateway.auth.api_keys import ROLES
+from gateway.roles import ROLES
 from gateway.service.enrolment import REFUSAL_CODES
 
 SCOPE_NAME = "^[A-Za-z0-9_-]{1,64}$"

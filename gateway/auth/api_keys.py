@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 from facerec.errors import FaceRecError
 from gateway.errors import AuthError
+from gateway.roles import ROLES
 
-if TYPE_CHECKING:  # the CLI's option parser imports ROLES without the database layer
+if TYPE_CHECKING:  # imported for types only: no database layer at import time
     from gateway.storage.api_keys import ApiKeyInfo, ApiKeyRepository
 
-ROLES = ("admin", "enrol", "verify", "identify")
 PREFIX = "frk"
 
 
@@ -65,11 +65,6 @@ def parse_token(token: str) -> tuple[str, str]:
 
 def check_secret(pepper: bytes, secret: str, digest: str) -> bool:
     return hmac.compare_digest(digest_secret(pepper, secret), digest)
-
-
-def allowed(role: str, needed: str) -> bool:
-    """Whether ``role`` may do what ``needed`` is required for."""
-    return role == "admin" or role == needed
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ from typing import Any
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.audit.refusals import RefusalLog
-from gateway.auth.api_keys import Bootstrapped, KeyManager, allowed
+from gateway.auth.api_keys import Bootstrapped, KeyManager
 from gateway.auth.throttle import FailureThrottle, TooManyRequestsError
 from gateway.crypto.envelope import open_record, seal_record
 from gateway.errors import AuthError, ConflictError, ForbiddenError, InvalidRequestError
-from gateway.index.milvus import check_id
+from gateway.roles import allowed
+from gateway.scope import DEFAULT_NAMESPACE, check_id
 from gateway.service.names import clean_name
 from gateway.service.types import (
     ApiKeyInfo,
@@ -28,7 +29,7 @@ from gateway.service.types import (
     StoredResponse,
 )
 from gateway.storage.idempotency import IdempotencyRepository
-from gateway.storage.schema import DEFAULT_NAMESPACE, now
+from gateway.storage.schema import now
 
 SYSTEM = Caller(role="system")  # the service itself (start-up, retention)
 ABANDONED_AFTER = timedelta(minutes=10)  # an idempotency key held longer by no answer is free

@@ -27,7 +27,7 @@ from facerec.imaging.decode import DecodeLimits, decode_image
 from facerec.pipeline import FacePipeline
 from facerec.video.tracker import iou_matrix
 from gateway.gallery import Gallery
-from gateway.index.milvus import DEFAULT_SCOPE
+from gateway.scope import DEFAULT_SCOPE
 from gateway.storage.subjects import StoredFace
 
 log = logging.getLogger(__name__)

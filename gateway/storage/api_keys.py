@@ -11,7 +11,8 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.errors import ConflictError, NotFoundError
-from gateway.storage.schema import DEFAULT_NAMESPACE, ApiKeyRow, now
+from gateway.scope import DEFAULT_NAMESPACE
+from gateway.storage.schema import ApiKeyRow, now
 
 
 @dataclass(frozen=True)

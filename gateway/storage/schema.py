@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import CursorResult, Dialect, Engine, Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from gateway.scope import DEFAULT_GALLERY, DEFAULT_NAMESPACE
 from gateway.storage.locks import session_lock
 from gateway.storage.migrate import migrate
 
@@ -76,10 +77,6 @@ def new_id() -> str:
 
 class Base(DeclarativeBase):
     pass
-
-
-DEFAULT_NAMESPACE = "default"
-DEFAULT_GALLERY = "default"
 
 
 class SubjectRow(Base):

@@ -30,9 +30,8 @@ from gateway.crypto.envelope import (
 )
 from gateway.errors import ConflictError, NotFoundError
 from gateway.model_ids import published_model_id
+from gateway.scope import DEFAULT_GALLERY, DEFAULT_NAMESPACE
 from gateway.storage.schema import (
-    DEFAULT_GALLERY,
-    DEFAULT_NAMESPACE,
     FaceRow,
     SubjectRow,
     new_id,
