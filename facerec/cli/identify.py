@@ -20,12 +20,13 @@ import numpy as np
 from facerec.cli.images import _record_error, _require_face, analyze_files, gallery_images
 from facerec.cli.output import emit, error_entry, fail
 from facerec.detection.types import Detections
+from facerec.enrolment import enrol_in_order
 from facerec.errors import FaceRecError, InvalidArgumentError
 from facerec.imaging.decode import read_image
 from facerec.matching import DEFAULT_SCORING, SCORE_METHODS, Gallery, IdentificationPolicy, Scoring
 from facerec.openset import DEFAULT_FPIR, FPIR_ENV, OperatingPoint
 from facerec.pipeline import Face, FacePipeline
-from facerec.selection import check_enrolment, consensus_order
+from facerec.selection import check_enrolment
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -85,21 +86,20 @@ def build_gallery(
         faces[owner[o.path]].append((o.path, o.faces.faces[0]))
     gallery = Gallery(pipeline.card.embedding_size, scoring)
     for name, found in faces.items():
-        order = consensus_order(
-            np.stack([f.embedding for _, f in found if f.embedding is not None])
-        )
-        accepted: list[np.ndarray] = []
-        for i in order:
-            path, face = found[i]
-            assert face.embedding is not None
-            try:
-                crop, size = _gallery_face(pipeline, path, face)
-                templates = np.stack(accepted) if accepted else None
-                check_enrolment(face, size, crop, templates, force=force)
-            except FaceRecError as exc:
-                refused.append({"image": str(path), "subject": name, **error_entry(exc)})
-                continue
-            accepted.append(face.embedding)
+        embeddings = [f.embedding for _, f in found if f.embedding is not None]
+        assert len(embeddings) == len(found)
+        accepted: list[np.ndarray] = []  # in the order they were accepted
+
+        def accept(i: int, templates: np.ndarray | None) -> None:
+            path, face = found[i]  # noqa: B023 (called within this iteration only)
+            crop, size = _gallery_face(pipeline, path, face)
+            check_enrolment(face, size, crop, templates, force=force)
+            accepted.append(embeddings[i])  # noqa: B023
+
+        outcomes = enrol_in_order(embeddings, accept)
+        for (path, _), outcome in zip(found, outcomes, strict=True):
+            if isinstance(outcome, FaceRecError):
+                refused.append({"image": str(path), "subject": name, **error_entry(outcome)})
         if accepted:
             gallery.add(name, np.stack(accepted))
     return gallery, len(items), sorted(refused, key=lambda r: r["image"])

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from facerec.batching import MicroBatcher
+from facerec.enrolment import enrol_in_order
 from facerec.errors import FaceRecError, ImageError, InvalidArgumentError, NoFaceError
 from facerec.imaging.budget import DecodeBudget
 from facerec.imaging.decode import (
@@ -39,7 +40,7 @@ from facerec.matching import (
 )
 from facerec.openset import DEFAULT_FPIR, OperatingPoint
 from facerec.pipeline import Face, FacePipeline, ImageFaces
-from facerec.selection import DEFAULT_GATES, EnrolmentGates, check_enrolment, consensus_order
+from facerec.selection import DEFAULT_GATES, EnrolmentGates, check_enrolment
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.errors import ForbiddenError, NotFoundError
@@ -302,25 +303,34 @@ class FaceService:
         existing = self.db.subjects.candidate_templates([subject_id], model_id=self.model_id).get(
             subject_id
         )
-        accepted = [] if existing is None else list(existing[1])
-        had_faces = bool(accepted)
-        results: list[Enrolled | FailedImage | None] = [None] * len(uploads)
+        had_faces = existing is not None and len(existing[1]) > 0
         ready = [i for i, p in enumerate(prepared) if isinstance(p, Prepared)]
-        embeddings = [p.embedding for p in prepared if isinstance(p, Prepared)]
-        order = [ready[k] for k in consensus_order(np.stack(embeddings))] if ready else []
-        for i in order + [i for i, p in enumerate(prepared) if not isinstance(p, Prepared)]:
-            upload, found = uploads[i], prepared[i]
+
+        def accept(k: int, templates: np.ndarray | None) -> Enrolled:
+            i = ready[k]
+            found = prepared[i]
+            assert isinstance(found, Prepared)
             try:
-                if isinstance(found, FaceRecError):
-                    raise found
-                templates = np.stack(accepted) if accepted else None
-                enrolled = self._enrol_one(subject, upload, found, templates, force)
-                accepted.append(found.embedding)
-                results[i] = enrolled
-                outcome = "forced" if enrolled.forced else "ok"
-                self.audit("enrol", outcome, caller, subject=subject_id, score=enrolled.consistency)
-            except FaceRecError as exc:
-                results[i] = FailedImage(upload.name, exc)
+                enrolled = self._enrol_one(subject, uploads[i], found, templates, force)
+            except FaceRecError:
+                self.audit("enrol", "refused", caller, subject=subject_id)
+                raise
+            outcome = "forced" if enrolled.forced else "ok"
+            self.audit("enrol", outcome, caller, subject=subject_id, score=enrolled.consistency)
+            return enrolled
+
+        embeddings = [p.embedding for p in prepared if isinstance(p, Prepared)]
+        before = [] if existing is None else list(existing[1])
+        outcomes = enrol_in_order(embeddings, accept, before)
+        results: list[Enrolled | FailedImage | None] = [None] * len(uploads)
+        for k, outcome in enumerate(outcomes):
+            name = uploads[ready[k]].name
+            results[ready[k]] = (
+                FailedImage(name, outcome) if isinstance(outcome, FaceRecError) else outcome
+            )
+        for i, p in enumerate(prepared):  # refused before the set was taken in order
+            if isinstance(p, FaceRecError):
+                results[i] = FailedImage(uploads[i].name, p)
                 self.audit("enrol", "refused", caller, subject=subject_id)
         done = [r for r in results if r is not None]
         self.model_census.changed()
