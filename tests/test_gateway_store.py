@@ -4,6 +4,7 @@ duplicates, the pending/indexed states and the stored audit chain."""
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -192,3 +193,26 @@ def test_out_of_scope_lookups_cost_what_unknown_ids_do(db: Database) -> None:
             db.jobs.get(job_id, key_id="key-a")
         counts.append(seen.count)
     assert counts == [1, 1]
+
+
+def test_a_process_of_this_host_that_no_longer_runs_is_not_live(db: Database) -> None:
+    """A process killed a moment ago still has a fresh heartbeat; its pid says it is gone
+    (so a restart's repair takes back its half-done enrolments). Another host's process,
+    and one that runs, stay live until their heartbeat is old."""
+    import socket
+    import subprocess
+    import sys
+
+    from gateway.storage.processes import gone_from_this_host
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                           capture_output=True, text=True)  # fmt: skip
+    host = socket.gethostname()
+    dead = f"{host}/{ended.stdout.strip()}/abc123"
+    running = f"{host}/{os.getpid()}/def456"
+    elsewhere = "another-host/1/fed789"
+    for name in (dead, running, elsewhere):
+        db.processes.register(name, "api", "test")
+    assert gone_from_this_host(dead) and not gone_from_this_host(running)
+    assert db.processes.live(60.0) >= {running, elsewhere}
+    assert dead not in db.processes.live(60.0)

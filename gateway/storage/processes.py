@@ -4,7 +4,9 @@ dead process can be taken back, and operators can see who runs what.
 
 A process's name is unique to one run (``host/pid/random``); it registers at start,
 renews ``seen_at`` every few seconds, and removes its row when it stops cleanly. A process
-not seen for ``ttl`` seconds counts as dead.
+not seen for ``ttl`` seconds counts as dead, and so does one of this host whose pid no
+longer runs: a process killed a moment ago (``SIGKILL``, a crash) is dead to the one
+restarting in its place, whose start-up repair then takes back what it left half-done.
 """
 
 from __future__ import annotations
@@ -47,6 +49,22 @@ def process_started() -> datetime:
         return now()
 
 
+def gone_from_this_host(name: str) -> bool:
+    """Whether ``name`` (``host/pid/random``) is a process of this host whose pid does not
+    run any more. Another host's process, or a pid that runs (even reused), is not."""
+    host, _, rest = name.partition("/")
+    pid = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it runs, under another user
+        return False
+    return False
+
+
 class ProcessRepository:
     """The ``processes`` table."""
 
@@ -75,10 +93,12 @@ class ProcessRepository:
             s.execute(delete(ProcessRow).where(ProcessRow.name == name))
 
     def live(self, ttl: float) -> set[str]:
-        """Names of the processes seen within the last ``ttl`` seconds."""
+        """Names of the processes seen within the last ``ttl`` seconds, but those of this
+        host that no longer run."""
         since = now() - timedelta(seconds=ttl)
         with Session(self.engine) as s:
-            return set(s.scalars(select(ProcessRow.name).where(ProcessRow.seen_at >= since)))
+            seen = s.scalars(select(ProcessRow.name).where(ProcessRow.seen_at >= since))
+            return {name for name in seen if not gone_from_this_host(name)}
 
     def prune(self, older_than: float) -> int:
         """Remove processes not seen for ``older_than`` seconds (they died unclean)."""
