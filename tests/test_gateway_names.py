@@ -44,7 +44,7 @@ def test_names_are_checked_and_normalised(client: TestClient) -> None:
         (r'{"name": "Bob\nSmith"}', "control character (U+000A)"),
         (r'{"name": "\u007f"}', "control character (U+007F)"),
         (r'{"name": "Bob\u2028Smith"}', "line separator (U+2028)"),
-        (r'{"name": "\ud800x"}', "unicode"),  # the schema refuses it first
+        (r'{"name": "\ud800x"}', "lone surrogate"),  # the schema refuses it first
         (r'{"name": "invoice\u202egnp.exe"}', "bidirectional override (U+202E)"),
         (r'{"name": "a\u2067b"}', "bidirectional override (U+2067)"),
         (r'{"name": "   "}', "name is empty"),
