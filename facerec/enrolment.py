@@ -1,5 +1,7 @@
 """Enrolling a set of photos of one person: the one loop the command line's folder
-galleries, the gateway's ``POST /v1/subjects/{id}/faces`` and every other enrolment run.
+galleries, the gateway's ``POST /v1/subjects/{id}/faces`` and every other enrolment run;
+and the gallery folder (one sub-folder of photos per person) that ``identify``, ``watch``
+and the benchmarks enrol with it.
 
 The photos are taken most typical first (:func:`facerec.selection.consensus_order`), and
 each must pass its checks against the templates accepted before it (those the person
@@ -9,13 +11,22 @@ majority's templates and is the one refused, whatever the order it came in.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
-from facerec.errors import FaceRecError
-from facerec.selection import consensus_order
+from facerec.batch import analyze_files, require_face
+from facerec.detection.types import Detections
+from facerec.errors import FaceRecError, InvalidArgumentError
+from facerec.imaging.decode import IMAGE_SUFFIXES, read_image
+from facerec.matching import DEFAULT_SCORING, Gallery, IdentificationPolicy, Scoring
+from facerec.openset import OperatingPoint
+from facerec.pipeline import Face, FacePipeline
+from facerec.selection import check_enrolment, consensus_order
 
 R = TypeVar("R")
 
@@ -30,7 +41,7 @@ def enrol_in_order(
     are none; whatever storing the photo means) or the :class:`FaceRecError` it raised.
     A refused photo adds no template; ``existing`` are the person's templates before."""
     accepted = list(existing)
-    results: list[R | FaceRecError | None] = [None] * len(embeddings)
+    results: dict[int, R | FaceRecError] = {}
     order = consensus_order(np.stack(embeddings)) if len(embeddings) else []
     for i in order:
         templates = np.stack(accepted) if accepted else None
@@ -40,7 +51,116 @@ def enrol_in_order(
             results[i] = exc
             continue
         accepted.append(embeddings[i])
-    return [r for r in results if r is not None]
+    return [results[i] for i in range(len(embeddings))]
 
 
-__all__ = ["enrol_in_order"]
+# -- a gallery folder: one sub-folder of photos per person ---------------------------
+def gallery_images(root: Path) -> list[tuple[str, Path]]:
+    """(person, photo) for every image of a gallery folder: one sub-folder per person."""
+    if not root.is_dir():
+        raise InvalidArgumentError(f"gallery {root} is not a directory", code="not_found")
+    items = [
+        (person.name, f)
+        for person in sorted(p for p in root.iterdir() if p.is_dir())
+        for f in sorted(person.iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not items:
+        raise InvalidArgumentError(
+            f"gallery {root} holds no images; expected one sub-folder of images per person",
+            code="empty_gallery",
+        )
+    return items
+
+
+def gallery_face(
+    pipeline: FacePipeline, path: Path, face: Face
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """(aligned crop, image size) of ``face`` in ``path``, for the quality gates."""
+    image = read_image(path)
+    det = Detections(face.box[None], np.array([face.score], np.float32), face.landmarks[None])
+    return pipeline.align(image, det)[0], (image.shape[0], image.shape[1])
+
+
+def build_gallery(
+    pipeline: FacePipeline,
+    root: Path,
+    scoring: Scoring,
+    force: bool,
+    progress: bool,
+    processes: int | None = None,
+) -> tuple[Gallery, int, list[dict[str, Any]]]:
+    """(gallery, images seen, refused images with their errors) from ``root``; the photos
+    are analysed as :func:`~facerec.batch.analyze_files` does (``processes``)."""
+    items = gallery_images(root)
+    owner = {p: name for name, p in items}
+    faces: dict[str, list[tuple[Path, Face]]] = defaultdict(list)
+    refused: list[dict[str, Any]] = []
+    paths = [p for _, p in items]
+    for o in analyze_files(pipeline, paths, True, True, progress=progress, processes=processes):
+        err = require_face(o)
+        if err is not None:
+            refused.append({"image": str(o.path), "subject": owner[o.path], "error": err.to_dict()})
+            continue
+        assert o.faces is not None
+        faces[owner[o.path]].append((o.path, o.faces.faces[0]))
+    gallery = Gallery(pipeline.card.embedding_size, scoring)
+    for name, found in faces.items():
+        embeddings = [f.embedding for _, f in found if f.embedding is not None]
+        assert len(embeddings) == len(found)
+        accepted: list[np.ndarray] = []  # in the order they were accepted
+
+        def accept(i: int, templates: np.ndarray | None) -> None:
+            path, face = found[i]  # noqa: B023 (called within this iteration only)
+            crop, size = gallery_face(pipeline, path, face)
+            check_enrolment(face, size, crop, templates, force=force)
+            accepted.append(embeddings[i])  # noqa: B023
+
+        outcomes = enrol_in_order(embeddings, accept)
+        for (path, _), outcome in zip(found, outcomes, strict=True):
+            if isinstance(outcome, FaceRecError):
+                refused.append({"image": str(path), "subject": name, "error": outcome.to_dict()})
+        if accepted:
+            gallery.add(name, np.stack(accepted))
+    return gallery, len(items), sorted(refused, key=lambda r: r["image"])
+
+
+@dataclass(frozen=True)
+class GalleryAtPoint:
+    """A gallery folder enrolled through the policy, and the operating point for its size."""
+
+    gallery: Gallery
+    policy: IdentificationPolicy
+    point: OperatingPoint
+    seen: int  # photos found in the folder
+    refused: list[dict[str, Any]]  # photos refused, each with its error
+
+
+def open_gallery(
+    pipeline: FacePipeline,
+    root: Path,
+    scoring: Scoring = DEFAULT_SCORING,
+    fpir: float | None = None,
+    threshold: float | None = None,
+    force: bool = False,
+    progress: bool = False,
+    processes: int | None = None,
+) -> GalleryAtPoint:
+    """Enrol the folder ``root`` (see :func:`build_gallery`) and fix the operating point
+    for its size: ``threshold`` if given, else the card's threshold for ``fpir`` (else
+    ``$FACEREC_IDENTIFY_FPIR``, else 1e-3). ``identify`` and ``watch`` both use it."""
+    cfg = pipeline.config
+    policy = IdentificationPolicy.from_card(
+        pipeline.card, cfg.alignment, cfg.flip, cfg.precision, scoring
+    )
+    policy.operating_point(1, fpir, threshold)  # a bad setting fails before any work
+    gallery, seen, refused = build_gallery(pipeline, root, scoring, force, progress, processes)
+    if len(gallery) == 0:
+        raise InvalidArgumentError(
+            "no gallery image had a usable face", code="empty_gallery", refused=refused
+        )
+    point = policy.operating_point(len(gallery), fpir, threshold)
+    return GalleryAtPoint(gallery, policy, point, seen, refused)
+
+
+__all__ = ["GalleryAtPoint", "build_gallery", "enrol_in_order", "gallery_images", "open_gallery"]

@@ -58,8 +58,8 @@ import video_scenes as vs  # noqa: E402
 from media_servers import RtspServer  # noqa: E402
 
 from facerec.batching import MicroBatcher  # noqa: E402
-from facerec.cli.identify import open_gallery  # noqa: E402
 from facerec.detection.mtcnn import MTCNNConfig  # noqa: E402
+from facerec.enrolment import open_gallery  # noqa: E402
 from facerec.pipeline import FacePipeline, PipelineConfig  # noqa: E402
 from facerec.video import (  # noqa: E402
     GalleryPolicy,

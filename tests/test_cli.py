@@ -135,7 +135,7 @@ def test_many_files_in_worker_processes_match_one_process(bad_files: dict[str, P
 
 
 def test_worker_processes_choice(local_pipeline: FacePipeline) -> None:
-    from facerec.cli.images import PROCESS_MIN_FILES, worker_processes
+    from facerec.batch import PROCESS_MIN_FILES, worker_processes
     from facerec.runtime import default_threads
 
     assert worker_processes(local_pipeline, PROCESS_MIN_FILES - 1) == 1

@@ -56,3 +56,17 @@ def test_existing_templates_count_and_nothing_is_accepted_against_them() -> None
     outcomes = enrol_in_order(embeddings, consistent([], embeddings), existing=same)
     assert isinstance(outcomes[0], FaceRecError)
     assert enrol_in_order([], consistent([], [])) == []
+
+
+def test_an_accept_that_returns_nothing_still_gives_one_outcome_per_photo() -> None:
+    same, stranger = photos(2)
+    embeddings = [stranger, *same]
+    kept: list[int] = []
+    accept = consistent(kept, embeddings)
+
+    def quiet(i: int, templates: np.ndarray | None) -> None:
+        accept(i, templates)
+
+    outcomes = enrol_in_order(embeddings, quiet)
+    assert len(outcomes) == 5 and isinstance(outcomes[0], FaceRecError)
+    assert outcomes[1:] == [None] * 4 and sorted(kept) == [1, 2, 3, 4]

@@ -24,7 +24,7 @@ import video_scenes as vs
 from media_servers import MjpegServer, RtspServer
 
 from facerec.batching import MicroBatcher
-from facerec.cli.identify import open_gallery
+from facerec.enrolment import open_gallery
 from facerec.errors import FaceRecError
 from facerec.pipeline import FacePipeline
 from facerec.video import (

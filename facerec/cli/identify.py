@@ -10,23 +10,18 @@ the gallery's size at ``--fpir`` (model card), unless ``--threshold`` is given.
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facerec.cli.images import _record_error, _require_face, analyze_files, gallery_images
-from facerec.cli.output import emit, error_entry, fail
-from facerec.detection.types import Detections
-from facerec.enrolment import enrol_in_order
-from facerec.errors import FaceRecError, InvalidArgumentError
-from facerec.imaging.decode import read_image
-from facerec.matching import DEFAULT_SCORING, SCORE_METHODS, Gallery, IdentificationPolicy, Scoring
-from facerec.openset import DEFAULT_FPIR, FPIR_ENV, OperatingPoint
-from facerec.pipeline import Face, FacePipeline
-from facerec.selection import check_enrolment
+from facerec.batch import analyze_files, require_face
+from facerec.cli.images import _record_error
+from facerec.cli.output import emit, fail
+from facerec.enrolment import open_gallery
+from facerec.errors import FaceRecError
+from facerec.matching import DEFAULT_SCORING, SCORE_METHODS, Scoring
+from facerec.openset import DEFAULT_FPIR, FPIR_ENV
+from facerec.pipeline import FacePipeline
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -51,96 +46,6 @@ def add_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep gallery photos that disagree with the person's other photos",
     )
-
-
-def _gallery_face(
-    pipeline: FacePipeline, path: Path, face: Face
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """(aligned crop, image size) of ``face`` in ``path``, for the quality gates."""
-    image = read_image(path)
-    det = Detections(face.box[None], np.array([face.score], np.float32), face.landmarks[None])
-    return pipeline.align(image, det)[0], (image.shape[0], image.shape[1])
-
-
-def build_gallery(
-    pipeline: FacePipeline,
-    root: Path,
-    scoring: Scoring,
-    force: bool,
-    progress: bool,
-    processes: int | None = None,
-) -> tuple[Gallery, int, list[dict[str, Any]]]:
-    """(gallery, images seen, refused images with their errors) from ``root``; the photos
-    are analysed as :func:`~facerec.cli.images.analyze_files` does (``processes``)."""
-    items = gallery_images(root)
-    owner = {p: name for name, p in items}
-    faces: dict[str, list[tuple[Path, Face]]] = defaultdict(list)
-    refused: list[dict[str, Any]] = []
-    paths = [p for _, p in items]
-    for o in analyze_files(pipeline, paths, True, True, progress=progress, processes=processes):
-        err = _require_face(o)
-        if err is not None:
-            refused.append({"image": str(o.path), "subject": owner[o.path], **error_entry(err)})
-            continue
-        assert o.faces is not None
-        faces[owner[o.path]].append((o.path, o.faces.faces[0]))
-    gallery = Gallery(pipeline.card.embedding_size, scoring)
-    for name, found in faces.items():
-        embeddings = [f.embedding for _, f in found if f.embedding is not None]
-        assert len(embeddings) == len(found)
-        accepted: list[np.ndarray] = []  # in the order they were accepted
-
-        def accept(i: int, templates: np.ndarray | None) -> None:
-            path, face = found[i]  # noqa: B023 (called within this iteration only)
-            crop, size = _gallery_face(pipeline, path, face)
-            check_enrolment(face, size, crop, templates, force=force)
-            accepted.append(embeddings[i])  # noqa: B023
-
-        outcomes = enrol_in_order(embeddings, accept)
-        for (path, _), outcome in zip(found, outcomes, strict=True):
-            if isinstance(outcome, FaceRecError):
-                refused.append({"image": str(path), "subject": name, **error_entry(outcome)})
-        if accepted:
-            gallery.add(name, np.stack(accepted))
-    return gallery, len(items), sorted(refused, key=lambda r: r["image"])
-
-
-@dataclass(frozen=True)
-class GalleryAtPoint:
-    """A gallery folder enrolled through the policy, and the operating point for its size."""
-
-    gallery: Gallery
-    policy: IdentificationPolicy
-    point: OperatingPoint
-    seen: int  # photos found in the folder
-    refused: list[dict[str, Any]]  # photos refused, each with its error
-
-
-def open_gallery(
-    pipeline: FacePipeline,
-    root: Path,
-    scoring: Scoring = DEFAULT_SCORING,
-    fpir: float | None = None,
-    threshold: float | None = None,
-    force: bool = False,
-    progress: bool = False,
-    processes: int | None = None,
-) -> GalleryAtPoint:
-    """Enrol the folder ``root`` (see :func:`build_gallery`) and fix the operating point
-    for its size: ``threshold`` if given, else the card's threshold for ``fpir`` (else
-    ``$FACEREC_IDENTIFY_FPIR``, else 1e-3). ``identify`` and ``watch`` both use it."""
-    cfg = pipeline.config
-    policy = IdentificationPolicy.from_card(
-        pipeline.card, cfg.alignment, cfg.flip, cfg.precision, scoring
-    )
-    policy.operating_point(1, fpir, threshold)  # a bad setting fails before any work
-    gallery, seen, refused = build_gallery(pipeline, root, scoring, force, progress, processes)
-    if len(gallery) == 0:
-        raise InvalidArgumentError(
-            "no gallery image had a usable face", code="empty_gallery", refused=refused
-        )
-    point = policy.operating_point(len(gallery), fpir, threshold)
-    return GalleryAtPoint(gallery, policy, point, seen, refused)
 
 
 def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
@@ -170,7 +75,7 @@ def cmd_identify(args: argparse.Namespace, pipeline: FacePipeline) -> int:
     for o in analyze_files(
         pipeline, args.probes, False, True, progress=args.progress, processes=args.processes
     ):
-        err = _require_face(o)
+        err = require_face(o)
         if err is not None:
             _record_error(entries, lines, o.path, err)
             continue

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from facerec.batching import MicroBatcher
 from facerec.cli import identify
 from facerec.cli.output import error_entry
+from facerec.enrolment import open_gallery
 from facerec.errors import FaceRecError, InvalidArgumentError
 from facerec.matching import Scoring
 from facerec.pipeline import FacePipeline
@@ -170,7 +171,7 @@ def cmd_watch(args: argparse.Namespace, pipeline: FacePipeline) -> int:
 def _watch(args: argparse.Namespace, pipeline: FacePipeline) -> int:
     policy: MatchPolicy | None = None
     if args.gallery is not None:
-        enrolled = identify.open_gallery(
+        enrolled = open_gallery(
             pipeline,
             args.gallery,
             Scoring.parse(args.score),
