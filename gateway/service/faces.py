@@ -24,8 +24,8 @@ from facerec.enrolment import enrol_in_order
 from facerec.errors import FaceRecError, ImageError, InvalidArgumentError, NoFaceError
 from facerec.imaging.budget import DecodeBudget
 from facerec.imaging.decode import (
+    DECODE_BYTES_PER_PIXEL,
     DecodeLimits,
-    ImageInfo,
     decode_cost,
     decode_image,
     probe_image,
@@ -99,9 +99,9 @@ class FaceService:
         scoring: Scoring = DEFAULT_SCORING,
     ) -> None:
         self.db, self.gallery, self.pipeline, self.batcher = db, gallery, pipeline, batcher
-        self.budget = budget or DecodeBudget(
-            limits.max_decode_bytes or 10 * decode_cost(ImageInfo("", limits.max_pixels, 1))
-        )
+        # not given: the per-image limit's, else room for ten of the largest images
+        largest = limits.max_pixels * max(DECODE_BYTES_PER_PIXEL.values())
+        self.budget = budget or DecodeBudget(limits.max_decode_bytes or 10 * largest)
         self.trim_after_pixels = trim_after_pixels
         self.index = gallery.index
         self.model_id = gallery.model_id  # the identity of the model templates are of

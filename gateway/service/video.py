@@ -187,8 +187,7 @@ class VideoService:
         # Frames are analysed here, not in the event loop's default pool, so that video
         # connections never take the threads that REST requests run in.
         self.executor = ThreadPoolExecutor(limits.max_connections, thread_name_prefix="live")
-        self._open = 0
-        self._per_key: dict[str | None, int] = {}
+        self._per_key: dict[str | None, int] = {}  # open connections by API key
         self._busy: dict[str | None, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
 
@@ -200,7 +199,7 @@ class VideoService:
         """Take a connection slot for an authenticated caller's key, or
         :class:`TooManyConnectionsError` (all slots taken, or the key's share)."""
         with self._lock:
-            if self._open >= self.limits.max_connections:
+            if sum(self._per_key.values()) >= self.limits.max_connections:
                 raise TooManyConnectionsError(
                     f"at most {self.limits.max_connections} video connections at once",
                     retry_after=1,
@@ -212,12 +211,10 @@ class VideoService:
                     "once per API key",
                     retry_after=1,
                 )
-            self._open += 1
             self._per_key[key_id] = held + 1
 
     def release(self, key_id: str | None) -> None:
         with self._lock:
-            self._open = max(0, self._open - 1)
             held = self._per_key.pop(key_id, 0) - 1
             if held > 0:
                 self._per_key[key_id] = held
@@ -236,7 +233,7 @@ class VideoService:
     @property
     def connections(self) -> int:
         with self._lock:
-            return self._open
+            return sum(self._per_key.values())
 
     def rate_limiter(self) -> Any:
         """A per-connection frame limiter (see :func:`_token_bucket`)."""
