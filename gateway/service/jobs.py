@@ -164,11 +164,7 @@ def spool_uploads(uploads: Sequence[Upload], sink: ImageSink, limits: JobLimits)
         if not upload.data.startswith(b"PK\x03\x04"):
             images += 1
             _check_count(images, limits)
-            if len(upload.data) > limits.max_image_bytes:
-                raise PayloadTooLargeError(
-                    f"{upload.name} is larger than {limits.max_image_bytes} bytes",
-                    code="file_too_large",
-                )
+            _check_image(upload.name, len(upload.data), limits)
             _check_total(sink.bytes + len(upload.data), limits)
             sink.add(upload.name, upload.data)
             _check_work(sink.pixels, limits)
@@ -184,12 +180,7 @@ def spool_uploads(uploads: Sequence[Upload], sink: ImageSink, limits: JobLimits)
             images += len(members)
             _check_count(images, limits)
             for m in members:
-                if m.file_size > limits.max_image_bytes:
-                    raise PayloadTooLargeError(
-                        f"{m.filename} in {upload.name} is larger than "
-                        f"{limits.max_image_bytes} bytes",
-                        code="file_too_large",
-                    )
+                _check_image(f"{m.filename} in {upload.name}", m.file_size, limits)
                 _check_total(sink.bytes + m.file_size, limits)
                 sink.add(f"{upload.name}/{m.filename}", _read_member(archive, m, upload.name))
                 _check_work(sink.pixels, limits)
@@ -211,6 +202,14 @@ def _check_total(total: int, limits: JobLimits) -> None:
             f"the images of this job inflate beyond {limits.max_inflated_bytes} bytes",
             code="archive_too_large",
             limit=limits.max_inflated_bytes,
+        )
+
+
+def _check_image(name: str, size: int, limits: JobLimits) -> None:
+    """One image (a file sent as is, or a zip member's declared size) within the limit."""
+    if size > limits.max_image_bytes:
+        raise PayloadTooLargeError(
+            f"{name} is larger than {limits.max_image_bytes} bytes", code="file_too_large"
         )
 
 
