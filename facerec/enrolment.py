@@ -11,6 +11,7 @@ majority's templates and is the one refused, whatever the order it came in.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,82 @@ def gallery_face(
     return pipeline.align(image, det)[0], (image.shape[0], image.shape[1])
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A photo that gave no template: unreadable, without a face, or refused by a gate."""
+
+    image: Path
+    subject: str
+    error: FaceRecError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": str(self.image), "subject": self.subject, "error": self.error.to_dict()}
+
+
+@dataclass
+class Enrolled:
+    """What :func:`enrol_photos` made of a list of (person, photo): per person the photos
+    accepted (in file order) with their face, the refusals, and the seconds the photos'
+    analysis (decode, detect, align, embed) took."""
+
+    accepted: dict[str, list[tuple[Path, Face]]]
+    refused: list[Refusal]
+    analysis_seconds: float
+
+    def gallery(self, embedding_size: int, scoring: Scoring) -> Gallery:
+        """A gallery of every person with an accepted photo."""
+        gallery = Gallery(embedding_size, scoring)
+        for name, found in self.accepted.items():
+            if found:
+                gallery.add(
+                    name, np.stack([f.embedding for _, f in found if f.embedding is not None])
+                )
+        return gallery
+
+
+def enrol_photos(
+    pipeline: FacePipeline,
+    items: Sequence[tuple[str, Path]],
+    force: bool = False,
+    progress: bool = False,
+    processes: int | None = None,
+) -> Enrolled:
+    """Analyse every photo of ``items`` (person, photo) as :func:`~facerec.batch.analyze_files`
+    does (``processes``), take its primary face, and enrol each person's faces through
+    :func:`enrol_in_order` with every enrolment gate (``force``: all but consistency)."""
+    owner = {p: name for name, p in items}
+    faces: dict[str, list[tuple[Path, Face]]] = defaultdict(list)
+    refused: list[Refusal] = []
+    paths = [p for _, p in items]
+    start = time.perf_counter()
+    for o in analyze_files(pipeline, paths, True, True, progress=progress, processes=processes):
+        err = require_face(o)
+        if err is not None:
+            refused.append(Refusal(o.path, owner[o.path], err))
+            continue
+        assert o.faces is not None
+        faces[owner[o.path]].append((o.path, o.faces.faces[0]))
+    seconds = time.perf_counter() - start
+    accepted: dict[str, list[tuple[Path, Face]]] = {}
+    for name, found in faces.items():
+        embeddings = [f.embedding for _, f in found if f.embedding is not None]
+        assert len(embeddings) == len(found)
+
+        def accept(i: int, templates: np.ndarray | None) -> None:
+            path, face = found[i]  # noqa: B023 (called within this iteration only)
+            crop, size = gallery_face(pipeline, path, face)
+            check_enrolment(face, size, crop, templates, force=force)
+
+        outcomes = enrol_in_order(embeddings, accept)
+        accepted[name] = []
+        for photo, outcome in zip(found, outcomes, strict=True):
+            if isinstance(outcome, FaceRecError):
+                refused.append(Refusal(photo[0], name, outcome))
+            else:
+                accepted[name].append(photo)
+    return Enrolled(accepted, sorted(refused, key=lambda r: str(r.image)), seconds)
+
+
 def build_gallery(
     pipeline: FacePipeline,
     root: Path,
@@ -90,39 +167,12 @@ def build_gallery(
     progress: bool,
     processes: int | None = None,
 ) -> tuple[Gallery, int, list[dict[str, Any]]]:
-    """(gallery, images seen, refused images with their errors) from ``root``; the photos
-    are analysed as :func:`~facerec.batch.analyze_files` does (``processes``)."""
+    """(gallery, images seen, refused images with their errors) from the gallery folder
+    ``root`` (:func:`gallery_images`), enrolled by :func:`enrol_photos`."""
     items = gallery_images(root)
-    owner = {p: name for name, p in items}
-    faces: dict[str, list[tuple[Path, Face]]] = defaultdict(list)
-    refused: list[dict[str, Any]] = []
-    paths = [p for _, p in items]
-    for o in analyze_files(pipeline, paths, True, True, progress=progress, processes=processes):
-        err = require_face(o)
-        if err is not None:
-            refused.append({"image": str(o.path), "subject": owner[o.path], "error": err.to_dict()})
-            continue
-        assert o.faces is not None
-        faces[owner[o.path]].append((o.path, o.faces.faces[0]))
-    gallery = Gallery(pipeline.card.embedding_size, scoring)
-    for name, found in faces.items():
-        embeddings = [f.embedding for _, f in found if f.embedding is not None]
-        assert len(embeddings) == len(found)
-        accepted: list[np.ndarray] = []  # in the order they were accepted
-
-        def accept(i: int, templates: np.ndarray | None) -> None:
-            path, face = found[i]  # noqa: B023 (called within this iteration only)
-            crop, size = gallery_face(pipeline, path, face)
-            check_enrolment(face, size, crop, templates, force=force)
-            accepted.append(embeddings[i])  # noqa: B023
-
-        outcomes = enrol_in_order(embeddings, accept)
-        for (path, _), outcome in zip(found, outcomes, strict=True):
-            if isinstance(outcome, FaceRecError):
-                refused.append({"image": str(path), "subject": name, "error": outcome.to_dict()})
-        if accepted:
-            gallery.add(name, np.stack(accepted))
-    return gallery, len(items), sorted(refused, key=lambda r: r["image"])
+    enrolled = enrol_photos(pipeline, items, force, progress, processes)
+    gallery = enrolled.gallery(pipeline.card.embedding_size, scoring)
+    return gallery, len(items), [r.to_dict() for r in enrolled.refused]
 
 
 @dataclass(frozen=True)
@@ -163,4 +213,13 @@ def open_gallery(
     return GalleryAtPoint(gallery, policy, point, seen, refused)
 
 
-__all__ = ["GalleryAtPoint", "build_gallery", "enrol_in_order", "gallery_images", "open_gallery"]
+__all__ = [
+    "Enrolled",
+    "GalleryAtPoint",
+    "Refusal",
+    "build_gallery",
+    "enrol_in_order",
+    "enrol_photos",
+    "gallery_images",
+    "open_gallery",
+]

@@ -155,14 +155,22 @@ class ModelCard:
     calibrations: tuple[Calibration, ...]
     raw: dict[str, Any]
     weights_sha256: str = ""
+    graphs: str = ""  # a calibrated copy: the model whose graphs (and weights) it uses
+
+    @property
+    def graphs_name(self) -> str:
+        """The name the model's ONNX graphs are filed under: its own, or for a copy
+        calibrated on other data (``facerec bench dataset --update-card``) its base's."""
+        return self.graphs or self.name
 
     @property
     def identity(self) -> str:
         """``name:sha`` where ``sha`` is the first 16 hex digits of the SHA-256 of the
         model's weights (the published weight file for the published model; the canonical
         tensor bytes of the checkpoint for a fine-tuned one). Two templates are comparable
-        only when their models' identities are equal."""
-        return f"{self.name}:{self.weights_sha256[:16]}"
+        only when their models' identities are equal; a calibrated copy has its base's,
+        since its graphs compute the same embeddings."""
+        return f"{self.graphs_name}:{self.weights_sha256[:16]}"
 
     def calibration(self, alignment: str, flip: bool, precision: str) -> Calibration:
         """The calibration for this variant, or the closest one (same alignment first)."""
@@ -247,6 +255,7 @@ def _read_card(path: str, mtime_ns: int) -> ModelCard:
         calibrations=tuple(Calibration.from_dict(c) for c in raw["calibrations"]),
         raw=raw,
         weights_sha256=str(raw.get("weights_sha256", "")),
+        graphs=str(raw.get("graphs", "")),
     )
 
 
@@ -282,4 +291,37 @@ def update_calibration(
         [*others, entry], key=lambda c: (c["alignment"], not c["flip"], c["precision"])
     )
     path.write_text(json.dumps(raw, indent=2) + "\n", "utf-8")
+    return path
+
+
+def write_calibrated_card(
+    base: ModelCard, name: str, entry: Mapping[str, Any], source: str, home: Path | None = None
+) -> Path:
+    """Write ``cards_dir()/NAME.json``: a copy of ``base``'s card that uses its graphs and
+    holds one calibration, ``entry`` (one variant's thresholds, measured on ``source``).
+    A packaged model's name, or an exported model's (one with its own graphs), is refused
+    (code ``model_name_taken``); a calibrated copy of the same name is replaced."""
+    check_model_name(name)
+    packaged = Path(str(resources.files("facerec.model_cards").joinpath(f"{name}.json")))
+    path = cards_dir(home) / f"{name}.json"
+    taken = packaged.is_file() or name == base.graphs_name
+    if not taken and path.is_file():
+        taken = not json.loads(path.read_text("utf-8")).get("graphs")
+    if taken:
+        raise InvalidArgumentError(
+            f"model name {name!r} is taken by a model with its own weights; choose another "
+            "name for the calibrated copy",
+            code="model_name_taken",
+        )
+    raw = dict(base.raw)
+    raw.update(
+        name=name,
+        graphs=base.graphs_name,
+        description=f"{base.name} calibrated on {source}",
+        calibrations=[dict(entry)],
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(raw, indent=2) + "\n", "utf-8")
+    tmp.replace(path)
     return path

@@ -161,7 +161,10 @@ class FacePipeline:
             threads,
         )
         embedder = OnnxEmbedder(
-            model_path(embedder_key(card.name, cfg.precision), home), card, threads, cfg.max_batch
+            model_path(embedder_key(card.graphs_name, cfg.precision), home),
+            card,
+            threads,
+            cfg.max_batch,
         )
         return cls(detector, embedder, card, cfg)
 

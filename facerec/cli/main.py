@@ -14,7 +14,16 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from facerec import __version__
-from facerec.cli import bench, bench_openset, dataset, identify, images, triton, watch
+from facerec.cli import (
+    bench,
+    bench_dataset,
+    bench_openset,
+    dataset,
+    identify,
+    images,
+    triton,
+    watch,
+)
 from facerec.cli.output import fail
 from facerec.cli.pipeline_args import pipeline_from_args
 from facerec.errors import FaceRecError
@@ -136,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_options(b)
     b.set_defaults(handler=bench.cmd_lfw)
     bench_openset.add_parser(bench_sub, _common, _pipeline_options)
+    bench_dataset.add_parser(bench_sub, _common, _pipeline_options)
     triton.add_commands(sub, _common)
     dataset.add_commands(sub, _common, _pipeline_options)
     watch.add_command(sub, _common, _pipeline_options)

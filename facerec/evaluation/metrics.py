@@ -73,3 +73,17 @@ def threshold_at_far(scores: np.ndarray, same: np.ndarray, far: float) -> tuple[
     t = float(np.nextafter(impostor[allowed], np.inf)) if allowed < len(impostor) else -np.inf
     tar = float(np.mean(scores[y] >= t))
     return t, tar
+
+
+def equal_error_rate(roc: Roc) -> tuple[float, float]:
+    """(EER, threshold): where the false accept rate meets the false reject rate
+    (1 - TAR), linearly interpolated between the two ROC points that straddle it; the
+    threshold is that of the first point past the crossing."""
+    fnr = 1.0 - roc.tpr
+    i = int(np.argmax(roc.fpr >= fnr))  # fpr rises and fnr falls along the curve
+    if i == 0:
+        return float(roc.fpr[0]), float(roc.thresholds[0])
+    d0, d1 = fnr[i - 1] - roc.fpr[i - 1], fnr[i] - roc.fpr[i]  # d0 > 0 >= d1
+    w = d0 / (d0 - d1)
+    eer = roc.fpr[i - 1] + w * (roc.fpr[i] - roc.fpr[i - 1])
+    return float(eer), float(roc.thresholds[i])

@@ -109,7 +109,9 @@ def write_repository(
             )
         if "precision" in spec.parameters:
             precision = spec.parameters["precision"]
-            _place(model_path(embedder_key(card.name, precision), home), version / "model.onnx")
+            _place(
+                model_path(embedder_key(card.graphs_name, precision), home), version / "model.onnx"
+            )
         if spec.parameters.get("python_class") == "Detector":
             for key in ("pnet", "rnet", "onet"):
                 path = model_path(key, home)
