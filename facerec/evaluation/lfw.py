@@ -29,6 +29,7 @@ from facerec.evaluation.metrics import (
     threshold_at_far,
 )
 from facerec.evaluation.pairs import read_pairs
+from facerec.evaluation.plots import figure
 from facerec.imaging.decode import read_image
 from facerec.pipeline import Face, FacePipeline
 
@@ -109,24 +110,16 @@ def embed_images(
 
 
 def plot_roc(roc: Roc, label: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    ax.plot(np.maximum(roc.fpr, 1e-5), roc.tpr, label=label)
-    ax.set_xscale("log")
-    ax.set_xlim(1e-4, 1)
-    ax.set_ylim(0.8, 1.001)
-    ax.set_xlabel("false accept rate")
-    ax.set_ylabel("true accept rate")
-    ax.set_title("LFW verification ROC (6,000 pairs)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, figsize=(6, 4.5), dpi=120) as (_, ax):
+        ax.plot(np.maximum(roc.fpr, 1e-5), roc.tpr, label=label)
+        ax.set_xscale("log")
+        ax.set_xlim(1e-4, 1)
+        ax.set_ylim(0.8, 1.001)
+        ax.set_xlabel("false accept rate")
+        ax.set_ylabel("true accept rate")
+        ax.set_title("LFW verification ROC (6,000 pairs)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right")
 
 
 def run_lfw(

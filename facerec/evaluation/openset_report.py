@@ -31,6 +31,7 @@ from facerec.evaluation.openset_lfw import (
     split_halves,
     table_for,
 )
+from facerec.evaluation.plots import figure
 from facerec.matching import DEFAULT_SCORING, SCORE_METHODS, Scoring
 from facerec.openset import ThresholdTable
 from facerec.pipeline import FacePipeline
@@ -265,39 +266,31 @@ def plot_det(
 ) -> None:
     """Two panels: the default method by gallery size and enrolment, and every method at
     G = 1,000 with up to 3 images; FNIR against FPIR, both logarithmic."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=110)
-    colours = {"100": "tab:blue", "1000": "tab:orange", "all": "tab:green"}
-    for g, colour in colours.items():
-        for count, style in (("3", "-"), ("1", ":")):
-            fp, fn, points = curves[f"{method}|{count}|{g}"]
-            axes[0].plot(fp, fn, style, color=colour, label=f"G={g}, {count} image(s)")
-            if count == "3":
-                axes[0].plot(*zip(*points, strict=True), "o", color=colour, ms=4)
-    axes[0].set_title(f"{method} scoring (dots: calibrated thresholds, held-out half)")
-    for name in sorted({k.split("|")[0] for k in curves}):
-        fp, fn, _ = curves[f"{name}|3|1000"]
-        axes[1].plot(fp, fn, label=f"{name}, up to 3 images")
-    fp, fn, _ = curves[f"{method}|1|1000"]
-    axes[1].plot(fp, fn, ":", color="grey", label="1 image")
-    axes[1].set_title("G = 1,000: subject scoring")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(1e-4, 1)
-        ax.set_ylim(5e-3, 1)
-        ax.set_xlabel("FPIR (strangers matched)")
-        ax.set_ylabel("FNIR (enrolled people missed)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
-    fig.suptitle("LFW open-set identification (DET)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(12, 5), dpi=110) as (fig, axes):
+        colours = {"100": "tab:blue", "1000": "tab:orange", "all": "tab:green"}
+        for g, colour in colours.items():
+            for count, style in (("3", "-"), ("1", ":")):
+                fp, fn, points = curves[f"{method}|{count}|{g}"]
+                axes[0].plot(fp, fn, style, color=colour, label=f"G={g}, {count} image(s)")
+                if count == "3":
+                    axes[0].plot(*zip(*points, strict=True), "o", color=colour, ms=4)
+        axes[0].set_title(f"{method} scoring (dots: calibrated thresholds, held-out half)")
+        for name in sorted({k.split("|")[0] for k in curves}):
+            fp, fn, _ = curves[f"{name}|3|1000"]
+            axes[1].plot(fp, fn, label=f"{name}, up to 3 images")
+        fp, fn, _ = curves[f"{method}|1|1000"]
+        axes[1].plot(fp, fn, ":", color="grey", label="1 image")
+        axes[1].set_title("G = 1,000: subject scoring")
+        for ax in axes:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(1e-4, 1)
+            ax.set_ylim(5e-3, 1)
+            ax.set_xlabel("FPIR (strangers matched)")
+            ax.set_ylabel("FNIR (enrolled people missed)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8, loc="lower left")
+        fig.suptitle("LFW open-set identification (DET)")
 
 
 def card_thresholds(doc: dict[str, Any]) -> dict[str, Any]:
