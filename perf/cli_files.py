@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from facerec.runtime import default_threads
+from perf.common import figure, record, write_json
 from perf.scenes import lfw_files
 from perf.speed import Reference, time_reference
 from perf.triton_perf import watch_load
@@ -86,30 +87,22 @@ def summarise(rows: list[dict[str, Any]], images: int, startup: float) -> dict[s
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = result["runs"]
     labels = list(runs)
     whole = [runs[k]["images_per_second"] for k in labels]
     after = "images_per_second_after_startup"
     files = [runs[k].get(after, runs[k]["images_per_second"]) for k in labels]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    x = range(len(labels))
-    ax.bar([i - 0.2 for i in x], whole, 0.4, label="whole command (start-up included)")
-    ax.bar([i + 0.2 for i in x], files, 0.4, label="after start-up")
-    base = runs["reference (PyTorch eager)"]["images_per_second"]
-    for i, rate in enumerate(whole):
-        ax.text(i - 0.2, rate, f"x{rate / base:.2f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(x), labels, fontsize=8)
-    ax.set_ylabel("images per second")
-    ax.set_title(f"facerec embed over {result['images']} LFW files, {result['cores']} cores")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, figsize=(8, 4.5), dpi=110) as (_, ax):
+        x = range(len(labels))
+        ax.bar([i - 0.2 for i in x], whole, 0.4, label="whole command (start-up included)")
+        ax.bar([i + 0.2 for i in x], files, 0.4, label="after start-up")
+        base = runs["reference (PyTorch eager)"]["images_per_second"]
+        for i, rate in enumerate(whole):
+            ax.text(i - 0.2, rate, f"x{rate / base:.2f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(list(x), labels, fontsize=8)
+        ax.set_ylabel("images per second")
+        ax.set_title(f"facerec embed over {result['images']} LFW files, {result['cores']} cores")
+        ax.legend(fontsize=8)
 
 
 def main() -> None:
@@ -159,16 +152,15 @@ def main() -> None:
         if "images_per_second_after_startup" in run:
             run["speedup_after_startup"] = round(run["images_per_second_after_startup"] / base, 2)
         print(f"{name:45s} {run['images_per_second']:7.1f} img/s  x{run['speedup_vs_reference']}")
-    result = {
-        "images": n,
-        "rounds": args.rounds,
-        "cores": default_threads(),
-        "startup_seconds": [round(s, 2) for s in startups],
-        "runs": runs,
-        "command": "python -m perf.cli_files --lfw DIR --out perf/results",
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cli_files.json").write_text(json.dumps(result, indent=2))
+    result = record(
+        images=n,
+        rounds=args.rounds,
+        cores=default_threads(),
+        startup_seconds=[round(s, 2) for s in startups],
+        runs=runs,
+        command="python -m perf.cli_files --lfw DIR --out perf/results",
+    )
+    write_json(args.out / "cli_files.json", result)
     plot(result, args.out / "cli_files.png")
     print(f"wrote {args.out / 'cli_files.json'} and {args.out / 'cli_files.png'}")
 

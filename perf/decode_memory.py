@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from perf.common import record, write_json
+from perf.proc import reset_peak, status
 
 SIDE = 3000
 MB = 1024 * 1024
@@ -84,17 +86,11 @@ def _child(path: str) -> None:
     data = Path(path).read_bytes()
     limits = DecodeLimits(max_bytes=len(data) + 1, max_pixels=SIDE * SIDE + 1)
     info = probe_image(data, limits)
-
-    def status(field: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(field)
-
-    before = status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
+    pid = os.getpid()
+    before = status(pid, "VmRSS")
+    reset_peak(pid)
     image = decode_image(data, limits)
-    peak = status("VmHWM") - before
+    peak = status(pid, "VmHWM") - before
     print(json.dumps({"peak": peak, "mode": info.mode, "counted": decode_cost(info)}))
     del image
 
@@ -130,7 +126,6 @@ def main() -> None:
         return
     import tempfile
 
-    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for kind in KINDS:
@@ -141,14 +136,8 @@ def main() -> None:
                 f"  {row['measured_bytes_per_pixel']:>6} B/px measured,"
                 f" {row['counted_bytes_per_pixel']:>6} counted"
             )
-    result = {
-        "command": f"python -m perf.decode_memory --out {args.out}",
-        "side": SIDE,
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "platform": platform.platform(),
-        "rows": rows,
-    }
-    (args.out / "decode_memory.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = record(command=f"python -m perf.decode_memory --out {args.out}", side=SIDE, rows=rows)
+    write_json(args.out / "decode_memory.json", result)
     print(f"wrote {args.out / 'decode_memory.json'}")
 
 

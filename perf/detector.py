@@ -30,6 +30,7 @@ from facerec.imaging.decode import read_image
 from facerec.imaging.pad import pad_edges
 from facerec.models import facerec_home, model_path
 from facerec.runtime import create_session
+from perf.common import figure, record, write_json
 from perf.scenes import lfw_files
 
 TOLERANCE_PX = 0.5
@@ -100,26 +101,18 @@ def call_sizes() -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sizes = result["call_sizes"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    panels = [
-        ("P-Net", "pnet_us_per_1000_px", "input size (one image per call)", "µs per 1000 px"),
-        ("R-Net", "rnet_us_per_crop", "crops per call", "µs per crop"),
-        ("O-Net", "onet_us_per_crop", "crops per call", "µs per crop"),
-    ]
-    for ax, (title, key, xlabel, ylabel) in zip(axes, panels, strict=True):
-        ax.plot(list(sizes[key]), list(sizes[key].values()), "o-")
-        ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(0, None))
-        ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle("one-threaded ONNX Runtime cost against call size")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, 1, 3, figsize=(12, 3.5)) as (fig, axes):
+        panels = [
+            ("P-Net", "pnet_us_per_1000_px", "input size (one image per call)", "µs per 1000 px"),
+            ("R-Net", "rnet_us_per_crop", "crops per call", "µs per crop"),
+            ("O-Net", "onet_us_per_crop", "crops per call", "µs per crop"),
+        ]
+        for ax, (title, key, xlabel, ylabel) in zip(axes, panels, strict=True):
+            ax.plot(list(sizes[key]), list(sizes[key].values()), "o-")
+            ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(0, None))
+            ax.tick_params(axis="x", labelsize=7)
+        fig.suptitle("one-threaded ONNX Runtime cost against call size")
 
 
 def main() -> None:
@@ -129,9 +122,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("perf/results"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    result = {"parity": parity(args.lfw, args.images), "call_sizes": call_sizes()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "detector.json").write_text(json.dumps(result, indent=2))
+    result = record(parity=parity(args.lfw, args.images), call_sizes=call_sizes())
+    write_json(args.out / "detector.json", result)
     plot(result, args.out / "detector.png")
     p = result["parity"]
     worst = p["max_abs_diff_px_within_tolerance"]

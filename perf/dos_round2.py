@@ -32,6 +32,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from perf.common import percentiles
 from perf.proc import reset_peak, status
 
 GALLERY = Path(__file__).resolve().parents[1] / "tests" / "data" / "gallery"
@@ -139,13 +140,14 @@ class Legit:
 
 def _summary(rows: list[tuple[float, str, float]], start: float, end: float) -> dict[str, Any]:
     chosen = [r for r in rows if start <= r[0] < end]
-    ok = [r[2] * 1000 for r in chosen if r[1] in ("200", "answered")]
+    ok = [r[2] for r in chosen if r[1] in ("200", "answered")]
+    ms = percentiles(ok, ("p50", "p95"), digits=1) if ok else {}
     return {
         "requests": len(chosen),
         "served": len(ok),
         "outcomes": dict(Counter(r[1] for r in chosen)),
-        "p50_ms": round(float(np.percentile(ok, 50)), 1) if ok else None,
-        "p95_ms": round(float(np.percentile(ok, 95)), 1) if ok else None,
+        "p50_ms": ms.get("p50"),
+        "p95_ms": ms.get("p95"),
     }
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from facerec.evaluation.metrics import kfold_accuracy, threshold_at_far
 from facerec.models import cards_dir
+from perf.common import figure, write_json
 
 
 def bench(model: str, precision: str, data: Path, target: Path) -> None:
@@ -155,44 +156,36 @@ def summarize(model: str, precisions: list[str], out: Path, runs: list[Path]) ->
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = result["by_precision"]
     train = result["training"]["folds"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
-    labels, tuned, base = [], [], []
-    for precision, row in rows.items():
-        for fold, acc in row["fine_tuned"]["fold_accuracies"].items():
-            role = "test" if int(fold) == row["test_fold"] else "validation"
-            labels.append(f"{precision}\nfold {fold} ({role})")
-            tuned.append(100 * acc)
-            base.append(100 * row["published"]["fold_accuracies"][fold])
-    x = np.arange(len(labels))
-    ax.bar(x - 0.2, base, 0.4, label="published facenet128")
-    ax.bar(x + 0.2, tuned, 0.4, label=result["model"])
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set(ylabel="accuracy (%)", ylim=(97, 100.2), title="served (ONNX), unseen folds")
-    ax.legend(loc="lower right", fontsize=8)
-    ax = axes[1]
-    x = np.arange(len(train))
-    ax.bar(x - 0.2, [100 * f["starting_model"] for f in train], 0.4, label="starting model")
-    ax.bar(x + 0.2, [100 * f["fine_tuned"] for f in train], 0.4, label="fine-tuned")
-    ax.set_xticks(x, [str(f["test_fold"]) for f in train])
-    ax.set(
-        xlabel="test fold",
-        ylabel="test accuracy (%)",
-        ylim=(97, 100.2),
-        title="facerec train, ten-fold protocol (PyTorch FP32)",
-    )
-    ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle("CPU fine-tune (cached trunk, Block8 + bottleneck trained) on LFW folds")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(11, 4)) as (fig, axes):
+        ax = axes[0]
+        labels, tuned, base = [], [], []
+        for precision, row in rows.items():
+            for fold, acc in row["fine_tuned"]["fold_accuracies"].items():
+                role = "test" if int(fold) == row["test_fold"] else "validation"
+                labels.append(f"{precision}\nfold {fold} ({role})")
+                tuned.append(100 * acc)
+                base.append(100 * row["published"]["fold_accuracies"][fold])
+        x = np.arange(len(labels))
+        ax.bar(x - 0.2, base, 0.4, label="published facenet128")
+        ax.bar(x + 0.2, tuned, 0.4, label=result["model"])
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set(ylabel="accuracy (%)", ylim=(97, 100.2), title="served (ONNX), unseen folds")
+        ax.legend(loc="lower right", fontsize=8)
+        ax = axes[1]
+        x = np.arange(len(train))
+        ax.bar(x - 0.2, [100 * f["starting_model"] for f in train], 0.4, label="starting model")
+        ax.bar(x + 0.2, [100 * f["fine_tuned"] for f in train], 0.4, label="fine-tuned")
+        ax.set_xticks(x, [str(f["test_fold"]) for f in train])
+        ax.set(
+            xlabel="test fold",
+            ylabel="test accuracy (%)",
+            ylim=(97, 100.2),
+            title="facerec train, ten-fold protocol (PyTorch FP32)",
+        )
+        ax.legend(loc="lower right", fontsize=8)
+        fig.suptitle("CPU fine-tune (cached trunk, Block8 + bottleneck trained) on LFW folds")
 
 
 def main() -> None:
@@ -219,7 +212,7 @@ def main() -> None:
                 shutil.copyfile(src, dst)
     card = cards_dir() / f"{args.model}.json"
     shutil.copyfile(card, args.out / "finetune" / f"{args.model}-card.json")
-    (args.out / "finetune_lfw.json").write_text(json.dumps(result, indent=2))
+    write_json(args.out / "finetune_lfw.json", result)
     plot(result, args.out / "finetune_lfw.png")
     for precision, row in result["by_precision"].items():
         t = str(row["test_fold"])

@@ -21,12 +21,10 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -42,6 +40,7 @@ import httpx
 from PIL import Image
 
 from perf import dos_round2 as round2
+from perf.common import figure, machine, write_json
 from perf.gateway_load import _facerec_command, _stop
 from perf.ports import free_port
 from perf.proc import reset_peak
@@ -289,64 +288,52 @@ SHORT = dict(
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     main = result["runs"][0]["rows"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5), width_ratios=[2.2, 1])
-    names = [r["scenario"] for r in main]
-    ax1.barh(names, [r["peak_above_mb"] for r in main], color="#2563eb")
-    for y, r in enumerate(main):
-        ax1.text(r["peak_above_mb"], y, f" +{r['peak_above_mb']:.0f} MB", va="center")
-    ax1.invert_yaxis()
-    ax1.set_xlabel("server peak RSS above its level before the scenario (MB)")
-    ax1.set_title("Hostile input beside normal load (default settings)")
-    labels, peaks, afters = [], [], []
-    for run in result["runs"]:
-        row = next(r for r in run["rows"] if r["scenario"].startswith("real 6000"))
-        labels.append(SHORT[run["variant"]])
-        peaks.append(row["peak_above_mb"])
-        afters.append(row["rss_after_mb"] - row["rss_before_mb"])
-    x = range(len(labels))
-    ax2.bar([i - 0.2 for i in x], peaks, 0.4, label="peak above before", color="#f59e0b")
-    ax2.bar([i + 0.2 for i in x], afters, 0.4, label="3 s after, above before", color="#16a34a")
-    ax2.set_xticks(list(x), labels, fontsize=8)
-    ax2.set_ylabel("MB")
-    ax2.set_title("4 x 6000x6000 at once: memory given back?")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with figure(path, 1, 2, figsize=(14, 5.5), width_ratios=[2.2, 1], dpi=110) as (_, (ax1, ax2)):
+        names = [r["scenario"] for r in main]
+        ax1.barh(names, [r["peak_above_mb"] for r in main], color="#2563eb")
+        for y, r in enumerate(main):
+            ax1.text(r["peak_above_mb"], y, f" +{r['peak_above_mb']:.0f} MB", va="center")
+        ax1.invert_yaxis()
+        ax1.set_xlabel("server peak RSS above its level before the scenario (MB)")
+        ax1.set_title("Hostile input beside normal load (default settings)")
+        labels, peaks, afters = [], [], []
+        for run in result["runs"]:
+            row = next(r for r in run["rows"] if r["scenario"].startswith("real 6000"))
+            labels.append(SHORT[run["variant"]])
+            peaks.append(row["peak_above_mb"])
+            afters.append(row["rss_after_mb"] - row["rss_before_mb"])
+        x = range(len(labels))
+        ax2.bar([i - 0.2 for i in x], peaks, 0.4, label="peak above before", color="#f59e0b")
+        ax2.bar([i + 0.2 for i in x], afters, 0.4, label="3 s after, above before", color="#16a34a")
+        ax2.set_xticks(list(x), labels, fontsize=8)
+        ax2.set_ylabel("MB")
+        ax2.set_title("4 x 6000x6000 at once: memory given back?")
+        ax2.legend(fontsize=8)
 
 
 def plot_round2(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
-    names = [r["scenario"] for r in rows]
-    y = range(len(rows))
-    after_key = next(k for k in rows[0] if k.startswith("rss_") and k.endswith("_after_above_mb"))
-    ax1.barh([i - 0.2 for i in y], [r["peak_above_mb"] for r in rows], 0.4, label="peak")
-    ax1.barh([i + 0.2 for i in y], [r[after_key] for r in rows], 0.4, label="30 s after")
-    ax1.set_yticks(list(y), names, fontsize=8)
-    ax1.invert_yaxis()
-    ax1.set_xlabel("server RSS above its level before the attack (MB)")
-    ax1.set_title("Issue 19's attacks: memory")
-    ax1.legend(fontsize=8)
-    for phase, offset in (("before", -0.27), ("during", 0.0), ("after", 0.27)):
-        values = [r["legit_rest"][phase]["p50_ms"] or 0 for r in rows]
-        ax2.barh([i + offset for i in y], values, 0.27, label=phase)
-    ax2.set_yticks(list(y), [""] * len(rows))
-    ax2.invert_yaxis()
-    ax2.set_xlabel("legitimate client: REST identify p50 (ms)")
-    ax2.set_title("Another client meanwhile")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with figure(path, 1, 2, figsize=(14, 5.5), dpi=110) as (_, (ax1, ax2)):
+        names = [r["scenario"] for r in rows]
+        y = range(len(rows))
+        after_key = next(
+            k for k in rows[0] if k.startswith("rss_") and k.endswith("_after_above_mb")
+        )
+        ax1.barh([i - 0.2 for i in y], [r["peak_above_mb"] for r in rows], 0.4, label="peak")
+        ax1.barh([i + 0.2 for i in y], [r[after_key] for r in rows], 0.4, label="30 s after")
+        ax1.set_yticks(list(y), names, fontsize=8)
+        ax1.invert_yaxis()
+        ax1.set_xlabel("server RSS above its level before the attack (MB)")
+        ax1.set_title("Issue 19's attacks: memory")
+        ax1.legend(fontsize=8)
+        for phase, offset in (("before", -0.27), ("during", 0.0), ("after", 0.27)):
+            values = [r["legit_rest"][phase]["p50_ms"] or 0 for r in rows]
+            ax2.barh([i + offset for i in y], values, 0.27, label=phase)
+        ax2.set_yticks(list(y), [""] * len(rows))
+        ax2.invert_yaxis()
+        ax2.set_xlabel("legitimate client: REST identify p50 (ms)")
+        ax2.set_title("Another client meanwhile")
+        ax2.legend(fontsize=8)
 
 
 def main() -> None:
@@ -367,10 +354,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "gateway_dos.json"
     result: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    result.pop("platform", None)  # an earlier run's, now in machine
     result.update(
         command="python -m perf.gateway_dos --out " + str(args.out),
-        machine={"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        platform=platform.platform(),
+        machine=machine(),
         note="client and server share the machine; peak = VmHWM - VmRSS before",
     )
     if args.round in ("1", "all"):
@@ -391,7 +378,7 @@ def main() -> None:
             rows = round2.run(s, only)
         result["round2"] = round2.merge(result.get("round2", []), rows)
         plot_round2(result["round2"], args.out / "gateway_dos_round2.png")
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(path, result)
     print(f"wrote {path} and the plots")
 
 

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
-import platform
 import re
 import shutil
 import signal
@@ -42,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
+from perf.common import figure, percentiles, record, write_json
 from perf.ports import free_port
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -309,7 +307,6 @@ async def _load(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    lat = np.asarray(latencies) * 1e3 if latencies else np.zeros(1)
     ok = sum(n for s, n in statuses.items() if s.startswith("2"))
     done = len(latencies)
     return {
@@ -320,13 +317,7 @@ async def _load(
         "stopped_by": "max_requests" if issued >= max_requests else "duration",
         "requests_per_second": round(done / wall, 2),
         "ok_per_second": round(ok / wall, 2),
-        "latency_ms": {
-            "p50": round(float(np.percentile(lat, 50)), 1),
-            "p95": round(float(np.percentile(lat, 95)), 1),
-            "p99": round(float(np.percentile(lat, 99)), 1),
-            "max": round(float(lat.max()), 1),
-            "mean": round(float(lat.mean()), 1),
-        },
+        "latency_ms": percentiles(latencies, ("p50", "p95", "p99", "max", "mean"), digits=1),
         "status_counts": dict(sorted(statuses.items())),
         "errors": sum(n for s, n in statuses.items() if not s.startswith("2")),
         "error_codes": dict(sorted(codes.items())),
@@ -359,59 +350,53 @@ def _check(endpoint: str, probe: Probe, body: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Left: throughput vs concurrency; right: p50/p95/p99 latency vs concurrency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.3), dpi=110)
-    colours = {"verify": "tab:blue", "identify": "tab:orange"}
-    styles = {"p50": "-", "p95": "--", "p99": ":"}
-    for endpoint, runs in result["results"].items():
-        xs = [int(c) for c in runs]
-        c = colours.get(endpoint)
-        a.plot(xs, [r["requests_per_second"] for r in runs.values()], "o-", color=c, label=endpoint)
-        for x, r in zip(xs, runs.values(), strict=True):
-            if r["mean_batch_images"] is not None:
-                a.annotate(
-                    f"batch {r['mean_batch_images']:.1f}",
-                    (x, r["requests_per_second"]),
-                    textcoords="offset points",
-                    xytext=(4, -12 if endpoint == "identify" else 6),
-                    fontsize=7,
-                    color=c,
-                )
-        for q, ls in styles.items():
-            b.plot(
-                xs,
-                [r["latency_ms"][q] for r in runs.values()],
-                ls,
-                marker="o",
-                color=c,
-                label=f"{endpoint} {q}",
+    with figure(path, 1, 2, figsize=(11, 4.3), dpi=110) as (fig, (a, b)):
+        colours = {"verify": "tab:blue", "identify": "tab:orange"}
+        styles = {"p50": "-", "p95": "--", "p99": ":"}
+        for endpoint, runs in result["results"].items():
+            xs = [int(c) for c in runs]
+            c = colours.get(endpoint)
+            a.plot(
+                xs, [r["requests_per_second"] for r in runs.values()], "o-", color=c, label=endpoint
             )
-    for ax in (a, b):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(result["settings"]["concurrency"])
-        ax.set_xticklabels([str(c) for c in result["settings"]["concurrency"]])
-        ax.set_xlabel("concurrent clients")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    a.set_ylabel("responses / s")
-    top = max(
-        r["requests_per_second"] for runs in result["results"].values() for r in runs.values()
-    )
-    a.set_ylim(0, 1.15 * top)
-    b.set_ylabel("latency (ms)")
-    b.set_yscale("log")
-    m = result["machine"]
-    fig.suptitle(
-        f"facerec gateway on loopback ({m['cpu_count']} cores shared by client and server, "
-        f"{result['settings']['server']} server)"
-    )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+            for x, r in zip(xs, runs.values(), strict=True):
+                if r["mean_batch_images"] is not None:
+                    a.annotate(
+                        f"batch {r['mean_batch_images']:.1f}",
+                        (x, r["requests_per_second"]),
+                        textcoords="offset points",
+                        xytext=(4, -12 if endpoint == "identify" else 6),
+                        fontsize=7,
+                        color=c,
+                    )
+            for q, ls in styles.items():
+                b.plot(
+                    xs,
+                    [r["latency_ms"][q] for r in runs.values()],
+                    ls,
+                    marker="o",
+                    color=c,
+                    label=f"{endpoint} {q}",
+                )
+        for ax in (a, b):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(result["settings"]["concurrency"])
+            ax.set_xticklabels([str(c) for c in result["settings"]["concurrency"]])
+            ax.set_xlabel("concurrent clients")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        a.set_ylabel("responses / s")
+        top = max(
+            r["requests_per_second"] for runs in result["results"].values() for r in runs.values()
+        )
+        a.set_ylim(0, 1.15 * top)
+        b.set_ylabel("latency (ms)")
+        b.set_yscale("log")
+        m = result["machine"]
+        fig.suptitle(
+            f"facerec gateway on loopback ({m['cpu_count']} cores shared by client and server, "
+            f"{result['settings']['server']} server)"
+        )
 
 
 def table(result: dict[str, Any]) -> str:
@@ -478,8 +463,8 @@ def run_all(args: argparse.Namespace, url: str, api_key: str) -> dict[str, Any]:
             for sid in ids.values():
                 client.delete(f"/v1/subjects/{sid}")
         client.close()
-    return {
-        "settings": {
+    return record(
+        settings={
             "server": "external" if args.url else "spawned",
             "url": url if args.url else "http://127.0.0.1:<free port>",
             "index_type": None if args.url else "FLAT",
@@ -492,16 +477,10 @@ def run_all(args: argparse.Namespace, url: str, api_key: str) -> dict[str, Any]:
             "client": "one separate process, httpx.AsyncClient, one request per client at a time",
             "probes": {e: len(p) for e, p in probes.items()},
         },
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-        },
-        "enrolment": enrolment,
-        "probe_examples": {e: [asdict(p) for p in ps[:2]] for e, ps in probes.items()},
-        "results": results,
-    }
+        enrolment=enrolment,
+        probe_examples={e: [asdict(p) for p in ps[:2]] for e, ps in probes.items()},
+        results=results,
+    )
 
 
 def main() -> None:
@@ -528,8 +507,7 @@ def main() -> None:
         with spawned_server(args.startup_timeout) as server:
             result = run_all(args, server.url, server.api_key)
         result["server_log_problems"] = server.log_problems
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gateway_load.json").write_text(json.dumps(result, indent=2))
+    write_json(args.out / "gateway_load.json", result)
     plot(result, args.out / "gateway_load.png")
     print(table(result))
     print(f"wrote {args.out / 'gateway_load.json'} and {args.out / 'gateway_load.png'}")

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from perf.common import machine, record, write_json
 from training.inception_resnet_v1 import InceptionResnetV1
 
 BATCHES = (1, 8, 64, 256)
@@ -85,7 +85,7 @@ class _Graphed(torch.nn.Module):
 
 def measure(weights: Path) -> dict[str, Any]:
     if not torch.cuda.is_available():
-        return {"error": "no CUDA device visible to PyTorch"}
+        return record(error="no CUDA device visible to PyTorch")
     torch.backends.cudnn.benchmark = True
     state = torch.load(weights, map_location="cpu", weights_only=True)
     fp32 = InceptionResnetV1().eval()
@@ -126,10 +126,9 @@ def measure(weights: Path) -> dict[str, Any]:
         "onnxruntime_cuda": "this machine's onnxruntime is a CPU build",
         "tensorrt": "TensorRT is not installed on this machine",
     }
-    out["device"] = torch.cuda.get_device_name(0)
-    out["torch"] = torch.__version__
-    out["cuda"] = torch.version.cuda
-    out["platform"] = platform.platform()
+    out["machine"] = machine(
+        device=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda
+    )
     return out
 
 
@@ -143,8 +142,7 @@ def main() -> None:
         save_weights(args.save_weights)
         return
     result = measure(args.weights)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

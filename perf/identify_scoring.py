@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -43,80 +42,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, text
-from sqlalchemy.orm import Session
+from sqlalchemy import text
 
 from facerec.matching import DEFAULT_SCORING, Hit, IdentificationPolicy
 from facerec.models import load_model_card
-from gateway.crypto.envelope import Keyring, MasterKey, new_data_key, seal_template
+from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.index.milvus import FaceIndex
+from gateway.model_ids import published_model_id
 from gateway.service.matching import IndexMatcher, hits_wanted
 from gateway.storage.database import Database
-from gateway.storage.schema import FaceRow, SubjectRow, now
+from perf.common import figure, load, percentiles, record, write_json
+from perf.synthetic import DIM, PHOTOS, build_record, seen_again, synthetic
 
-DIM = 128
-PHOTOS = 4  # per identity
-NOISE = 0.6  # as perf/search_scaling.py: same-identity cosine about 0.7
 TOP_K = 5
 BATCH = 2000  # subjects written per statement
-
-
-def synthetic(rng: np.random.Generator, identities: int, photos: int) -> np.ndarray:
-    """float32[identities * photos, DIM]: noisy unit copies of random unit centres."""
-    centres = rng.standard_normal((identities, DIM)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    x = np.repeat(centres, photos, axis=0)
-    x += NOISE / np.sqrt(DIM) * rng.standard_normal(x.shape).astype(np.float32)
-    out: np.ndarray = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1e3
-    return {q: round(float(np.percentile(ms, int(q[1:]))), 3) for q in ("p50", "p95", "p99")}
-
-
-def load() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def build_record(db: Database, gallery: np.ndarray) -> None:
-    """One subject per identity and one sealed, indexed template per photo, in bulk."""
-    identities = len(gallery) // PHOTOS
-    created = now()
-    with Session(db.engine) as s, s.begin():
-        for lo in range(0, identities, BATCH):
-            subjects, faces = [], []
-            for i in range(lo, min(identities, lo + BATCH)):
-                sid, key = f"s{i:08d}", new_data_key()
-                wrapped = db.keyring.wrap(key, sid)
-                subjects.append(
-                    {
-                        "id": sid,
-                        "name": f"person {i}",
-                        "meta": {},
-                        "created_at": created,
-                        "dek_key_id": wrapped.key_id,
-                        "dek_blob": wrapped.blob,
-                    }
-                )
-                for f in range(i * PHOTOS, (i + 1) * PHOTOS):
-                    fid = f"f{f:08d}"
-                    faces.append(
-                        {
-                            "id": fid,
-                            "subject_id": sid,
-                            "template": seal_template(key, gallery[f], sid, fid),
-                            "content_hash": fid,
-                            "quality": 0.99,
-                            "box": [0.0, 0.0, 160.0, 160.0],
-                            "state": "indexed",
-                            "created_at": created,
-                        }
-                    )
-            s.execute(insert(SubjectRow), subjects)
-            s.execute(insert(FaceRow), faces)
 
 
 def exact_hits(gallery: np.ndarray, probes: np.ndarray, k: int) -> list[list[Hit]]:
@@ -133,12 +73,20 @@ def exact_hits(gallery: np.ndarray, probes: np.ndarray, k: int) -> list[list[Hit
 
 class ExactHits:
     """Stands in for the index in :class:`IndexMatcher`: returns the precomputed exact
-    hits of the next probe, so that only the re-scoring is timed."""
+    hits of the next probe, so that only the re-scoring is timed. Its model is the
+    published one, which the record's faces (no ``model_id``) count as."""
 
     def __init__(self, hits: list[list[Hit]]) -> None:
         self.hits, self.next = hits, 0
+        self.model_id = published_model_id()
 
-    def search(self, embeddings: np.ndarray, top_k: int) -> list[list[Hit]]:
+    def search(
+        self,
+        embeddings: np.ndarray,
+        top_k: int,
+        namespace: str | None = None,
+        gallery: str | None = None,
+    ) -> list[list[Hit]]:
         found = [self.hits[self.next + i][:top_k] for i in range(len(embeddings))]
         self.next += len(embeddings)
         return found
@@ -182,7 +130,7 @@ def rescore(
     row: dict[str, Any] = {"database": kind}
     with database(kind, folder) as db:
         t = time.perf_counter()
-        build_record(db, gallery)
+        build_record(db, gallery, BATCH)
         row["record_build_seconds"] = round(time.perf_counter() - t, 1)
         if kind == "postgresql":  # planner statistics, as autovacuum keeps them in service
             with db.engine.connect() as c:
@@ -248,11 +196,9 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     identities = size // PHOTOS
     gallery = synthetic(rng, identities, PHOTOS)
     mated = rng.choice(identities, args.probes, replace=False)
-    probes = gallery[mated * PHOTOS] + NOISE / np.sqrt(DIM) * rng.standard_normal(
-        (args.probes, DIM)
-    ).astype(np.float32)
+    seen = seen_again(rng, gallery, mated)  # a new photo of each (drawn before strangers)
     strangers = synthetic(rng, args.probes, 1)  # people not enrolled
-    probes = np.concatenate([probes / np.linalg.norm(probes, axis=1, keepdims=True), strangers])
+    probes = np.concatenate([seen, strangers])
     exact = exact_centroid_top1(gallery, probes)
     hits = exact_hits(gallery, probes, hits_wanted(TOP_K))
     row: dict[str, Any] = {"faces": size, "subjects": identities, "probes": len(probes)}
@@ -281,41 +227,33 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot(rows: list[dict[str, Any]], databases: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    sizes = [r["faces"] for r in rows]
-    for kind in databases:
-        for q, style in (("p50", "-"), ("p95", "--")):
+    with figure(path, figsize=(7, 4.5), dpi=110) as (_, ax):
+        sizes = [r["faces"] for r in rows]
+        for kind in databases:
+            for q, style in (("p50", "-"), ("p95", "--")):
+                ax.plot(
+                    sizes,
+                    [r[kind]["match_ms"][q] for r in rows],
+                    style,
+                    marker="o",
+                    label=f"(a) re-score from sealed templates, {kind} {q}",
+                )
+        lite = [r for r in rows if "lite_faces_search_ms" in r]
+        for name in ("faces", "centroids"):
             ax.plot(
-                sizes,
-                [r[kind]["match_ms"][q] for r in rows],
-                style,
-                marker="o",
-                label=f"(a) re-score from sealed templates, {kind} {q}",
+                [r["faces"] for r in lite],
+                [r[f"lite_{name}_search_ms"]["p50"] for r in lite],
+                ":",
+                marker="s",
+                label=f"Milvus Lite search over {name}, p50",
             )
-    lite = [r for r in rows if "lite_faces_search_ms" in r]
-    for name in ("faces", "centroids"):
-        ax.plot(
-            [r["faces"] for r in lite],
-            [r[f"lite_{name}_search_ms"]["p50"] for r in lite],
-            ":",
-            marker="s",
-            label=f"Milvus Lite search over {name}, p50",
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("gallery (faces; 4 per subject)")
-    ax.set_ylabel("ms per probe")
-    ax.set_title("identify: centroid scoring's cost")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("gallery (faces; 4 per subject)")
+        ax.set_ylabel("ms per probe")
+        ax.set_title("identify: centroid scoring's cost")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
 
 
 def main() -> None:
@@ -329,9 +267,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("perf/results"))
     args = parser.parse_args()
     rows = [run_size(size, args) for size in args.sizes]
-    args.out.mkdir(parents=True, exist_ok=True)
-    doc = {"top_k": TOP_K, "hits": hits_wanted(TOP_K), "rows": rows}
-    (args.out / "identify_scoring.json").write_text(json.dumps(doc, indent=2))
+    doc = record(top_k=TOP_K, hits=hits_wanted(TOP_K), rows=rows)
+    write_json(args.out / "identify_scoring.json", doc)
     plot(rows, args.databases, args.out / "identify_scoring.png")
     print(f"wrote {args.out / 'identify_scoring.json'} and .png")
 

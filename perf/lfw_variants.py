@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from perf.common import write_json
+
 VARIANTS = {
     "similarity+flip, int8 (default)": [],
     "similarity+flip, fp32": ["--precision", "fp32"],
@@ -77,7 +79,7 @@ def summarize(out: Path) -> dict[str, Any]:
             f"| {name} | {100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} % | "
             f"{100 * r['tar_at_far_1e-3']:.2f} % | {r['auc']:.5f} | {r['threshold']:.3f} |"
         )
-    (out / "lfw_variants.json").write_text(json.dumps(rows, indent=2))
+    write_json(out / "lfw_variants.json", rows)
     (out / "lfw_variants.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows

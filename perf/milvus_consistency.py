@@ -31,7 +31,8 @@ from gateway.crypto.vector_protection import VectorProtector
 from gateway.index.milvus import Consistency, FaceIndex, MilvusOptions
 from gateway.storage.index_marks import IndexMarks
 from gateway.storage.schema import open_engine
-from perf.search_scaling import load, percentiles, synthetic
+from perf.common import load, percentiles, record, write_json
+from perf.synthetic import synthetic
 
 LEVELS: tuple[Consistency, ...] = ("Strong", "Session", "Bounded", "Eventually")
 
@@ -150,9 +151,8 @@ def main() -> None:
         for level, shared in [(level, None) for level in LEVELS] + [("Session", marks)]:
             rows.append(measure(server.uri, options, level, gallery, args.rounds, shared))
             print(json.dumps(rows[-1]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     meta = {"server": "Milvus 2.3.5 standalone", "gallery": args.gallery, "rounds": args.rounds}
-    (args.out / "consistency.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_json(args.out / "consistency.json", record(meta=meta, rows=rows))
     print(f"wrote {args.out / 'consistency.json'}")
 
 

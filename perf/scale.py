@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import secrets
 import signal
 import subprocess
@@ -50,6 +49,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from perf.common import figure, record, write_json
 from perf.gateway_load import gallery_people, load_run
 from perf.triton_perf import _ours, _proc_cpu
 
@@ -452,41 +452,33 @@ def audit(d: Deployment, probes: list[Any], minutes: float) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- output
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    rows = result.get("throughput", [])
-    if rows:
-        ax = axes[0]
-        ax.bar([r["replicas"] for r in rows], [r["requests_per_second"] for r in rows])
-        ax.set(xlabel="API replicas", ylabel="identify requests / s", title="through HAProxy")
-        ax = axes[1]
-        groups = list(rows[0]["cpu_ms_per_request"])
-        bottom = np.zeros(len(rows))
-        for g in groups:
-            values = np.array([r["cpu_ms_per_request"][g] for r in rows])
-            ax.bar([r["replicas"] for r in rows], values, bottom=bottom, label=g)
-            bottom += values
-        pipe = result.get("pipeline", {}).get("cpu_s_per_image")
-        if pipe:
-            ax.axhline(pipe * 1e3, color="k", ls="--", label="pipeline per image")
-        ax.set(xlabel="API replicas", ylabel="CPU ms / request", title="where the CPU goes")
-        ax.legend(fontsize=7)
-    take = result.get("takeover", {})
-    if take:
-        ax = axes[2]
-        data = [take.get("job_takeover_s", []), take.get("stream_takeover_s", [])]
-        ax.boxplot(data, tick_labels=["job", "stream"])
-        ax.axhline(GOALS["job_takeover_s"], color="C0", ls=":", label="job goal")
-        ax.axhline(GOALS["stream_takeover_s"], color="C1", ls=":", label="stream goal")
-        ax.set(ylabel="seconds after SIGKILL", title="take-over")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 1, 3, figsize=(15, 4.2), dpi=110) as (_, axes):
+        rows = result.get("throughput", [])
+        if rows:
+            ax = axes[0]
+            ax.bar([r["replicas"] for r in rows], [r["requests_per_second"] for r in rows])
+            ax.set(xlabel="API replicas", ylabel="identify requests / s", title="through HAProxy")
+            ax = axes[1]
+            groups = list(rows[0]["cpu_ms_per_request"])
+            bottom = np.zeros(len(rows))
+            for g in groups:
+                values = np.array([r["cpu_ms_per_request"][g] for r in rows])
+                ax.bar([r["replicas"] for r in rows], values, bottom=bottom, label=g)
+                bottom += values
+            pipe = result.get("pipeline", {}).get("cpu_s_per_image")
+            if pipe:
+                ax.axhline(pipe * 1e3, color="k", ls="--", label="pipeline per image")
+            ax.set(xlabel="API replicas", ylabel="CPU ms / request", title="where the CPU goes")
+            ax.legend(fontsize=7)
+        take = result.get("takeover", {})
+        if take:
+            ax = axes[2]
+            data = [take.get("job_takeover_s", []), take.get("stream_takeover_s", [])]
+            ax.boxplot(data, tick_labels=["job", "stream"])
+            ax.axhline(GOALS["job_takeover_s"], color="C0", ls=":", label="job goal")
+            ax.axhline(GOALS["stream_takeover_s"], color="C1", ls=":", label="stream goal")
+            ax.set(ylabel="seconds after SIGKILL", title="take-over")
+            ax.legend(fontsize=7)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -506,14 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audit-minutes", type=float, default=10.0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "goals": GOALS,
-    }
+    result = record(goals=GOALS)
     import tempfile
 
     with ExitStack() as stack:
@@ -550,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = args.out / "scale.json"
     if previous.exists():  # parts not run this time keep their earlier figures
         result = {**json.loads(previous.read_text()), **result}
-    previous.write_text(json.dumps(result, indent=2, default=str))
+    write_json(previous, result, default=str)
     plot(result, args.out / "scale.png")
     print(json.dumps({k: result.get(k) for k in ("cpu_ratio", "rolling", "audit")}, indent=1))
     return 0

@@ -38,34 +38,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert
-from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from facerec.pipeline import Face, FacePipeline
 from gateway.bootstrap import open_database, open_gallery, open_gateway
-from gateway.crypto.envelope import new_data_key, seal_template
 from gateway.gallery import Gallery
 from gateway.index.milvus import SEARCH_EF, FaceIndex
 from gateway.service.types import Caller
 from gateway.settings import Settings
-from gateway.storage.schema import FaceRow, SubjectRow, now
+from perf.common import figure, load, percentiles, record, write_json
+from perf.synthetic import DIM, PHOTOS, build_record, seen_again, synthetic
 
-DIM = 128
-PHOTOS_PER_IDENTITY = 4
-NOISE = 0.6  # per-dimension noise relative to the centre: same-identity cosine ~0.7
-BATCH = 10_000  # vectors per insert call
+BATCH = 10_000  # vectors per insert call (and subjects per statement of the record)
 EFS = (16, 32, 64, 128, 256)
 DEFAULT_EF = SEARCH_EF  # what FaceIndex.search uses
-
-
-def synthetic(rng: np.random.Generator, identities: int, photos: int) -> np.ndarray:
-    """float32[identities * photos, DIM] unit rows, ``photos`` noisy copies per identity."""
-    centres = rng.standard_normal((identities, DIM)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    x = np.repeat(centres, photos, axis=0)
-    x += NOISE / np.sqrt(DIM) * rng.standard_normal(x.shape).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def exact_top1(queries: np.ndarray, gallery: np.ndarray, chunk: int = 100_000) -> np.ndarray:
@@ -79,20 +65,6 @@ def exact_top1(queries: np.ndarray, gallery: np.ndarray, chunk: int = 100_000) -
         better = top > best
         best[better], where[better] = top[better], arg[better] + lo
     return where
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1e3
-    return {
-        "p50": round(float(np.percentile(ms, 50)), 3),
-        "p95": round(float(np.percentile(ms, 95)), 3),
-        "p99": round(float(np.percentile(ms, 99)), 3),
-        "mean": round(float(ms.mean()), 3),
-    }
-
-
-def load() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 def set_nice(pid: int, value: int) -> None:
@@ -137,53 +109,6 @@ def cpu_seconds(pid: int | None) -> float:
         return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def build_record(
-    settings: Settings, gallery: np.ndarray, owners: np.ndarray
-) -> tuple[list[str], list[str]]:
-    """The system of record the gateway would hold: one subject per identity, one sealed
-    template per photo (state ``indexed``), written in bulk. Returns face and subject ids."""
-    db = open_database(settings)
-    identities = int(owners.max()) + 1
-    subject_ids = [f"s{i:08d}" for i in range(identities)]
-    face_ids = [f"f{i:08d}" for i in range(len(gallery))]
-    created = now()
-    with Session(db.engine) as s, s.begin():
-        for lo in tqdm(range(0, identities, BATCH), desc="record", unit_scale=BATCH):
-            subjects, faces = [], []
-            for i in range(lo, min(identities, lo + BATCH)):
-                sid, key = subject_ids[i], new_data_key()
-                wrapped = db.keyring.wrap(key, sid)
-                subjects.append(
-                    {
-                        "id": sid,
-                        "name": f"person {i}",
-                        "namespace": "default",
-                        "gallery": "default",
-                        "meta": {},
-                        "created_at": created,
-                        "dek_key_id": wrapped.key_id,
-                        "dek_blob": wrapped.blob,
-                    }
-                )
-                for f in range(i * PHOTOS_PER_IDENTITY, (i + 1) * PHOTOS_PER_IDENTITY):
-                    faces.append(
-                        {
-                            "id": face_ids[f],
-                            "subject_id": sid,
-                            "template": seal_template(key, gallery[f], sid, face_ids[f]),
-                            "content_hash": face_ids[f],
-                            "quality": 0.99,
-                            "box": [0.0, 0.0, 160.0, 160.0],
-                            "state": "indexed",
-                            "created_at": created,
-                        }
-                    )
-            s.execute(insert(SubjectRow), subjects)
-            s.execute(insert(FaceRow), faces)
-    db.engine.dispose()
-    return face_ids, [subject_ids[o] for o in owners]
 
 
 def wait_indexed(index: FaceIndex, rows: int, timeout: float = 7200) -> None:
@@ -324,15 +249,10 @@ def run_size(
     size: int, args: argparse.Namespace, target: dict[str, Any], folder: Path
 ) -> dict[str, Any]:
     rng = np.random.default_rng(size)
-    identities = size // PHOTOS_PER_IDENTITY
-    gallery = synthetic(rng, identities, PHOTOS_PER_IDENTITY)
-    owners = np.repeat(np.arange(identities), PHOTOS_PER_IDENTITY)
+    identities = size // PHOTOS
+    gallery = synthetic(rng, identities, PHOTOS)
     picked = rng.choice(identities, args.probes, replace=False)
-    queries = gallery[picked * PHOTOS_PER_IDENTITY]  # a photo of each picked identity ...
-    queries = queries + NOISE / np.sqrt(DIM) * rng.standard_normal(queries.shape).astype(
-        np.float32
-    )  # ... seen again
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    queries = seen_again(rng, gallery, picked)
     exact = exact_top1(queries, gallery)
     row: dict[str, Any] = {"gallery": size, "identities": identities, "probes": args.probes}
 
@@ -341,7 +261,9 @@ def run_size(
     milvus = {"milvus_uri": str(data / "index.db")} if args.backend == "lite" else server
     settings = Settings(env="development", data_dir=data, index_type=args.index_type, **milvus)
     t = time.perf_counter()
-    face_ids, subject_ids = build_record(settings, gallery, owners)
+    db = open_database(settings)
+    face_ids, subject_ids = build_record(db, gallery, BATCH, progress=True)
+    db.engine.dispose()
     row["record_seconds"] = round(time.perf_counter() - t, 2)
 
     gallery_of = open_indexed(settings)
@@ -399,53 +321,45 @@ def run_size(
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sizes = [r["gallery"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    for q in ("p50", "p95", "p99"):
-        a.plot(sizes, [r["latency_ms"][q] for r in rows], marker="o", label=f"search {q}")
-    a.plot(
-        sizes,
-        [r["identify_path_ms"]["p95"] for r in rows],
-        marker="s",
-        linestyle="--",
-        label="identify path p95 (index + SQL)",
-    )
-    a.set_xscale("log")
-    a.set_yscale("log")
-    a.set_xlabel("gallery size (protected vectors)")
-    a.set_ylabel(f"single probe, ms (ef={DEFAULT_EF})")
-    a.legend(fontsize=8)
-    a.grid(True, alpha=0.3)
-    for r in rows:
-        sweep = r["sweep"]
-        b.plot(
-            [s["latency_ms"]["p99"] for s in sweep],
-            [s["recall_at_1"] for s in sweep],
-            marker="o",
-            label=f"{r['gallery']:,}",
+    with figure(path, 1, 2, figsize=(11, 4.2), dpi=110) as (fig, (a, b)):
+        for q in ("p50", "p95", "p99"):
+            a.plot(sizes, [r["latency_ms"][q] for r in rows], marker="o", label=f"search {q}")
+        a.plot(
+            sizes,
+            [r["identify_path_ms"]["p95"] for r in rows],
+            marker="s",
+            linestyle="--",
+            label="identify path p95 (index + SQL)",
         )
-        for s in sweep:
-            b.annotate(
-                str(s["ef"]),
-                (s["latency_ms"]["p99"], s["recall_at_1"]),
-                fontsize=6,
-                xytext=(2, -8),
-                textcoords="offset points",
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel("gallery size (protected vectors)")
+        a.set_ylabel(f"single probe, ms (ef={DEFAULT_EF})")
+        a.legend(fontsize=8)
+        a.grid(True, alpha=0.3)
+        for r in rows:
+            sweep = r["sweep"]
+            b.plot(
+                [s["latency_ms"]["p99"] for s in sweep],
+                [s["recall_at_1"] for s in sweep],
+                marker="o",
+                label=f"{r['gallery']:,}",
             )
-    b.set_xscale("log")
-    b.set_xlabel("single-probe p99 latency, ms (labels: ef)")
-    b.set_ylabel("recall@1 vs exact search")
-    b.legend(title="gallery", fontsize=8)
-    b.grid(True, alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+            for s in sweep:
+                b.annotate(
+                    str(s["ef"]),
+                    (s["latency_ms"]["p99"], s["recall_at_1"]),
+                    fontsize=6,
+                    xytext=(2, -8),
+                    textcoords="offset points",
+                )
+        b.set_xscale("log")
+        b.set_xlabel("single-probe p99 latency, ms (labels: ef)")
+        b.set_ylabel("recall@1 vs exact search")
+        b.legend(title="gallery", fontsize=8)
+        b.grid(True, alpha=0.3)
+        fig.suptitle(title)
 
 
 @contextlib.contextmanager
@@ -497,12 +411,10 @@ def main() -> None:
     args = parser.parse_args()
     if DEFAULT_EF not in args.ef:
         args.ef.append(DEFAULT_EF)
-    args.out.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="facerec-search-", dir=args.work))
     rows: list[dict[str, Any]] = []
     meta = {
         "backend": args.backend,
-        "cpus": os.cpu_count(),
         "nice": os.nice(0),
         "load_at_start": load(),
         "index": f"{args.index_type} (HNSW: M=16 efConstruction=200), COSINE, protected vectors",
@@ -512,13 +424,16 @@ def main() -> None:
     if args.keep and out.exists():  # rows of other sizes from an earlier run stay
         earlier = json.loads(out.read_text())
         rows = [r for r in earlier["rows"] if r["gallery"] not in args.sizes]
+        if "machine" in earlier:  # what that run's rows were measured on
+            earlier["meta"]["machine"] = earlier["machine"]
         meta["earlier_runs"] = [*earlier["meta"].pop("earlier_runs", []), earlier["meta"]]
+    doc = record(meta=meta, rows=rows)
     try:
         with milvus_server(args, folder) as server:
             for size in args.sizes:
                 rows.append(run_size(size, args, server, folder))
                 rows.sort(key=lambda r: int(r["gallery"]))
-                out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+                write_json(out, doc)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     what = "Milvus 2.3 standalone" if args.backend == "server" else "Milvus Lite"

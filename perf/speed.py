@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from collections import defaultdict
@@ -38,6 +37,7 @@ from facerec.imaging.pad import pad_edges
 from facerec.models import facerec_home, load_model_card, model_path
 from facerec.pipeline import FacePipeline, PipelineConfig
 from facerec.runtime import default_threads
+from perf.common import figure, machine, record, write_json
 from perf.scenes import lfw_files, scene
 
 PAD = 50
@@ -201,44 +201,39 @@ def _write(folder: Path, stem: str, payloads: list[bytes]) -> list[Path]:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Top: throughput and speed-up per input set; bottom: where the time goes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sets = list(result["end_to_end"])
-    fig, axes = plt.subplots(2, len(sets), figsize=(5.5 * len(sets), 8), dpi=110, squeeze=False)
-    stages = ["decode", "detect", "align", "embed"]
-    for col, name in enumerate(sets):
-        runs = result["end_to_end"][name]
-        labels = list(runs)
-        short = [k.replace(" (similarity+flip, int8)", "").replace(", int8", "") for k in labels]
-        top, bottom = axes[0, col], axes[1, col]
-        rates = [runs[k]["images_per_second"] for k in labels]
-        top.bar(short, rates, color=["grey"] + ["tab:blue"] * (len(labels) - 1))
-        for i, k in enumerate(labels):
-            top.text(
-                i,
-                rates[i],
-                f"{rates[i]:.1f}/s\nx{runs[k]['speedup_vs_reference']:.2f}",
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-        top.set_title(f"{name}: images per second")
-        top.set_ylim(0, max(rates) * 1.25)
-        base = np.zeros(len(labels))
-        for stage in stages:
-            vals = np.array([runs[k]["stage_ms_per_image"].get(stage, 0.0) for k in labels])
-            bottom.bar(short, vals, bottom=base, label=stage)
-            base += vals
-        bottom.set_ylabel("thread-ms per image, by stage")
-        for ax in (top, bottom):
-            ax.tick_params(axis="x", labelrotation=25, labelsize=7)
-    axes[1, 0].legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    size = (5.5 * len(sets), 8)
+    with figure(path, 2, len(sets), figsize=size, dpi=110, squeeze=False) as (_, axes):
+        stages = ["decode", "detect", "align", "embed"]
+        for col, name in enumerate(sets):
+            runs = result["end_to_end"][name]
+            labels = list(runs)
+            short = [
+                k.replace(" (similarity+flip, int8)", "").replace(", int8", "") for k in labels
+            ]
+            top, bottom = axes[0, col], axes[1, col]
+            rates = [runs[k]["images_per_second"] for k in labels]
+            top.bar(short, rates, color=["grey"] + ["tab:blue"] * (len(labels) - 1))
+            for i, k in enumerate(labels):
+                top.text(
+                    i,
+                    rates[i],
+                    f"{rates[i]:.1f}/s\nx{runs[k]['speedup_vs_reference']:.2f}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
+            top.set_title(f"{name}: images per second")
+            top.set_ylim(0, max(rates) * 1.25)
+            base = np.zeros(len(labels))
+            for stage in stages:
+                vals = np.array([runs[k]["stage_ms_per_image"].get(stage, 0.0) for k in labels])
+                bottom.bar(short, vals, bottom=base, label=stage)
+                base += vals
+            bottom.set_ylabel("thread-ms per image, by stage")
+            for ax in (top, bottom):
+                ax.tick_params(axis="x", labelrotation=25, labelsize=7)
+        axes[1, 0].legend()
 
 
 def main() -> None:
@@ -305,24 +300,17 @@ def main() -> None:
     crops = np.stack([cv2.resize(decode_image(f.read_bytes()), (160, 160)) for f in files[:32]])
     embedder = embedder_throughput((1, 8, 32), crops)
     print("\nembedder alone (faces/s):", json.dumps(embedder, indent=1))
-    result = {
-        "end_to_end": end_to_end,
-        "embedder_faces_per_second": embedder,
-        "threads": threads,
-        "rounds": args.rounds,
-        "workers": pipelines["default, threads"].workers,
-        "notes": "stage times are summed over the pipeline's worker threads, so they can add up "
+    result = record(
+        end_to_end=end_to_end,
+        embedder_faces_per_second=embedder,
+        threads=threads,
+        rounds=args.rounds,
+        workers=pipelines["default, threads"].workers,
+        notes="stage times are summed over the pipeline's worker threads, so they can add up "
         "to more than the wall time per image",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": threads,
-            "onnxruntime": ort.__version__,
-            "torch": torch.__version__,
-        },
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(result, indent=2))
+        machine=machine(torch=torch.__version__),
+    )
+    write_json(args.out / "speed.json", result)
     plot(result, args.out / "speed.png")
     print(f"\nwrote {args.out / 'speed.json'} and {args.out / 'speed.png'}")
 

@@ -11,20 +11,19 @@ written to ``OUT/triton_instances.json``. Shares the machine with nothing else i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from facerec.triton.client import TritonConnection
 from facerec.triton.repository import write_repository
 from facerec.triton.server import TritonServer
+from perf.common import record, write_json
 from perf.ports import free_port
 
 LAYOUTS = {"1 instance x all cores": (1, "0"), "2 instances x 1 thread": (2, "1")}
@@ -70,7 +69,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("perf/results/triton"))
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
-    results: dict[str, Any] = {"loadavg_before": os.getloadavg(), "crops_per_second": {}}
+    results = record(loadavg_before=os.getloadavg(), crops_per_second={})
     with tempfile.TemporaryDirectory() as tmp:
         for name, (instances, threads) in LAYOUTS.items():
             repo = _repository(Path(tmp), instances, threads)
@@ -86,9 +85,7 @@ def main() -> None:
                 results["crops_per_second"][name] = row
             shutil.rmtree(repo)
     results["loadavg_after"] = os.getloadavg()
-    results["cpu_count"] = os.cpu_count()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "triton_instances.json").write_text(json.dumps(results, indent=2))
+    write_json(args.out / "triton_instances.json", results)
 
 
 if __name__ == "__main__":

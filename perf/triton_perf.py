@@ -31,7 +31,6 @@ import csv
 import io
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -47,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from perf.common import figure, machine, percentiles, record, write_json
 from perf.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,13 +328,13 @@ def run_threads(
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    lat = np.asarray(latencies) * 1e3
+    latency_ms = percentiles(latencies, ("p50", "p90", "p95", "p99", "mean"), digits=2)
     return {
-        "throughput": round(len(lat) * batch / wall, 2),
-        "requests_per_second": round(len(lat) / wall, 2),
-        "requests": len(lat),
-        "latency_ms": {f"p{q}": round(float(np.percentile(lat, q)), 2) for q in (50, 90, 95, 99)},
-        "latency_ms_mean": round(float(lat.mean()), 2),
+        "throughput": round(len(latencies) * batch / wall, 2),
+        "requests_per_second": round(len(latencies) / wall, 2),
+        "requests": len(latencies),
+        "latency_ms": latency_ms,
+        "latency_ms_mean": latency_ms["mean"],
         "wall_seconds": round(wall, 2),
     }
 
@@ -429,44 +429,41 @@ def triton(args: argparse.Namespace, folder: Path) -> Iterator[dict[str, Any]]:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Per case one row: throughput vs concurrency, p99 latency vs concurrency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cases = list(result["results"])
-    fig, axes = plt.subplots(len(cases), 2, figsize=(11, 3.4 * len(cases)), dpi=110, squeeze=False)
-    colours = {"triton-grpc": "tab:blue", "triton-http": "tab:orange", "in-process": "tab:green"}
-    conc = result["settings"]["concurrency"]
-    for (a, b), case in zip(axes, cases, strict=True):
-        unit = "images/s" if case == "face_pipeline" else "crops/s"
-        for series, runs in result["results"][case].items():
-            ok = {int(c): r for c, r in runs.items() if "throughput" in r}
-            xs = sorted(ok)
-            kw = {"color": colours[series], "label": series, "marker": "o"}
-            a.plot(xs, [ok[x]["throughput"] for x in xs], **kw)
-            b.plot(xs, [ok[x]["latency_ms"]["p99"] for x in xs], **kw)
-        a.set_ylabel(unit)
-        a.set_ylim(bottom=0)
-        a.set_title(f"{case}: throughput", fontsize=10)
-        b.set_ylabel("p99 latency (ms)")
-        b.set_ylim(bottom=0)
-        b.set_title(f"{case}: p99 latency per request", fontsize=10)
-        for ax in (a, b):
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(conc)
-            ax.set_xticklabels([str(c) for c in conc])
-            ax.set_xlabel("concurrent requests")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-    m = result["machine"]
-    fig.suptitle(
-        f"Triton (perf_analyzer) vs in-process, {m['cpu_count']} CPU cores shared by client, "
-        f"server and other load (median load {result['load']['median_other_cores']:.1f} cores)"
-    )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    size = (11, 3.4 * len(cases))
+    with figure(path, len(cases), 2, figsize=size, dpi=110, squeeze=False) as (fig, axes):
+        colours = {
+            "triton-grpc": "tab:blue",
+            "triton-http": "tab:orange",
+            "in-process": "tab:green",
+        }
+        conc = result["settings"]["concurrency"]
+        for (a, b), case in zip(axes, cases, strict=True):
+            unit = "images/s" if case == "face_pipeline" else "crops/s"
+            for series, runs in result["results"][case].items():
+                ok = {int(c): r for c, r in runs.items() if "throughput" in r}
+                xs = sorted(ok)
+                kw = {"color": colours[series], "label": series, "marker": "o"}
+                a.plot(xs, [ok[x]["throughput"] for x in xs], **kw)
+                b.plot(xs, [ok[x]["latency_ms"]["p99"] for x in xs], **kw)
+            a.set_ylabel(unit)
+            a.set_ylim(bottom=0)
+            a.set_title(f"{case}: throughput", fontsize=10)
+            b.set_ylabel("p99 latency (ms)")
+            b.set_ylim(bottom=0)
+            b.set_title(f"{case}: p99 latency per request", fontsize=10)
+            for ax in (a, b):
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(conc)
+                ax.set_xticklabels([str(c) for c in conc])
+                ax.set_xlabel("concurrent requests")
+                ax.grid(True, alpha=0.3)
+                ax.legend(fontsize=8)
+        m = result["machine"]
+        fig.suptitle(
+            f"Triton (perf_analyzer) vs in-process, {m['cpu_count']} CPU cores shared by client, "
+            f"server and other load (median load {result['load']['median_other_cores']:.1f} cores)"
+        )
 
 
 def table_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -706,8 +703,8 @@ def run_all(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         for r in series.values()
         if "other_processes_cores" in r
     ]
-    return {
-        "settings": {
+    return record(
+        settings={
             "concurrency": args.concurrency,
             "protocols": args.protocols,
             "cases": [c.__dict__ for c in cases],
@@ -722,20 +719,14 @@ def run_all(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "analyze([image]); embedder: pipeline.embedder.embed(crops) (no flip, as the model)",
             "quick": args.quick,
         },
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "perf_analyzer": _version(args),
-        },
-        "load": {
+        machine=machine(perf_analyzer=_version(args)),
+        load={
             **load_start,
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "median_other_cores": round(float(np.median(others)), 2) if others else 0.0,
             "max_other_cores": round(max(others), 2) if others else 0.0,
         },
-        "inputs": {
+        inputs={
             "images": len(inputs.images),
             "files": inputs.names,
             "pad_px": PAD,
@@ -744,19 +735,19 @@ def run_all(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "crops": len(inputs.crops),
             "encoding": "perf_analyzer --input-data JSON, b64 + shape per step",
         },
-        "server": server,
-        "commands": [
+        server=server,
+        commands=[
             r["command"]
             for runs in results.values()
             for series in runs.values()
             for r in series.values()
             if "command" in r
         ],
-        "results": results,
-        "embedder_threads_check": check,
-        "runtime_seconds": round(time.perf_counter() - began, 1),
-        "finished": time.strftime("%Y-%m-%d %H:%M"),
-    }
+        results=results,
+        embedder_threads_check=check,
+        runtime_seconds=round(time.perf_counter() - began, 1),
+        finished=time.strftime("%Y-%m-%d %H:%M"),
+    )
 
 
 def _version(args: argparse.Namespace) -> str:
@@ -820,9 +811,8 @@ def main() -> None:
         result = run_all(args, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "triton_perf_quick" if args.quick else "triton_perf"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    write_json(args.out / f"{stem}.json", result)
     plot(result, args.out / f"{stem}.png")
     if not args.quick:
         (args.out / "README.md").write_text(readme(result, NOTES))

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -70,6 +68,7 @@ from facerec.video import (  # noqa: E402
     VideoStream,
     open_source,
 )
+from perf.common import figure, load, machine, percentiles, record, write_json  # noqa: E402
 from perf.triton_perf import watch_load  # noqa: E402
 from perf.video_ws import part_ws, plot_ws, table_ws  # noqa: E402
 
@@ -85,10 +84,6 @@ class Context:
     gallery: Path
     duration: float
     quick: bool
-
-
-def load() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 def rss_mb() -> float:
@@ -146,18 +141,14 @@ def run_stream(
     finally:
         stream.finish()
         source.close()
-    lat = np.array(latency) * 1000 if latency else np.zeros(1)
     return {
         "frames": len(runs),
         "dropped": source.stats.dropped,
-        "latency_ms": {q: round(float(np.percentile(lat, p)), 1) for q, p in PCT.items()},
+        "latency_ms": percentiles(latency, digits=1),
         "embedded_crops": stream.analyzer.embedded,
         "_runs": runs,
         "_ready": ready,
     }
-
-
-PCT = {"p50": 50, "p95": 95, "p99": 99}
 
 
 def score(scene: vs.Scene, run: dict[str, Any], wall: bool) -> dict[str, Any]:
@@ -350,16 +341,11 @@ def prepare(folder: Path, quick: bool) -> Context:
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_at_start": load(),
-        },
-        "scene": {"fps": FPS, "sizes": list(SIZES), "people": [n for n, _, _ in vs.CAST]},
-        "command": " ".join(["python -m perf.video", *sys.argv[1:]]),
-    }
+    result = record(
+        machine=machine(load_at_start=load()),
+        scene={"fps": FPS, "sizes": list(SIZES), "people": [n for n, _, _ in vs.CAST]},
+        command=" ".join(["python -m perf.video", *sys.argv[1:]]),
+    )
     with tempfile.TemporaryDirectory(prefix="facerec-video-") as tmp:
         ctx = prepare(Path(tmp), args.quick)
         result["scene"]["seconds"] = ctx.duration
@@ -394,65 +380,57 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
-    single = result.get("single", [])
-    if single:
-        labels = [f"{r['size']}\nevery {r['every']}\n{r['pipeline']}" for r in single]
-        x = np.arange(len(single))
-        axes[0].bar(x - 0.2, [r["fps"] for r in single], 0.4, color="#4477aa", label="measured")
-        axes[0].bar(
-            x + 0.2,
-            [1000 / r["cpu_ms_per_frame"] for r in single],
-            0.4,
-            color="#88ccee",
-            label="per CPU-second used",
+    with figure(path, 1, 4, figsize=(20, 4.2), dpi=110) as (fig, axes):
+        single = result.get("single", [])
+        if single:
+            labels = [f"{r['size']}\nevery {r['every']}\n{r['pipeline']}" for r in single]
+            x = np.arange(len(single))
+            axes[0].bar(x - 0.2, [r["fps"] for r in single], 0.4, color="#4477aa", label="measured")
+            axes[0].bar(
+                x + 0.2,
+                [1000 / r["cpu_ms_per_frame"] for r in single],
+                0.4,
+                color="#88ccee",
+                label="per CPU-second used",
+            )
+            axes[0].set_xticks(x, labels, fontsize=7)
+            axes[0].axhline(25, color="#cc3311", ls="--", lw=1, label="goal 25 fps (640x480)")
+            axes[0].set_ylabel("processed frames/s")
+            axes[0].set_title("one stream, read as fast as possible")
+            axes[0].legend(fontsize=8)
+        for every, color in ((1, "#4477aa"), (3, "#ee7733")):
+            rows = [r for r in result.get("multi", []) if r["every"] == every]
+            if rows:
+                n = [r["streams"] for r in rows]
+                axes[1].plot(
+                    n, [r["aggregate_fps"] for r in rows], "o-", color=color, label=f"every {every}"
+                )
+                axes[1].plot(
+                    n,
+                    [1000 / r["cpu_ms_per_frame"] for r in rows],
+                    "o--",
+                    color=color,
+                    alpha=0.5,
+                    label=f"every {every}, per CPU-second used",
+                )
+        axes[1].axhline(40, color="#cc3311", ls="--", lw=1, label="goal 40 fps at 4 streams")
+        axes[1].set_xlabel("concurrent 640x480 streams")
+        axes[1].set_ylabel("aggregate processed frames/s")
+        axes[1].set_title("streams sharing one pipeline")
+        axes[1].legend(fontsize=8)
+        soak = result.get("soak")
+        if soak:
+            t, rss = zip(*soak["rss_mb"], strict=True)
+            axes[2].plot(np.array(t) / 60, rss, color="#228833")
+            axes[2].set_xlabel("minutes")
+            axes[2].set_ylabel("resident memory, MB")
+            axes[2].set_title(f"soak: RSS growth after warm-up {100 * soak['rss_growth']:.1f} %")
+        if result.get("ws", {}).get("rows"):
+            plot_ws(axes[3], result["ws"])
+        fig.suptitle(
+            f"facerec video on {result['machine']['cpu_count']} shared cores: measured, and frames "
+            "per second of CPU the process got"
         )
-        axes[0].set_xticks(x, labels, fontsize=7)
-        axes[0].axhline(25, color="#cc3311", ls="--", lw=1, label="goal 25 fps (640x480)")
-        axes[0].set_ylabel("processed frames/s")
-        axes[0].set_title("one stream, read as fast as possible")
-        axes[0].legend(fontsize=8)
-    for every, color in ((1, "#4477aa"), (3, "#ee7733")):
-        rows = [r for r in result.get("multi", []) if r["every"] == every]
-        if rows:
-            n = [r["streams"] for r in rows]
-            axes[1].plot(
-                n, [r["aggregate_fps"] for r in rows], "o-", color=color, label=f"every {every}"
-            )
-            axes[1].plot(
-                n,
-                [1000 / r["cpu_ms_per_frame"] for r in rows],
-                "o--",
-                color=color,
-                alpha=0.5,
-                label=f"every {every}, per CPU-second used",
-            )
-    axes[1].axhline(40, color="#cc3311", ls="--", lw=1, label="goal 40 fps at 4 streams")
-    axes[1].set_xlabel("concurrent 640x480 streams")
-    axes[1].set_ylabel("aggregate processed frames/s")
-    axes[1].set_title("streams sharing one pipeline")
-    axes[1].legend(fontsize=8)
-    soak = result.get("soak")
-    if soak:
-        t, rss = zip(*soak["rss_mb"], strict=True)
-        axes[2].plot(np.array(t) / 60, rss, color="#228833")
-        axes[2].set_xlabel("minutes")
-        axes[2].set_ylabel("resident memory, MB")
-        axes[2].set_title(f"soak: RSS growth after warm-up {100 * soak['rss_growth']:.1f} %")
-    if result.get("ws", {}).get("rows"):
-        plot_ws(axes[3], result["ws"])
-    fig.suptitle(
-        f"facerec video on {result['machine']['cpus']} shared cores: measured, and frames "
-        "per second of CPU the process got"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _ttn(rows: list[dict[str, Any]]) -> list[float]:
@@ -550,7 +528,6 @@ def main() -> None:
         return
     if args.out is None:
         parser.error("--out is required")
-    args.out.mkdir(parents=True, exist_ok=True)
     result = run_all(args)
     previous = args.out / "video.json"
     if args.keep and previous.is_file():  # parts not run this time stay as they were
@@ -559,7 +536,7 @@ def main() -> None:
             if part not in args.parts and part in kept:
                 result[part] = kept[part]
         result["kept_from_before"] = [p for p in SECTIONS if p not in args.parts and p in kept]
-    (args.out / "video.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out / "video.json", result)
     plot(result, args.out / "video.png")
     text = table(result)
     (args.out / "video.md").write_text(text)

@@ -40,6 +40,7 @@ import video_scenes as vs
 from media_servers import encode_jpeg
 from websockets.asyncio.client import ClientConnection, connect
 
+from perf.common import percentiles
 from perf.gateway_load import Spawned, spawned_server
 from perf.triton_perf import _ours, _proc_cpu
 
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     from perf.video import Context
 
 FPS = 25.0
-PCT = {"p50": 50, "p95": 95, "p99": 99}
 RESULT_TIMEOUT_S = 120.0  # a result slower than this ends the run with an error
 
 
@@ -209,8 +209,8 @@ def run_row(
         for _ in range(rounds):
             cams += asyncio.run(_round(svc, jpegs, every, clients))
     cpu = tree_cpu_s(pid) - cpu
-    processed = sum(len(c.latency_s) for c in cams)
-    lat = np.array([x for c in cams for x in c.latency_s]) * 1000 if processed else np.zeros(1)
+    latency_s = [x for c in cams for x in c.latency_s]
+    processed = len(latency_s)
     play_s = rounds * len(jpegs) / FPS
     row.update(
         frames_due=len(cams) * len(jpegs),
@@ -220,8 +220,8 @@ def run_row(
         dropped_client=sum(c.dropped_client for c in cams),
         dropped_server=sum(c.dropped_server for c in cams),
         errors=[e for c in cams for e in c.errors],
-        latency_ms={q: round(float(np.percentile(lat, p)), 1) for q, p in PCT.items()},
-        latency_ms_all=[round(float(x), 1) for x in lat],
+        latency_ms=percentiles(latency_s, digits=1),
+        latency_ms_all=[round(1000 * x, 1) for x in latency_s],
         server_cpu_s=round(cpu, 2),
         server_cpu_ms_per_frame=round(1000 * cpu / max(processed, 1), 1),
         server_cores=round(cpu / row["wall_s"], 2),

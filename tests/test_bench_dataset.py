@@ -148,7 +148,7 @@ def test_report_has_the_keys_users_script_against(report: dict[str, Any]) -> Non
     assert set(stages) >= {"decode", "detect", "align", "embed", "match"}
     assert all(s["p50"] <= s["p95"] for s in stages.values())
     assert report["images_per_second"] > 0
-    assert report["machine"]["cores"] >= 1 and report["machine"]["backend"].startswith("onnx")
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["backend"].startswith("onnx")
 
 
 @pytest.mark.parametrize(

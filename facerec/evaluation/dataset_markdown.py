@@ -130,7 +130,7 @@ def render(report: dict[str, Any]) -> str:
     out += _table(
         ["stage", "p50 ms", "p95 ms"],
         [
-            [k, *(("n/a" if x[p] is None else f"{x[p]:.1f}") for p in ("p50", "p95"))]
+            [k, *(f"{x[p]:.1f}" if x["count"] else "n/a" for p in ("p50", "p95"))]
             for k, x in stages.items()
         ],
     )

@@ -3,8 +3,6 @@ time the pipeline's stages, and write ``report.json``, ``report.md`` and the plo
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -29,6 +27,7 @@ from facerec.evaluation.dataset import (
     split,
     verification,
 )
+from facerec.evaluation.measure import machine, percentiles
 from facerec.evaluation.metrics import Roc
 from facerec.evaluation.plots import figure
 from facerec.imaging.decode import read_image
@@ -90,13 +89,6 @@ def dataset_section(files: DatasetFiles, enrolled: Enrolled, faces: DatasetFaces
     }
 
 
-def _percentiles(ms: list[float]) -> dict[str, float | None]:
-    if not ms:
-        return {"p50": None, "p95": None, "n": 0}
-    a = np.asarray(ms)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "n": len(ms)}
-
-
 def latency(
     pipeline: FacePipeline,
     faces: DatasetFaces,
@@ -109,7 +101,7 @@ def latency(
     ``facerec identify`` probe goes: decode, detect, align, embed, then the gallery
     search and decision."""
     paths = faces.paths[:: max(1, len(faces.paths) // max(1, images))][:images]
-    ms: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
+    seconds: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
     for path in paths:
         start = time.perf_counter()
         image = read_image(path)
@@ -117,18 +109,16 @@ def latency(
         before = dict(pipeline.timer.seconds)
         found = pipeline.analyze([image], primary_only=True)[0]
         for stage in ("detect", "align", "embed"):
-            ms[stage].append(
-                1e3 * (pipeline.timer.seconds.get(stage, 0.0) - before.get(stage, 0.0))
-            )
-        ms["decode"].append(1e3 * (decoded - start))
+            seconds[stage].append(pipeline.timer.seconds.get(stage, 0.0) - before.get(stage, 0.0))
+        seconds["decode"].append(decoded - start)
         if found.faces and found.faces[0].embedding is not None and policy and point:
             t = time.perf_counter()
             candidates = gallery.search(found.faces[0].embedding[None], 5)[0]
             policy.decide(candidates, point)
-            ms["match"].append(1e3 * (time.perf_counter() - t))
-        ms["total"].append(1e3 * (time.perf_counter() - start))
+            seconds["match"].append(time.perf_counter() - t)
+        seconds["total"].append(time.perf_counter() - start)
     return {
-        "stages": {k: _percentiles(v) for k, v in ms.items()},
+        "stages": {k: percentiles(v, ("p50", "p95", "count")) for k, v in seconds.items()},
         "images": len(paths),
         "how": "one image at a time in this process, as `facerec identify` runs one probe",
     }
@@ -189,13 +179,10 @@ def run_dataset(
             "how": "every file decoded, detected, aligned and embedded as `facerec embed` "
             "does (worker processes, one per core, from 32 files on)",
         },
-        "machine": {
-            "cores": os.cpu_count(),
-            "usable_cores": default_threads(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "backend": "onnxruntime (in process)" if pipeline.in_process else "triton",
-        },
+        "machine": machine(
+            usable_cores=default_threads(),
+            backend="onnxruntime (in process)" if pipeline.in_process else "triton",
+        ),
         "settings": {
             "model": pipeline.card.name,
             "precision": cfg.precision,

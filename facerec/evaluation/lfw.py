@@ -8,7 +8,6 @@ nine; TAR at FAR=1e-3 and the ROC AUC are computed over all 6,000 pairs.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from facerec.alignment import crop_box
 from facerec.batch import ProcessBatchRunner
 from facerec.errors import InvalidArgumentError
+from facerec.evaluation.measure import machine
 from facerec.evaluation.metrics import (
     Roc,
     best_threshold,
@@ -189,7 +189,7 @@ def run_lfw(
             "threads": cfg.threads,
         },
         "data": {"dir": str(data_dir), "pairs_file": str(pairs_file)},
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     label = f"{cfg.alignment}{'+flip' if cfg.flip else ''} {cfg.precision}: AUC {roc.auc:.5f}"

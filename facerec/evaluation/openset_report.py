@@ -4,7 +4,6 @@ and measure the model card's identification and 1:1 FAR thresholds."""
 from __future__ import annotations
 
 import logging
-import platform
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from facerec.evaluation.lfw_faces import LfwFaces, load_or_embed
+from facerec.evaluation.measure import machine
 from facerec.evaluation.openset import det_curve
 from facerec.evaluation.openset_lfw import (
     SAME_PERSON,
@@ -130,7 +130,7 @@ def run_openset(
             "detector": asdict(pipeline.config.detector),
             "pad": pad,
         },
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
     }
     quality = doc["quality_gates"]
     quality["refused_fraction"] = sum(quality["refused_by_first_failing_gate"].values()) / len(
