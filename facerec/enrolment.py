@@ -74,13 +74,19 @@ def gallery_images(root: Path) -> list[tuple[str, Path]]:
     return items
 
 
+def aligned_crop(pipeline: FacePipeline, image: np.ndarray, face: Face) -> np.ndarray:
+    """The aligned crop of ``face`` found in ``image``, for the blur gate."""
+    det = Detections(face.box[None], np.array([face.score], np.float32), face.landmarks[None])
+    crop: np.ndarray = pipeline.align(image, det)[0]
+    return crop
+
+
 def gallery_face(
     pipeline: FacePipeline, path: Path, face: Face
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """(aligned crop, image size) of ``face`` in ``path``, for the quality gates."""
     image = read_image(path)
-    det = Detections(face.box[None], np.array([face.score], np.float32), face.landmarks[None])
-    return pipeline.align(image, det)[0], (image.shape[0], image.shape[1])
+    return aligned_crop(pipeline, image, face), (image.shape[0], image.shape[1])
 
 
 @dataclass(frozen=True)
@@ -217,6 +223,7 @@ __all__ = [
     "Enrolled",
     "GalleryAtPoint",
     "Refusal",
+    "aligned_crop",
     "build_gallery",
     "enrol_in_order",
     "enrol_photos",

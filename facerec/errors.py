@@ -11,7 +11,15 @@ from typing import Any
 
 
 class FaceRecError(Exception):
-    """Base class: a failure with a stable code."""
+    """Base class: a failure with a stable code.
+
+    >>> from facerec import FaceRecError, FaceRecognizer
+    >>> try:
+    ...     FaceRecognizer().detect(b"not an image")
+    ... except FaceRecError as exc:
+    ...     print(exc.code, exc.http_status, exc.retriable)
+    not_an_image 422 False
+    """
 
     code: str = "internal_error"
     http_status: int = 500

@@ -24,7 +24,6 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
-from facerec.batching import MicroBatcher
 from facerec.cli import identify
 from facerec.cli.output import error_entry
 from facerec.enrolment import open_gallery
@@ -37,11 +36,10 @@ from facerec.video import (
     MatchPolicy,
     SourceError,
     SourceOptions,
-    StreamAnalyzer,
     TrackEvent,
     VideoConfig,
     VideoStream,
-    open_source,
+    open_stream,
 )
 from facerec.video.annotate import AnnotatedWriter
 
@@ -189,13 +187,29 @@ def _watch(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         realtime=args.realtime,
         reconnect_for=args.reconnect_for,
     )
-    source = open_source(args.source, options)
-    batcher = MicroBatcher(pipeline)
     config = VideoConfig(detect_every=args.every, embed_every=args.embed_every)
-    stream = VideoStream(source, StreamAnalyzer(batcher, policy, config), args.max_frames)
-    writer = AnnotatedWriter(args.out, source.fps) if args.out else None
+    with open_stream(pipeline, args.source, policy, config, options, args.max_frames) as stream:
+        started = time.monotonic()
+        interrupted = _follow(args, stream)
+    stats = stream.stats()
+    if stats.state == "failed":
+        raise SourceError(f"{args.source}: {stats.last_error or 'the source failed'}")
+    if not args.json:
+        took = time.monotonic() - started
+        print(
+            f"{stats.processed} frames in {took:.1f} s ({stats.processed / max(took, 1e-9):.1f}"
+            f" fps), {stats.dropped} dropped, {stats.reconnects} reconnects"
+            + (" (interrupted)" if interrupted else ""),
+            file=sys.stderr,
+        )
+    return 130 if interrupted else 0
+
+
+def _follow(args: argparse.Namespace, stream: VideoStream) -> bool:
+    """Report every frame's results and events (and write the annotated copy) until the
+    stream ends; whether Ctrl-C ended it."""
+    writer = AnnotatedWriter(args.out, stream.source.fps) if args.out else None
     status = _Status(stream, args.progress)
-    started = time.monotonic()
     interrupted = threading.Event()
 
     def _interrupt(signum: int, _frame: object) -> None:
@@ -220,20 +234,7 @@ def _watch(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         _report(stream.finish(), None, args.json)
         if writer is not None:
             writer.close()
-        source.close()
-        batcher.close()
-    stats = stream.stats()
-    if stats.state == "failed":
-        raise SourceError(f"{args.source}: {stats.last_error or 'the source failed'}")
-    if not args.json:
-        took = time.monotonic() - started
-        print(
-            f"{stats.processed} frames in {took:.1f} s ({stats.processed / max(took, 1e-9):.1f}"
-            f" fps), {stats.dropped} dropped, {stats.reconnects} reconnects"
-            + (" (interrupted)" if interrupted.is_set() else ""),
-            file=sys.stderr,
-        )
-    return 130 if interrupted.is_set() else 0
+    return interrupted.is_set()
 
 
 def _report(events: list[TrackEvent], result: FrameResult | None, as_json: bool) -> None:

@@ -296,18 +296,51 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
     Animated formats give their first frame.
     """
     with _open(data, limits) as img:
-        try:
+        return _pixels(img, own=True)
+
+
+def pil_to_rgb(img: Image.Image, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """A Pillow image the caller already holds, held to :func:`decode_image`'s size limits
+    and converted as it converts a file (its current frame): EXIF orientation applied,
+    any mode to RGB ``uint8[H, W, 3]``. ``img`` is left as it was. Raises
+    :class:`ImageError` (``image_too_large``, ``image_too_small``, ``truncated_image``,
+    ``corrupt_image``)."""
+    _check_size(img.width, img.height, img.width * img.height * len(img.getbands()), limits)
+    return _pixels(img, own=False)
+
+
+def check_frame(image: np.ndarray, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """An image already decoded, held to what :func:`decode_image` gives and accepts: RGB
+    ``uint8[H, W, 3]`` (else ``not_an_image``) within the size limits (``image_too_large``,
+    ``image_too_small``). Returns it C-contiguous."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ImageError(
+            f"an image array must be RGB uint8[H, W, 3], not {image.dtype}{list(image.shape)}",
+            code="not_an_image",
+        )
+    _check_size(image.shape[1], image.shape[0], image.nbytes, limits)
+    return np.ascontiguousarray(image)
+
+
+def _pixels(img: Image.Image, own: bool) -> np.ndarray:
+    """RGB ``uint8[H, W, 3]`` of ``img`` upright. ``own``: an image nobody else holds
+    (:func:`decode_image`'s): its first frame, oriented in place (no copy when upright);
+    else the current frame of a copy. Damaged data raises :class:`ImageError`."""
+    try:
+        if own:
             img.seek(0)
             img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # no copy when upright
-            rgb = _to_rgb(img)
-        except OSError as exc:
-            text = str(exc).lower()
-            code = "truncated_image" if "truncat" in text or "broken" in text else "corrupt_image"
-            raise ImageError(f"the image data is damaged: {exc}", code=code) from None
-        except (ValueError, SyntaxError, EOFError, IndexError) as exc:
-            raise ImageError(f"the image data is damaged: {exc}", code="corrupt_image") from None
-    return rgb
+            ImageOps.exif_transpose(img, in_place=True)
+        else:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except OSError as exc:
+        text = str(exc).lower()
+        code = "truncated_image" if "truncat" in text or "broken" in text else "corrupt_image"
+        raise ImageError(f"the image data is damaged: {exc}", code=code) from None
+    except (ValueError, SyntaxError, EOFError, IndexError) as exc:
+        raise ImageError(f"the image data is damaged: {exc}", code="corrupt_image") from None
 
 
 def read_image(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:

@@ -24,7 +24,7 @@ from facerec.video.sources import (
     SourceStats,
     open_source,
 )
-from facerec.video.stream import StreamStats, VideoStream
+from facerec.video.stream import StreamStats, VideoStream, open_stream
 from facerec.video.tracker import Tracker, TrackerConfig
 
 __all__ = [
@@ -48,4 +48,5 @@ __all__ = [
     "VideoStream",
     "VoteConfig",
     "open_source",
+    "open_stream",
 ]

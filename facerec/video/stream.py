@@ -1,4 +1,6 @@
-"""A source and an analyzer run together, with the figures a status line shows."""
+"""A source and an analyzer run together, with the figures a status line shows; and
+:func:`open_stream`, the one way ``facerec watch`` and :meth:`facerec.FaceRecognizer.watch`
+set them up."""
 
 from __future__ import annotations
 
@@ -6,10 +8,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from facerec.video.analyzer import FrameResult, StreamAnalyzer, TrackEvent
-from facerec.video.sources import Frame, FrameSource
+from facerec.batching import MicroBatcher
+from facerec.pipeline import FacePipeline
+from facerec.video.analyzer import FrameResult, StreamAnalyzer, TrackEvent, VideoConfig
+from facerec.video.identity import MatchPolicy
+from facerec.video.sources import Frame, FrameSource, SourceOptions, open_source
 
 
 @dataclass(frozen=True)
@@ -95,3 +101,27 @@ class VideoStream:
             src.state,
             src.last_error,
         )
+
+
+@contextmanager
+def open_stream(
+    pipeline: FacePipeline,
+    uri: str,
+    policy: MatchPolicy | None = None,
+    config: VideoConfig | None = None,
+    options: SourceOptions | None = None,
+    max_frames: int | None = None,
+) -> Iterator[VideoStream]:
+    """A :class:`VideoStream` over :func:`open_source` ``(uri, options)`` and a
+    :class:`StreamAnalyzer` (``policy``: who to name; None: tracking only) on a
+    :class:`MicroBatcher` of its own; the source and the batcher are closed on leaving.
+    Raises what :func:`open_source` raises for a source that cannot be opened."""
+    source = open_source(uri, options)
+    try:
+        batcher = MicroBatcher(pipeline)
+        try:
+            yield VideoStream(source, StreamAnalyzer(batcher, policy, config), max_frames)
+        finally:
+            batcher.close()
+    finally:
+        source.close()
