@@ -256,7 +256,10 @@ def test_a_calibrated_card_is_selected_by_name(
         ("MIN_ERRORS", 1),
     ):
         monkeypatch.setattr(dataset_card, name, value)
-    _, faces, pairs = run_dataset(local_pipeline, dataset, tmp_path / "o", latency_images=0)
+    doc, faces, pairs = run_dataset(
+        local_pipeline, dataset, tmp_path / "o", latency_images=0, fpir=0.01
+    )
+    assert doc["identification"]["operating_point"]["configured_fpir"] == 0.01
     path = dataset_card.update_card(local_pipeline, "ours", faces, pairs, 3, 0, "bundled")
     assert path == home / "models" / "cards" / "ours.json"
     card = load_model_card("ours")

@@ -13,6 +13,7 @@ from facerec.evaluation.dataset import HELDOUT_FRACTION
 from facerec.evaluation.dataset_card import MIN_IDENTITIES, MIN_IMPOSTOR_PAIRS, update_card
 from facerec.evaluation.dataset_markdown import render
 from facerec.evaluation.dataset_report import run_dataset
+from facerec.openset import DEFAULT_FPIR, FPIR_ENV
 from facerec.pipeline import FacePipeline
 
 Options = Callable[[argparse.ArgumentParser], None]
@@ -58,6 +59,13 @@ def add_parser(
         help="photos timed one at a time for the per-stage latency (50)",
     )
     b.add_argument(
+        "--fpir",
+        type=float,
+        default=None,
+        help="the FPIR whose calibrated threshold is checked on this data, as `identify "
+        f"--fpir` (${FPIR_ENV}, else {DEFAULT_FPIR:g})",
+    )
+    b.add_argument(
         "--update-card",
         metavar="NAME",
         default=None,
@@ -80,6 +88,7 @@ def cmd_dataset(args: argparse.Namespace, pipeline: FacePipeline) -> int:
         k=args.gallery_images,
         seed=args.seed,
         latency_images=args.latency_images,
+        fpir=args.fpir,
         progress=args.progress,
         processes=args.processes,
     )

@@ -132,11 +132,13 @@ def run_dataset(
     k: int = 3,
     seed: int = 0,
     latency_images: int = 50,
+    fpir: float | None = None,
     progress: bool = False,
     processes: int | None = None,
 ) -> tuple[dict[str, Any], DatasetFaces, Pairs]:
     """Measure ``root``; write the plots to ``out``; return the report (and the faces
-    and pairs measured, for ``--update-card``)."""
+    and pairs measured, for ``--update-card``). ``fpir``: the operating point's target,
+    as ``facerec identify --fpir`` (None: ``$FACEREC_IDENTIFY_FPIR``, else 1e-3)."""
     if max_pairs < 1 or k < 1 or latency_images < 0:
         raise InvalidArgumentError("--max-pairs and --gallery-images must be >= 1")
     files = dataset_files(root)
@@ -162,7 +164,7 @@ def run_dataset(
         policy = IdentificationPolicy.from_card(
             pipeline.card, cfg.alignment, cfg.flip, cfg.precision, DEFAULT_SCORING
         )
-        point = policy.operating_point(len(s.gallery))
+        point = policy.operating_point(len(s.gallery), fpir)
     except FaceRecError:
         pass  # no identification thresholds in the card: the report says so
     ident = identification(faces, found, s, point, k)
