@@ -1,0 +1,379 @@
+"""MkDocs hook: the results tables, generated from ``perf/results/*.json`` at build time.
+
+A page asks for a table with a marker on a line of its own::
+
+    <!-- results: lfw -->
+
+and the build replaces the marker with the table made from the JSON file that
+:data:`TABLES` names for it, so a page cannot disagree with the measurement it cites. An
+unknown name, a missing file or a missing field fails the build. Each function below reads
+one file and returns a Markdown table; ``python docs/hooks/results_tables.py NAME`` prints
+one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mkdocs.exceptions import PluginError
+
+RESULTS = Path(__file__).resolve().parents[2] / "perf" / "results"
+MARKER = re.compile(r"^<!-- results: ([a-z_]+) -->$", re.MULTILINE)
+
+Json = dict[str, Any]
+
+
+def load(name: str, results: Path = RESULTS) -> Json:
+    path = results / name
+    try:
+        data: Json = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"results table: cannot read {path}: {exc}") from exc
+    return data
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f} %"
+
+
+def whole(x: float) -> str:
+    """Rounded half up to a whole number, with thousands separators (810.5 -> 811)."""
+    return f"{math.floor(x + 0.5):,}"
+
+
+def rate(x: float) -> str:
+    """Images per second: three significant digits (62.5, 13.2, 2.44, 0.82)."""
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def lfw(results: Path = RESULTS) -> str:
+    """``lfw_variants.json``: accuracy, TAR at FAR 1e-3, AUC, threshold per variant."""
+    rows = [
+        [
+            name,
+            f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} %",
+            pct(r["tar_at_far_1e-3"], 2),
+            f"{r['auc']:.5f}",
+            f"{r['threshold']:.3f}",
+        ]
+        for name, r in load("lfw_variants.json", results).items()
+    ]
+    header = ["variant", "accuracy (mean ± std)", "TAR @ FAR=1e-3", "AUC", "threshold"]
+    return table(header, rows)
+
+
+SPEED_SETS = {
+    "lfw_250x250": "LFW 250x250",
+    "scene_640x480_3_faces": "640x480, 3 faces",
+    "scene_1920x1080_6_faces": "1920x1080, 6 faces",
+}
+SPEED_COLUMNS = {
+    "reference (PyTorch eager)": "reference",
+    "default, worker processes": "default, worker processes",
+    "default, threads, batch 16": "default, threads, batch 16",
+    "default, threads, batch 1": "default, batch 1",
+    "similarity, no flip, int8, batch 16": "no flip, INT8",
+    "similarity+flip, fp32, batch 16": "flip, FP32",
+}
+SPEED_DEFAULT = "default, worker processes"
+
+
+def speed(results: Path = RESULTS) -> str:
+    """``speed.json``: end-to-end images/s per input set and configuration, and the speed-up
+    over the reference (the default in bold)."""
+    data = load("speed.json", results)
+    rounds = int(data["rounds"])
+    sets: dict[str, Json] = data["end_to_end"]
+    columns = list(next(iter(sets.values())))
+    rows = []
+    for key, runs in sets.items():
+        images = next(iter(runs.values()))["images"] // rounds
+        row = [f"{SPEED_SETS.get(key, key)} ({images} images)"]
+        for column in columns:
+            r = runs[column]
+            if r["speedup_vs_reference"] == 1.0:
+                row.append(f"{rate(r['images_per_second'])} img/s")
+                continue
+            cell = f"{rate(r['images_per_second'])} ({r['speedup_vs_reference']:.1f}x)"
+            row.append(f"**{cell}**" if column == SPEED_DEFAULT and key == "lfw_250x250" else cell)
+        rows.append(row)
+    return table(["input", *(SPEED_COLUMNS.get(c, c) for c in columns)], rows)
+
+
+CLI_ROWS = {
+    "facerec embed (default: worker processes)": (
+        "`facerec embed` (default: {workers} worker processes)"
+    ),
+    "facerec embed --processes 1": "`facerec embed --processes 1` (threads in one process)",
+}
+CLI_DEFAULT = "facerec embed (default: worker processes)"
+
+
+def cli_files(results: Path = RESULTS) -> str:
+    """``cli_files.json``: ``facerec embed`` as users run it against the eager reference
+    (the default in bold)."""
+    data = load("cli_files.json", results)
+    rows = []
+    for name, r in data["runs"].items():
+        if r["speedup_vs_reference"] == 1.0:
+            rows.append([name, f"{r['images_per_second']:.1f}", "", "1x"])
+            continue
+        label = CLI_ROWS.get(name, name).format(workers=data["cores"])
+        speed, speedup = f"{r['images_per_second']:.1f}", f"{r['speedup_vs_reference']:.1f}x"
+        if name == CLI_DEFAULT:
+            speed, speedup = f"**{speed}**", f"**{speedup}**"
+        after = f"{r['speedup_after_startup']:.1f}x"
+        after = f"({after} after start-up)" if name == CLI_DEFAULT else f"({after})"
+        rows.append(
+            [label, speed, f"{r['images_per_second_after_startup']:.1f}", f"{speedup} {after}"]
+        )
+    low, high = min(data["startup_seconds"]), max(data["startup_seconds"])
+    header = [
+        "run",
+        "images/s, whole command",
+        f"after start-up ({low:.1f}-{high:.1f} s)",
+        "vs reference",
+    ]
+    return table(header, rows)
+
+
+def _fpir(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
+def openset_thresholds(results: Path = RESULTS) -> str:
+    """``openset.json`` (``card.identification.centroid``): the centroid thresholds at FPIR
+    1e-2 and 1e-3 for galleries of 10, 100, 1,000 and 4,000 people."""
+    card = load("openset.json", results)["card"]["identification"]["centroid"]
+    sizes = [10, 100, 1000, 4000]
+    rows = []
+    for fpir in (1e-2, 1e-3):
+        j = card["fpirs"].index(fpir)
+        row = [f"FPIR {_fpir(fpir)}"]
+        for size in sizes:
+            row.append(f"{card['thresholds'][card['gallery_sizes'].index(size)][j]:.3f}")
+        rows.append(row)
+    header = ["centroid threshold", *(f"{s:,}" for s in sizes)]
+    header[1] += " people"
+    return table(header, rows)
+
+
+def openset_galleries(results: Path = RESULTS) -> str:
+    """``openset.json`` (``galleries``): rank-1, DIR at FPIR, and the calibrated operating
+    points (measured FPIR pooled and per half, DIR) per gallery size."""
+    data = load("openset.json", results)
+    rows = []
+    for g in data["galleries"]:
+        size = max(g["gallery_size"])
+        label = f"{size:,} (all)" if g["G"] == "all" else f"{size:,}"
+        cal = g["calibrated"]
+
+        def measured(fpir: str, digits: int, cal: Json = cal) -> str:
+            c = cal[fpir]
+            per = ", ".join(f"{100 * x:.{digits}f}" for x in c["measured_fpir_per_fold"])
+            return f"{100 * c['measured_fpir']:.{digits}f} % ({per})"
+
+        rows.append(
+            [
+                label,
+                pct(g["rank1"]),
+                pct(g["dir_at_fpir"]["0.1"]),
+                pct(g["dir_at_fpir"]["0.01"]),
+                pct(g["dir_at_fpir"]["0.001"]),
+                measured("0.01", 2),
+                measured("0.001", 3),
+                f"{pct(cal['0.01']['dir'])} / {pct(cal['0.001']['dir'])}",
+            ]
+        )
+    header = [
+        "G",
+        "rank-1",
+        "DIR @ FPIR 1e-1",
+        "@ 1e-2",
+        "@ 1e-3",
+        "calibrated: FPIR measured at 1e-2 (per half)",
+        "at 1e-3 (per half)",
+        "DIR at 1e-2 / 1e-3",
+    ]
+    return table(header, rows)
+
+
+OPENSET_ROWS = [
+    ("1 photo (any scoring)", "centroid", "1"),
+    ("up to 3, `max`", "max", "3"),
+    ("up to 3, `topk` (k = 2)", "topk", "3"),
+    ("up to 3, `centroid`", "centroid", "3"),
+    ("up to 3, `centroid`, enrolment photos through the gates", "centroid+gates", "3"),
+]
+
+
+def openset_enrolment(results: Path = RESULTS) -> str:
+    """``openset.json`` (``results``): at G = 1,000, rank-1 and DIR at FPIR 1e-2 / 1e-3 by
+    enrolment and scoring (the default, centroid with up to 3 photos, in bold)."""
+    data = load("openset.json", results)
+    rows = []
+    for label, method, enrolment in OPENSET_ROWS:
+        r = data["results"][method][enrolment]["1000"]
+        cells = [pct(r["dir_at_fpir"]["0.01"]), pct(r["dir_at_fpir"]["0.001"])]
+        if method == data["default_method"] and enrolment == "3":
+            cells = [f"**{c}**" for c in cells]
+        rows.append([label, pct(r["rank1"]), *cells])
+    return table(["enrolment, scoring", "rank-1", "DIR @ 1e-2", "DIR @ 1e-3"], rows)
+
+
+GPU_ROWS = {
+    "pytorch_cuda_fp32": "PyTorch CUDA FP32, eager",
+    "pytorch_cuda_fp16": "PyTorch CUDA FP16, eager",
+    "pytorch_cuda_fp16_channels_last": "FP16, channels-last, eager",
+    "pytorch_cuda_fp16_channels_last_cuda_graph": "FP16, channels-last, CUDA graph",
+}
+
+
+def gpu(results: Path = RESULTS) -> str:
+    """``gpu.json``: the embedder's faces/s on the GPU by batch size."""
+    data: dict[str, dict[str, float]] = load("gpu.json", results)["faces_per_second"]
+    batches = list(next(iter(data.values())))
+    rows = [[GPU_ROWS.get(name, name), *(whole(r[b]) for b in batches)] for name, r in data.items()]
+    return table(["embedder, faces/s", *(b.replace("_", " ") for b in batches)], rows)
+
+
+def gateway_load(results: Path = RESULTS) -> str:
+    """``gateway_load.json`` and ``gateway_triton/gateway_load.json``: requests/s, latency and
+    batching per endpoint and number of clients, on the CPU backend and on Triton."""
+    local = load("gateway_load.json", results)["results"]
+    triton = load("gateway_triton/gateway_load.json", results)["results"]
+    rows = []
+    for endpoint, by_clients in local.items():
+        for clients, r in by_clients.items():
+            t = triton[endpoint][clients]
+            ms = r["latency_ms"]
+            rows.append(
+                [
+                    endpoint,
+                    clients,
+                    f"{r['requests_per_second']:.1f}",
+                    *(whole(ms[p]) for p in ("p50", "p95", "p99")),
+                    f"{r['mean_batch_images']:.1f}",
+                    f"{t['requests_per_second']:.1f}",
+                    whole(t["latency_ms"]["p99"]),
+                ]
+            )
+    header = ["endpoint", "clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "mean batch"]
+    return table([*header, "on Triton: req/s", "p99 ms"], rows)
+
+
+def video(results: Path = RESULTS) -> str:
+    """``video.md``: the tables ``python -m perf.video`` renders from ``video.json`` in the
+    same run (its table code needs the benchmark's scene and server modules, so the site
+    takes its output as it is)."""
+    path = results / "video.md"
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise PluginError(f"results table: cannot read {path}: {exc}") from exc
+
+
+def dataset_lfw(results: Path = RESULTS) -> str:
+    """``dataset-lfw/report.json`` (``facerec bench dataset`` on LFW laid out one folder per
+    person) and ``dataset-lfw/check.json`` (its EER recomputed over every pair)."""
+    r = load("dataset-lfw/report.json", results)
+    check = load("dataset-lfw/check.json", results)
+    d, v, i = r["dataset"], r["verification"], r["identification"]
+    point = i["operating_point"]
+    tar = v["tar_at_far"]
+    failures = ", ".join(
+        str(d["failures"][k]["count"]) for k in ("unreadable", "no_face", "refused")
+    )
+    rows = [
+        ["people, files, faces used", f"{d['identities']:,}, {d['images']:,}, {d['faces_used']:,}"],
+        ["not used: unreadable, no face, refused by the gates", failures],
+        [
+            "1:1 pairs: genuine, impostor (sampled of)",
+            f"{v['genuine_pairs']:,}, {v['impostor_pairs']:,} "
+            f"(of {v['impostor_pairs_in_dataset']:,})",
+        ],
+        [
+            "EER; over every pair, from `facerec embed --single`",
+            f"{pct(v['eer'], 2)}; {pct(check['eer_all_pairs'], 2)} "
+            f"({check['impostor_pairs']:,} impostor pairs)",
+        ],
+        ["TAR at FAR 1e-3, 1e-4", f"{pct(tar['1e-3']['tar'], 2)}, {pct(tar['1e-4']['tar'], 2)}"],
+        [
+            "accuracy: best (10-fold), at the card's threshold",
+            f"{pct(v['best_accuracy'], 2)}, {pct(v['accuracy_at_threshold'], 2)}",
+        ],
+        [
+            "1:N gallery, strangers (people held out), mated searches",
+            f"{i['split']['gallery_identities']:,}, {i['split']['nonmated_probes']:,} "
+            f"({i['split']['heldout_identities']:,}), {i['split']['mated_probes']:,}",
+        ],
+        ["rank-1, rank-5", f"{pct(i['rank1'])}, {pct(i['rank5'])}"],
+        [
+            f"`identify`'s threshold for FPIR {point['configured_fpir']:g}: measured FPIR, DIR",
+            f"{point['threshold']:.4f}: {pct(point['measured_fpir'], 2)} "
+            f"({point['false_alarms']} strangers), {pct(point['dir'])}",
+        ],
+        [
+            "speed: whole set; one image (p50 total)",
+            f"{rate(r['images_per_second'])} images/s; "
+            f"{r['latency_ms']['stages']['total']['p50']:.1f} ms",
+        ],
+    ]
+    return table(["", "LFW as a user's folder"], rows)
+
+
+# Each table: the function that makes it and the files it comes from (named under it).
+TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
+    "lfw": (lfw, ("lfw_variants.json",)),
+    "speed": (speed, ("speed.json",)),
+    "cli_files": (cli_files, ("cli_files.json",)),
+    "openset_thresholds": (openset_thresholds, ("openset.json",)),
+    "openset_galleries": (openset_galleries, ("openset.json",)),
+    "openset_enrolment": (openset_enrolment, ("openset.json",)),
+    "gpu": (gpu, ("gpu.json",)),
+    "gateway_load": (gateway_load, ("gateway_load.json", "gateway_triton/gateway_load.json")),
+    "video": (video, ("video.md",)),
+    "dataset_lfw": (dataset_lfw, ("dataset-lfw/report.json", "dataset-lfw/check.json")),
+}
+NOTES = {"video": " (`python -m perf.video` writes it from `video.json` in the same run)"}
+
+
+def render(name: str, results: Path = RESULTS) -> str:
+    """The table called ``name``, made from its JSON files under ``results``, and a line
+    naming them."""
+    if name not in TABLES:
+        raise PluginError(f"results table {name!r}: none of {sorted(TABLES)}")
+    make, sources = TABLES[name]
+    try:
+        text = make(results)
+    except (KeyError, IndexError, TypeError, ValueError, StopIteration) as exc:
+        raise PluginError(f"results table {name!r}: unexpected JSON ({exc!r})") from exc
+    names = " and ".join(f"`perf/results/{source}`" for source in sources)
+    note = f"Generated from {names}{NOTES.get(name, '')} when this page was built."
+    return f"{text}\n\n<small>{note}</small>"
+
+
+def expand(markdown: str, results: Path = RESULTS) -> str:
+    """``markdown`` with every results marker replaced by its table."""
+    return MARKER.sub(lambda m: render(m.group(1), results), markdown)
+
+
+def on_page_markdown(markdown: str, **kwargs: Any) -> str:
+    return expand(markdown)
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:] or sorted(TABLES):
+        print(render(arg), end="\n\n")
