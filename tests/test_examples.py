@@ -3,9 +3,16 @@ should."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+
+from facerec.triton.server import TritonServer
+from servers import Service, start_gateway, stop_gateway
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -27,7 +34,14 @@ def run(script: str, *args: str) -> str:
 def test_every_example_is_listed_in_the_readme() -> None:
     readme = (EXAMPLES / "README.md").read_text()
     scripts = sorted(p.name for p in EXAMPLES.glob("*.py"))
-    assert scripts == ["identify_folder.py", "verify_two_photos.py", "watch_video.py"]
+    assert scripts == [
+        "identify_folder.py",
+        "rest_client.py",
+        "triton_client.py",
+        "verify_two_photos.py",
+        "watch_video.py",
+        "websocket_client.py",
+    ]
     assert all(f"`{name}`" in readme for name in scripts)
 
 
@@ -67,3 +81,51 @@ def test_watch_video() -> None:
     lines = run("watch_video.py").splitlines()
     assert lines[0] == "enrolled Ben_Affleck from 4 photos"
     assert len(lines) == 2 and ": Ben_Affleck (similarity" in lines[1]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A running `facerec serve` (development mode) for the clients given --url and --key."""
+    service = start_gateway(tmp_path_factory.mktemp("examples-gateway") / "data")
+    yield service
+    stop_gateway(service)
+
+
+@pytest.mark.integration
+def test_rest_client_on_a_server_it_starts() -> None:
+    lines = run("rest_client.py").splitlines()
+    for name in ("Ben_Affleck", "Choi_Sung-hong", "Cruz_Bustamante"):
+        assert any(line.startswith(f"enrolled {name}: ") for line in lines), lines
+    assert any(line.startswith("identify Ben_Affleck_0006.jpg: Ben_Affleck (") for line in lines)
+    verify = [line for line in lines if line.startswith("verify ")]
+    assert len(verify) == 1 and ": same person (similarity" in verify[0]
+    assert "job: done, 4 of 4 images" in lines
+    answers = dict(line.strip().split(": ", 1) for line in lines if "probes.zip/" in line)
+    assert len(answers) == 4
+    for image, answer in answers.items():
+        person = image.split("/")[-1].rsplit("_", 1)[0]
+        expected = "unknown" if person == "Xanana_Gusmao" else person  # never enrolled
+        assert answer.split(" (")[0] == expected, (image, answer)
+    assert lines[-1] == "deleted 3 of 3 subjects"
+
+
+@pytest.mark.integration
+def test_websocket_client_on_a_running_server(gateway: Service) -> None:
+    lines = run("websocket_client.py", "--url", gateway.url, "--key", gateway.key).splitlines()
+    assert lines[0] == "enrolled Ben_Affleck from 4 photos"
+    assert lines[1].startswith("ready (at most ")
+    identified = lines[2:]
+    assert identified and all(": Ben_Affleck (similarity" in line for line in identified), lines
+    # the example deleted its subject: the gateway is as it found it
+    assert gateway.client().get("/v1/subjects").json()["total"] == 0
+
+
+@pytest.mark.integration
+def test_triton_client_on_the_session_server(triton_server: TritonServer) -> None:
+    out = run("triton_client.py", "--url", triton_server.grpc_url)
+    for photo in ("Ann_Veneman_0003.jpg", "Ann_Veneman_0005.jpg", "Dean_Barker_0001.jpg"):
+        assert f"{photo}: 1 face(s)" in out
+    assert out.count("embedding norm 1.0000") == 3
+    same = float(re.findall(r"Ann_Veneman_0005: (-?[0-9.]+) \(same person\)", out)[0])
+    different = float(re.findall(r"Dean_Barker_0001: (-?[0-9.]+) \(two people\)", out)[0])
+    assert same > 0.7 and different < 0.3, out
