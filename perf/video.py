@@ -29,7 +29,7 @@ What runs (each part can be picked with ``--parts``):
 Machine load is recorded beside every timing (the 1-minute load average before and after,
 and the cores other processes kept busy during the run): on a shared machine the timings
 move with it; counts and accuracy do not.
-Writes ``video.json``, ``video.png`` and ``video.md`` (the README table) in ``--out``.
+Writes ``video.json``, ``video.png`` and ``video.md`` (the table docs/video.md shows) in ``--out``.
 """
 
 from __future__ import annotations

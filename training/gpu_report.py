@@ -1,4 +1,4 @@
-"""Turn what the GPU run returned into the README's table, keep its results in the
+"""Turn what the GPU run returned into the table of docs/training.md, keep its results in the
 repository, and rebuild the returned fold's checkpoint for the serving-path check.
 
 Usage (``DIR``: the run's returned files)::
