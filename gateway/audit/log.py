@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from facerec.errors import InvalidArgumentError
 from gateway.audit.chain import AuditEvent, ChainReport, chain_event, verify_chain
 from gateway.storage.audit import AuditRepository
 from gateway.storage.files import replace_private
@@ -50,19 +51,72 @@ def utc_timestamp() -> str:
 
 
 class AuditLog:
-    """Appends chained events (keyed by ``key``) and checks the whole log."""
+    """Appends chained events (keyed by ``key``) and checks the whole log.
+
+    Appends are committed in groups: a request's event waits while another group is being
+    written, and then goes with every event that arrived meanwhile, in one transaction
+    (one lock, one commit, one write of the head file), in the order they arrived. Each
+    caller returns once its own event is stored, as before.
+    """
 
     def __init__(self, events: AuditRepository, key: bytes, head_file: Path | None) -> None:
         self.stored, self.key, self.head_file = events, key, head_file
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the head file, within this process
+        self._writing = threading.Lock()  # one group at a time
+        self._queued: list[_Pending] = []
+        self._queue_lock = threading.Lock()
 
     def append(self, **values: Any) -> AuditEvent:
         """Chain and store one event (fields of :class:`AuditEvent`; ``time`` defaults to
         now)."""
         values.setdefault("time", utc_timestamp())
-        event = self.stored.append(lambda last: chain_event(self.key, last, **values))
-        self._write_head(event)
-        return event
+        mine = _Pending(values)
+        with self._queue_lock:
+            self._queued.append(mine)
+        with self._writing:
+            if not mine.done.is_set():  # not written by the group before: lead this one
+                with self._queue_lock:
+                    group, self._queued = self._queued, []
+                self._write(group)
+        if mine.error is not None:
+            raise mine.error
+        assert mine.event is not None
+        return mine.event
+
+    def _write(self, group: list[_Pending]) -> None:
+        """Store ``group``'s events in one transaction and record the head; each pending
+        event gets its stored event or the error (a bad event fails alone)."""
+        written: list[_Pending] = []
+
+        def chain(last: AuditEvent | None) -> list[AuditEvent]:
+            written.clear()
+            out = []
+            for pending in group:
+                try:
+                    event = chain_event(self.key, last, **pending.values)
+                except (InvalidArgumentError, TypeError, ValueError) as exc:
+                    pending.error = exc
+                    continue
+                pending.error = None
+                written.append(pending)
+                out.append(event)
+                last = event
+            return out
+
+        try:
+            events = self.stored.append(chain)
+            if events:
+                self._write_head(events[0], events[-1])
+            for pending, event in zip(written, events, strict=True):
+                pending.event = event
+        except Exception as exc:
+            for pending in written:
+                pending.error = exc
+        finally:
+            for pending in group:
+                if pending.event is None and pending.error is None:  # interrupted
+                    pending.error = RuntimeError("the audit append was interrupted")
+                pending.done.set()
 
     def head(self) -> tuple[int, str] | None:
         if self.head_file is None or not self.head_file.exists():
@@ -70,7 +124,9 @@ class AuditLog:
         data = json.loads(self.head_file.read_text())
         return int(data["seq"]), str(data["mac"])
 
-    def _write_head(self, event: AuditEvent) -> None:
+    def _write_head(self, first: AuditEvent, event: AuditEvent) -> None:
+        """Record ``event`` as the head; ``first`` begins the run of events chained up to
+        it (``event`` itself for one)."""
         if self.head_file is None:
             return
         with self._lock, _file_lock(self.head_file.with_name(f"{self.head_file.name}.lock")):
@@ -79,7 +135,7 @@ class AuditLog:
                 return  # another process already recorded a later event
             if (
                 current is not None
-                and not self._follows(event, current)
+                and not self._follows(first, current)
                 and not self._holds(current)
             ):
                 # the log no longer holds the head recorded here: keep it, as evidence
@@ -114,7 +170,7 @@ class AuditLog:
             if not hmac.compare_digest(held.mac, mac):
                 return ChainReport(False, seq, seq, "differs from the recorded head")
         if last is not None:
-            self._write_head(last)
+            self._write_head(last, last)
         return None
 
     def verify(self) -> ChainReport:
@@ -126,3 +182,13 @@ class AuditLog:
 
     def last_seq(self) -> int:
         return self.stored.last_seq()
+
+
+class _Pending:
+    """One caller's event waiting for its group to be written."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.done = threading.Event()
+        self.event: AuditEvent | None = None
+        self.error: BaseException | None = None

@@ -33,8 +33,9 @@ class AuditRepository:
         self.engine = engine
         self._lock = threading.Lock()
 
-    def append(self, follow: Callable[[AuditEvent | None], AuditEvent]) -> AuditEvent:
-        """Store the event ``follow`` makes from the last stored one (None for the first).
+    def append(self, follow: Callable[[AuditEvent | None], list[AuditEvent]]) -> list[AuditEvent]:
+        """Store the events ``follow`` chains onto the last stored one (None for the first),
+        in one transaction: a group of appends costs one lock and one commit.
 
         Appends from this process are serialised by a lock, and on PostgreSQL appends from
         every process by an advisory lock held for the transaction. Elsewhere (SQLite) a
@@ -53,10 +54,11 @@ class AuditRepository:
                             select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)
                         ).first()
                         last = AuditEvent(**json.loads(last_row.body)) if last_row else None
-                        event = follow(last)
-                        body = json.dumps(event.__dict__, sort_keys=True)
-                        s.add(AuditRow(seq=event.seq, body=body))
-                    return event
+                        events = follow(last)
+                        for event in events:
+                            body = json.dumps(event.__dict__, sort_keys=True)
+                            s.add(AuditRow(seq=event.seq, body=body))
+                    return events
                 except SqlIntegrityError:
                     time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 except (OperationalError, InterfaceError):
