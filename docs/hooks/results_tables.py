@@ -334,6 +334,88 @@ def dataset_lfw(results: Path = RESULTS) -> str:
     return table(["", "LFW as a user's folder"], rows)
 
 
+def scale_goals(results: Path = RESULTS) -> str:
+    """``scale/scale.json``: the scale-out goals and what was measured against each."""
+    r = load("scale/scale.json", results)
+    goals, take, rolling, audit = r["goals"], r["takeover"], r["rolling"], r["audit"]
+    first = r["throughput"][0]
+    replica_ms = first["cpu_ms_per_request"]["replicas"]
+    pipeline_ms = 1e3 * r["pipeline"]["cpu_s_per_image"]
+    jobs, streams = take["job_takeover_s"], take["stream_takeover_s"]
+    lat = rolling["latency_ms"]
+    verified = audit["verify"]
+
+    def reached(ok: bool) -> str:
+        return "reached" if ok else "not reached"
+
+    rows = [
+        [
+            f"gateway CPU per identify request ≤ {goals['cpu_ratio']}x the pipeline's CPU per "
+            "image",
+            f"{replica_ms:.1f} ms against {pipeline_ms:.1f} ms: **{r['cpu_ratio']:.2f}x**",
+            reached(r["cpu_ratio"] <= goals["cpu_ratio"]),
+        ],
+        [
+            f"{goals['lost_or_duplicated']} lost or duplicated job results over {len(jobs)} kills",
+            f"{take['jobs_exactly_once']} jobs, each worker holding one killed with SIGKILL: "
+            f"**{take['jobs_lost_or_duplicated']}** lost or duplicated",
+            reached(take["jobs_lost_or_duplicated"] <= goals["lost_or_duplicated"]),
+        ],
+        [
+            f"job take-over ≤ {goals['job_takeover_s']:g} s (lease + 5 s)",
+            f"**{min(jobs):.1f}-{max(jobs):.1f} s** after the SIGKILL ({len(jobs)} kills)",
+            reached(max(jobs) <= goals["job_takeover_s"]),
+        ],
+        [
+            f"stream take-over ≤ {goals['stream_takeover_s']:g} s",
+            f"**{min(streams):.1f}-{max(streams):.1f} s** until streaming again under another "
+            f"worker ({len(streams)} kills; the RTSP open included)",
+            reached(max(streams) <= goals["stream_takeover_s"]),
+        ],
+        [
+            f"{goals['rolling_5xx']} 5xx during rolling restarts",
+            f"{rolling['requests']:,} identify requests while the replicas restarted in turn: "
+            f"**{rolling['errors_5xx_or_transport']}** errors; p50 / p95 / p99 "
+            f"{lat['p50']:.0f} / {lat['p95']:.0f} / {lat['p99']:.0f} ms",
+            reached(rolling["errors_5xx_or_transport"] <= goals["rolling_5xx"]),
+        ],
+        [
+            f"the audit chain intact after {len(verified)} replicas append concurrently for "
+            f"{audit['minutes']:g} minutes",
+            f"{audit['events_appended']:,} events appended; `facerec audit verify` through "
+            f"each replica's head: **{'intact' if audit['intact'] else 'broken'}** "
+            f"({next(iter(verified.values()))['events']:,} events)",
+            reached(audit["intact"]),
+        ],
+    ]
+    return table(["goal", "measured", ""], rows)
+
+
+def scale_throughput(results: Path = RESULTS) -> str:
+    """``scale/scale.json`` (``throughput``): identify requests/s, latency and CPU per
+    request of each process group, by the number of API replicas."""
+    rows = []
+    for t in load("scale/scale.json", results)["throughput"]:
+        cpu = t["cpu_ms_per_request"]
+        rows.append(
+            [
+                str(t["replicas"]),
+                f"{t['requests_per_second']:.1f}",
+                f"{t['latency_ms']['p50']:.0f} / {t['latency_ms']['p99']:.0f}",
+                " / ".join(
+                    f"{cpu[g]:.1f}" for g in ("replicas", "postgres", "milvus", "load_balancer")
+                ),
+            ]
+        )
+    header = [
+        "API replicas",
+        "identify req/s",
+        "p50 / p99 ms",
+        "CPU ms per request: replicas / PostgreSQL / Milvus / HAProxy",
+    ]
+    return table(header, rows)
+
+
 # Each table: the function that makes it and the files it comes from (named under it).
 TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "lfw": (lfw, ("lfw_variants.json",)),
@@ -345,6 +427,8 @@ TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "gpu": (gpu, ("gpu.json",)),
     "gateway_load": (gateway_load, ("gateway_load.json", "gateway_triton/gateway_load.json")),
     "video": (video, ("video.md",)),
+    "scale_goals": (scale_goals, ("scale/scale.json",)),
+    "scale_throughput": (scale_throughput, ("scale/scale.json",)),
     "dataset_lfw": (dataset_lfw, ("dataset-lfw/report.json", "dataset-lfw/check.json")),
 }
 NOTES = {"video": " (`python -m perf.video` writes it from `video.json` in the same run)"}
