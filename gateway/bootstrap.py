@@ -1,4 +1,5 @@
-"""Build a running gateway from its settings: keys, stores, index, models, batcher, jobs."""
+"""Build a running gateway from its settings: keys, stores, index, models, batcher, the
+services over them, jobs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from datetime import timedelta
 from facerec.batching import MicroBatcher
 from facerec.imaging.budget import DecodeBudget
 from facerec.imaging.decode import DecodeLimits
-from facerec.matching import Scoring
+from facerec.matching import IdentificationPolicy, Scoring
 from facerec.models import load_model_card
 from facerec.pipeline import FacePipeline, PipelineConfig
 from facerec.selection import EnrolmentGates
@@ -23,12 +24,20 @@ from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager
 from gateway.index.milvus import MilvusOptions
 from gateway.service.admin import SYSTEM, AdminService
-from gateway.service.faces import FaceService
+from gateway.service.analyzer import Analyzer
+from gateway.service.detection import DetectionService
+from gateway.service.enrolment import EnrolmentService
+from gateway.service.health import HealthService
+from gateway.service.identification import IdentificationService
 from gateway.service.job_worker import JobRunner, WorkerTimes
 from gateway.service.jobs import JobLimits, JobService
 from gateway.service.maintenance import REPAIR_EVERY_S, Housekeeping, repair
+from gateway.service.matching import IndexMatcher
+from gateway.service.models import ModelCensus
 from gateway.service.sources import SourcePolicy
 from gateway.service.streams import StreamRunner, StreamService
+from gateway.service.subjects import SubjectService
+from gateway.service.verification import VerificationService
 from gateway.service.video import LiveLimits, VideoService
 from gateway.settings import SQLITE_FILE, Settings
 from gateway.storage.database import Database
@@ -117,7 +126,36 @@ def open_gallery(
         model_id=model_id,
         marks=db.index_marks,
     )
-    return Gallery(db.subjects, index)
+    return Gallery(db, index)
+
+
+def open_analyzer(settings: Settings, pipeline: FacePipeline) -> Analyzer:
+    """Decoding (the upload limits, the decode budget) and ``pipeline`` behind the
+    micro-batcher, shared by every face service and video."""
+    limits = DecodeLimits(
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_decode_bytes=settings.max_decode_bytes_in_flight,
+    )
+    return Analyzer(
+        pipeline,
+        MicroBatcher(pipeline, max_wait=settings.batch_max_wait_ms / 1000),
+        limits,
+        DecodeBudget(settings.max_decode_bytes_in_flight, wait=settings.busy_wait_s),
+        settings.trim_after_pixels,
+    )
+
+
+def open_matcher(
+    settings: Settings, db: Database, gallery: Gallery, pipeline: FacePipeline
+) -> IndexMatcher:
+    """1:N over ``gallery``'s index under ``pipeline``'s model card, at
+    ``FACEREC_IDENTIFY_FPIR`` scored by ``FACEREC_IDENTIFY_SCORE`` (a bad FPIR fails here)."""
+    cfg = pipeline.config
+    policy = IdentificationPolicy.from_card(
+        pipeline.card, cfg.alignment, cfg.flip, cfg.precision, Scoring(settings.identify_score)
+    )
+    return IndexMatcher(policy, gallery.index, db.faces, settings.identify_fpir)
 
 
 def open_audit(settings: Settings, db: Database) -> AuditLog:
@@ -138,7 +176,14 @@ class Gateway:
 
     settings: Settings
     db: Database
-    service: FaceService
+    gallery: Gallery
+    analyzer: Analyzer
+    subjects: SubjectService
+    enrolment: EnrolmentService
+    verification: VerificationService
+    identification: IdentificationService
+    detection: DetectionService
+    health: HealthService
     admin: AdminService
     jobs: JobService
     video: VideoService
@@ -156,17 +201,22 @@ class Gateway:
             self.stream_runner.close()
         self.video.close()
         self.housekeeping.close()
-        self.service.close()
+        self.analyzer.close()
+        self.gallery.close()
         self.admin.close()
 
 
 def _periodic_tasks(
-    settings: Settings, db: Database, gallery: Gallery, service: FaceService, admin: AdminService
+    settings: Settings,
+    db: Database,
+    gallery: Gallery,
+    subjects: SubjectService,
+    admin: AdminService,
 ) -> dict[str, tuple[float, Callable[[], None]]]:
     """What worker processes do now and then: retention, idempotency keys, the repair."""
 
     def purge() -> None:
-        purged = service.purge_expired(SYSTEM)
+        purged = subjects.purge_expired(SYSTEM)
         if purged:
             log.info("purged %d expired subjects", len(purged))
         admin.prune_requests(timedelta(hours=settings.idempotency_ttl_hours))
@@ -238,25 +288,26 @@ def open_gateway(
     workers = settings.workers or not api
     roles = ",".join(r for r, on in (("api", api), ("worker", workers)) if on)
     repair(db, gallery, admin.audit_log, unless_since=started)
-    batcher = MicroBatcher(pipe, max_wait=settings.batch_max_wait_ms / 1000)
-    service = FaceService(
-        db,
+    analyzer = open_analyzer(settings, pipe)
+    matcher = open_matcher(settings, db, gallery, pipe)
+    census = ModelCensus(db.model_migration, gallery.model_id)
+    audit, sizes = admin.audit, matcher.sizes
+    subjects = SubjectService(db.subjects, db.faces, gallery, audit, sizes, census)
+    enrolment = EnrolmentService(
+        subjects,
+        db.faces,
         gallery,
-        pipe,
-        batcher,
-        admin.audit_log,
-        DecodeLimits(
-            max_bytes=settings.max_upload_bytes,
-            max_pixels=settings.max_image_pixels,
-            max_decode_bytes=settings.max_decode_bytes_in_flight,
-        ),
-        store_images=settings.store_images,
-        gates=enrolment_gates(settings),
-        fpir=settings.identify_fpir,
-        scoring=Scoring(settings.identify_score),
-        budget=DecodeBudget(settings.max_decode_bytes_in_flight, wait=settings.busy_wait_s),
-        trim_after_pixels=settings.trim_after_pixels,
+        analyzer,
+        audit,
+        sizes,
+        census,
+        enrolment_gates(settings),
+        settings.store_images,
     )
+    verification = VerificationService(
+        subjects, db.faces, db.model_migration, analyzer, audit, gallery.model_id
+    )
+    identification = IdentificationService(matcher, analyzer, audit)
     limits = JobLimits(
         settings.max_job_images,
         settings.max_upload_bytes,
@@ -267,20 +318,21 @@ def open_gateway(
         settings.max_job_pixels,
         settings.max_job_pixels_per_key,
     )
-    jobs = JobService(db.jobs, service, limits)
+    jobs = JobService(db.jobs, identification, audit, limits)
     runner = None
     if workers:
         times = WorkerTimes(settings.job_lease_s, settings.job_slice_s, settings.job_poll_s)
-        runner = JobRunner(db.jobs, service, times, settings.job_workers)
+        runner = JobRunner(db.jobs, identification, times, settings.job_workers)
         jobs.on_submit = runner.wake
-    tasks = _periodic_tasks(settings, db, gallery, service, admin) if workers else {}
+    tasks = _periodic_tasks(settings, db, gallery, subjects, admin) if workers else {}
     tasks["audit witness"] = (AUDIT_WITNESS_S, audit_witness(admin.audit_log))
     housekeeping = Housekeeping(db, roles, tasks, settings.alive_file)
-    video = VideoService(service, LiveLimits.from_settings(settings))
+    live_limits = LiveLimits.from_settings(settings)
+    video = VideoService(analyzer, identification, db.subjects, audit, live_limits)
     source_key = db.secrets.get_or_create("streams")
     streams = StreamService(
         db.streams,
-        service.audit,
+        audit,
         SourcePolicy.from_settings(settings),
         settings.max_streams,
         source_key,
@@ -300,7 +352,14 @@ def open_gateway(
     return Gateway(
         settings,
         db,
-        service,
+        gallery,
+        analyzer,
+        subjects,
+        enrolment,
+        verification,
+        identification,
+        DetectionService(analyzer, audit),
+        HealthService(db, gallery.index, pipe, census),
         admin,
         jobs,
         video,

@@ -63,7 +63,7 @@ from gateway.errors import ConflictError, NotFoundError
 from gateway.index.manager import IndexManager
 from gateway.index.milvus import FaceIndex
 from gateway.scope import DEFAULT_SCOPE
-from gateway.storage.subjects import SubjectRepository
+from gateway.storage.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,9 @@ class Reconciled:
 class Gallery:
     """Faces of the system of record and their vectors in the index, changed together."""
 
-    def __init__(self, subjects: SubjectRepository, index: IndexManager) -> None:
-        self.subjects, self.index = subjects, index
+    def __init__(self, db: Database, index: IndexManager) -> None:
+        self.subjects, self.faces, self.model_migration = db.subjects, db.faces, db.model_migration
+        self.index = index
         self.model_id = index.model_id  # the model whose templates are indexed
 
     def close(self) -> None:
@@ -111,7 +112,7 @@ class Gallery:
         before under another model is re-enrolment: that face moves to this model
         (:meth:`replace_template`) and keeps its id."""
         try:
-            face_id = self.subjects.add_face(
+            face_id = self.faces.add_face(
                 subject_id, embedding, content_hash, quality, box, image, self.model_id
             )
         except ConflictError as exc:
@@ -122,9 +123,9 @@ class Gallery:
         try:
             self.index.add([face_id], [subject_id], embedding[None, :], [scope])
         except Exception:
-            self.subjects.discard_faces([face_id])
+            self.faces.discard_faces([face_id])
             raise
-        if not self.subjects.mark_indexed([face_id]):
+        if not self.faces.mark_indexed([face_id]):
             self.index.delete_faces([face_id])  # the subject was deleted meanwhile
             raise NotFoundError(f"subject {subject_id} was deleted during enrolment")
         return face_id
@@ -134,7 +135,7 @@ class Gallery:
     ) -> str | None:
         """The id of the face of the same image moved to this model, or None when that
         face is already of this model (a plain duplicate)."""
-        face = self.subjects.face_by_hash(subject_id, content_hash)
+        face = self.faces.face_by_hash(subject_id, content_hash)
         if face is None or face.model_id == self.model_id or face.state != "indexed":
             return None
         outcome = self.replace_template(face.id, subject_id, embedding, face.model_id, scope)
@@ -156,7 +157,7 @@ class Gallery:
         ``changed`` (another run moved it first)."""
         self.index.add([face_id], [subject_id], embedding[None, :], [scope])
         try:
-            outcome = self.subjects.replace_template(
+            outcome = self.model_migration.replace_template(
                 face_id, embedding, self.model_id, old_model_id
             )
         except Exception:
@@ -167,7 +168,7 @@ class Gallery:
         return outcome
 
     def delete_face(self, subject_id: str, face_id: str) -> None:
-        self.subjects.delete_face(subject_id, face_id)
+        self.faces.delete_face(subject_id, face_id)
         self.index.delete_faces([face_id])
 
     def delete_subject(self, subject_id: str) -> int:
@@ -192,16 +193,16 @@ class Gallery:
         written before it, so a vector is an orphan only when no row of this model holds
         its id)."""
         current, nxt = self.index.collections()
-        pending = self.subjects.pending_face_ids(live, pending_before)
+        pending = self.faces.pending_face_ids(live, pending_before)
         for index in (current, nxt):
             if index is not None:
                 index.delete_faces(pending)
-        self.subjects.discard_faces(pending)
-        indexed = self.subjects.indexed_face_ids(self.model_id)
+        self.faces.discard_faces(pending)
+        indexed = self.faces.indexed_face_ids(self.model_id)
         if not pending and current.count() == len(indexed):
             return Reconciled(0, 0, 0)  # the usual case: nothing to compare id by id
         present = current.ids()
-        orphans = sorted(present - self.subjects.face_ids(self.model_id))
+        orphans = sorted(present - self.faces.face_ids(self.model_id))
         current.delete_faces(orphans)
         missing = indexed - present
         if missing:
@@ -223,7 +224,7 @@ class Gallery:
     ) -> int:
         """Upsert every indexed template of the system of record (or those of ``only``)
         into ``index``; returns how many."""
-        indexed = self.subjects.indexed_face_ids(self.model_id) if only is None else only
+        indexed = self.faces.indexed_face_ids(self.model_id) if only is None else only
         scopes = self.subjects.scopes()
         batch_ids: list[str] = []
         batch_subjects: list[str] = []
@@ -242,7 +243,7 @@ class Gallery:
                 batch_subjects.clear()
                 batch_vectors.clear()
 
-        for face_id, subject_id, vector in self.subjects.templates(model_id=self.model_id):
+        for face_id, subject_id, vector in self.faces.templates(model_id=self.model_id):
             if face_id in indexed:
                 batch_ids.append(face_id)
                 batch_subjects.append(subject_id)
@@ -267,5 +268,5 @@ class Gallery:
         moved = self.rebuild(new, progress)
         self.index.finish_rotation(old, new_secret)
         current = self.index.current  # remove faces deleted while it was being built
-        current.delete_faces(sorted(current.ids() - self.subjects.face_ids()))
+        current.delete_faces(sorted(current.ids() - self.faces.face_ids()))
         return moved

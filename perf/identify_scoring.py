@@ -139,10 +139,10 @@ def rescore(
         card = load_model_card()
         policy = IdentificationPolicy.from_card(card, "similarity", True, "int8", DEFAULT_SCORING)
         t = time.perf_counter()
-        row["gallery_size"] = db.subjects.enrolled_count()
+        row["gallery_size"] = db.faces.enrolled_count()
         row["count_ms"] = round((time.perf_counter() - t) * 1e3, 1)
         index = ExactHits(hits)
-        matcher = IndexMatcher(policy, index, db.subjects, 1e-3)  # type: ignore[arg-type]
+        matcher = IndexMatcher(policy, index, db.faces, 1e-3)  # type: ignore[arg-type]
         matcher.match(probes[:5], TOP_K)  # warm the connection pool
         index.next = 0
         took, cpu, top1 = [], [], []

@@ -13,7 +13,7 @@ efConstruction=200), written through :class:`gateway.index.FaceIndex` in batches
 - single-probe search latency (p50/p95/p99) and recall@1 against exact search, for each
   search ``ef`` (the trade-off), and batched probes per second;
 - the gateway's identify path without the image pipeline (index search for 16 x top_k
-  faces + the SQL lookup of their subjects + ranking: ``FaceService.identify_faces``);
+  faces + the SQL lookup of their subjects + ranking: ``IdentificationService.identify_faces``);
 - ``facerec reindex``: the command, rebuilding the collection from the system of record.
 
 ``--backend server`` (default) starts a Milvus 2.3 standalone server (the ``milvus`` PyPI
@@ -191,7 +191,7 @@ def batched(index: FaceIndex, queries: np.ndarray, batch: int = 100) -> float:
 
 
 def identify_path(settings: Settings, queries: np.ndarray) -> dict[str, float]:
-    """The gateway's identify minus the image pipeline: FaceService.identify_faces on one
+    """The gateway's identify minus the image pipeline: IdentificationService.identify_faces on one
     probe face for a key of the ``default`` namespace (index search for 80 faces, filtered
     by namespace; SQL lookup of their subjects; ranking)."""
     gw = open_gateway(settings, FacePipeline.local())
@@ -199,11 +199,11 @@ def identify_path(settings: Settings, queries: np.ndarray) -> dict[str, float]:
         box, marks = np.array([0, 0, 160, 160], np.float32), np.zeros((5, 2), np.float32)
         faces = [Face(box, 0.99, marks, q) for q in queries]
         caller = Caller(key_id="bench", role="identify", namespace="default")
-        gw.service.identify_faces(faces[:5], top_k=5, threshold=None, caller=caller)  # warm
+        gw.identification.identify_faces(faces[:5], top_k=5, threshold=None, caller=caller)  # warm
         took = []
         for face in faces:
             t = time.perf_counter()
-            gw.service.identify_faces([face], top_k=5, threshold=None, caller=caller)
+            gw.identification.identify_faces([face], top_k=5, threshold=None, caller=caller)
             took.append(time.perf_counter() - t)
         return percentiles(took)
     finally:

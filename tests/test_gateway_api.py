@@ -140,7 +140,7 @@ def test_enrol_identify_verify_delete_restart(
         assert actions["enrol"] == ENROL_PER_PERSON * len(ids)
         assert actions["delete_subject"] == 1 and actions["verify"] == 2
         gateway = client.app.state.gateway  # type: ignore[attr-defined]
-        audit: AuditLog = gateway.service.audit_log
+        audit: AuditLog = gateway.admin.audit_log
         assert audit.verify().ok
 
 

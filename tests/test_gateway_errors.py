@@ -55,7 +55,7 @@ def snapshot(client: TestClient) -> dict[str, Any]:
     return {
         "subjects": subjects,
         "faces": faces,
-        "index": gateway.service.index.current.count(),
+        "index": gateway.gallery.index.current.count(),
         "keys": [k.__dict__ for k in gateway.admin.list_keys()],
     }
 

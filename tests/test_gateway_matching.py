@@ -49,7 +49,7 @@ def unit(v: np.ndarray) -> np.ndarray:
 def record(tmp_path: Path) -> Iterator[tuple[Database, Gallery]]:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(MasterKey.generate()))
     index = IndexManager(db.secrets, str(tmp_path / "index.db"), 128, "FLAT")
-    gallery = Gallery(db.subjects, index)
+    gallery = Gallery(db, index)
     try:
         yield db, gallery
     finally:
@@ -98,14 +98,14 @@ def test_candidates_are_ranked_by_centroid_not_by_the_best_face(
         enrol(db, gallery, f"x{k}", unit(rng.standard_normal((2, 128))))
     assert float(near @ probe) > float(np.max(fair @ probe))  # the best face is A's
 
-    by_centroid = IndexMatcher(policy(), gallery.index, db.subjects, 1e-3)
+    by_centroid = IndexMatcher(policy(), gallery.index, db.faces, 1e-3)
     (ranked,), names = by_centroid.match(probe[None], top_k=3)
     assert [c.subject_id for c in ranked[:2]] == [b, a]
     assert names[b] == "B" and names[a] == "A"
     centre_b = unit(fair.mean(axis=0))
     assert ranked[0].similarity == pytest.approx(float(centre_b @ probe), abs=1e-5)
 
-    by_max = IndexMatcher(policy("max"), gallery.index, db.subjects, 1e-3)
+    by_max = IndexMatcher(policy("max"), gallery.index, db.faces, 1e-3)
     (ranked,), _ = by_max.match(probe[None], top_k=3)
     assert ranked[0].subject_id == a and ranked[0].similarity == pytest.approx(
         float(near @ probe), abs=1e-4
@@ -122,7 +122,7 @@ def test_candidates_are_ranked_by_centroid_not_by_the_best_face(
 def test_operating_point_follows_the_gallery_size(record: tuple[Database, Gallery]) -> None:
     db, gallery = record
     rng = np.random.default_rng(1)
-    matcher = IndexMatcher(policy(), gallery.index, db.subjects, 1e-3)
+    matcher = IndexMatcher(policy(), gallery.index, db.faces, 1e-3)
     for k in range(3):
         enrol(db, gallery, f"p{k}", unit(rng.standard_normal((2, 128))))
     db.subjects.create("nobody")  # no face: not in the gallery
@@ -138,7 +138,7 @@ def test_operating_point_follows_the_gallery_size(record: tuple[Database, Galler
     with pytest.raises(FpirOutOfRangeError):
         matcher.operating_point(fpir=0.5)
     with pytest.raises(FpirOutOfRangeError):  # the service's own FPIR is checked at start
-        IndexMatcher(policy(), gallery.index, db.subjects, 0.5)
+        IndexMatcher(policy(), gallery.index, db.faces, 0.5)
 
 
 def test_a_caller_searches_and_is_sized_by_its_namespace_and_gallery(
@@ -156,7 +156,7 @@ def test_a_caller_searches_and_is_sized_by_its_namespace_and_gallery(
     }
     for k in range(4):  # more people at globex only
         enrol(db, gallery, f"g{k}", unit(rng.standard_normal((2, 128))), ("globex", "default"))
-    matcher = IndexMatcher(policy(), gallery.index, db.subjects, 1e-3)
+    matcher = IndexMatcher(policy(), gallery.index, db.faces, 1e-3)
 
     def found(scope: tuple[str | None, str | None]) -> set[str]:
         (ranked,), names = matcher.match(probe[None], top_k=20, scope=scope)
@@ -188,7 +188,7 @@ def test_a_key_without_the_admin_role_cannot_loosen_the_threshold(
     record: tuple[Database, Gallery],
 ) -> None:
     db, gallery = record
-    matcher = IndexMatcher(policy(), gallery.index, db.subjects, 1e-3)
+    matcher = IndexMatcher(policy(), gallery.index, db.faces, 1e-3)
     floor = matcher.operating_point(caller=IDENTIFY)
     assert matcher.operating_point(fpir=1e-3, caller=IDENTIFY) == floor
     assert matcher.operating_point(threshold=0.95, caller=IDENTIFY).threshold == 0.95

@@ -215,7 +215,7 @@ def test_upgrade_keeps_an_existing_deployment(storage: dict[str, Any], tmp_path:
     held = db.idempotency.claim("ops:create-1", "f", timedelta(minutes=10))
     assert held is not None and held.fingerprint is None  # a key used before: still refused
     index = IndexManager(db.secrets, uri, 128, "FLAT", milvus.options())
-    gallery = Gallery(db.subjects, index)
+    gallery = Gallery(db, index)
     try:
         fields = {f["name"] for f in index.current.client.describe_collection(collection)["fields"]}
         assert {"namespace", "gallery"} <= fields

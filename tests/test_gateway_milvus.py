@@ -107,7 +107,7 @@ def test_gateway_survives_milvus_going_away(tmp_path: Path, pipeline: FacePipeli
             assert client.get("/readyz").status_code == 200
 
         db = open_database(settings)
-        store, gallery = db.subjects, open_gallery(settings, db, 128)
+        store, gallery = db.faces, open_gallery(settings, db, 128)
         try:
             assert deleted not in gallery.index.current.ids()
             assert gallery.index.current.ids() == store.face_ids() == store.indexed_face_ids()

@@ -36,8 +36,8 @@ from gateway.model_ids import collection_prefix, published_model_id
 from gateway.service.reembed import embed_stored, reembed
 from gateway.settings import Settings, get_settings
 from gateway.storage.database import Database
+from gateway.storage.model_migration import StoredFace
 from gateway.storage.schema import FaceRow
-from gateway.storage.subjects import StoredFace
 
 KERRY = sorted(GALLERY.glob("John_Kerry_*.jpg"))
 DEAN = sorted(GALLERY.glob("Howard_Dean_*.jpg"))
@@ -251,8 +251,8 @@ def test_a_stopped_run_leaves_every_face_whole_and_a_rerun_finishes(
 
         # a run that died inside a face, after its new vector was written (r1) and before
         # its row changed (r2): the start-up repair removes the vector; the face is intact
-        (face, *_) = db.subjects.faces_not_of(pipeline.model_id)
-        image = db.subjects.stored_image(face.id)
+        (face, *_) = db.model_migration.faces_not_of(pipeline.model_id)
+        image = db.model_migration.stored_image(face.id)
         assert image is not None
         vector = embed_stored(pipeline, image, face.box, limits)
         assert vector is not None
@@ -274,20 +274,20 @@ def assert_whole(
 ) -> None:
     """Every face is complete under one model: its template opens and is the embedding of
     its image by that model, and the index holds exactly the running model's faces."""
-    subjects = gallery.subjects
-    counts = subjects.model_counts()
+    faces, by_model = gallery.faces, gallery.model_migration
+    counts = by_model.model_counts()
     assert counts == {
         k: v for k, v in {pipeline.model_id: moved, other.model_id: 6 - moved}.items() if v
     }
-    mine = subjects.indexed_face_ids(pipeline.model_id)
+    mine = faces.indexed_face_ids(pipeline.model_id)
     assert len(mine) == moved
     assert gallery.index.current.ids() == mine
     models = {pipeline.model_id: pipeline, other.model_id: other}
     limits = DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
-    for sid in {s for _, s, _ in subjects.templates()}:
-        for info in subjects.faces(sid):
-            ((_, _, template),) = [t for t in subjects.templates(sid) if t[0] == info.id]
-            image = subjects.stored_image(info.id)
+    for sid in {s for _, s, _ in faces.templates()}:
+        for info in faces.faces(sid):
+            ((_, _, template),) = [t for t in faces.templates(sid) if t[0] == info.id]
+            image = by_model.stored_image(info.id)
             assert image is not None and info.model_id is not None
             expected = embed_stored(models[info.model_id], image, info.box, limits)
             assert expected is not None
@@ -308,8 +308,8 @@ def test_a_face_recording_no_model_is_the_published_models(tmp_path: Path) -> No
     """A row written without a model (by a release from before the column, during a
     rolling upgrade, after the start-up backfill) counts as the published model's."""
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(MasterKey.generate()))
-    store = db.subjects
-    sid = store.create("A").id
+    store, by_model = db.faces, db.model_migration
+    sid = db.subjects.create("A").id
     vector = np.eye(128, dtype=np.float32)[0]
     old = store.add_face(sid, vector, "h1", 0.9, [0, 0, 1, 1])
     other = store.add_face(sid, vector, "h2", 0.9, [0, 0, 1, 1], model_id="rotated:0123")
@@ -318,11 +318,11 @@ def test_a_face_recording_no_model_is_the_published_models(tmp_path: Path) -> No
         conn.execute(update(FaceRow).where(FaceRow.id == old).values(model_id=None))
     published = published_model_id()
     assert store.indexed_face_ids(published) == {old}
-    assert [f.id for f in store.faces_not_of(published)] == [other]
-    assert [f.id for f in store.faces_not_of("rotated:0123")] == [old]
+    assert [f.id for f in by_model.faces_not_of(published)] == [other]
+    assert [f.id for f in by_model.faces_not_of("rotated:0123")] == [old]
     assert [f for f, _, _ in store.templates(sid, published)] == [old]
-    assert store.model_counts() == {published: 1, "rotated:0123": 1}
+    assert by_model.model_counts() == {published: 1, "rotated:0123": 1}
     assert {f.id: f.model_id for f in store.faces(sid)} == {old: published, other: "rotated:0123"}
     # moving it needs it still to record no model
-    assert store.replace_template(old, vector, "rotated:0123", published) == "changed"
-    assert store.replace_template(old, vector, "rotated:0123", None) == "replaced"
+    assert by_model.replace_template(old, vector, "rotated:0123", published) == "changed"
+    assert by_model.replace_template(old, vector, "rotated:0123", None) == "replaced"

@@ -32,12 +32,12 @@ def check_consistent(data: Path) -> tuple[set[str], int]:
     record, and the audit chain verifies. Returns the face ids and the audit length."""
     settings = Settings(env="development", data_dir=data)
     db = open_database(settings)
-    assert db.subjects.pending_face_ids() == []
+    assert db.faces.pending_face_ids() == []
     gallery = open_gallery(settings, db, 128)
     try:
-        faces = db.subjects.face_ids()
+        faces = db.faces.face_ids()
         assert gallery.index.current.ids() == faces
-        assert db.subjects.indexed_face_ids() == faces
+        assert db.faces.indexed_face_ids() == faces
         report = open_audit(settings, db).verify()
         assert report.ok, report
         return faces, report.events

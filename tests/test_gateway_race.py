@@ -94,7 +94,7 @@ def test_enrolment_racing_a_delete_leaves_nothing(storage: dict[str, Any], tmp_p
                         text(f"SELECT count(*) FROM {table} WHERE {column} = :s"), {"s": sid}
                     ).scalar_one()
                     assert count == 0, (table, sid)
-        assert db.subjects.pending_face_ids() == []
+        assert db.faces.pending_face_ids() == []
         index = gallery.index.current
         rows = index.client.query(
             index.collection,
@@ -104,7 +104,7 @@ def test_enrolment_racing_a_delete_leaves_nothing(storage: dict[str, Any], tmp_p
         )
         vectors = {r["face_id"]: r["subject_id"] for r in rows}
         assert not set(deleted) & set(vectors.values()), vectors
-        assert set(vectors) == db.subjects.face_ids() == db.subjects.indexed_face_ids()
+        assert set(vectors) == db.faces.face_ids() == db.faces.indexed_face_ids()
         assert list(vectors.values()) == [keep]
     finally:
         gallery.close()

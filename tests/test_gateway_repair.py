@@ -22,10 +22,10 @@ def unit(seed: int) -> np.ndarray:
 
 def test_reconcile_repairs_every_crash_point(tmp_path: Path, milvus: MilvusTarget) -> None:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}", Keyring(MasterKey.generate()))
-    store = db.subjects
+    store = db.faces
     index = IndexManager(db.secrets, milvus.uri, 128, "FLAT", milvus.options())
-    gallery = Gallery(store, index)
-    sid = store.create("A").id
+    gallery = Gallery(db, index)
+    sid = db.subjects.create("A").id
 
     def face(seed: int) -> str:
         return store.add_face(sid, unit(seed), f"h{seed}", 0.9, [0, 0, 1, 1])
@@ -58,9 +58,9 @@ def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path, milvus: MilvusTar
     sid = db.subjects.create("A").id
     ids = []
     for seed in range(5):
-        f = db.subjects.add_face(sid, unit(seed), f"h{seed}", 0.9, [0, 0, 1, 1])
+        f = db.faces.add_face(sid, unit(seed), f"h{seed}", 0.9, [0, 0, 1, 1])
         index.add([f], [sid], unit(seed)[None])
-        db.subjects.mark_indexed([f])
+        db.faces.mark_indexed([f])
         ids.append(f)
     old_collection = index.current.collection
     index.close()
@@ -78,7 +78,7 @@ def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path, milvus: MilvusTar
     db = Database(url, Keyring(new_master, [old_master]))
     assert db.rotate_master_key() == 1 + 1  # the subject's data key + the index secret
     index = IndexManager(db.secrets, milvus.uri, 128, "FLAT", milvus.options(), refresh=0.05)
-    moved = Gallery(db.subjects, index).rotate_index(MasterKey.generate().secret)
+    moved = Gallery(db, index).rotate_index(MasterKey.generate().secret)
     assert moved == 5
     assert index.current.collection != old_collection
     assert not index.current.client.has_collection(old_collection)
@@ -89,4 +89,4 @@ def test_rotation_moves_the_index_to_a_new_key(tmp_path: Path, milvus: MilvusTar
     assert hit.face_id == ids[3] and hit.similarity > 0.9999
     index.close()
     # the old master key is no longer needed
-    assert len(list(Database(url, Keyring(new_master)).subjects.templates())) == 5
+    assert len(list(Database(url, Keyring(new_master)).faces.templates())) == 5

@@ -44,10 +44,11 @@ def test_no_raw_embedding_on_disk(tmp_path: Path, pipeline: FacePipeline) -> Non
         paths = [p for p in sorted(GALLERY.glob("Xanana_Gusmao_*.jpg")) if "_0002" not in p.name]
         r = client.post(f"/v1/subjects/{sid}/faces", files=image_files(paths))
         assert r.json()["enrolled"] == len(paths)
-        service = client.app.state.gateway.service  # type: ignore[attr-defined]
-        templates = np.stack([v for _, _, v in service.db.subjects.templates(sid)])
-        protected = service.index.current.protector.protect(templates)
-        service.index.current.client.flush(service.index.current.collection)
+        gateway = client.app.state.gateway  # type: ignore[attr-defined]
+        templates = np.stack([v for _, _, v in gateway.db.faces.templates(sid)])
+        index = gateway.gallery.index
+        protected = index.current.protector.protect(templates)
+        index.current.client.flush(index.current.collection)
     assert templates.shape == (len(paths), 128)
 
     files = [p for p in sorted(data.rglob("*")) if p.is_file()]

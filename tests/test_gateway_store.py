@@ -34,39 +34,39 @@ def db_bytes(tmp_path: Path) -> bytes:
 
 
 def test_subjects_and_faces(db: Database, tmp_path: Path) -> None:
-    store = db.subjects
+    store, faces = db.subjects, db.faces
     alice = store.create("Alice", {"team": "blue"})
     bob = store.create("Bob")
     assert store.get(alice.id).meta == {"team": "blue"}
     assert [s.name for s in store.page()[0]] == ["Alice", "Bob"]
     assert [s.name for s in store.page(offset=1, limit=5)[0]] == ["Bob"]
     emb = unit(1)
-    face = store.add_face(alice.id, emb, "hash-a", 0.9, [1, 2, 3, 4])
-    assert store.pending_face_ids() == [face]
-    store.mark_indexed([face])
-    assert store.pending_face_ids() == []
-    ((face_id, subject_id, opened),) = list(store.templates())
+    face = faces.add_face(alice.id, emb, "hash-a", 0.9, [1, 2, 3, 4])
+    assert faces.pending_face_ids() == [face]
+    faces.mark_indexed([face])
+    assert faces.pending_face_ids() == []
+    ((face_id, subject_id, opened),) = list(faces.templates())
     assert (face_id, subject_id) == (face, alice.id)
     np.testing.assert_array_equal(opened, emb)
     assert emb.tobytes() not in db_bytes(tmp_path)
     with pytest.raises(ConflictError) as dup:
-        store.add_face(alice.id, emb, "hash-a", 0.9, [1, 2, 3, 4])
+        faces.add_face(alice.id, emb, "hash-a", 0.9, [1, 2, 3, 4])
     assert dup.value.code == "duplicate_face"
-    store.add_face(bob.id, emb, "hash-a", 0.9, [1, 2, 3, 4])  # another subject may
+    faces.add_face(bob.id, emb, "hash-a", 0.9, [1, 2, 3, 4])  # another subject may
     with pytest.raises(NotFoundError):
         store.get("nope")
     with pytest.raises(NotFoundError):
-        store.add_face("nope", emb, "h", 0.5, [0, 0, 1, 1])
+        faces.add_face("nope", emb, "h", 0.5, [0, 0, 1, 1])
 
 
 def test_delete_shreds_the_data_key(db: Database, tmp_path: Path) -> None:
     store = db.subjects
     alice = store.create("Alice")
-    face = store.add_face(alice.id, unit(2), "h", 0.9, [0, 0, 1, 1])
+    face = db.faces.add_face(alice.id, unit(2), "h", 0.9, [0, 0, 1, 1])
     with db.engine.connect() as conn:
         blob = conn.execute(text("SELECT dek_blob FROM subjects")).scalar_one()
     assert store.delete(alice.id) == [face]
-    assert list(store.templates()) == []
+    assert list(db.faces.templates()) == []
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM faces")).scalar_one() == 0
     assert blob not in db_bytes(tmp_path)  # no VACUUM needed: overwritten on delete
@@ -75,11 +75,11 @@ def test_delete_shreds_the_data_key(db: Database, tmp_path: Path) -> None:
 def test_master_key_rotation(tmp_path: Path) -> None:
     old, new = MasterKey.generate(), MasterKey.generate()
     url = f"sqlite:///{tmp_path / 'facerec.sqlite3'}"
-    s1 = Database(url, Keyring(old)).subjects
-    subject = s1.create("Alice")
-    s1.add_face(subject.id, unit(3), "h", 0.9, [0, 0, 1, 1])
+    db1 = Database(url, Keyring(old))
+    subject = db1.subjects.create("Alice")
+    db1.faces.add_face(subject.id, unit(3), "h", 0.9, [0, 0, 1, 1])
     assert Database(url, Keyring(new, older=[old])).rotate_master_key() == 1
-    ((_, _, opened),) = list(Database(url, Keyring(new)).subjects.templates())
+    ((_, _, opened),) = list(Database(url, Keyring(new)).faces.templates())
     np.testing.assert_array_equal(opened, unit(3))
 
 
@@ -138,10 +138,10 @@ def test_candidate_templates_keep_to_the_callers_scope(db: Database) -> None:
     """The templates opened for an identification's candidates are only those of the
     caller's namespace and gallery, whatever subject ids the index returned (a second
     guard behind the index's own filter)."""
-    store = db.subjects
-    mine = store.create("Mine", namespace="acme", gallery="staff")
-    visitor = store.create("Visitor", namespace="acme", gallery="visitors")
-    other = store.create("Other", namespace="globex", gallery="staff")
+    store = db.faces
+    mine = db.subjects.create("Mine", namespace="acme", gallery="staff")
+    visitor = db.subjects.create("Visitor", namespace="acme", gallery="visitors")
+    other = db.subjects.create("Other", namespace="globex", gallery="staff")
     for n, subject in enumerate((mine, visitor, other)):
         store.mark_indexed([store.add_face(subject.id, unit(n), f"h{n}", 0.9, [0, 0, 9, 9])])
     ids = [mine.id, visitor.id, other.id]

@@ -39,7 +39,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = gateway is None
         gw = gateway or open_gateway(conf, pipeline)
-        gw.service.batcher.on_batch = app.state.metrics.batch_size.observe
+        gw.analyzer.batcher.on_batch = app.state.metrics.batch_size.observe
         app.state.gateway = gw
         try:
             yield

@@ -14,9 +14,14 @@ from gateway.api.policy import ROLE_ATTRIBUTE
 from gateway.bootstrap import Gateway
 from gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.service.admin import AdminService
-from gateway.service.faces import FaceService
+from gateway.service.detection import DetectionService
+from gateway.service.enrolment import EnrolmentService
+from gateway.service.health import HealthService
+from gateway.service.identification import IdentificationService
 from gateway.service.jobs import JobService
+from gateway.service.subjects import SubjectService
 from gateway.service.types import Caller, StoredResponse, Upload
+from gateway.service.verification import VerificationService
 from gateway.settings import Settings
 
 NAMESPACE_PATTERN = "^[A-Za-z0-9_-]{1,64}$"  # namespaces and galleries
@@ -32,8 +37,28 @@ def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def get_service(gateway: GatewayDep) -> FaceService:
-    return gateway.service
+def get_subjects(gateway: GatewayDep) -> SubjectService:
+    return gateway.subjects
+
+
+def get_enrolment(gateway: GatewayDep) -> EnrolmentService:
+    return gateway.enrolment
+
+
+def get_verification(gateway: GatewayDep) -> VerificationService:
+    return gateway.verification
+
+
+def get_identification(gateway: GatewayDep) -> IdentificationService:
+    return gateway.identification
+
+
+def get_detection(gateway: GatewayDep) -> DetectionService:
+    return gateway.detection
+
+
+def get_health(gateway: GatewayDep) -> HealthService:
+    return gateway.health
 
 
 def get_admin(gateway: GatewayDep) -> AdminService:
@@ -48,7 +73,12 @@ def get_gateway_settings(gateway: GatewayDep) -> Settings:
     return gateway.settings
 
 
-ServiceDep = Annotated[FaceService, Depends(get_service)]
+SubjectsDep = Annotated[SubjectService, Depends(get_subjects)]
+EnrolmentDep = Annotated[EnrolmentService, Depends(get_enrolment)]
+VerificationDep = Annotated[VerificationService, Depends(get_verification)]
+IdentificationDep = Annotated[IdentificationService, Depends(get_identification)]
+DetectionDep = Annotated[DetectionService, Depends(get_detection)]
+HealthDep = Annotated[HealthService, Depends(get_health)]
 AdminDep = Annotated[AdminService, Depends(get_admin)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
 SettingsDep = Annotated[Settings, Depends(get_gateway_settings)]

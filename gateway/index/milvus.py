@@ -30,7 +30,7 @@ from facerec.errors import InvalidArgumentError
 from facerec.matching import Hit
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.errors import IndexUnavailableError
-from gateway.scope import DEFAULT_SCOPE, check_id
+from gateway.scope import DEFAULT_SCOPE, SCOPE_FIELDS, check_id, conditions
 from gateway.storage.index_marks import IndexMarks
 
 log = logging.getLogger(__name__)
@@ -54,16 +54,11 @@ Consistency = Literal["Strong", "Session", "Bounded", "Eventually"]
 SEARCH_EF = 128
 
 
-SCOPE_FIELDS = ("namespace", "gallery")
-
-
 def scope_filter(namespace: str | None, gallery: str | None) -> str:
     """The Milvus filter expression limiting a search to a namespace (and a gallery);
     empty for neither. Values are checked like ids, so nothing else reaches the filter."""
     terms = [
-        f'{name} == "{check_id(value, name)}"'
-        for name, value in (("namespace", namespace), ("gallery", gallery))
-        if value is not None
+        f'{name} == "{check_id(value, name)}"' for name, value in conditions((namespace, gallery))
     ]
     return " and ".join(terms)
 

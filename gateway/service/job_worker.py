@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from facerec.errors import FaceRecError
 from gateway.crypto.envelope import open_record
 from gateway.memory import release_memory
-from gateway.service.faces import FaceService
+from gateway.service.identification import IdentificationService
 from gateway.service.types import Caller, Upload
 from gateway.storage.jobs import Claim, JobRepository, LeaseLostError, input_context
 from gateway.storage.processes import process_name
@@ -55,12 +55,12 @@ class JobRunner:
     def __init__(
         self,
         jobs: JobRepository,
-        faces: FaceService,
+        identification: IdentificationService,
         times: WorkerTimes,
         threads: int = 1,
         name: str | None = None,
     ) -> None:
-        self.jobs, self.faces, self.times = jobs, faces, times
+        self.jobs, self.identification, self.times = jobs, identification, times
         self.name = name or process_name()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -181,7 +181,7 @@ class JobRunner:
                 for s in stored
             ]
             del stored
-            results = self.faces.identify_many(uploads, caller, top_k, threshold, fpir)
+            results = self.identification.identify_many(uploads, caller, top_k, threshold, fpir)
             del uploads
             done = [(i, r.to_dict()) for i, r in zip(indices, results, strict=True)]
             self.jobs.record(claim, done, self.times.lease_s)

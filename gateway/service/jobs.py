@@ -28,8 +28,8 @@ from gateway.auth.throttle import TooManyRequestsError
 from gateway.crypto.envelope import new_data_key, seal_record
 from gateway.errors import PayloadTooLargeError
 from gateway.memory import release_memory
-from gateway.service.faces import FaceService
-from gateway.service.types import Caller, Job, Upload
+from gateway.service.identification import IdentificationService
+from gateway.service.types import Audit, Caller, Job, Upload
 from gateway.storage.jobs import JobRepository, QueueFullError, input_context
 
 log = logging.getLogger(__name__)
@@ -250,11 +250,13 @@ class JobService:
     def __init__(
         self,
         jobs: JobRepository,
-        faces: FaceService,
+        identification: IdentificationService,
+        audit: Audit,
         limits: JobLimits,
         on_submit: Callable[[], None] | None = None,
     ) -> None:
-        self.jobs, self.faces, self.limits = jobs, faces, limits
+        self.jobs, self.identification, self.audit = jobs, identification, audit
+        self.limits = limits
         self.on_submit = on_submit  # wakes this process's workers, if it runs any
 
     def submit_identify(
@@ -269,7 +271,7 @@ class JobService:
         :class:`JobLimits`); refused with 429 ``too_many_jobs`` when the queue is full.
         The operating point (``fpir``/``threshold``) is checked now and fixed when the job
         runs, for the gallery's size then."""
-        self.faces.operating_point(fpir, threshold, caller)  # refuse a bad one first
+        self.identification.operating_point(fpir, threshold, caller)  # refuse a bad one first
         params = {"top_k": top_k, "threshold": threshold, "fpir": fpir, **caller.to_params()}
         data_key = new_data_key()
         limits = self.limits
@@ -330,5 +332,5 @@ class JobService:
         before = self.get(job_id, caller, with_results=False)
         job = self.jobs.cancel(job_id)
         if job.status == "cancelled" and before.status != "cancelled":
-            self.faces.audit("job_cancel", "ok", caller, target=job_id)
+            self.audit("job_cancel", "ok", caller, target=job_id)
         return job

@@ -7,16 +7,19 @@
   subject's templates). ``perf/identify_scoring.py`` measured this against keeping a
   centroid per subject in the index (README, "1:N in the gateway").
 - **Scope**: a caller searches only its namespace and gallery
-  (:class:`~gateway.service.types.Caller`): the index is filtered by them, the templates
-  are opened only for subjects within them, and the operating point is the one for the
-  size of that scope's gallery (:class:`GallerySizes`), so neither a candidate nor the
-  gallery size of another tenant reaches the response.
+  (:class:`~gateway.service.types.Caller`, the rule is :mod:`gateway.scope`'s): the index
+  is filtered by them, the templates are opened only for subjects within them, and the
+  operating point is the one for the size of that scope's gallery (:class:`GallerySizes`),
+  so neither a candidate nor the gallery size of another tenant reaches the response.
 - **Operating point** (:meth:`IndexMatcher.operating_point`): the policy's threshold for
   the gallery's size (:class:`GallerySize`) at a target FPIR (``FACEREC_IDENTIFY_FPIR``,
   or the request's), unless the request gives an explicit threshold.
 - **Visibility** (:func:`visible`): a caller without the admin role sees only candidates at
   or above the threshold, and may not loosen the operating point below the service's
   (:class:`ThresholdNotAllowedError`): an identify key cannot list the gallery.
+- **Decision** (:meth:`IndexMatcher.identify`): probe embeddings, the caller and the
+  operating point in; per probe, the candidates ranked, decided at that point
+  (:func:`facerec.matching.decide`), filtered to those the caller may see and named.
 """
 
 from __future__ import annotations
@@ -25,15 +28,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from facerec.matching import Candidate, Hit, IdentificationPolicy, rank_candidates
+from facerec.matching import Candidate, Hit, IdentificationPolicy, decide, rank_candidates
 from facerec.openset import OperatingPoint, check_fpir
 from gateway.errors import ForbiddenError
 from gateway.index.manager import IndexManager
+from gateway.scope import EVERYWHERE, Area, Scope, within
 from gateway.service.types import Caller
-from gateway.storage.subjects import SubjectRepository
+from gateway.service.types import Candidate as NamedCandidate
+from gateway.storage.faces import FaceRepository
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +51,10 @@ RERANK_PER_CANDIDATE = 2  # ... or this many per candidate wanted
 TOLERANCE = 1e-9  # thresholds closer than this are the same
 MAX_SCOPES = 4096  # gallery sizes cached per (namespace, gallery); the oldest go first
 
-Scope = tuple[str | None, str | None]  # (namespace, gallery); None: any
-EVERYWHERE: Scope = (None, None)
 
-
-def scope_of(caller: Caller | None) -> Scope:
+def scope_of(caller: Caller | None) -> Area:
     """The (namespace, gallery) ``caller`` searches: everywhere for the service itself."""
-    return EVERYWHERE if caller is None else (caller.namespace, caller.gallery)
-
-
-def _within(scope: Scope, subject_scope: tuple[str, str]) -> bool:
-    """Whether a subject of ``subject_scope`` counts in the gallery of ``scope``."""
-    return all(want is None or want == got for want, got in zip(scope, subject_scope, strict=True))
+    return EVERYWHERE if caller is None else caller.area
 
 
 def hits_wanted(top_k: int) -> int:
@@ -159,9 +157,9 @@ class GallerySizes:
     ) -> None:
         self._count, self.max_age = count, max_age
         self._lock = threading.Lock()
-        self._sizes: dict[Scope, GallerySize] = {}
+        self._sizes: dict[Area, GallerySize] = {}
 
-    def _size(self, scope: Scope) -> GallerySize:
+    def _size(self, scope: Area) -> GallerySize:
         with self._lock:
             size = self._sizes.get(scope)
             if size is None:
@@ -171,11 +169,11 @@ class GallerySizes:
                 self._sizes[scope] = size
             return size
 
-    def get(self, scope: Scope = EVERYWHERE) -> int:
+    def get(self, scope: Area = EVERYWHERE) -> int:
         """The number of enrolled subjects in ``scope``."""
         return self._size(scope).get()
 
-    def changed(self, delta: int = 0, where: tuple[str, str] | None = None) -> None:
+    def changed(self, delta: int = 0, where: Scope | None = None) -> None:
         """The gallery changed here: by ``delta`` subjects in the subject scope ``where``
         (every cached size that holds it); None: somewhere, every size is recounted."""
         with self._lock:
@@ -183,31 +181,41 @@ class GallerySizes:
         for scope, size in sizes:
             if where is None:
                 size.changed()
-            elif _within(scope, where):
+            elif within(scope, where):
                 size.changed(delta)
 
 
+@dataclass(frozen=True)
+class Decided:
+    """The open-set decision on one probe, as the caller may see it."""
+
+    candidates: list[NamedCandidate]  # those the caller may see (:func:`visible`), best first
+    match: NamedCandidate | None  # None: no one is close enough
+    best: float | None  # the best candidate's score, seen or not (for the audit)
+
+
 class IndexMatcher:
-    """Candidates from the index ranked by the policy, and the operating point to decide at."""
+    """Candidates from the index ranked by the policy, the operating point to decide at,
+    and the decision for a caller."""
 
     def __init__(
         self,
         policy: IdentificationPolicy,
         index: IndexManager,
-        subjects: SubjectRepository,
+        faces: FaceRepository,
         fpir: float,
         sizes: GallerySizes | None = None,
     ) -> None:
-        self.policy, self.index, self.subjects = policy, index, subjects
+        self.policy, self.index, self.faces = policy, index, faces
         self.fpir = check_fpir(fpir)
         model_id = index.model_id  # only the running model's templates are compared
         self.sizes = sizes or GallerySizes(
-            lambda namespace, gallery: subjects.enrolled_count(namespace, gallery, model_id)
+            lambda namespace, gallery: faces.enrolled_count(namespace, gallery, model_id)
         )
         policy.operating_point(1, self.fpir)  # an FPIR outside the card's range fails here
 
     def match(
-        self, probes: np.ndarray, top_k: int, scope: Scope = EVERYWHERE
+        self, probes: np.ndarray, top_k: int, scope: Area = EVERYWHERE
     ) -> tuple[list[list[Candidate]], dict[str, str]]:
         """For each probe float32[N, D], up to ``top_k`` subjects of ``scope`` (namespace,
         gallery) ranked by the policy's scoring, best first; and the names of the subjects
@@ -230,7 +238,7 @@ class IndexMatcher:
                     subjects.add(h.subject_id)
                 mine.append(h)
             kept.append(mine)
-        found = self.subjects.candidate_templates(
+        found = self.faces.candidate_templates(
             sorted({h.subject_id for mine in kept for h in mine}),
             namespace,
             gallery,
@@ -267,3 +275,23 @@ class IndexMatcher:
                     minimum=round(floor.threshold, 6),
                 )
         return point
+
+    def identify(
+        self, probes: np.ndarray, top_k: int, point: OperatingPoint, caller: Caller | None
+    ) -> list[Decided]:
+        """For each probe float32[N, D]: up to ``top_k`` candidates of the gallery ``caller``
+        searches (:meth:`match`), decided at ``point``, those ``caller`` may see named."""
+        ranked, names = self.match(probes, top_k, scope_of(caller))
+        out = []
+        for candidates in ranked:
+            decision = decide(candidates, point)
+            shown = [
+                NamedCandidate(c.subject_id, names[c.subject_id], round(c.similarity, 6))
+                for c in visible(decision.candidates, point, caller)
+            ]
+            match = None
+            if decision.match is not None:
+                match = next(c for c in shown if c.subject_id == decision.match.subject_id)
+            best = decision.candidates[0].similarity if decision.candidates else None
+            out.append(Decided(shown, match, best))
+        return out

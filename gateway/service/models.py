@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from gateway.storage.subjects import SubjectRepository
+from gateway.storage.model_migration import ModelMigrationRepository
 
 CENSUS_MAX_AGE_S = 30.0
 
@@ -21,9 +21,12 @@ class ModelCensus:
     cached for ``max_age`` seconds."""
 
     def __init__(
-        self, subjects: SubjectRepository, model_id: str, max_age: float = CENSUS_MAX_AGE_S
+        self,
+        templates: ModelMigrationRepository,
+        model_id: str,
+        max_age: float = CENSUS_MAX_AGE_S,
     ) -> None:
-        self.subjects, self.model_id, self.max_age = subjects, model_id, max_age
+        self.templates, self.model_id, self.max_age = templates, model_id, max_age
         self._lock = threading.Lock()
         self._value: dict[str, Any] | None = None
         self._stamp = 0.0
@@ -32,7 +35,7 @@ class ModelCensus:
         with self._lock:
             if self._value is not None and time.monotonic() - self._stamp <= self.max_age:
                 return dict(self._value)
-        counts = self.subjects.model_counts()
+        counts = self.templates.model_counts()
         others = {m: n for m, n in counts.items() if m != self.model_id}
         value = {
             "id": self.model_id,

@@ -28,7 +28,7 @@ from facerec.pipeline import FacePipeline
 from facerec.video.tracker import iou_matrix
 from gateway.gallery import Gallery
 from gateway.scope import DEFAULT_SCOPE
-from gateway.storage.subjects import StoredFace
+from gateway.storage.model_migration import StoredFace
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,8 @@ def reembed(
     stops it (a rerun continues)."""
     if pipeline.model_id != gallery.model_id:
         raise ValueError(f"pipeline {pipeline.model_id} and index {gallery.model_id} differ")
-    subjects = gallery.subjects
-    faces = subjects.faces_not_of(gallery.model_id)
-    scopes = subjects.scopes()
+    faces = gallery.model_migration.faces_not_of(gallery.model_id)
+    scopes = gallery.subjects.scopes()
     report = ReembedReport(gallery.model_id, dry_run, considered=len(faces))
     if started is not None:
         started(len(faces))
@@ -134,7 +133,7 @@ def _one(
         report.reembedded += 1
         return "would_reembed"
     try:
-        data = gallery.subjects.stored_image(face.id)
+        data = gallery.model_migration.stored_image(face.id)
         if data is None:
             report.gone += 1
             return "gone"

@@ -9,19 +9,22 @@ are returned as they are and re-exported here, so callers import from one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from facerec.errors import FaceRecError
 from facerec.openset import OperatingPoint
 from facerec.pipeline import Face
 from gateway.audit.chain import AuditEvent
+from gateway.scope import Area, within
 from gateway.storage.api_keys import ApiKeyInfo
+from gateway.storage.faces import FaceInfo
 from gateway.storage.jobs import Job
-from gateway.storage.subjects import UNSET, FaceInfo, Subject
+from gateway.storage.subjects import UNSET, Subject
 
 __all__ = [
     "UNSET",
     "ApiKeyInfo",
+    "Audit",
     "AuditEvent",
     "AuditPage",
     "Caller",
@@ -62,11 +65,14 @@ class Caller:
         """The caller as audit event fields."""
         return {"key_id": self.key_id, "role": self.role, "request_id": self.request_id}
 
+    @property
+    def area(self) -> Area:
+        """The (namespace, gallery) this caller acts in; None: any."""
+        return self.namespace, self.gallery
+
     def sees(self, subject: Subject) -> bool:
         """Whether ``subject`` is within this caller's namespace and gallery."""
-        return (self.namespace is None or subject.namespace == self.namespace) and (
-            self.gallery is None or subject.gallery == self.gallery
-        )
+        return within(self.area, subject.scope)
 
     def to_params(self) -> dict[str, str | None]:
         """The caller as JSON (a job keeps who submitted it); :meth:`from_params` reads it."""
@@ -77,6 +83,13 @@ class Caller:
         return Caller(
             *(params.get(k) for k in ("key_id", "role", "request_id", "namespace", "gallery"))
         )
+
+
+class Audit(Protocol):
+    """Appends one audit event on behalf of ``caller`` (its key, role and request id):
+    :meth:`gateway.service.admin.AdminService.audit`, which every service is given."""
+
+    def __call__(self, action: str, outcome: str, caller: Caller, **values: Any) -> AuditEvent: ...
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,14 @@
 the server-side stream workers (:mod:`gateway.service.streams`) share what lives here.
 
 Every stream gets its own :class:`~facerec.video.StreamAnalyzer` (tracker and identity
-votes) over the service's one pipeline and :class:`~facerec.batching.MicroBatcher`, so the
-frames and face crops of every WebSocket and every stream are batched together with the
-REST requests. Identities are decided through :class:`IndexPolicy`, the
-:class:`~facerec.video.MatchPolicy` of the gateway's index for one caller (candidates from
-:meth:`FaceService.match_embeddings`, the threshold from
-:meth:`FaceService.operating_point`), exactly as ``POST /v1/identify`` decides for that
-caller: only the subjects of its namespace (and gallery) are searched, the operating point
+votes) over the service's one pipeline and :class:`~facerec.batching.MicroBatcher` (the
+:class:`~gateway.service.analyzer.Analyzer`'s, used directly), so the frames and face crops
+of every WebSocket and every stream are batched together with the REST requests.
+Identities are decided through :class:`IndexPolicy`, the :class:`~facerec.video.MatchPolicy`
+of the gateway's index for one caller (candidates from
+:meth:`IdentificationService.match_embeddings`, the threshold from
+:meth:`IdentificationService.operating_point`), exactly as ``POST /v1/identify`` decides
+for that caller: only the subjects of its namespace (and gallery) are searched, the operating point
 is the one for the size of that gallery, and a caller without the admin role may not
 loosen it (``threshold_not_allowed``) nor see the similarity of a face left unnamed (the
 score of a candidate below the threshold). Results name subjects by their name (``match``)
@@ -33,10 +34,12 @@ from facerec.imaging.decode import DecodeLimits
 from facerec.matching import Candidate
 from facerec.openset import OperatingPoint
 from facerec.video import FrameResult, StreamAnalyzer, TrackEvent, VideoConfig
-from gateway.service.faces import FaceService
+from gateway.service.analyzer import Analyzer
+from gateway.service.identification import IdentificationService
 from gateway.service.matching import privileged
-from gateway.service.types import Caller
+from gateway.service.types import Audit, Caller
 from gateway.settings import Settings
+from gateway.storage.subjects import SubjectRepository
 
 FRAME_FORMATS = frozenset({"JPEG", "PNG"})
 AUDITED_EVENTS = {"identified": "stream_identified", "track_ended": "stream_track_ended"}
@@ -90,22 +93,24 @@ class LiveLimits:
 
 class IndexPolicy:
     """:class:`~facerec.video.MatchPolicy` over the gateway's index for ``caller``:
-    candidates from :meth:`FaceService.match_embeddings` (its namespace and gallery only);
-    the operating point from :meth:`FaceService.operating_point` (for that gallery's size;
-    a looser one than the service's is refused unless ``caller`` is an admin), recomputed
-    every ``refresh_s`` seconds (the gallery grows and shrinks while a stream runs)."""
+    candidates from :meth:`IdentificationService.match_embeddings` (its namespace and
+    gallery only); the operating point from :meth:`IdentificationService.operating_point`
+    (for that gallery's size; a looser one than the service's is refused unless ``caller``
+    is an admin), recomputed every ``refresh_s`` seconds (the gallery grows and shrinks
+    while a stream runs)."""
 
     def __init__(
         self,
-        faces: FaceService,
+        identification: IdentificationService,
         caller: Caller,
         fpir: float | None = None,
         threshold: float | None = None,
         refresh_s: float = 5.0,
     ) -> None:
-        self.faces, self.caller, self.refresh_s = faces, caller, refresh_s
+        self.identification, self.caller, self.refresh_s = identification, caller, refresh_s
         self.fpir, self.threshold = fpir, threshold
-        self._point = faces.operating_point(fpir, threshold, caller)  # a bad one fails here
+        # a bad operating point fails here
+        self._point = identification.operating_point(fpir, threshold, caller)
         self._at = time.monotonic()
         self._lock = threading.Lock()
 
@@ -113,7 +118,9 @@ class IndexPolicy:
     def point(self) -> OperatingPoint:
         with self._lock:
             if time.monotonic() - self._at >= self.refresh_s:
-                self._point = self.faces.operating_point(self.fpir, self.threshold, self.caller)
+                self._point = self.identification.operating_point(
+                    self.fpir, self.threshold, self.caller
+                )
                 self._at = time.monotonic()
             return self._point
 
@@ -125,15 +132,15 @@ class IndexPolicy:
             return self._point
 
     def search(self, probes: np.ndarray, top_k: int = 5) -> list[list[Candidate]]:
-        return self.faces.match_embeddings(probes, top_k, self.caller)
+        return self.identification.match_embeddings(probes, top_k, self.caller)
 
 
 class SubjectNames:
     """Subject names by id, each cached for ``ttl_s`` seconds (renames show within that;
     a deleted subject has no name)."""
 
-    def __init__(self, faces: FaceService, ttl_s: float = 5.0) -> None:
-        self.faces, self.ttl_s = faces, ttl_s
+    def __init__(self, subjects: SubjectRepository, ttl_s: float = 5.0) -> None:
+        self.subjects, self.ttl_s = subjects, ttl_s
         self._cache: dict[str, tuple[float, str | None]] = {}
         self._lock = threading.Lock()
 
@@ -146,7 +153,7 @@ class SubjectNames:
             }
         missing = sorted(wanted - fresh.keys())
         if missing:
-            found = self.faces.db.subjects.names(missing)
+            found = self.subjects.names(missing)
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
@@ -176,13 +183,21 @@ def _token_bucket(rate: float) -> Any:
 class VideoService:
     """What the video routes and the stream workers call."""
 
-    def __init__(self, faces: FaceService, limits: LiveLimits) -> None:
-        self.faces, self.limits = faces, limits
-        self.names = SubjectNames(faces)
+    def __init__(
+        self,
+        analyzer: Analyzer,
+        identification: IdentificationService,
+        subjects: SubjectRepository,
+        audit: Audit,
+        limits: LiveLimits,
+    ) -> None:
+        self.analysis, self.identification, self.limits = analyzer, identification, limits
+        self._audit = audit  # appends one event; :meth:`audit` turns a frame's events into them
+        self.names = SubjectNames(subjects)
         self.decode_limits = DecodeLimits(
             max_bytes=limits.max_frame_bytes,
             max_pixels=limits.max_frame_pixels,
-            max_decode_bytes=faces.limits.max_decode_bytes,
+            max_decode_bytes=analyzer.limits.max_decode_bytes,
         )
         # Frames are analysed here, not in the event loop's default pool, so that video
         # connections never take the threads that REST requests run in.
@@ -251,8 +266,8 @@ class VideoService:
         ``caller`` (:class:`IndexPolicy`)."""
         if not 1 <= every <= 30:
             raise InvalidArgumentError("every must be between 1 and 30", code="invalid_request")
-        policy = IndexPolicy(self.faces, caller, fpir, threshold)
-        return StreamAnalyzer(self.faces.batcher, policy, VideoConfig(detect_every=every))
+        policy = IndexPolicy(self.identification, caller, fpir, threshold)
+        return StreamAnalyzer(self.analysis.batcher, policy, VideoConfig(detect_every=every))
 
     def messages(
         self,
@@ -300,7 +315,7 @@ class VideoService:
             if action is None:
                 continue
             subject = event.data.get("subject")
-            self.faces.audit(
+            self._audit(
                 action,
                 "match" if subject else "no_match",
                 caller,
@@ -330,7 +345,7 @@ class LiveSession:
     def process(self, data: bytes, frame: int, t: float, dropped: int) -> list[dict[str, Any]]:
         """The messages for one frame (JPEG or PNG bytes): its result, then its events.
 
-        Decoded as every upload is (:meth:`FaceService.decoded`): the header checked first
+        Decoded as every upload is (:meth:`Analyzer.decoded`): the header checked first
         (format, pixels: no pixel decoded for a frame over the limits), what decoding it
         costs reserved in the budget shared with every request until its analysis is
         done, and memory given back after a large frame. Raises the image codes of
@@ -338,7 +353,7 @@ class LiveSession:
         that is not JPEG or PNG, ``busy`` when the budget stays full."""
         with (
             self.video.frame_turn(self.caller.key_id),
-            self.video.faces.decoded(data, self.video.decode_limits, FRAME_FORMATS) as image,
+            self.video.analysis.decoded(data, self.video.decode_limits, FRAME_FORMATS) as image,
         ):
             result = self.analyzer.process(image, frame, t, dropped)
             del image

@@ -10,10 +10,12 @@ from sqlalchemy.orm import Session
 from gateway.crypto.envelope import Keyring
 from gateway.storage.api_keys import ApiKeyRepository
 from gateway.storage.audit import AuditRepository
+from gateway.storage.faces import FaceRepository
 from gateway.storage.idempotency import IdempotencyRepository
 from gateway.storage.index_marks import IndexMarks
 from gateway.storage.jobs import JobRepository
 from gateway.storage.maintenance import MaintenanceRepository
+from gateway.storage.model_migration import ModelMigrationRepository
 from gateway.storage.processes import ProcessRepository, process_name
 from gateway.storage.schema import open_engine
 from gateway.storage.secrets import SecretRepository
@@ -27,7 +29,9 @@ class Database:
     def __init__(self, url: str, keyring: Keyring) -> None:
         self.engine = open_engine(url)
         self.keyring = keyring
-        self.subjects = SubjectRepository(self.engine, keyring, process_name())
+        self.subjects = SubjectRepository(self.engine, keyring)
+        self.faces = FaceRepository(self.engine, keyring, process_name())
+        self.model_migration = ModelMigrationRepository(self.engine, keyring)
         self.secrets = SecretRepository(self.engine, keyring)
         self.api_keys = ApiKeyRepository(self.engine)
         self.idempotency = IdempotencyRepository(self.engine)

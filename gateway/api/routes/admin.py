@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from gateway.api.deps import AdminCaller, AdminChange, AdminDep, ServiceDep
+from gateway.api.deps import AdminCaller, AdminChange, AdminDep, HealthDep
 from gateway.api.schemas import ApiKeyIn, ApiKeyOut, AuditEventOut, AuditPage, ModelsOut
 from gateway.service.types import ApiKeyInfo
 
@@ -64,7 +64,7 @@ def revoke_key(key_id: str, admin: AdminDep, caller: AdminChange) -> Response:
 
 
 @router.get("/models", response_model=ModelsOut)
-def models(service: ServiceDep, caller: AdminCaller) -> ModelsOut:
+def models(health: HealthDep, caller: AdminCaller) -> ModelsOut:
     """The running model's identity and how many stored templates are of it and of other
     models, which no search compares (``facerec reembed`` moves those with a kept image)."""
-    return ModelsOut(**service.model_census.get())
+    return ModelsOut(**health.models())

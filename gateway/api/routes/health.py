@@ -23,7 +23,7 @@ def readyz(gateway: GatewayDep) -> JSONResponse:
     """The models, the database and the index all answer, and the process is not
     draining (after SIGTERM: a load balancer stops sending it requests); and the running
     model's identity (``GET /v1/models`` tells an admin how many templates are of others)."""
-    readiness = gateway.service.readiness()
+    readiness = gateway.health.readiness()
     checks = {**readiness.checks, "process": "draining" if gateway.draining else "ok"}
     ready = readiness.ready and not gateway.draining
     return JSONResponse(

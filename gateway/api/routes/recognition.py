@@ -7,10 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from gateway.api.deps import (
+    DetectionDep,
+    IdentificationDep,
     IdentifyCaller,
     Multipart,
-    ServiceDep,
     SettingsDep,
+    VerificationDep,
     VerifyCaller,
     read_upload,
 )
@@ -66,14 +68,14 @@ TopK = Annotated[
 def verify(
     image: Annotated[UploadFile, File()],
     subject_id: Annotated[str, Form(min_length=1, max_length=64)],
-    service: ServiceDep,
+    verification: VerificationDep,
     settings: SettingsDep,
     caller: VerifyCaller,
     threshold: Threshold = None,
 ) -> VerifyOut:
     """Is the main face in ``image`` the subject ``subject_id``?"""
     upload = read_upload(image, settings.max_upload_bytes)
-    result = service.verify(upload.data, subject_id, caller, threshold)
+    result = verification.verify(upload.data, subject_id, caller, threshold)
     return VerifyOut.model_validate(result.to_dict())
 
 
@@ -81,7 +83,7 @@ def verify(
 def verify_pair(
     image_a: Annotated[UploadFile, File()],
     image_b: Annotated[UploadFile, File()],
-    service: ServiceDep,
+    verification: VerificationDep,
     settings: SettingsDep,
     caller: VerifyCaller,
     threshold: Threshold = None,
@@ -89,14 +91,14 @@ def verify_pair(
     """Are the main faces of two images the same person?"""
     limit = settings.max_upload_bytes
     a, b = read_upload(image_a, limit), read_upload(image_b, limit)
-    result = service.verify_pair(a.data, b.data, caller, threshold)
+    result = verification.verify_pair(a.data, b.data, caller, threshold)
     return PairOut.model_validate(result.to_dict())
 
 
 @router.post("/identify", response_model=IdentifyOut, responses=IDENTIFY_ERRORS)
 def identify(
     image: Annotated[UploadFile, File()],
-    service: ServiceDep,
+    identification: IdentificationDep,
     settings: SettingsDep,
     caller: IdentifyCaller,
     top_k: TopK = 5,
@@ -109,14 +111,14 @@ def identify(
     result reports that operating point: ``threshold``, ``fpir``, ``gallery_size``,
     ``method``, ``threshold_source`` (``calibrated``, ``extrapolated`` or ``explicit``)."""
     upload = read_upload(image, settings.max_upload_bytes)
-    result = service.identify(upload, caller, top_k, threshold, fpir)
+    result = identification.identify(upload, caller, top_k, threshold, fpir)
     return IdentifyOut.model_validate(result.to_dict())
 
 
 @router.post("/batch/identify", response_model=BatchOut, responses=IDENTIFY_ERRORS)
 def batch_identify(
     images: Annotated[list[UploadFile], File()],
-    service: ServiceDep,
+    identification: IdentificationDep,
     settings: SettingsDep,
     caller: IdentifyCaller,
     top_k: TopK = 5,
@@ -130,33 +132,33 @@ def batch_identify(
             f"at most {most} images per batch; use /v1/jobs", code="too_many_files"
         )
     uploads = [read_upload(f, settings.max_upload_bytes) for f in images]
-    results = service.identify_many(uploads, caller, top_k, threshold, fpir)
+    results = identification.identify_many(uploads, caller, top_k, threshold, fpir)
     return BatchOut(results=[IdentifyOut.model_validate(r.to_dict()) for r in results])
 
 
 @router.post("/detect", response_model=FacesOut)
 def detect(
     image: Annotated[UploadFile, File()],
-    service: ServiceDep,
+    detection: DetectionDep,
     settings: SettingsDep,
     caller: IdentifyCaller,
 ) -> FacesOut:
     """Boxes, scores, landmarks and quality of every face."""
     upload = read_upload(image, settings.max_upload_bytes)
-    faces = service.detect(upload.data)
+    faces = detection.detect(upload.data)
     return FacesOut(faces=[DetectedFace.model_validate(f.to_dict()) for f in faces])
 
 
 @router.post("/embed", response_model=FacesOut)
 def embed(
     image: Annotated[UploadFile, File()],
-    service: ServiceDep,
+    detection: DetectionDep,
     settings: SettingsDep,
     caller: IdentifyCaller,
 ) -> FacesOut:
     """Every face with its raw 128-d embedding (for clients that match elsewhere)."""
     upload = read_upload(image, settings.max_upload_bytes)
-    faces = service.embed(upload.data, caller)
+    faces = detection.embed(upload.data, caller)
     return FacesOut(
         faces=[DetectedFace.model_validate(f.to_dict(with_embedding=True)) for f in faces]
     )

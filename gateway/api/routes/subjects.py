@@ -9,9 +9,10 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from gateway.api.deps import (
     EnrolCaller,
     EnrolChange,
+    EnrolmentDep,
     Multipart,
-    ServiceDep,
     SettingsDep,
+    SubjectsDep,
     read_upload,
 )
 from gateway.api.schemas import (
@@ -51,14 +52,14 @@ def _out(s: Subject, limits: MetadataLimits) -> SubjectOut:
 
 @router.post("", status_code=201, response_model=SubjectOut)
 def create_subject(
-    body: SubjectIn, service: ServiceDep, settings: SettingsDep, caller: EnrolChange
+    body: SubjectIn, subjects: SubjectsDep, settings: SettingsDep, caller: EnrolChange
 ) -> SubjectOut:
     """Create a subject (a person); add faces with ``POST /v1/subjects/{id}/faces``.
     ``metadata``: at most ``FACEREC_MAX_METADATA_DEPTH`` levels and
     ``FACEREC_MAX_METADATA_BYTES`` bytes as JSON."""
     limits = _limits(settings)
     check_metadata(body.metadata, limits)
-    subject = service.create_subject(
+    subject = subjects.create_subject(
         body.name, body.metadata, body.expires_at, caller, gallery=body.gallery
     )
     return _out(subject, limits)
@@ -66,13 +67,13 @@ def create_subject(
 
 @router.get("", response_model=SubjectPage)
 def list_subjects(
-    service: ServiceDep,
+    subjects: SubjectsDep,
     settings: SettingsDep,
     caller: EnrolCaller,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SubjectPage:
-    page = service.list_subjects(caller, offset, limit)
+    page = subjects.list_subjects(caller, offset, limit)
     return SubjectPage(
         items=[_out(s, _limits(settings)) for s in page.items],
         total=page.total,
@@ -83,12 +84,12 @@ def list_subjects(
 
 @router.get("/{subject_id}", response_model=SubjectDetail)
 def get_subject(
-    subject_id: str, service: ServiceDep, settings: SettingsDep, caller: EnrolCaller
+    subject_id: str, subjects: SubjectsDep, settings: SettingsDep, caller: EnrolCaller
 ) -> SubjectDetail:
-    subject = service.get_subject(subject_id, caller)
+    subject = subjects.get_subject(subject_id, caller)
     faces = [
         FaceOut(id=f.id, quality=f.quality, box=f.box, created_at=f.created_at, model_id=f.model_id)
-        for f in service.faces(subject_id, caller)
+        for f in subjects.faces_of(subject_id, caller)
     ]
     return SubjectDetail(**_out(subject, _limits(settings)).model_dump(), face_list=faces)
 
@@ -97,21 +98,21 @@ def get_subject(
 def update_subject(
     subject_id: str,
     body: SubjectPatch,
-    service: ServiceDep,
+    subjects: SubjectsDep,
     settings: SettingsDep,
     caller: EnrolChange,
 ) -> SubjectOut:
     limits = _limits(settings)
     check_metadata(body.metadata, limits)
     expires = body.expires_at if "expires_at" in body.model_fields_set else UNSET
-    subject = service.update_subject(subject_id, caller, body.name, body.metadata, expires)
+    subject = subjects.update_subject(subject_id, caller, body.name, body.metadata, expires)
     return _out(subject, limits)
 
 
 @router.delete("/{subject_id}", status_code=204)
-def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolChange) -> Response:
+def delete_subject(subject_id: str, subjects: SubjectsDep, caller: EnrolChange) -> Response:
     """Delete a subject: its vectors, its templates and its data key (crypto-shredding)."""
-    service.delete_subject(subject_id, caller)
+    subjects.delete_subject(subject_id, caller)
     return Response(status_code=204)
 
 
@@ -121,7 +122,7 @@ def delete_subject(subject_id: str, service: ServiceDep, caller: EnrolChange) ->
 def add_faces(
     subject_id: str,
     images: Annotated[list[UploadFile], File(description="one or more face images")],
-    service: ServiceDep,
+    enrolment: EnrolmentDep,
     settings: SettingsDep,
     caller: EnrolChange,
     face: Annotated[
@@ -148,17 +149,17 @@ def add_faces(
     (``inconsistent_face``; ``force`` skips that one). Several images in one request are
     taken most typical first. A result carries the gates' ``measures``."""
     uploads = [read_upload(f, settings.max_upload_bytes) for f in images]
-    enrolment = service.enrol(subject_id, uploads, face, caller, force)
+    done = enrolment.enrol(subject_id, uploads, face, caller, force)
     return EnrolOut(
-        subject_id=enrolment.subject_id,
-        results=[EnrolResult.model_validate(r.to_dict()) for r in enrolment.results],
-        enrolled=enrolment.enrolled,
+        subject_id=done.subject_id,
+        results=[EnrolResult.model_validate(r.to_dict()) for r in done.results],
+        enrolled=done.enrolled,
     )
 
 
 @router.delete("/{subject_id}/faces/{face_id}", status_code=204)
 def delete_face(
-    subject_id: str, face_id: str, service: ServiceDep, caller: EnrolChange
+    subject_id: str, face_id: str, enrolment: EnrolmentDep, caller: EnrolChange
 ) -> Response:
-    service.delete_face(subject_id, face_id, caller)
+    enrolment.delete_face(subject_id, face_id, caller)
     return Response(status_code=204)
