@@ -77,9 +77,11 @@ class ApiKeyRepository:
             raise ConflictError(f"API key {key_id} exists", code="duplicate_api_key") from None
 
     def get(self, key_id: str) -> ApiKeyInfo | None:
-        with Session(self.engine) as s:
-            row = s.get(ApiKeyRow, key_id)
-            return None if row is None else _info(row)
+        """The key ``key_id`` (every request's authentication: one plain query, without
+        the ORM's unit of work)."""
+        with self.engine.connect() as c:
+            row = c.execute(select(ApiKeyRow.__table__).where(ApiKeyRow.id == key_id)).first()
+            return None if row is None else _info(row)  # type: ignore[arg-type]
 
     def all(self) -> list[ApiKeyInfo]:
         """Every key, oldest first (revoked ones included)."""

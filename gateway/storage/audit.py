@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -48,16 +48,25 @@ class AuditRepository:
         with self._lock:
             for attempt in range(50):
                 try:
-                    with Session(self.engine) as s, s.begin():
-                        transaction_lock(s, "audit")  # PostgreSQL: replicas take turns
-                        last_row = s.scalars(
-                            select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)
-                        ).first()
-                        last = AuditEvent(**json.loads(last_row.body)) if last_row else None
+                    # plain statements, no ORM unit of work: every request appends
+                    with self.engine.begin() as c:
+                        transaction_lock(c, "audit")  # PostgreSQL: replicas take turns
+                        last_body = c.scalar(
+                            select(AuditRow.body).order_by(AuditRow.seq.desc()).limit(1)
+                        )
+                        last = AuditEvent(**json.loads(last_body)) if last_body else None
                         events = follow(last)
-                        for event in events:
-                            body = json.dumps(event.__dict__, sort_keys=True)
-                            s.add(AuditRow(seq=event.seq, body=body))
+                        if events:
+                            c.execute(
+                                insert(AuditRow),
+                                [
+                                    {
+                                        "seq": e.seq,
+                                        "body": json.dumps(e.__dict__, sort_keys=True),
+                                    }
+                                    for e in events
+                                ],
+                            )
                     return events
                 except SqlIntegrityError:
                     time.sleep(random.uniform(0, 0.002 * (attempt + 1)))

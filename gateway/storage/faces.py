@@ -247,7 +247,7 @@ class FaceRepository:
         if not subject_ids:
             return {}
         wanted = sorted(set(subject_ids))
-        with Session(self.engine) as s:
+        with self.engine.connect() as c:  # one plain query, no ORM unit of work
             query = (
                 select(
                     SubjectRow.id,
@@ -267,7 +267,7 @@ class FaceRepository:
                     FaceRow.state == "indexed",
                 )
             )
-            rows = s.execute(query).all()
+            rows = c.execute(query).all()
         keys: dict[str, bytes] = {}
         found: dict[str, tuple[str, list[np.ndarray]]] = {}
         for sid, name, space, group, key_id, blob, face_id, template, model in rows:

@@ -29,9 +29,10 @@ class IndexMarks:
         self.engine = engine
 
     def get(self, collection: str) -> int:
-        with Session(self.engine) as s:
+        """The collection's mark (every search reads it: one plain query)."""
+        with self.engine.connect() as c:
             return int(
-                s.scalar(select(IndexMarkRow.ts).where(IndexMarkRow.name == collection)) or 0
+                c.scalar(select(IndexMarkRow.ts).where(IndexMarkRow.name == collection)) or 0
             )
 
     def raise_to(self, collection: str, ts: int) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -40,11 +40,13 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def transaction_lock(session: Session, name: str) -> None:
-    """Serialise the rest of ``session``'s transaction with every other one that takes
-    ``name``, in any process (PostgreSQL). On SQLite, write before reading what must not
-    change: the first write takes the database's lock."""
-    if is_postgres(session.get_bind()):  # type: ignore[arg-type]
+def transaction_lock(session: Session | Connection, name: str) -> None:
+    """Serialise the rest of ``session``'s transaction (an ORM session's or a plain
+    connection's) with every other one that takes ``name``, in any process (PostgreSQL).
+    On SQLite, write before reading what must not change: the first write takes the
+    database's lock."""
+    bind = session.engine if isinstance(session, Connection) else session.get_bind()
+    if is_postgres(bind):  # type: ignore[arg-type]
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id(name)})
 
 
