@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from servers import free_port
+from devkit.servers import free_port
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:

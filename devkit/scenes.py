@@ -26,7 +26,7 @@ import numpy as np
 
 from facerec.imaging.decode import read_image
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"  # the bundled LFW faces
 
 # (person, photo used in the video, photos enrolled in the gallery); the last one is
 # never enrolled. The video's photo is never one of the enrolled ones.
@@ -114,7 +114,8 @@ def _soft_ellipse(side: int) -> np.ndarray:
     """float32[side, side] alpha: 1 inside an ellipse filling the sprite, feathered edge."""
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) + 0.5
     r = np.sqrt(((xx - side / 2) / (0.47 * side)) ** 2 + ((yy - side / 2) / (0.5 * side)) ** 2)
-    return np.clip((1.0 - r) / 0.08, 0.0, 1.0).astype(np.float32)
+    alpha: np.ndarray = np.clip((1.0 - r) / 0.08, 0.0, 1.0).astype(np.float32)
+    return alpha
 
 
 def render(
@@ -197,7 +198,7 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> Path:
     JPEG in ``.avi``."""
     fourcc = "MJPG" if path.suffix == ".avi" else "mp4v"
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, (width, height))
     if not writer.isOpened():
         raise RuntimeError(f"cannot write {path}")
     for frame in frames:
@@ -290,16 +291,16 @@ def evaluate(
                 used.add(hi)
         for gi, g in enumerate(gts):
             target = g.visible >= TARGET
-            hi = pairs.get(gi)
+            paired = pairs.get(gi)
             if not target:
                 continue  # a reported face here is neither hit nor false positive
             targets += 1
             gt_counts[g.person] = gt_counts.get(g.person, 0) + 1
-            if hi is None:
+            if paired is None:
                 fn += 1
                 missed.append(round(g.visible, 2))
                 continue
-            h = hyps[hi]
+            h = hyps[paired]
             matches += 1
             if g.person in last and last[g.person] != h.track_id:
                 idsw += 1
@@ -314,12 +315,12 @@ def evaluate(
                 named_wrong += 1
         for hi, h in enumerate(hyps):
             gi_of = {v: key for key, v in pairs.items()}
-            gi = gi_of.get(hi)
-            if gi is not None and gts[gi].visible < TARGET:
+            truth = gi_of.get(hi)
+            if truth is not None and gts[truth].visible < TARGET:
                 continue
             hyps_counted += 1
             hyp_counts[h.track_id] = hyp_counts.get(h.track_id, 0) + 1
-            if gi is None:
+            if truth is None:
                 fp += 1
     people = sorted(gt_counts)
     ids = sorted(hyp_counts)

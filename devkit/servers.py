@@ -496,7 +496,9 @@ def _env(data: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _facerec(data: Path, args: list[str], env: dict[str, str] | None, log: Path | None) -> Any:
+def _facerec(
+    data: Path, args: list[str], env: dict[str, str] | None, log: Path | None
+) -> subprocess.Popen[bytes]:
     facerec = Path(sys.executable).with_name("facerec")
     return subprocess.Popen(
         [str(facerec), *args],
@@ -529,14 +531,16 @@ def start_gateway(
     log: Path | None = None,
     port: int | None = None,
     args: tuple[str, ...] = (),
+    timeout: float = 90,
 ) -> Service:
     """``facerec serve`` in development mode on a free loopback port (or ``port``), once
-    ready; its output goes to ``log`` when given; ``args`` are more options of serve.
-    The key is ``FACEREC_ADMIN_KEY`` when ``env`` sets it, else the development one."""
+    ready (within ``timeout`` seconds); its output goes to ``log`` when given; ``args``
+    are more options of serve. The key is ``FACEREC_ADMIN_KEY`` when ``env`` sets it,
+    else the development one. The tests and the benchmarks (``perf/``) start it here."""
     port = port or free_port()
-    proc = _facerec(data, ["serve", "--port", str(port), *args], env, log)
+    proc = _facerec(data, ["serve", "--host", "127.0.0.1", "--port", str(port), *args], env, log)
     url = f"http://127.0.0.1:{port}"
-    wait_ready(url, proc)
+    wait_ready(url, proc, timeout)
     key = (env or {}).get("FACEREC_ADMIN_KEY") or (data / "admin.key").read_text().strip()
     return Service(url, key, proc)
 

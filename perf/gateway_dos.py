@@ -20,12 +20,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import shutil
 import socket
 import struct
-import subprocess
-import tempfile
 import time
 import zipfile
 from collections import Counter
@@ -41,8 +37,7 @@ from PIL import Image
 
 from perf import dos_round2 as round2
 from perf.common import figure, machine, write_json
-from perf.gateway_load import _facerec_command, _stop
-from perf.ports import free_port
+from perf.gateway_load import spawned_server
 from perf.proc import reset_peak
 from perf.proc import status as _status
 
@@ -63,37 +58,9 @@ class Server:
 
 @contextmanager
 def server(env: dict[str, str]) -> Iterator[Server]:
-    folder = Path(tempfile.mkdtemp(prefix="facerec-dos-"))
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
-    if "FACEREC_HOME" in os.environ:
-        base["FACEREC_HOME"] = os.environ["FACEREC_HOME"]
-    base.update(FACEREC_ENV="development", FACEREC_DATA_DIR=str(folder / "data"), **env)
-    log = (folder / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [*_facerec_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=folder,
-        env=base,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((folder / "server.log").read_text()[-3000:])
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        yield Server(url, (folder / "data" / "admin.key").read_text().strip(), proc.pid)
-    finally:
-        _stop(proc)
-        log.close()
-        shutil.rmtree(folder, ignore_errors=True)
+    """``facerec serve`` with ``env``'s settings, started as the tests start it."""
+    with spawned_server(120, env) as spawned:
+        yield Server(spawned.url, spawned.api_key, spawned.pid)
 
 
 # -- inputs -----------------------------------------------------------------------------

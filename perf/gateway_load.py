@@ -26,9 +26,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -41,8 +38,8 @@ from typing import Any
 
 import httpx
 
+from devkit.servers import start_gateway, stop_gateway
 from perf.common import figure, percentiles, record, write_json
-from perf.ports import free_port
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 ENDPOINTS = ("verify", "identify")
@@ -63,14 +60,6 @@ class Probe:
 # ---------------------------------------------------------------------------- the server
 
 
-def _facerec_command() -> list[str]:
-    script = Path(sys.executable).parent / "facerec"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("facerec")
-    return [found] if found else [sys.executable, "-m", "facerec.cli.main"]
-
-
 @dataclass
 class Spawned:
     """A running ``facerec serve``; ``log_problems`` is filled when it has stopped."""
@@ -82,49 +71,22 @@ class Spawned:
 
 
 @contextmanager
-def spawned_server(startup_timeout: float) -> Iterator[Spawned]:
-    """``facerec serve`` in development mode on a free port, in a throwaway folder."""
+def spawned_server(startup_timeout: float, env: dict[str, str] | None = None) -> Iterator[Spawned]:
+    """``facerec serve`` in development mode on a free port, in a throwaway folder
+    (:func:`devkit.servers.start_gateway`, as the tests start it); ``env``: more
+    settings."""
     folder = Path(tempfile.mkdtemp(prefix="facerec-load-"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
-    # Where the models are, and where they run (FACEREC_BACKEND=triton: a running Triton).
-    for name in ("FACEREC_HOME", "FACEREC_BACKEND", "FACEREC_TRITON_URL"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    env.update(
-        FACEREC_ENV="development",
-        FACEREC_DATA_DIR=str(folder / "data"),
-        FACEREC_INDEX_TYPE="FLAT",
-    )
     (folder / "data").mkdir()
-    log = (folder / "server.log").open("wb")
-    cmd = [*_facerec_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(  # cwd: no stray .env file is read
-        cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    server = Spawned(f"http://127.0.0.1:{port}", api_key="", pid=proc.pid)
+    service = None
     try:
-        key_file = folder / "data" / "admin.key"
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({proc.returncode}):\n{_log(folder)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not answer in {startup_timeout} s")
-            try:
-                if (
-                    httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200
-                    and key_file.exists()
-                ):
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        server.api_key = key_file.read_text().strip()
+        service = start_gateway(
+            folder / "data", env=env, log=folder / "server.log", timeout=startup_timeout
+        )
+        server = Spawned(service.url, service.key, pid=service.proc.pid)
         yield server
     finally:
-        _stop(proc)
-        log.close()
+        if service is not None:
+            stop_gateway(service)
         problems = [
             line.strip()
             for line in _log(folder).splitlines()
@@ -132,23 +94,9 @@ def spawned_server(startup_timeout: float) -> Iterator[Spawned]:
         ]
         if problems:
             print("the server logged:", *problems[:20], sep="\n  ")
-        server.log_problems[:] = problems[:50]
+        if service is not None:
+            server.log_problems[:] = problems[:50]
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully on SIGINT
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _log(folder: Path) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -108,8 +107,7 @@ def database(kind: str, folder: Path) -> Iterator[Database]:
         finally:
             db.engine.dispose()
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import servers  # the tests' PostgreSQL on loopback
+    from devkit import servers  # the tests' PostgreSQL on loopback
 
     with servers.postgres_server(folder / "pg") as url:
         db = Database(url, keyring)

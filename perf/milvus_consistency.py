@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -137,8 +136,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("perf/results/search_scaling"))
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from servers import milvus_standalone
+    from devkit.servers import milvus_standalone
 
     gallery = synthetic(np.random.default_rng(0), args.gallery // 4, 4)
     rows = []

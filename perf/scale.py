@@ -49,14 +49,11 @@ from typing import Any
 import httpx
 import numpy as np
 
+from devkit import servers
+from devkit.media import RtspServer
 from perf.common import figure, record, write_json
 from perf.gateway_load import gallery_people, load_run
 from perf.triton_perf import _ours, _proc_cpu
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from media_servers import RtspServer
-
-import servers
 
 JOB_LEASE_S = 10.0
 STREAM_LEASE_S = 5.0

@@ -371,8 +371,7 @@ def milvus_server(args: argparse.Namespace, folder: Path) -> Iterator[dict[str, 
     if args.uri:
         yield {"milvus_uri": args.uri, "milvus_token": os.environ.get("MILVUS_TOKEN")}
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from servers import milvus_standalone
+    from devkit.servers import milvus_standalone
 
     with milvus_standalone(folder / "milvus", tls=False) as server:
         yield {**server.settings(), "pid": server.proc.pid if server.proc else None}

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from devkit.servers import free_port
 from facerec.triton.client import TritonConnection
 from facerec.triton.repository import write_repository
 from facerec.triton.server import TritonServer
 from perf.common import record, write_json
-from perf.ports import free_port
 
 LAYOUTS = {"1 instance x all cores": (1, "0"), "2 instances x 1 thread": (2, "1")}
 LOADS = ((1, 1), (4, 1), (1, 8), (4, 8))  # (concurrent clients, crops per request)

@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from devkit.servers import free_port
 from perf.common import figure, machine, percentiles, record, write_json
-from perf.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 GALLERY = ROOT / "tests" / "data" / "gallery"

@@ -49,17 +49,13 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the scene and the RTSP server are test helpers
-
-import video_scenes as vs  # noqa: E402
-from media_servers import RtspServer  # noqa: E402
-
-from facerec.batching import MicroBatcher  # noqa: E402
-from facerec.detection.mtcnn import MTCNNConfig  # noqa: E402
-from facerec.enrolment import open_gallery  # noqa: E402
-from facerec.pipeline import FacePipeline, PipelineConfig  # noqa: E402
-from facerec.video import (  # noqa: E402
+from devkit import scenes as vs
+from devkit.media import RtspServer
+from facerec.batching import MicroBatcher
+from facerec.detection.mtcnn import MTCNNConfig
+from facerec.enrolment import open_gallery
+from facerec.pipeline import FacePipeline, PipelineConfig
+from facerec.video import (
     GalleryPolicy,
     MatchPolicy,
     SourceOptions,
@@ -68,9 +64,11 @@ from facerec.video import (  # noqa: E402
     VideoStream,
     open_source,
 )
-from perf.common import figure, load, machine, percentiles, record, write_json  # noqa: E402
-from perf.triton_perf import watch_load  # noqa: E402
-from perf.video_ws import part_ws, plot_ws, table_ws  # noqa: E402
+from perf.common import figure, load, machine, percentiles, record, write_json
+from perf.triton_perf import watch_load
+from perf.video_ws import part_ws, plot_ws, table_ws
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FPS = 25.0
 SIZES = {"640x480": (640, 480), "1280x720": (1280, 720)}
@@ -310,9 +308,9 @@ def soak_child(url: str, gallery: Path, seconds: float) -> None:
 
 @contextmanager
 def triton_url(folder: Path) -> Iterator[str | None]:
+    from devkit.servers import free_port
     from facerec.triton.repository import write_repository
     from facerec.triton.server import TritonServer, triton_home
-    from perf.ports import free_port
 
     if not (triton_home() / "bin" / "tritonserver").is_file():
         yield None

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
-import video_scenes as vs
-from media_servers import encode_jpeg
 from websockets.asyncio.client import ClientConnection, connect
 
+from devkit import scenes as vs
+from devkit.media import encode_jpeg
 from perf.common import percentiles
 from perf.gateway_load import Spawned, spawned_server
 from perf.triton_perf import _ours, _proc_cpu

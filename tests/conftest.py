@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import servers
+from devkit import servers
 from facerec.imaging.decode import read_image
 from facerec.imaging.pad import pad_edges
 from facerec.pipeline import FacePipeline, PipelineConfig

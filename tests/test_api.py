@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import video_scenes as vs
 from PIL import Image
 
 import facerec
 from conftest import DIFFERENT_PAIRS, GALLERY, SAME_PAIRS, lfw_path
+from devkit import scenes as vs
 from facerec import FaceRecognizer, Gallery, Identification
 from facerec.cli.main import build_parser
 from facerec.cli.pipeline_args import config_from_args

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.servers import Service, start_gateway, stop_gateway
 from facerec.triton.server import TritonServer
-from servers import Service, start_gateway, stop_gateway
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

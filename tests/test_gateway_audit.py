@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from conftest import GALLERY
+from devkit.servers import _env, start_gateway, stop_gateway
 from gateway.audit.chain import GENESIS, chain_event, verify_chain
 from gateway.bootstrap import open_audit, open_database
 from gateway.crypto.envelope import MasterKey
 from gateway.settings import Settings
-from servers import _env, start_gateway, stop_gateway
 
 KERRY = sorted(GALLERY.glob("John_Kerry_*.jpg"))
 MAKE_CRASH_STATE = """

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.servers import _env, start_gateway, stop_gateway
 from gateway.crypto.envelope import MasterKey
-from servers import _env, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ from sqlalchemy import text
 
 from apiclient import image_files, settings_for
 from conftest import GALLERY
+from devkit.servers import start_gateway, stop_gateway
 from gateway.bootstrap import open_database
 from gateway.crypto.envelope import MasterKey
-from servers import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.integration
 

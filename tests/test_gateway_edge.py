@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from conftest import GALLERY
-from servers import Service, start_gateway, stop_gateway
+from devkit.servers import Service, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from conftest import GALLERY
+from devkit.servers import start_gateway, stop_gateway
 from gateway.crypto.envelope import MasterKey
-from servers import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from servers import Service, start_gateway, stop_gateway  # noqa: E402
+from devkit.servers import Service, start_gateway, stop_gateway  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

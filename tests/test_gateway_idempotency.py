@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import text
 
 from conftest import GALLERY
+from devkit.servers import start_gateway, stop_gateway
 from gateway.bootstrap import open_database
 from gateway.settings import Settings
-from servers import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.integration
 KERRY = sorted(GALLERY.glob("John_Kerry_*.jpg"))

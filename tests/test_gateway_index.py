@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devkit.servers import MilvusTarget
 from facerec.errors import InvalidArgumentError
 from gateway.crypto.envelope import MasterKey
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.index.milvus import FaceIndex
-from servers import MilvusTarget
 
 pytest.importorskip("milvus_lite")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-import servers
+from devkit import servers
 from gateway.crypto.envelope import Keyring, MasterKey, seal_record
 from gateway.errors import NotFoundError
 from gateway.storage.jobs import (

@@ -20,10 +20,10 @@ from sqlalchemy import create_engine, text
 
 from apiclient import directory_bomb, zip_of
 from conftest import GALLERY
+from devkit.servers import Service, start_gateway, stop_gateway
 from facerec.imaging.decode import DECODE_BYTES_PER_PIXEL
 from gateway.bootstrap import open_audit, open_database
 from gateway.settings import Settings
-from servers import Service, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.integration
 IMAGES = sorted(GALLERY.glob("*.jpg"))

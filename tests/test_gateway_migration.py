@@ -28,6 +28,7 @@ from sqlalchemy import (
     select,
 )
 
+from devkit.servers import MilvusTarget
 from gateway.crypto.envelope import Keyring, MasterKey, new_data_key, seal_template
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.gallery import Gallery
@@ -37,7 +38,6 @@ from gateway.storage.database import Database
 from gateway.storage.migrate import migrate
 from gateway.storage.schema import ApiKeyRow, Base, FaceRow, SubjectRow
 from gateway.storage.secrets import SecretRepository
-from servers import MilvusTarget
 
 
 def earlier_schema() -> MetaData:

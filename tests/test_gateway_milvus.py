@@ -20,13 +20,13 @@ from fastapi.testclient import TestClient
 import gateway.index.milvus
 from apiclient import one_image, running, settings_for
 from conftest import GALLERY
+from devkit.servers import MilvusStandalone, MilvusTarget, milvus_installed, milvus_standalone
 from facerec.pipeline import FacePipeline
 from gateway.bootstrap import open_database, open_gallery
 from gateway.crypto.envelope import MasterKey
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.errors import IndexUnavailableError
 from gateway.index.milvus import FaceIndex, MilvusOptions
-from servers import MilvusStandalone, MilvusTarget, milvus_installed, milvus_standalone
 
 CHOI = sorted(GALLERY.glob("Choi_Sung-hong_*.jpg"))
 

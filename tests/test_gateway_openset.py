@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from conftest import GALLERY, LFW
+from devkit.servers import Service, start_gateway, stop_gateway
 from facerec.matching import IdentificationPolicy
 from facerec.models import load_model_card
 from facerec.pipeline import PipelineConfig
-from servers import Service, start_gateway, stop_gateway
 
 ENROL = 3  # photos per person (the gates refuse one of them: a profile)
 STRANGERS = sorted(LFW.glob("*.jpg"))  # 17 photos of 11 people, none enrolled

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from conftest import GALLERY
+from devkit.servers import start_gateway, stop_gateway
 from gateway.bootstrap import open_audit, open_database, open_gallery
 from gateway.settings import Settings
-from servers import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.integration
 IMAGES = sorted(GALLERY.glob("*.jpg"))

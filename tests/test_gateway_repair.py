@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from devkit.servers import MilvusTarget
 from gateway.crypto.envelope import Keyring, MasterKey
 from gateway.gallery import Gallery
 from gateway.index.manager import IndexManager
 from gateway.storage.database import Database
-from servers import MilvusTarget
 
 
 def unit(seed: int) -> np.ndarray:

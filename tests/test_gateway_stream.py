@@ -25,14 +25,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import video_scenes as vs
-from media_servers import MjpegServer, RedirectingServer, RtspServer, encode_jpeg
 from PIL import Image
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from facerec.pipeline import FacePipeline
-from servers import (
+from devkit import scenes as vs
+from devkit.media import MjpegServer, RedirectingServer, RtspServer, encode_jpeg
+from devkit.servers import (
     Service,
     free_port,
     self_signed_certificate,
@@ -40,6 +39,7 @@ from servers import (
     stop_gateway,
     wait_for,
 )
+from facerec.pipeline import FacePipeline
 
 pytestmark = pytest.mark.integration
 

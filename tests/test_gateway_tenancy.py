@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import GALLERY
-from servers import start_gateway, stop_gateway
+from devkit.servers import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.integration
 KERRY = sorted(GALLERY.glob("John_Kerry_*.jpg"))

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 
 from conftest import GALLERY, LFW
+from devkit.servers import free_port
 from facerec.imaging.decode import read_image
-from servers import free_port
 
 pytestmark = pytest.mark.integration
 

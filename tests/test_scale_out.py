@@ -30,16 +30,16 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from media_servers import RtspServer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-import servers
 from apiclient import image_files, zip_of
 from conftest import GALLERY, LFW
-from servers import LoadBalancer, Postgres, Service, wait_for
+from devkit import servers
+from devkit.media import RtspServer
+from devkit.servers import LoadBalancer, Postgres, Service, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

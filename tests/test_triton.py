@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import servers
 from conftest import GALLERY, lfw_image
+from devkit import servers
 from facerec.imaging.decode import read_image
 from facerec.pipeline import FacePipeline, ImageFaces
 from facerec.triton.client import TritonConnection

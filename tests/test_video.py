@@ -20,9 +20,10 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-import video_scenes as vs
-from media_servers import MjpegServer, RtspServer
 
+from devkit import scenes as vs
+from devkit.media import MjpegServer, RtspServer
+from devkit.servers import free_port
 from facerec.batching import MicroBatcher
 from facerec.enrolment import open_gallery
 from facerec.errors import FaceRecError
@@ -34,7 +35,6 @@ from facerec.video import (
     VideoConfig,
     open_source,
 )
-from servers import free_port
 
 FACEREC = [sys.executable, "-m", "facerec.cli.main"]
 FPS = 10.0
