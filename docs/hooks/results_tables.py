@@ -416,6 +416,120 @@ def scale_throughput(results: Path = RESULTS) -> str:
     return table(header, rows)
 
 
+TRITON_ROWS = (
+    ("face_pipeline", "triton-grpc", "`face_pipeline`, Triton gRPC"),
+    ("face_pipeline", "triton-http", "`face_pipeline`, Triton HTTP"),
+    ("face_pipeline", "in-process", "full pipeline in-process"),
+    ("embedder b8", "triton-grpc", "`embedder` 8 crops/request, Triton gRPC"),
+    ("embedder b8", "in-process", "`embedder` 8 crops/request, in-process"),
+)
+
+
+def triton_perf(results: Path = RESULTS) -> str:
+    """``triton/triton_perf.json``: images/s (or crops/s) and p99 latency by concurrency,
+    Triton under perf_analyzer against the in-process backend."""
+    r = load("triton/triton_perf.json", results)
+    levels = [str(c) for c in r["settings"]["concurrency"]]
+    rows = []
+    for case, backend, label in TRITON_ROWS:
+        runs = r["results"][case][backend]
+        rows.append(
+            [
+                label,
+                *(
+                    f"{runs[c]['throughput']:.0f}, {runs[c]['latency_ms']['p99']:.0f}"
+                    if runs[c]["throughput"] >= 100
+                    else f"{runs[c]['throughput']:.1f}, {runs[c]['latency_ms']['p99']:.0f}"
+                    for c in levels
+                ),
+            ]
+        )
+    header = [
+        "images/s or crops/s, p99 ms",
+        *(f"concurrency {c}" if c == levels[0] else c for c in levels),
+    ]
+    return table(header, rows)
+
+
+def finetune_serving(results: Path = RESULTS) -> str:
+    """``finetune_lfw.json`` (``by_precision``): the fine-tuned model on the serving path
+    against the published one, on the test fold and the fold that chose the epoch."""
+    r = load("finetune_lfw.json", results)
+    rows = []
+    for precision, v in r["by_precision"].items():
+        test, other = str(v["test_fold"]), [str(f) for f in v["folds"] if f != v["test_fold"]]
+        rows.append(
+            [
+                precision.upper(),
+                pct(v["published"]["fold_accuracies"][test], 2),
+                f"**{pct(v['fine_tuned']['fold_accuracies'][test], 2)}**",
+                pct(v["fine_tuned"]["fold_accuracies"][other[0]], 2),
+            ]
+        )
+    model = r["model"]
+    header = [
+        "precision",
+        "published `facenet128`, fold 0",
+        f"`{model}`, fold 0 (test)",
+        f"`{model}`, fold 1 (chose the epoch)",
+    ]
+    return table(header, rows)
+
+
+def finetune_folds(results: Path = RESULTS) -> str:
+    """``finetune_lfw.json`` (``training``): the ten-fold protocol in PyTorch FP32."""
+    t = load("finetune_lfw.json", results)["training"]
+    rows = [
+        [
+            str(f["test_fold"]),
+            str(f["validation_fold"]),
+            pct(f["starting_model"], 2),
+            pct(f["fine_tuned"], 2),
+            str(f["best_epoch"]),
+            f"{f['throughput']['images_per_second']:.0f}",
+        ]
+        for f in t["folds"]
+    ]
+    s = t["summary"]
+    published = [f["starting_model"] for f in t["folds"]]
+    tuned = [f["fine_tuned"] for f in t["folds"]]
+    rows += [
+        [
+            "**mean ± std**",
+            "",
+            f"**{100 * s['starting_model_mean']:.2f} ± {100 * s['starting_model_std']:.2f} %**",
+            f"**{100 * s['fine_tuned_mean']:.2f} ± {100 * s['fine_tuned_std']:.2f} %**",
+            "",
+            "",
+        ],
+        [
+            "min - max",
+            "",
+            f"{100 * min(published):.2f} - {pct(max(published), 2)}",
+            f"{100 * min(tuned):.2f} - {pct(max(tuned), 2)}",
+            "",
+            "",
+        ],
+        [
+            "TAR @ FAR 1e-3 (6,000 pairs pooled)",
+            "",
+            pct(s["tar_at_far_1e-3_pooled"]["starting_model"], 2),
+            pct(s["tar_at_far_1e-3_pooled"]["fine_tuned"], 2),
+            "",
+            "",
+        ],
+    ]
+    header = [
+        "test fold",
+        "validation fold",
+        "published weights",
+        "fine-tuned (CPU)",
+        "best epoch",
+        "train images/s",
+    ]
+    return table(header, rows)
+
+
 # Each table: the function that makes it and the files it comes from (named under it).
 TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "lfw": (lfw, ("lfw_variants.json",)),
@@ -427,6 +541,9 @@ TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "gpu": (gpu, ("gpu.json",)),
     "gateway_load": (gateway_load, ("gateway_load.json", "gateway_triton/gateway_load.json")),
     "video": (video, ("video.md",)),
+    "finetune_serving": (finetune_serving, ("finetune_lfw.json",)),
+    "finetune_folds": (finetune_folds, ("finetune_lfw.json",)),
+    "triton_perf": (triton_perf, ("triton/triton_perf.json",)),
     "scale_goals": (scale_goals, ("scale/scale.json",)),
     "scale_throughput": (scale_throughput, ("scale/scale.json",)),
     "dataset_lfw": (dataset_lfw, ("dataset-lfw/report.json", "dataset-lfw/check.json")),
