@@ -530,6 +530,309 @@ def finetune_folds(results: Path = RESULTS) -> str:
     return table(header, rows)
 
 
+def tenth(x: float) -> str:
+    """Rounded half up to one decimal (2.25 -> 2.3)."""
+    return f"{math.floor(10 * x + 0.5) / 10:.1f}"
+
+
+def ms(x: float) -> str:
+    """Milliseconds: one decimal below 100 (2.2, 10.4, 47.1), whole above (137, 1,123)."""
+    return tenth(x) if x < 100 else whole(x)
+
+
+TIMES, MINUS = "\u00d7", "\u2212"  # the signs the pages print (× and −)
+
+
+def signed_mb(x: float) -> str:
+    """A change in megabytes, rounded half up, with its sign (+92 MB, +0 MB, −20 MB)."""
+    n = math.floor(round(x, 1) + 0.5)
+    return f"+{n:,} MB" if n >= 0 else f"{MINUS}{-n:,} MB"
+
+
+def _three(x: float) -> str:
+    """Three significant digits, with thousands separators (19,373 -> 19,400)."""
+    return f"{round(x, 2 - math.floor(math.log10(x))):,.0f}"
+
+
+def _duration(seconds: float) -> str:
+    """Whole seconds below 10 minutes, whole minutes above (113 s, 27 min)."""
+    return f"{whole(seconds)} s" if seconds < 600 else f"{whole(seconds / 60)} min"
+
+
+def _gallery(size: int) -> str:
+    return f"{size // 1_000_000}M" if size >= 1_000_000 else f"{size // 1000}k"
+
+
+def _recall(x: float) -> str:
+    return "1" if x == 1 else f"{x:.3f}"
+
+
+def _latency(d: Json, keys: tuple[str, ...] = ("p50", "p95", "p99")) -> str:
+    return " / ".join(ms(d[k]) for k in keys)
+
+
+def _default_ef(row: Json) -> int:
+    """The ef the row's single-probe latency and its second pass were measured at: the
+    benchmark's default then (``default_ef``; earlier runs: the sweep entry it copied)."""
+    if "default_ef" in row:
+        return int(row["default_ef"])
+    return int(next(s["ef"] for s in row["sweep"] if s["latency_ms"] == row["latency_ms"]))
+
+
+def _one(values: list[Any], what: str) -> Any:
+    """The value every row of a table shares (a header names it once)."""
+    if any(v != values[0] for v in values):
+        raise ValueError(f"the rows differ in {what}: {values}")
+    return values[0]
+
+
+def _efs(rows: list[Json]) -> list[int]:
+    return list(_one([[s["ef"] for s in r["sweep"]] for r in rows], "the ef swept"))
+
+
+def _recalls(row: Json) -> str:
+    """recall@1 per ef, the second pass in brackets where it differed from the first."""
+    default, cells = _default_ef(row), []
+    for s in row["sweep"]:
+        cell = _recall(s["recall_at_1"])
+        again = row.get("repeat_recall_at_1")
+        if s["ef"] == default and again is not None and again != s["recall_at_1"]:
+            cell += f" ({again:.3f})"
+        cells.append(cell)
+    return " / ".join(cells)
+
+
+def _loads(row: Json) -> str:
+    """The load average before the insert, and its range over the ef sweep."""
+    low, high = (tenth(f(s["load"] for s in row["sweep"])) for f in (min, max))
+    return f"{tenth(row['load_before'])} / {low if low == high else f'{low}-{high}'}"
+
+
+SEARCH_LOADED = "search_scaling/search_scaling_server_hnsw.json"
+SEARCH_TENANCY = "search_scaling/after_tenancy/search_scaling_server_hnsw.json"
+SEARCH_SETTLED = "search_scaling/after_fix/search_scaling_server_hnsw.json"
+SEARCH_LITE = "search_scaling/search_scaling_lite_hnsw.json"
+RECALL_NOTE = "in brackets, a second pass at {ef} where it differed"
+
+
+def _at_default(rows: list[Json]) -> tuple[str, Callable[[Json], str]]:
+    """How a table names the ef of its single-probe latency: in the header when every row
+    shares it (``ef 64``), else in each cell (rows of runs with different defaults)."""
+    efs = {_default_ef(r) for r in rows}
+    if len(efs) == 1:
+        return f"ef {efs.pop()}", lambda r: ""
+    return "the default ef", lambda r: f"ef {_default_ef(r)}: "
+
+
+def _search_server(name: str, results: Path) -> str:
+    """One row per gallery size of a ``perf.search_scaling`` run on the Milvus server:
+    insert, index build, single-probe latency (first and second pass), recall@1 by ef,
+    batched probes, the identify path, ``facerec reindex`` and the load average."""
+    rows: list[Json] = load(name, results)["rows"]
+    ef, at = _at_default(rows)
+    efs = " / ".join(map(str, _efs(rows)))
+    reindex = any("reindex_seconds" in r for r in rows)
+    out = []
+    for r in rows:
+        cells = [
+            _gallery(r["gallery"]),
+            f"{_three(r['insert_per_second'])}/s",
+            _duration(r["index_build_seconds"]),
+            f"{at(r)}{_latency(r['latency_ms'])} ms ({_latency(r['repeat_latency_ms'])})",
+            _recalls(r),
+            f"{whole(r['batch_queries_per_second'])}/s",
+            f"{_latency(r['identify_path_ms'], ('p50', 'p95'))} ms",
+        ]
+        if reindex:
+            cells.append(_duration(r["reindex_seconds"]) if "reindex_seconds" in r else "")
+        out.append([*cells, _loads(r)])
+    header = [
+        "gallery",
+        "insert",
+        "index build",
+        f"single probe p50 / p95 / p99 at {ef} (second pass)",
+        f"recall@1, ef {efs} ({RECALL_NOTE.format(ef=ef)})",
+        "batch of 100 probes",
+        "identify path p50 / p95 (index + SQL)",
+        *(["`facerec reindex`"] if reindex else []),
+        "load avg. at insert / during the ef sweep",
+    ]
+    return table(header, out)
+
+
+def search_scaling(results: Path = RESULTS) -> str:
+    """``search_scaling/search_scaling_server_hnsw.json``: 1:N search on the Milvus server
+    at 10k, 100k and 1M protected vectors, under load."""
+    return _search_server(SEARCH_LOADED, results)
+
+
+def search_tenancy(results: Path = RESULTS) -> str:
+    """``search_scaling/after_tenancy/``: the same after the tenancy merge (filtered
+    searches), at 10k and 100k."""
+    return _search_server(SEARCH_TENANCY, results)
+
+
+def search_settled(results: Path = RESULTS) -> str:
+    """``search_scaling/after_fix/``: after the identify-path fix, 1M with the server
+    settled: latency and server CPU per probe at the default ef and above."""
+    rows: list[Json] = load(SEARCH_SETTLED, results)["rows"]
+    ef, _ = _at_default(rows)
+    efs = [e for e in _efs(rows) if e >= min(_default_ef(r) for r in rows)]
+    out = []
+    for r in rows:
+        sweep = {s["ef"]: s for s in r["sweep"]}
+        settle = r.get("settle_seconds")
+        if "settle_seconds" not in r:
+            state = "not settled"
+        else:
+            state = "settled" if settle is not None else "did not settle"
+        build = _duration(r["index_build_seconds"])
+        out.append(
+            [
+                f"{_gallery(r['gallery'])} ({state})",
+                f"{_three(r['insert_per_second'])}/s",
+                f"{build} (+ {_duration(settle)})" if settle is not None else build,
+                *(f"{_latency(sweep[e]['latency_ms'])} ms" for e in efs),
+                _recalls(r),
+                " / ".join(tenth(sweep[e]["server_cpu_ms_per_probe"]) for e in efs) + " ms",
+                f"{whole(r['batch_queries_per_second'])}/s",
+                f"{_latency(r['identify_path_ms'])} ms",
+                _loads(r),
+            ]
+        )
+    header = [
+        "gallery",
+        "insert",
+        "index build (+ settling)",
+        f"single probe p50 / p95 / p99, ef {efs[0]}",
+        *(f"ef {e}" for e in efs[1:]),
+        f"recall@1, ef {' / '.join(map(str, _efs(rows)))} ({RECALL_NOTE.format(ef=ef)})",
+        f"server CPU per probe, ef {' / '.join(map(str, efs))}",
+        "batch of 100",
+        "identify path p50 / p95 / p99",
+        "load avg. at insert / during the ef sweep",
+    ]
+    return table(header, out)
+
+
+def search_lite(results: Path = RESULTS) -> str:
+    """``search_scaling/search_scaling_lite_hnsw.json``: 1:N search on Milvus Lite."""
+    rows: list[Json] = load(SEARCH_LITE, results)["rows"]
+    ef, at = _at_default(rows)
+    out = [
+        [
+            _gallery(r["gallery"]),
+            f"{at(r)}{_latency(r['latency_ms'], ('p50', 'p95'))} ms "
+            f"({_latency(r['repeat_latency_ms'], ('p50', 'p95'))})",
+            f"{_latency(r['identify_path_ms'], ('p50', 'p95'))} ms",
+            _recalls(r),
+            _loads(r),
+        ]
+        for r in rows
+    ]
+    header = [
+        "gallery",
+        f"single probe p50 / p95 at {ef}: first pass (second pass)",
+        "identify path p50 / p95",
+        f"recall@1 ({RECALL_NOTE.format(ef=ef)})",
+        "load avg. at insert / during the first pass",
+    ]
+    return table(header, out)
+
+
+def _times(text: str) -> str:
+    """6000x6000 -> 6000×6000, 8 x 19 MB -> 8 × 19 MB."""
+    return re.sub(r"(\d)( ?)x( ?)(\d)", rf"\1\2{TIMES}\3\4", text)
+
+
+STATUS_CODE = re.compile(r"\b([45]\d\d) ([a-z]+(?:_[a-z]+)*)\b")
+EVENTS = {"opened", "sent", "answered", "answered and closed", "cut by the server", "refused"}
+
+
+def _answer(what: str, count: int) -> str:
+    """One of the answers a benchmark counted, as the table shows it: ``503 busy`` x2 ->
+    503 `busy` ×2, ``opened`` 48 -> 48 opened."""
+    what = _times(what)
+    if sent := re.fullmatch(r"MB sent before the close: (\d+)", what):
+        return f"after {sent[1]} MB sent"
+    if what in EVENTS:
+        return f"{count:,} {what}"
+    if what == "closed -":
+        what = "closed, no close code read"
+    what = STATUS_CODE.sub(r"\1 `\2`", what)
+    return what if count == 1 else f"{what} {TIMES}{count:,}"
+
+
+def _answers(counted: dict[str, int]) -> str:
+    return "; ".join(_answer(what, count) for what, count in counted.items())
+
+
+def gateway_dos(results: Path = RESULTS) -> str:
+    """``gateway_dos.json`` (``runs``): the service's memory under each hostile input
+    beside normal load, with its default settings, then the large images again without
+    ``malloc_trim`` and with ``MALLOC_ARENA_MAX=2``."""
+    runs = load("gateway_dos.json", results)["runs"]
+    rows = []
+    for k, run in enumerate(runs):
+        for r in run["rows"]:
+            label = _times(r["scenario"])
+            rows.append(
+                [
+                    label if k == 0 else f"{label}: **{run['variant']}**",
+                    _answers(r["answers"]),
+                    signed_mb(r["peak_above_mb"]),
+                    signed_mb(r["rss_after_mb"] - r["rss_before_mb"]),
+                ]
+            )
+    header = ["scenario", "answers", "peak RSS above before", "RSS 3 s after, above before"]
+    return table(header, rows)
+
+
+def _p50(phase: Json) -> str:
+    """A legitimate client's p50 in one phase (none when nothing was served)."""
+    return f"{whole(phase['p50_ms'])} ms" if phase["p50_ms"] is not None else "none served"
+
+
+def _served(phase: Json) -> str:
+    return f"{phase['served']}/{phase['requests']}, {_p50(phase)}"
+
+
+def gateway_dos_replayed(results: Path = RESULTS) -> str:
+    """``gateway_dos.json`` (``round2``): each attack of the second hostile pass on the
+    service while a legitimate client works: what the attacker got, the memory, and the
+    legitimate client's answers and p50 before and during."""
+    rows = load("gateway_dos.json", results)["round2"]
+    after = _one(
+        [next(k for k in r if re.fullmatch(r"rss_\d+s_after_above_mb", k)) for r in rows],
+        "when RSS was read after",
+    )
+    out = []
+    for r in rows:
+        tag, what = r["scenario"].split(" ", 1)
+        rest, ws = r["legit_rest"], r.get("legit_ws")
+        out.append(
+            [
+                f"{tag}: {_times(what)}, {whole(r['attack_s'])} s",
+                _answers(r["attacker_answers"]),
+                signed_mb(r["peak_above_mb"]),
+                signed_mb(r[after]),
+                _p50(rest["before"]),
+                _served(rest["during"]),
+                _served(ws["during"]) if ws else "",
+            ]
+        )
+    header = [
+        "attack, its length",
+        "the attacker got",
+        "peak RSS",
+        f"{after.split('_')[1].removesuffix('s')} s after",
+        "legitimate REST before: p50",
+        "during: served, p50",
+        "legitimate WebSocket during: served, p50",
+    ]
+    return table(header, out)
+
+
 # Each table: the function that makes it and the files it comes from (named under it).
 TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "lfw": (lfw, ("lfw_variants.json",)),
@@ -547,6 +850,12 @@ TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "scale_goals": (scale_goals, ("scale/scale.json",)),
     "scale_throughput": (scale_throughput, ("scale/scale.json",)),
     "dataset_lfw": (dataset_lfw, ("dataset-lfw/report.json", "dataset-lfw/check.json")),
+    "search_scaling": (search_scaling, (SEARCH_LOADED,)),
+    "search_tenancy": (search_tenancy, (SEARCH_TENANCY,)),
+    "search_settled": (search_settled, (SEARCH_SETTLED,)),
+    "search_lite": (search_lite, (SEARCH_LITE,)),
+    "gateway_dos": (gateway_dos, ("gateway_dos.json",)),
+    "gateway_dos_replayed": (gateway_dos_replayed, ("gateway_dos.json",)),
 }
 NOTES = {"video": " (`python -m perf.video` writes it from `video.json` in the same run)"}
 
