@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -484,6 +484,14 @@ class Service:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": self.key}, timeout=60)
+
+
+def storage_env(settings: Mapping[str, Any]) -> dict[str, str]:
+    """The variables that give a gateway process these settings (``FACEREC_<NAME>``, the
+    values as strings): a storage configuration of the tests (``database_url``,
+    ``milvus_uri``, ...) or :meth:`MilvusStandalone.settings`, as ``start_gateway``'s
+    ``env``."""
+    return {f"FACEREC_{name.upper()}": str(value) for name, value in settings.items()}
 
 
 def _env(data: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

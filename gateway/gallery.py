@@ -27,8 +27,8 @@ enrolments with its deletion:
   vectors left are orphans, which the repair removes, and no search returns them
   meanwhile (hits are kept only for subjects that exist).
 
-``tests/test_gateway_race.py`` runs 32 enrolments against a delete on the real service
-and checks SQL and the index afterwards.
+``tests/gateway/service/test_gateway_race.py`` runs 32 enrolments against a delete on the
+real service and checks SQL and the index afterwards.
 - **Repair** (:meth:`Gallery.reconcile`, at start-up before serving): ``pending`` faces
   belong to enrolments that never answered and are rolled back; indexed faces missing from
   the index are restored from their templates; vectors with no record are removed. With

@@ -9,8 +9,8 @@ process with :func:`facerec.imaging.decode.decode_image` and reads that process'
 resident memory above where it stood before the call (``VmHWM`` after resetting it
 through ``/proc/self/clear_refs``). The figure per pixel is what the pixel budget must
 count for that layout; the one the code counts stands beside it. Writes
-``decode_memory.json``; asserts nothing (``tests/test_decode.py`` checks that the counted
-figure is never below the measured one).
+``decode_memory.json``; asserts nothing (``tests/core/test_decode.py`` checks that the
+counted figure is never below the measured one).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python -m perf.scale --out perf/results/scale
 
-starts what the tests start (tests/servers.py): PostgreSQL and a Milvus 2.3 standalone
+starts what the tests start (devkit/servers.py): PostgreSQL and a Milvus 2.3 standalone
 server on loopback, up to three API replicas (``facerec serve --no-workers``) and two
 workers (``facerec worker``), and HAProxy with the deployment's own configuration
 (deploy/haproxy.cfg). Then, by part (``--parts``):
@@ -25,7 +25,7 @@ workers (``facerec worker``), and HAProxy with the deployment's own configuratio
 
 Writes ``scale.json`` (the parts not run keep what an earlier run wrote there) and
 ``scale.png`` into ``--out``, and prints the goals beside the measured values.
-Benchmarks measure; the tests (tests/test_scale_out.py) assert.
+Benchmarks measure; the tests (tests/gateway/scale/test_scale_out.py) assert.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Deployment:
         self.tmp, self.stack, self.pg = tmp, stack, pg
         self.env = {
             "FACEREC_DATABASE_URL": pg.url,
-            **{f"FACEREC_{k.upper()}": str(v) for k, v in milvus.settings().items()},
+            **servers.storage_env(milvus.settings()),
             "FACEREC_MASTER_KEY": secrets.token_hex(32),
             "FACEREC_ADMIN_KEY": f"frk_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}",
             "FACEREC_TRUSTED_PROXIES": "127.0.0.1",

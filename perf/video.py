@@ -5,7 +5,7 @@ throughput of one and many streams, CPU per stream, memory over a soak, local vs
 
 What runs (each part can be picked with ``--parts``):
 
-- ``single``: the synthetic scene (4 people, crossing, a pillar; ``tests/video_scenes.py``)
+- ``single``: the synthetic scene (4 people, crossing, a pillar; ``devkit/scenes.py``)
   rendered at 640x480 and 1280x720, 25 frames/s, as an MPEG-4 file, read as fast as
   possible (no frame dropped) by ``facerec.video`` exactly as ``facerec watch`` does, with
   detection on every frame and every 3rd frame: processed frames/s, frame-to-result

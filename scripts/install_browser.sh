@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install what the browser test (tests/test_gateway_web.py) needs: Debian's Chromium and the
-# Playwright Python package. Idempotent. Playwright's own browser download is not used; the
-# test points Playwright at /usr/bin/chromium.
+# Install what the browser test (tests/gateway/api/test_gateway_web.py) needs: Debian's
+# Chromium and the Playwright Python package. Idempotent. Playwright's own browser download
+# is not used; the test points Playwright at /usr/bin/chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -16,7 +16,7 @@ subject and G - 1 random others if none of the ``m`` others above its own score 
 - The threshold for a target FPIR at size G: the lowest t with FPIR(t, G) <= target.
 
 This is FRVT's FPIR/FNIR (FNIR = 1 - DIR) averaged over galleries instead of measured on
-one, so no draw can be lucky or unlucky. ``tests/test_openset_metrics.py`` checks it
+one, so no draw can be lucky or unlucky. ``tests/core/test_openset_metrics.py`` checks it
 against explicit random galleries.
 """
 

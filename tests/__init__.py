@@ -1,0 +1,1 @@
+"""The test suite, laid out like the code (see each folder's __init__)."""

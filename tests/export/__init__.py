@@ -1,0 +1,2 @@
+"""Model conversions and exports (export/, training's converters), `facerec models` and the
+Triton repository."""

@@ -1,0 +1,1 @@
+"""The audit log: what it records, its chain and head, grouped appends."""

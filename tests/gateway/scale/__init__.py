@@ -1,0 +1,1 @@
+"""Scaling out: the durable job queue across engines, replicas and workers behind HAProxy."""

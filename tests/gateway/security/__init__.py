@@ -1,0 +1,2 @@
+"""API keys, the bootstrap admin key, settings, template protection and what reaches the
+disk."""

@@ -1,0 +1,1 @@
+"""The real service process: crashes, races, restarts and the admin commands."""

@@ -1,0 +1,1 @@
+"""Video in the gateway: WebSocket streams, server-side streams, the relay."""

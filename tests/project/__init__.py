@@ -1,0 +1,2 @@
+"""The project around the code: documentation, deployment files, examples, dependency
+boundaries."""

@@ -1,0 +1,1 @@
+"""Fine-tuning (training/): data, losses, runs, the GPU script, exporting a checkpoint."""

@@ -1,0 +1,1 @@
+"""The real tritonserver and the pipeline on it."""

@@ -1,0 +1,1 @@
+"""Real-time video: the analyzer, sources, tracking and the identity vote."""
