@@ -5,6 +5,7 @@ keeps the two commands, and its headline figures are those of ``perf/results/``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -110,3 +111,49 @@ def test_doctests_become_code_blocks() -> None:
     assert fence(text) == (
         "Prose.\n\n```pycon\n>>> 1 + 1\n2\n```\n\nMore.\n\n```python\n>>> kept\n```"
     )
+
+
+def _search_row(gallery: int, default_ef: int | None, repeat_recall: float) -> dict[str, object]:
+    """One ``perf.search_scaling`` row, as the benchmark writes it (``default_ef`` only since
+    it records it; before, the sweep entry whose latency it copied says which ef it was)."""
+    latency = {"p50": 2.0, "p95": 4.0, "p99": 9.0, "mean": 2.5}
+    sweep = [
+        {"ef": ef, "latency_ms": latency if ef == (default_ef or 64) else {**latency, "p50": 3.0}}
+        | {"recall_at_1": 0.9 if ef == 64 else 1.0, "server_cpu_ms_per_probe": 2.0, "load": 1.0}
+        for ef in (64, 128)
+    ]
+    row: dict[str, object] = {
+        "gallery": gallery,
+        "load_before": 1.0,
+        "insert_per_second": 12345.0,
+        "index_build_seconds": 8.0,
+        "sweep": sweep,
+        "latency_ms": latency,
+        "repeat_latency_ms": latency,
+        "repeat_recall_at_1": repeat_recall,
+        "batch_queries_per_second": 1000.0,
+        "identify_path_ms": latency,
+    }
+    if default_ef is not None:
+        row["default_ef"] = default_ef
+    return row
+
+
+def test_search_tables_name_the_ef_and_the_second_pass(tmp_path: Path) -> None:
+    """The generated search tables say at which ef each latency was measured (in the header
+    when the rows share it, in the cells when a later run changed the default), and show a
+    second pass's recall only where it differed from the first."""
+    tables = load_hook("results_tables")
+    out = tmp_path / "search_scaling"
+    out.mkdir()
+    shared = [_search_row(10_000, None, 0.9), _search_row(100_000, 64, 0.95)]
+    (out / "search_scaling_server_hnsw.json").write_text(json.dumps({"rows": shared}))
+    text = tables.search_scaling(tmp_path)
+    assert "at ef 64 (second pass)" in text
+    assert "0.9 / 1" not in text  # recalls print with three decimals
+    assert "0.900 / 1" in text and "0.900 (0.950) / 1" in text
+    mixed = [_search_row(10_000, None, 0.9), _search_row(100_000, 128, 1.0)]
+    (out / "search_scaling_server_hnsw.json").write_text(json.dumps({"rows": mixed}))
+    text = tables.search_scaling(tmp_path)
+    assert "at the default ef" in text
+    assert "ef 64: 2.0 / 4.0 / 9.0 ms" in text and "ef 128: 2.0 / 4.0 / 9.0 ms" in text
