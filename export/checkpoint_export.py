@@ -51,6 +51,7 @@ from facerec.models import (
     load_model_card,
     model_path,
     models_dir,
+    packaged_models,
 )
 from facerec.pipeline import PipelineConfig
 from training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -163,9 +164,9 @@ def export_checkpoint(
     pad: int = 50,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` as model ``name``; return its card."""
-    check_model_name(name)
-    if name == BASE_MODEL:
-        raise ExportError(f"{BASE_MODEL} is the published model's name", code="model_exists")
+    check_model_name(name, allow_fused=False)
+    if name == BASE_MODEL or name in packaged_models():
+        raise ExportError(f"{name} is a packaged model's name", code="model_exists")
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt.get("meta", {})
     out_dir = models_dir(home)

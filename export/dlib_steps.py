@@ -13,7 +13,10 @@ manifest is missing or stale):
    >= 0.99999) and, where dlib (``dlib-bin``, the export extra) is importable, against dlib's
    own descriptors of dlib's own chips (cosine >= 0.9999);
 5. INT8 (static QDQ as for FaceNet, calibrated on those chips and their mirrors) and its
-   agreement with FP32.
+   agreement with FP32;
+6. the serving graphs ``dlib128-{fp32,int8}-serving.onnx`` (uint8 chips in, unit
+   descriptors out: the card's ``rgb_float`` preprocessing inside), each checked against
+   its raw graph on those chips (:func:`export.steps.serving_graphs`).
 
 The chips: dlib's (its shape predictor on the project's MTCNN boxes, ``get_face_chip``) when
 dlib is here, and the project's own from the MTCNN landmarks (:mod:`export.dlib_align`).
@@ -30,9 +33,10 @@ import torch
 
 from export.dlib_align import dlib_chips, mtcnn_chip, primary_faces
 from export.quantize import quantize_embedder
+from export.steps import serving_graphs
 from facerec.detection.types import Detections
 from facerec.embedding import l2_normalise
-from facerec.models import embedder_file
+from facerec.models import embedder_file, load_model_card
 from facerec.runtime import create_session
 from training.dlib_dat import EMBEDDING_SIZE, INPUT_SIZE, read_dlib_resnet
 from training.dlib_resnet import DlibConversionReport, DlibResNet, convert_dlib_resnet
@@ -46,6 +50,7 @@ PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 TORCH_COSINE_MIN = 0.99999
 DLIB_COSINE_MIN = 0.9999
 INT8_COSINE_MIN = 0.99
+PRECISIONS = ("fp32", "int8")
 
 
 class DlibParityError(RuntimeError):
@@ -204,7 +209,9 @@ def build(
     theirs, ours = chips_for(images, detections, weights)
     parity = check_parity(model, out_dir, theirs, ours, weights[NETWORK_FILE])
     both = ours if theirs is None else np.concatenate([theirs, ours])
-    int8 = quantise(out_dir, np.concatenate([both, both[:, :, ::-1]]))
+    calibration = np.concatenate([both, both[:, :, ::-1]])
+    int8 = quantise(out_dir, calibration)
+    serving = serving_graphs(out_dir, calibration, load_model_card(DLIB_MODEL), PRECISIONS)
     return {
         "conversion": {
             "arrays_used": report.arrays_used,
@@ -215,4 +222,5 @@ def build(
         },
         "parity": parity,
         "int8": int8,
+        "serving": serving,
     }

@@ -13,7 +13,7 @@ Steps (each skipped when its outputs are recorded in the manifest and unchanged)
    against the in-process embedder of the same precision;
 8. the second embedder, dlib's face-recognition ResNet (``dlib128``): fetch
    ``face_recognition_models`` (CC0 weights), read the ``.dat``, export ONNX FP32 and INT8,
-   check parity against PyTorch and dlib (:mod:`export.dlib_steps`).
+   check parity against PyTorch and dlib, write its serving graphs (:mod:`export.dlib_steps`).
 
 The manifest ``$FACEREC_HOME/models/manifest.json`` records the inputs' and outputs'
 hashes; a second run with nothing changed does no work. The FaceNet/MTCNN part and the
@@ -46,9 +46,11 @@ log = logging.getLogger(__name__)
 
 FACES_DIR = Path(__file__).parent / "faces"
 MANIFEST_VERSION = 7  # bump whenever the exported graphs or the recorded checks change
-DLIB_MANIFEST_VERSION = 1  # the same for the ``dlib128`` section
+DLIB_MANIFEST_VERSION = 2  # the same for the ``dlib128`` section
 DLIB_SECTION = "dlib128"
 DLIB_OUTPUTS = tuple(embedder_file(DLIB_SECTION, p) for p in ("fp32", "int8"))
+DLIB_SERVING_OUTPUTS = tuple(embedder_file(DLIB_SECTION, p, True) for p in ("fp32", "int8"))
+"""Recorded apart (``serving_outputs``) from the exported graphs (``outputs``)."""
 
 
 def _weights_fingerprint() -> dict[str, str]:
@@ -91,11 +93,12 @@ def _dlib_up_to_date(manifest: dict[str, Any] | None, out_dir: Path) -> bool:
     if part.get("weights") != _dlib_fingerprint():
         return False
     outputs: dict[str, str] = part.get("outputs", {})
-    if set(outputs) != set(DLIB_OUTPUTS):
+    serving: dict[str, str] = part.get("serving_outputs", {})
+    if set(outputs) != set(DLIB_OUTPUTS) or set(serving) != set(DLIB_SERVING_OUTPUTS):
         return False
     return all(
         (out_dir / name).is_file() and sha256_of(out_dir / name) == sha
-        for name, sha in outputs.items()
+        for name, sha in {**outputs, **serving}.items()
     )
 
 
@@ -123,6 +126,7 @@ def _build_dlib(home: Path, out_dir: Path, force: bool) -> dict[str, Any]:
         },
     }
     section["outputs"] = {name: sha256_of(out_dir / name) for name in DLIB_OUTPUTS}
+    section["serving_outputs"] = {name: sha256_of(out_dir / name) for name in DLIB_SERVING_OUTPUTS}
     return section
 
 

@@ -227,17 +227,24 @@ def half_precision(
 SERVING_COSINE_MIN = {"fp32": EMBEDDING_COSINE_MIN, "fp16": EMBEDDING_COSINE_MIN, "int8": 0.999}
 
 
-def serving_graphs(out_dir: Path, crops: np.ndarray, card: ModelCard) -> dict[str, Any]:
-    """The serving embedders (uint8 crops in, unit embeddings out) of every precision, each
-    checked against its raw graph with the preprocessing in numpy."""
+def serving_graphs(
+    out_dir: Path,
+    crops: np.ndarray,
+    card: ModelCard,
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
+) -> dict[str, Any]:
+    """The serving embedders (uint8 crops in, unit embeddings out) of ``precisions``, each
+    with the card's preprocessing inside and checked against its raw graph with the
+    preprocessing in numpy."""
     figures: dict[str, Any] = {}
-    for precision in ("fp32", "fp16", "int8"):
+    for precision in precisions:
         raw = out_dir / embedder_file(card.name, precision)
         served = wrap_embedder(
             raw,
             out_dir / embedder_file(card.name, precision, serving=True),
             card.input_size,
             card.embedding_size,
+            card.preprocessing,
         )
         ours = OnnxEmbedder(served, card).embed(crops)
         cosine = (ours * OnnxEmbedder(raw, card).embed(crops)).sum(axis=1)

@@ -1,4 +1,5 @@
-"""FaceNet embeddings on ONNX Runtime: standardise, run in batches, L2-normalise."""
+"""Face embeddings on ONNX Runtime: preprocess as the model card says, run in batches,
+L2-normalise."""
 
 from __future__ import annotations
 
@@ -40,7 +41,18 @@ def per_image_standardization(crops: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-PREPROCESSORS = {"per_image_standardization": per_image_standardization}
+def rgb_float(crops: np.ndarray) -> np.ndarray:
+    """uint8[N, S, S, 3] -> float32[N, 3, S, S]: the RGB values 0..255 as they are (for a
+    network that normalises inside its graph, such as dlib's ResNet)."""
+    return np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+PREPROCESSORS = {
+    "per_image_standardization": per_image_standardization,
+    "rgb_float": rgb_float,
+}
+"""A model card's ``preprocessing`` name -> what turns uint8 NHWC crops into its raw graph's
+float32 NCHW input (the serving graphs do the same inside, :mod:`export.serving_graph`)."""
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -50,7 +62,7 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 class OnnxEmbedder:
-    """In-process FaceNet embedder; runs at most ``max_batch`` crops per call.
+    """In-process embedder of one model; runs at most ``max_batch`` crops per call.
 
     ``model`` is either a serving graph (uint8 crops in, unit embeddings out: what the
     pipeline and Triton run, so both compute the same thing) or a raw exported graph
@@ -102,7 +114,11 @@ def embed_in_batches(
 
 def embed_with_flip(embedder: FaceEmbedder, crops: np.ndarray, flip: bool) -> np.ndarray:
     """Embeddings of ``crops``; with ``flip``, the mirror's unit vector is added and the sum
-    renormalised (test-time augmentation)."""
+    renormalised (test-time augmentation). An embedder of several parts (a fused model's,
+    :class:`facerec.fusion.FusedEmbedder`) mirrors each part's crop itself."""
+    own = getattr(embedder, "embed_flipped", None)
+    if own is not None:
+        return np.asarray(own(crops, flip))
     if not flip or len(crops) == 0:
         return embedder.embed(crops)
     both = embedder.embed(np.concatenate([crops, crops[:, :, ::-1]]))

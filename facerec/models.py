@@ -6,6 +6,10 @@ on LFW. The published model's card ships with the package (``facerec/model_cards
 model exported from a fine-tuning checkpoint (``facerec models --from-checkpoint CKPT
 --name NAME``) has its graphs ``NAME-{fp32,fp16,int8}[-serving].onnx`` beside the others
 and its card in ``$FACEREC_HOME/models/cards/NAME.json``. Models are selected by name.
+
+A fused model ``A+B`` (``facenet128+dlib128``) has a packaged card but no graphs of its own:
+it runs both parts' graphs, each on its own aligned crop, and concatenates their unit
+embeddings with the weights of its card's ``fusion`` section (:mod:`facerec.fusion`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -43,6 +47,8 @@ BASE_MODEL = "facenet128"
 """The published model: the default everywhere a model is selected by name."""
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 """What a model name may be (it becomes part of file names)."""
+FUSED = "+"
+"""Joins the names of a fused model's parts: ``facenet128+dlib128``."""
 
 
 def facerec_home() -> Path:
@@ -59,13 +65,20 @@ def models_dir(home: Path | None = None) -> Path:
     return (home or facerec_home()) / "models"
 
 
-def check_model_name(name: str) -> str:
+def check_model_name(name: str, allow_fused: bool = True) -> str:
     """``name`` if it is a valid model name (lower-case letters, digits, ``_.-``; at most
-    64 characters), else :class:`InvalidArgumentError` (code ``invalid_model_name``)."""
+    64 characters) or, with ``allow_fused``, a fused model's ``A+B`` of two different
+    valid names; else :class:`InvalidArgumentError` (code ``invalid_model_name``)."""
+    parts = name.split(FUSED)
+    if allow_fused and len(parts) == 2 and parts[0] != parts[1]:
+        for part in parts:
+            check_model_name(part, allow_fused=False)
+        return name
     if not MODEL_NAME.match(name) or name.startswith("mtcnn"):
+        fused = " or two different such names joined by '+'" if allow_fused else ""
         raise InvalidArgumentError(
             f"invalid model name {name!r}: use 1-64 lower-case letters, digits, '_', '.', '-' "
-            "(starting with a letter or digit; 'mtcnn*' is reserved)",
+            f"(starting with a letter or digit; 'mtcnn*' is reserved){fused}",
             code="invalid_model_name",
         )
     return name
@@ -84,6 +97,11 @@ def embedder_file(name: str, precision: str, serving: bool = False) -> str:
 def model_path(key: str, home: Path | None = None) -> Path:
     """Path of a generated ONNX file (``key`` as in :data:`ONNX_FILES`, or a fine-tuned
     model's :func:`embedder_key`); raises :class:`ModelNotFoundError` if absent."""
+    if FUSED in key:
+        raise InvalidArgumentError(
+            f"{key!r}: a fused model has no graphs of its own; it runs its parts' graphs",
+            code="fused_model_has_no_graphs",
+        )
     if key not in ONNX_FILES and not MODEL_NAME.match(key):
         raise InvalidArgumentError(f"invalid model file key {key!r}")
     path = models_dir(home) / ONNX_FILES.get(key, f"{key}.onnx")
@@ -156,6 +174,21 @@ class ModelCard:
     raw: dict[str, Any]
     weights_sha256: str = ""
     graphs: str = ""  # a calibrated copy: the model whose graphs (and weights) it uses
+    parts: tuple[ModelCard, ...] = ()  # a fused model's parts' cards
+    part_weights: tuple[float, ...] = ()  # a fused model's a, b (they sum to 1)
+
+    @property
+    def fused(self) -> bool:
+        """Whether this is a fused model (its embedding is its parts', concatenated)."""
+        return bool(self.parts)
+
+    @property
+    def crop_shape(self) -> tuple[int, int]:
+        """(height, width) of the crops the model embeds: ``input_size`` square, or for a
+        fused model its parts' crops side by side (:func:`facerec.fusion.pack_crops`)."""
+        if not self.parts:
+            return self.input_size, self.input_size
+        return max(p.input_size for p in self.parts), sum(p.input_size for p in self.parts)
 
     @property
     def graphs_name(self) -> str:
@@ -169,7 +202,9 @@ class ModelCard:
         model's weights (the published weight file for the published model; the canonical
         tensor bytes of the checkpoint for a fine-tuned one). Two templates are comparable
         only when their models' identities are equal; a calibrated copy has its base's,
-        since its graphs compute the same embeddings."""
+        since its graphs compute the same embeddings. A fused model's ``sha`` hashes its
+        parts' identities and weights (:func:`facerec.fusion.fused_sha256`), so its
+        templates never mix with either part's, nor with another weighting's."""
         return f"{self.graphs_name}:{self.weights_sha256[:16]}"
 
     def calibration(self, alignment: str, flip: bool, precision: str) -> Calibration:
@@ -237,21 +272,41 @@ def model_card_path(name: str, home: Path | None = None) -> Path:
 
 
 def load_model_card(name: str = BASE_MODEL, home: Path | None = None) -> ModelCard:
-    """The card of model ``name`` (re-read when its file changes)."""
+    """The card of model ``name`` (re-read when its file changes); a fused model's card
+    comes with its parts' cards and weights."""
     path = model_card_path(name, home)
-    return _read_card(str(path), path.stat().st_mtime_ns)
+    card = _read_card(str(path), path.stat().st_mtime_ns)
+    fusion = card.raw.get("fusion")
+    if not fusion:
+        return card
+    from facerec.fusion import FusionSpec, fused_sha256
+
+    spec = FusionSpec.from_dict(fusion)
+    parts = tuple(load_model_card(p, home) for p in spec.parts)
+    if any(p.fused for p in parts):
+        raise InvalidArgumentError(f"model card {name}: a fused model's parts are single models")
+    weights = spec.part_weights()
+    return replace(
+        card,
+        input_size=max(p.input_size for p in parts),
+        embedding_size=sum(p.embedding_size for p in parts),
+        parts=parts,
+        part_weights=weights,
+        weights_sha256=fused_sha256(parts, weights),
+    )
 
 
 @cache
 def _read_card(path: str, mtime_ns: int) -> ModelCard:
     raw = json.loads(Path(path).read_text("utf-8"))
+    alignment = raw.get("alignment", {})
     return ModelCard(
         name=raw["name"],
-        input_size=int(raw["input_size"]),
-        embedding_size=int(raw["embedding_size"]),
-        preprocessing=raw["preprocessing"],
-        template=tuple((float(x), float(y)) for x, y in raw["alignment"]["template"]),
-        box_margin=int(raw["alignment"]["box_margin"]),
+        input_size=int(raw.get("input_size", 0)),
+        embedding_size=int(raw.get("embedding_size", 0)),
+        preprocessing=raw.get("preprocessing", ""),
+        template=tuple((float(x), float(y)) for x, y in alignment.get("template", ())),
+        box_margin=int(alignment.get("box_margin", 0)),
         calibrations=tuple(Calibration.from_dict(c) for c in raw["calibrations"]),
         raw=raw,
         weights_sha256=str(raw.get("weights_sha256", "")),
@@ -259,9 +314,27 @@ def _read_card(path: str, mtime_ns: int) -> ModelCard:
     )
 
 
+def packaged_models() -> list[str]:
+    """Names of the models whose cards ship with the package."""
+    folder = resources.files("facerec.model_cards")
+    return sorted(
+        entry.name[: -len(".json")]
+        for entry in folder.iterdir()
+        if entry.name.endswith(".json") and _valid(entry.name[: -len(".json")])
+    )
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_model_name(name)
+    except InvalidArgumentError:
+        return False
+    return True
+
+
 def list_models(home: Path | None = None) -> list[str]:
-    """Names of the packaged model and of every exported one with a card."""
-    names = {BASE_MODEL}
+    """Names of the packaged models and of every exported one with a card."""
+    names = {BASE_MODEL, *packaged_models()}
     folder = cards_dir(home)
     if folder.is_dir():
         names.update(p.stem for p in folder.glob("*.json") if MODEL_NAME.match(p.stem))
@@ -294,14 +367,28 @@ def update_calibration(
     return path
 
 
+def update_fusion(name: str, **values: Any) -> Path:
+    """Merge ``values`` (``weight``, ``score_normalisation``, ``weight_source`` ...) into
+    fused model ``name``'s ``fusion`` section (``facerec bench lfw-openset --choose-weight
+    --update-card``). Its embeddings change with its weights, and so does its identity."""
+    path = model_card_path(name)
+    raw = json.loads(path.read_text("utf-8"))
+    if "fusion" not in raw:
+        raise InvalidArgumentError(f"model {name} is not a fused model", code="not_fused")
+    raw["fusion"].update(values)
+    path.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    return path
+
+
 def write_calibrated_card(
     base: ModelCard, name: str, entry: Mapping[str, Any], source: str, home: Path | None = None
 ) -> Path:
     """Write ``cards_dir()/NAME.json``: a copy of ``base``'s card that uses its graphs and
     holds one calibration, ``entry`` (one variant's thresholds, measured on ``source``).
     A packaged model's name, or an exported model's (one with its own graphs), is refused
-    (code ``model_name_taken``); a calibrated copy of the same name is replaced."""
-    check_model_name(name)
+    (code ``model_name_taken``); a calibrated copy of the same name is replaced. The copy's
+    name is a single model's (no ``+``), even for a copy of a fused model."""
+    check_model_name(name, allow_fused=False)
     packaged = Path(str(resources.files("facerec.model_cards").joinpath(f"{name}.json")))
     path = cards_dir(home) / f"{name}.json"
     taken = packaged.is_file() or name == base.graphs_name

@@ -19,12 +19,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from facerec.alignment import AlignMethod, align_faces
+from facerec.alignment import AlignMethod
 from facerec.detection.bounded import detect_bounded
 from facerec.detection.mtcnn import MTCNNConfig, MTCNNDetector
 from facerec.detection.types import Detections, FaceDetector
 from facerec.embedding import FaceEmbedder, OnnxEmbedder, embed_with_flip
 from facerec.errors import InvalidArgumentError
+from facerec.fusion import FusedEmbedder, align_card
 from facerec.models import (
     BASE_MODEL,
     PRECISIONS,
@@ -160,12 +161,25 @@ class FacePipeline:
             cfg.detector,
             threads,
         )
-        embedder = OnnxEmbedder(
-            model_path(embedder_key(card.graphs_name, cfg.precision), home),
-            card,
-            threads,
-            cfg.max_batch,
-        )
+        embedder: FaceEmbedder
+        if card.fused:  # each part's own graph of the precision, weighted (facerec.fusion)
+            parts = [
+                OnnxEmbedder(
+                    model_path(embedder_key(p.graphs_name, cfg.precision), home),
+                    p,
+                    threads,
+                    cfg.max_batch,
+                )
+                for p in card.parts
+            ]
+            embedder = FusedEmbedder(parts, card.part_weights)
+        else:
+            embedder = OnnxEmbedder(
+                model_path(embedder_key(card.graphs_name, cfg.precision), home),
+                card,
+                threads,
+                cfg.max_batch,
+            )
         return cls(detector, embedder, card, cfg)
 
     @classmethod
@@ -177,11 +191,19 @@ class FacePipeline:
         config); the precision, and so the calibrated thresholds, follow its embedder. The
         server's embedder must be the model ``config.model`` names (its config's ``model``
         parameter, written by ``facerec triton repo --model``), else
-        :class:`InvalidArgumentError` (code ``model_mismatch``)."""
-        from facerec.triton.client import TritonConnection, TritonDetector, TritonEmbedder
-
+        :class:`InvalidArgumentError` (code ``model_mismatch``). A fused model is not
+        served by Triton yet: :class:`InvalidArgumentError` (code
+        ``fused_model_unsupported``)."""
         cfg = config or PipelineConfig()
         card = load_model_card(cfg.model)
+        if card.fused:
+            raise InvalidArgumentError(
+                f"the fused model {cfg.model!r} runs on the local backend only for now "
+                "(FACEREC_BACKEND=local); the Triton repository serves one embedder",
+                code="fused_model_unsupported",
+            )
+        from facerec.triton.client import TritonConnection, TritonDetector, TritonEmbedder
+
         connection = TritonConnection(url, protocol)
         embedder = TritonEmbedder(connection, card)
         if embedder.model_name != cfg.model:
@@ -222,7 +244,11 @@ class FacePipeline:
     def in_process(self) -> bool:
         """Whether detector and embedder both run here on ONNX Runtime (the embedded
         default), so that worker processes can each open their own copy."""
-        return isinstance(self.detector, MTCNNDetector) and isinstance(self.embedder, OnnxEmbedder)
+        embedder = self.embedder
+        embedders = embedder.parts if isinstance(embedder, FusedEmbedder) else [embedder]
+        return isinstance(self.detector, MTCNNDetector) and all(
+            isinstance(e, OnnxEmbedder) for e in embedders
+        )
 
     def ready(self) -> bool:
         """Whether the networks can run now: always in-process; for a remote backend,
@@ -242,16 +268,10 @@ class FacePipeline:
             return detect_bounded(self.detector, images, self.config.max_detect_side)
 
     def align(self, image: np.ndarray, detections: Detections) -> np.ndarray:
-        """uint8[K, S, S, 3] crops of every face in ``detections``."""
+        """uint8[K, S, S, 3] crops of every face in ``detections`` (a fused model's: its
+        parts' crops side by side, uint8[K, *card.crop_shape, 3], see :mod:`facerec.fusion`)."""
         with self.timer.stage("align"):
-            return align_faces(
-                image,
-                detections,
-                self.config.alignment,
-                self.card.template,
-                self.card.box_margin,
-                self.card.input_size,
-            )
+            return align_card(image, detections, self.config.alignment, self.card)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """float32[K, D] unit embeddings of aligned crops (flip-averaged if configured)."""

@@ -24,9 +24,13 @@ def sharpness(crop: np.ndarray) -> float:
     ``crop``: RGB uint8[S, S, 3] as made by the pipeline's alignment (the face region is
     fixed by the template). A sharp face scores in the hundreds; motion or focus blur,
     or a small face scaled up to S, scores low. Depends on S: compare crops of one size.
+    A fused model's crop (its parts' crops side by side, wider than tall:
+    :func:`facerec.fusion.pack_crops`) is measured on its leftmost square, the first part's.
     """
     if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
         raise ValueError(f"crop must be uint8[S, S, 3], got {crop.dtype}{list(crop.shape)}")
+    if crop.shape[1] > crop.shape[0]:
+        crop = crop[:, : crop.shape[0]]
     h, w = crop.shape[:2]
     region = crop[
         int(h * _FACE_Y[0]) : int(h * _FACE_Y[1]), int(w * _FACE_X[0]) : int(w * _FACE_X[1])

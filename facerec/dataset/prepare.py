@@ -34,6 +34,7 @@ from facerec.dataset.layout import DatasetError, Layout, scan_source
 from facerec.errors import FaceRecError
 from facerec.imaging.decode import read_image
 from facerec.imaging.pad import pad_edges
+from facerec.models import ModelCard
 from facerec.pipeline import FacePipeline, PipelineConfig
 from facerec.runtime import default_threads
 from facerec.selection import primary_face
@@ -137,6 +138,16 @@ def _pool(config: PipelineConfig, processes: int, home: Path | None) -> ProcessP
     )
 
 
+def _single(card: ModelCard) -> None:
+    """Refuse a fused model: its crops are its parts' side by side, no training set."""
+    if card.fused:
+        raise DatasetError(
+            f"{card.name} is a fused model; prepare the crops of one of its parts "
+            f"({', '.join(p.name for p in card.parts)})",
+            code="invalid_argument",
+        )
+
+
 def aligned_crops(
     paths: Sequence[Path],
     config: PipelineConfig,
@@ -149,6 +160,7 @@ def aligned_crops(
     """The primary face's crop uint8[S, S, 3] of each file, made in worker processes as
     :func:`prepare_dataset` makes them, or the :class:`CropOutcome` saying why not."""
     card = FacePipeline.local(replace(config, workers=1, threads=1), home).card
+    _single(card)
     s = card.input_size
     chunks = [list(paths[i : i + chunk]) for i in range(0, len(paths), chunk)]
     n = max(1, min(processes or default_threads(), len(chunks)))
@@ -189,6 +201,7 @@ def prepare_dataset(
         raise DatasetError(f"{dst} exists and is not an empty folder", code="output_exists")
     start = time.perf_counter()
     card = FacePipeline.local(replace(config, workers=1, threads=1), home).card
+    _single(card)
     names: dict[str, int] = {}
     skipped: list[dict[str, str]] = [
         {"path": path, "code": reason.split(":")[0], "message": reason}

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from facerec.alignment import crop_box
 from facerec.batch import ProcessBatchRunner
 from facerec.errors import InvalidArgumentError
 from facerec.evaluation.measure import machine
@@ -30,6 +29,7 @@ from facerec.evaluation.metrics import (
 )
 from facerec.evaluation.pairs import read_pairs
 from facerec.evaluation.plots import figure
+from facerec.fusion import whole_image_crop
 from facerec.imaging.decode import read_image
 from facerec.pipeline import Face, FacePipeline
 
@@ -98,11 +98,7 @@ def embed_images(
                 faces[i] = face
                 continue
             no_face.append(keys[i])
-            img = read_image(paths[i])
-            h, w = img.shape[:2]
-            size = pipeline.card.input_size
-            box = np.array([0, 0, w, h], np.float32)
-            out[i] = pipeline.embed(crop_box(img, box, 0, size)[None])[0]
+            out[i] = pipeline.embed(whole_image_crop(read_image(paths[i]), pipeline.card))[0]
         wall = time.perf_counter() - start
         seconds = dict(runner.seconds)
     bar.close()

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from facerec.detection.types import Detections
 from facerec.errors import InvalidArgumentError
 from facerec.evaluation.lfw import embed_images, find_image
+from facerec.fusion import fuse_embeddings, split_embeddings
 from facerec.imaging.decode import read_image
 from facerec.imaging.pad import pad_edges
 from facerec.pipeline import FacePipeline
@@ -69,7 +70,7 @@ def lfw_keys(data_dir: Path) -> list[str]:
 
 def _settings(pipeline: FacePipeline, pad: int, n: int) -> dict[str, object]:
     cfg = pipeline.config
-    return {
+    settings: dict[str, object] = {
         "version": CACHE_VERSION,
         "model": pipeline.card.name,
         "alignment": cfg.alignment,
@@ -79,6 +80,27 @@ def _settings(pipeline: FacePipeline, pad: int, n: int) -> dict[str, object]:
         "pad": pad,
         "images": n,
     }
+    if pipeline.card.fused:  # the parts' weights: another weighting reweights the cache
+        settings["parts"] = [p.identity for p in pipeline.card.parts]
+        settings["part_weights"] = [round(w, 9) for w in pipeline.card.part_weights]
+    return settings
+
+
+def _reweighted(
+    pipeline: FacePipeline, cached: dict[str, object], settings: dict[str, object], x: np.ndarray
+) -> np.ndarray | None:
+    """A fused model's cached embeddings with the card's weights, when the cache differs
+    from ``settings`` only by the parts' weights (None otherwise): each part's unit
+    embedding is recovered and weighted anew (:mod:`facerec.fusion`), no image embedded."""
+    if not pipeline.card.fused or "part_weights" not in cached:
+        return None
+    if {k: v for k, v in cached.items() if k != "part_weights"} != {
+        k: v for k, v in settings.items() if k != "part_weights"
+    }:
+        return None
+    sizes = [p.embedding_size for p in pipeline.card.parts]
+    old = [float(w) for w in cached["part_weights"]]  # type: ignore[attr-defined]
+    return fuse_embeddings(split_embeddings(x, sizes, old), pipeline.card.part_weights)
 
 
 def load_or_embed(
@@ -94,12 +116,18 @@ def load_or_embed(
     settings = json.loads(json.dumps(_settings(pipeline, pad, len(keys))))  # tuples -> lists
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
-            if json.loads(str(z["settings"])) == settings:
-                log.info("LFW embeddings from cache %s", cache)
-                return LfwFaces(
-                    keys=[str(k) for k in z["keys"]],
-                    **{f: z[f] for f in _ARRAYS},
-                )
+            cached = json.loads(str(z["settings"]))
+            arrays = {f: z[f] for f in _ARRAYS}
+            keys_cached = [str(k) for k in z["keys"]]
+        if cached == settings:
+            log.info("LFW embeddings from cache %s", cache)
+            return LfwFaces(keys=keys_cached, **arrays)
+        reweighted = _reweighted(pipeline, cached, settings, arrays["embeddings"])
+        if reweighted is not None:
+            log.info("LFW embeddings from cache %s, reweighted", cache)
+            faces = LfwFaces(keys=keys_cached, **{**arrays, "embeddings": reweighted})
+            _write(cache, settings, faces)
+            return faces
         log.info("cache %s was made with other settings: embedding again", cache)
     run = embed_images(pipeline, data_dir, keys, pad, progress=progress)
     if run.decode_errors:
@@ -126,14 +154,18 @@ def load_or_embed(
             faces.scores[i], faces.found[i] = face.score, True
     faces.detected[:] = run.detected
     _measure_crops(pipeline, data_dir, faces, pad, progress)
+    _write(cache, settings, faces)
+    return faces
+
+
+def _write(cache: Path, settings: dict[str, object], faces: LfwFaces) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         cache,
         settings=json.dumps(settings),
-        keys=np.asarray(keys),
+        keys=np.asarray(faces.keys),
         **{f: getattr(faces, f) for f in _ARRAYS},
     )
-    return faces
 
 
 _ARRAYS = (

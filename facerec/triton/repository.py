@@ -86,6 +86,12 @@ def write_repository(
     serving embedding model ``model``; returns the Triton model names."""
     src = source_dir(target)
     card = load_model_card(model, home)
+    if card.fused:
+        raise InvalidArgumentError(
+            f"the fused model {model!r} has no Triton repository yet (its parts' embedders "
+            "would be two branches of the ensemble); serve it with the local backend",
+            code="fused_model_unsupported",
+        )
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for config in sorted(src.glob("*/config.pbtxt")):
