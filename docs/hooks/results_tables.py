@@ -833,6 +833,69 @@ def gateway_dos_replayed(results: Path = RESULTS) -> str:
     return table(header, out)
 
 
+FUSED = "facenet128+dlib128"
+FUSION_OPENSET = tuple(f"openset/{m}/openset.json" for m in ("facenet128", "dlib128", FUSED))
+FUSION_LFW = (
+    "lfw_variants.json",
+    "lfw/dlib128/similarity_flip_int8/lfw.json",
+    f"lfw/{FUSED}/similarity_flip_int8/lfw.json",
+    f"openset/{FUSED}/fusion.json",
+)
+
+
+def _calibrated(report: Json, fpir: str) -> tuple[float, float]:
+    """DIR and measured FPIR at the thresholds calibrated on the other half."""
+    point = report["calibrated"][fpir]
+    return point["dir"], point["measured_fpir"]
+
+
+def fusion(results: Path = RESULTS) -> str:
+    """``openset/{facenet128,dlib128,facenet128+dlib128}/openset.json``, the fused model's
+    ``fusion.json`` and the LFW ten-fold results: DIR at FPIR (G = 1,000 and all
+    identities of a half, up to 3 images, centroid scoring, INT8, thresholds from the other
+    half) and LFW accuracy, per model; for the fused model both the benchmark's figure and
+    the one with the weight, too, chosen on the other half."""
+    lfw_fn = load("lfw_variants.json", results)["similarity+flip, int8 (default)"]
+    lfw_of = {
+        "facenet128": lfw_fn,
+        "dlib128": load(FUSION_LFW[1], results),
+        FUSED: load(FUSION_LFW[2], results),
+    }
+    out = []
+    for model in ("facenet128", "dlib128", FUSED):
+        res = load(f"openset/{model}/openset.json", results)["results"]["centroid"]["3"]
+        accuracy = lfw_of[model]
+        cells = [pct(res[g]["calibrated"][f]["dir"]) for g, f in _FUSION_POINTS]
+        label = f"`{model}`"
+        if model == FUSED:
+            card = load(FUSION_LFW[3], results)["card"]
+            label += f" (the card's w = {card['weight']:g}), both halves pooled"
+        out.append([label, *cells, f"{pct(accuracy['accuracy_mean'], 2)}"])
+    honest = load(FUSION_LFW[3], results)
+    for d in honest["directions"]:
+        report = d["report"]
+        cells = []
+        for g, f in _FUSION_POINTS:
+            dir_, fpir = _calibrated(report[g], f)
+            cells.append(f"{pct(dir_)} (FPIR {100 * fpir:.2g} %)")
+        label = (
+            f"`{FUSED}`, w = {d['weight']:g} chosen on half {d['calibration_half']}, "
+            f"reported on half {d['evaluation_half']}"
+        )
+        out.append([label, *cells, ""])
+    header = [
+        "model",
+        "DIR at FPIR 1e-2, G = 1,000",
+        "DIR at FPIR 1e-3, G = 1,000",
+        "DIR at FPIR 1e-3, all identities",
+        "LFW ten-fold (INT8, flip)",
+    ]
+    return table(header, out)
+
+
+_FUSION_POINTS = (("1000", "0.01"), ("1000", "0.001"), ("all", "0.001"))
+
+
 # Each table: the function that makes it and the files it comes from (named under it).
 TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "lfw": (lfw, ("lfw_variants.json",)),
@@ -856,6 +919,7 @@ TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "search_lite": (search_lite, (SEARCH_LITE,)),
     "gateway_dos": (gateway_dos, ("gateway_dos.json",)),
     "gateway_dos_replayed": (gateway_dos_replayed, ("gateway_dos.json",)),
+    "fusion": (fusion, (*FUSION_OPENSET, *FUSION_LFW)),
 }
 NOTES = {"video": " (`python -m perf.video` writes it from `video.json` in the same run)"}
 
