@@ -7,6 +7,7 @@ found; start-up (model loading, first call) is excluded.
 
     python -m perf.speed --lfw ../shared/datasets/lfw --out perf/results
 
+(``--models facenet128+dlib128`` times another model the default's way too, beside it)
 writes ``speed.json`` and ``speed.png`` and prints the ratios. These machines' speed
 drifts by tens of per cent over minutes, so every configuration (the reference included)
 runs once per round, the rounds interleaved, and the totals are compared.
@@ -248,6 +249,14 @@ def main() -> None:
     parser.add_argument(
         "--sets", nargs="+", choices=("lfw", "vga", "hd"), default=["lfw", "vga", "hd"]
     )
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="other models to time the same way as the default (e.g. facenet128+dlib128): "
+        "their worker processes and threads runs, next to the default model's",
+    )
     args = parser.parse_args()
 
     threads = default_threads()
@@ -268,6 +277,8 @@ def main() -> None:
         "similarity, no flip, int8": PipelineConfig(flip=False),
         "similarity+flip, fp32": PipelineConfig(precision="fp32"),
     }
+    for model in args.models:
+        configs[f"{model}, threads"] = PipelineConfig(model=model)
     pipelines = {name: FacePipeline.local(cfg) for name, cfg in configs.items()}
     end_to_end: dict[str, Any] = {}
     for set_name, (paths, pad) in inputs.items():
@@ -279,6 +290,10 @@ def main() -> None:
             timings["default, worker processes"] += time_processes(
                 PipelineConfig(), paths, pad, chunk
             )
+            for model in args.models:
+                timings[f"{model}, worker processes"] += time_processes(
+                    PipelineConfig(model=model), paths, pad, chunk
+                )
             for name, pipe in pipelines.items():
                 timings[f"{name}, batch {args.batch}"] += time_pipeline(
                     pipe, payloads, pad, args.batch

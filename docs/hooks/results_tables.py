@@ -896,6 +896,51 @@ def fusion(results: Path = RESULTS) -> str:
 _FUSION_POINTS = (("1000", "0.01"), ("1000", "0.001"), ("all", "0.001"))
 
 
+FUSION_SPEED = "fusion_speed/speed.json"
+
+
+def fusion_speed(results: Path = RESULTS) -> str:
+    """``fusion_speed/speed.json`` (``python -m perf.speed --sets lfw --models
+    facenet128+dlib128``): images/s end to end of the fused model against FaceNet alone and
+    the PyTorch-eager reference, on the worker-process path (``facerec embed``) and in
+    threads."""
+    runs = load(FUSION_SPEED, results)["end_to_end"]["lfw_250x250"]
+    batch = next(k for k in runs if k.startswith("default, threads, batch ") and k[-2:] != " 1")
+    pairs = {
+        "worker processes (`facerec embed`)": (
+            "default, worker processes",
+            f"{FUSED}, worker processes",
+        ),
+        f"threads, {batch.rsplit(', ', 1)[1]}": (
+            batch,
+            f"{FUSED}, threads, {batch.split(', ')[-1]}",
+        ),
+    }
+    out = []
+    for path, (alone, fused) in pairs.items():
+        a, f = runs[alone], runs[fused]
+        out.append(
+            [
+                path,
+                f"{rate(a['images_per_second'])}/s",
+                f"{rate(f['images_per_second'])}/s",
+                f"{f['images_per_second'] / a['images_per_second']:.2f}x",
+                f"{f['speedup_vs_reference']:.1f}x",
+                f"{tenth(a['stage_ms_per_image']['embed'])} / "
+                f"{tenth(f['stage_ms_per_image']['embed'])} ms",
+            ]
+        )
+    header = [
+        "path (LFW 250x250 images)",
+        "`facenet128`",
+        f"`{FUSED}`",
+        "fused / FaceNet alone",
+        "fused / eager reference",
+        "embed thread-ms per image, alone / fused",
+    ]
+    return table(header, out)
+
+
 # Each table: the function that makes it and the files it comes from (named under it).
 TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "lfw": (lfw, ("lfw_variants.json",)),
@@ -920,6 +965,7 @@ TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "gateway_dos": (gateway_dos, ("gateway_dos.json",)),
     "gateway_dos_replayed": (gateway_dos_replayed, ("gateway_dos.json",)),
     "fusion": (fusion, (*FUSION_OPENSET, *FUSION_LFW)),
+    "fusion_speed": (fusion_speed, (FUSION_SPEED,)),
 }
 NOTES = {"video": " (`python -m perf.video` writes it from `video.json` in the same run)"}
 
