@@ -104,13 +104,12 @@ def latency(
     seconds: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
     for path in paths:
         start = time.perf_counter()
-        image = read_image(path)
-        decoded = time.perf_counter()
         before = dict(pipeline.timer.seconds)
+        with pipeline.timer.stage("decode"):
+            image = read_image(path)
         found = pipeline.analyze([image], primary_only=True)[0]
-        for stage in ("detect", "align", "embed"):
+        for stage in ("decode", "detect", "align", "embed"):
             seconds[stage].append(pipeline.timer.seconds.get(stage, 0.0) - before.get(stage, 0.0))
-        seconds["decode"].append(decoded - start)
         if found.faces and found.faces[0].embedding is not None and policy and point:
             t = time.perf_counter()
             candidates = gallery.search(found.faces[0].embedding[None], 5)[0]
@@ -139,8 +138,17 @@ def run_dataset(
     """Measure ``root``; write the plots to ``out``; return the report (and the faces
     and pairs measured, for ``--update-card``). ``fpir``: the operating point's target,
     as ``facerec identify --fpir`` (None: ``$FACEREC_IDENTIFY_FPIR``, else 1e-3)."""
-    if max_pairs < 1 or k < 1 or latency_images < 0:
-        raise InvalidArgumentError("--max-pairs and --gallery-images must be >= 1")
+    bad = [
+        f"{option} must be >= {low}"
+        for option, value, low in (
+            ("--max-pairs", max_pairs, 1),
+            ("--gallery-images", k, 1),
+            ("--latency-images", latency_images, 0),
+        )
+        if value < low
+    ]
+    if bad:
+        raise InvalidArgumentError("; ".join(bad))
     files = dataset_files(root)
     workers = worker_processes(pipeline, len(files.items), processes)
     enrolled = enrol_photos(pipeline, files.items, progress=progress, processes=processes)

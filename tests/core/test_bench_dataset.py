@@ -281,3 +281,14 @@ def test_a_calibrated_card_is_selected_by_name(
     assert doc["threshold_source"] in ("calibrated", "extrapolated")
     with pytest.raises(FaceRecError, match="taken"):
         dataset_card.update_card(local_pipeline, "facenet128", faces, pairs, 3, 0, "bundled")
+
+
+def test_bad_options_are_named(local_pipeline: FacePipeline, tmp_path: Path) -> None:
+    """Every out-of-range option is named in one error, before any photo is read."""
+    with pytest.raises(FaceRecError) as caught:
+        run_dataset(local_pipeline, tmp_path / "nothing", tmp_path / "o", 0, 1, 0, -1)
+    message = str(caught.value)
+    assert "--max-pairs must be >= 1" in message
+    assert "--latency-images must be >= 0" in message
+    assert "--gallery-images" not in message
+    assert caught.value.code == "invalid_argument"
