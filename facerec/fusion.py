@@ -212,3 +212,56 @@ def fuse_embeddings(parts: Sequence[np.ndarray], weights: Sequence[float]) -> np
     return np.concatenate(
         [np.sqrt(w, dtype=np.float32) * p for p, w in zip(parts, weights, strict=True)], axis=1
     ).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class IndexSpace:
+    """What a model's embeddings put in a vector index, and how: the one rule for every
+    vector that enters an index (insert and search alike).
+
+    A single model indexes its embedding as it is. A fused model indexes only its first
+    part's embedding (FaceNet's slice of ``[√a·e_A, √b·e_B]``, renormalised to unit
+    length): the index's nearest faces are the first stage of a two-stage search, whose
+    candidates are then re-ranked by the fused score over the full templates, kept sealed
+    in the system of record. The second part's embedding is never indexed."""
+
+    embedding_size: int  # the width of the model's embeddings
+    size: int  # the width of the indexed vectors: the first ``size`` dims, renormalised
+
+    def __post_init__(self) -> None:
+        if not 0 < self.size <= self.embedding_size:
+            raise InvalidArgumentError(
+                f"an index of {self.size}-d vectors for {self.embedding_size}-d embeddings"
+            )
+
+    @classmethod
+    def identity(cls, size: int) -> IndexSpace:
+        """The index of a single model's ``size``-d embeddings, as they are."""
+        return cls(size, size)
+
+    @property
+    def projected(self) -> bool:
+        """Whether the indexed vector is a projection (a fused model's first part)."""
+        return self.size != self.embedding_size
+
+    def project(self, embeddings: np.ndarray) -> np.ndarray:
+        """float32[N, size] indexed vectors of float32[N, embedding_size] embeddings (unit
+        rows in, unit rows out)."""
+        embeddings = np.asarray(embeddings, np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size:
+            raise InvalidArgumentError(
+                f"the index takes {self.embedding_size}-d embeddings, got {list(embeddings.shape)}"
+            )
+        if not self.projected:
+            return embeddings
+        head = embeddings[:, : self.size]
+        norms = np.linalg.norm(head, axis=1, keepdims=True)
+        return np.asarray(head / np.maximum(norms, 1e-12), np.float32)
+
+
+def index_space(card: ModelCard) -> IndexSpace:
+    """The index of ``card``'s model (:class:`IndexSpace`): its embeddings as they are, or
+    for a fused model its first part's embedding."""
+    if not card.parts:
+        return IndexSpace.identity(card.embedding_size)
+    return IndexSpace(card.embedding_size, card.parts[0].embedding_size)

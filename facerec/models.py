@@ -23,10 +23,13 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facerec.errors import InvalidArgumentError, ModelNotFoundError
 from facerec.openset import ThresholdTable
+
+if TYPE_CHECKING:
+    from facerec.fusion import IndexSpace
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +184,14 @@ class ModelCard:
     def fused(self) -> bool:
         """Whether this is a fused model (its embedding is its parts', concatenated)."""
         return bool(self.parts)
+
+    @property
+    def index_space(self) -> IndexSpace:
+        """What this model's embeddings put in a vector index
+        (:func:`facerec.fusion.index_space`: a fused model's first part only)."""
+        from facerec.fusion import index_space
+
+        return index_space(self)
 
     @property
     def crop_shape(self) -> tuple[int, int]:

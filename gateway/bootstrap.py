@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from facerec.batching import MicroBatcher
+from facerec.fusion import IndexSpace
 from facerec.imaging.budget import DecodeBudget
 from facerec.imaging.decode import DecodeLimits
 from facerec.matching import IdentificationPolicy, Scoring
@@ -110,17 +111,20 @@ def milvus_options(settings: Settings) -> MilvusOptions:
 
 
 def open_gallery(
-    settings: Settings, db: Database, dim: int, model_id: str | None = None
+    settings: Settings, db: Database, space: IndexSpace | int, model_id: str | None = None
 ) -> Gallery:
-    """The faces of ``db`` with their vectors in the configured Milvus (``dim`` wide);
-    the index holds those of model ``model_id`` (default: ``FACEREC_MODEL``'s)."""
+    """The faces of ``db`` with their vectors in the configured Milvus; ``space`` is what
+    the index holds of each embedding (the card's
+    :attr:`~facerec.models.ModelCard.index_space`: a fused model's first part only; an
+    int: a single model's embeddings that wide). The index holds those of model
+    ``model_id`` (default: ``FACEREC_MODEL``'s)."""
     options = milvus_options(settings)
     if model_id is None:
         model_id = load_model_card(settings.model).identity
     index = IndexManager(
         db.secrets,
         settings.index_uri,
-        dim,
+        space,
         settings.index_type,
         options,
         model_id=model_id,
@@ -284,7 +288,7 @@ def open_gateway(
         url=settings.triton_url,
         protocol=settings.triton_protocol,
     )
-    gallery = open_gallery(settings, db, pipe.card.embedding_size, pipe.model_id)
+    gallery = open_gallery(settings, db, pipe.card.index_space, pipe.model_id)
     workers = settings.workers or not api
     roles = ",".join(r for r, on in (("api", api), ("worker", workers)) if on)
     repair(db, gallery, admin.audit_log, unless_since=started)

@@ -131,7 +131,7 @@ def _rotate(args: argparse.Namespace, settings: Settings, db: Database, admin: A
     """Re-wrap every data key under the current master key, then move the index to a new
     protection key (reads continue on the old index until the new one is complete)."""
     card = load_model_card(settings.model)
-    gallery = open_gallery(settings, db, card.embedding_size, card.identity)
+    gallery = open_gallery(settings, db, card.index_space, card.identity)
     rewrapped = db.rotate_master_key()
     moved = gallery.rotate_index(MasterKey.generate().secret) if not args.keep_index else 0
     admin.audit("key_rotate", "ok", CLI)
@@ -148,7 +148,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     settings = get_settings()
     db = open_database(settings)
     card = load_model_card(settings.model)
-    gallery = open_gallery(settings, db, card.embedding_size, card.identity)
+    gallery = open_gallery(settings, db, card.index_space, card.identity)
     if args.check:
         repaired = gallery.reconcile()
         if repaired.changed:

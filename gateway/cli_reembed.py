@@ -45,7 +45,7 @@ def cmd_reembed(args: argparse.Namespace) -> int:
         protocol=settings.triton_protocol,
     )
     db = open_database(settings)
-    gallery = open_gallery(settings, db, pipeline.card.embedding_size, pipeline.model_id)
+    gallery = open_gallery(settings, db, pipeline.card.index_space, pipeline.model_id)
     limits = DecodeLimits(
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,

@@ -7,6 +7,9 @@ Once the new collection is built (:meth:`gateway.gallery.Gallery.rotate_index`),
 current and the old one is dropped. Processes notice either change within ``refresh``
 seconds.
 
+Every collection of a manager indexes the same :class:`facerec.fusion.IndexSpace` of the
+running model's embeddings (``space``: for a fused model its first part only).
+
 The collections hold the vectors of one model only (``model_id``, :mod:`gateway.model_ids`):
 each model has its own collection prefix, so vectors of two models are never searched
 together. Every process of a deployment runs the same model. The collections of other
@@ -26,6 +29,7 @@ import grpc
 import numpy as np
 from pymilvus import MilvusException
 
+from facerec.fusion import IndexSpace
 from facerec.matching import Hit
 from gateway.crypto.envelope import MasterKey
 from gateway.crypto.vector_protection import VectorProtector
@@ -48,14 +52,16 @@ class IndexManager:
         self,
         secrets: SecretRepository,
         uri: str,
-        dim: int,
+        space: IndexSpace | int,
         index_type: str = "HNSW",
         options: MilvusOptions | None = None,
         refresh: float = 1.0,
         model_id: str | None = None,
         marks: IndexMarks | None = None,
     ) -> None:
-        self.secrets, self.uri, self.dim = secrets, uri, dim
+        # what the index holds of each embedding; an int: a single model's ``space``-d ones
+        self.space = space if isinstance(space, IndexSpace) else IndexSpace.identity(space)
+        self.secrets, self.uri, self.dim = secrets, uri, self.space.size
         self.marks = marks  # every replica's writes, for Session reads
         self.model_id = model_id or published_model_id()
         self.prefix = collection_prefix(self.model_id)
@@ -79,6 +85,7 @@ class IndexManager:
                 index_type=self.index_type,
                 options=self.options,
                 marks=self.marks,
+                space=self.space,
             )
             self._opened[secret] = index
         return index

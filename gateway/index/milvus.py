@@ -2,7 +2,9 @@
 
 One code path serves Milvus Lite (a local ``.db`` file, the embedded default) and a Milvus
 server or cluster (an ``http://host:port`` URI). Only protected vectors are stored (see
-:mod:`gateway.crypto.vector_protection`); the collection is named after the protector's key
+:mod:`gateway.crypto.vector_protection`), of the part of each embedding the model indexes
+(:class:`facerec.fusion.IndexSpace`, applied on insert and search alike: a fused model's
+first part only); the collection is named after the protector's key
 id, so a key rotation builds a new collection beside the old one and then switches over.
 Each vector carries its subject's namespace and gallery, and searches are filtered by them.
 
@@ -27,6 +29,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client import ts_utils
 
 from facerec.errors import InvalidArgumentError
+from facerec.fusion import IndexSpace
 from facerec.matching import Hit
 from gateway.crypto.vector_protection import VectorProtector
 from gateway.errors import IndexUnavailableError
@@ -184,12 +187,19 @@ class FaceIndex:
         index_type: str = "HNSW",
         options: MilvusOptions | None = None,
         marks: IndexMarks | None = None,
+        space: IndexSpace | None = None,
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise InvalidArgumentError(f"index_type must be one of {INDEX_TYPES}")
         self.uri = uri
         self.options = options or MilvusOptions()
         self.protector = protector
+        # which vector of an embedding is indexed (a fused model's first part only)
+        self.space = space or IndexSpace.identity(protector.dim)
+        if self.space.size != protector.dim:
+            raise InvalidArgumentError(
+                f"a {protector.dim}-d protector for an index of {self.space.size}-d vectors"
+            )
         self.collection = f"{prefix}_{protector.key_id.replace('-', '_')}"
         self.index_type = index_type
         self.embedded = uri.endswith(".db")  # Milvus Lite, as pymilvus decides
@@ -295,14 +305,15 @@ class FaceIndex:
         embeddings: np.ndarray,
         scopes: Sequence[tuple[str, str]] | None = None,
     ) -> None:
-        """Insert (or replace) faces; ``embeddings`` float32[N, D] unit rows; ``scopes``
+        """Insert (or replace) faces; ``embeddings`` float32[N, D] unit rows (the model's
+        embeddings: the index keeps their :attr:`space` projection, protected); ``scopes``
         the (namespace, gallery) of each face's subject (default: the default ones)."""
         scopes = [DEFAULT_SCOPE] * len(face_ids) if scopes is None else scopes
         if not (len(face_ids) == len(subject_ids) == len(embeddings) == len(scopes)):
             raise InvalidArgumentError("face_ids, subject_ids and embeddings differ in length")
         if len(face_ids) == 0:
             return
-        vectors = self.protector.protect(embeddings)
+        vectors = self.protector.protect(self.space.project(embeddings))
         rows = [
             {
                 "face_id": check_id(f, "face id"),
@@ -350,11 +361,12 @@ class FaceIndex:
         namespace: str | None = None,
         gallery: str | None = None,
     ) -> list[list[Hit]]:
-        """Per probe float32[D], the ``top_k`` best faces (of ``namespace`` and ``gallery``
+        """Per probe float32[D] (the model's embedding, searched by its :attr:`space`
+        projection), the ``top_k`` best faces (of ``namespace`` and ``gallery``
         when given), best first."""
         if len(embeddings) == 0:
             return []
-        probes = self.protector.protect(embeddings)
+        probes = self.protector.protect(self.space.project(embeddings))
         if self.marks is not None and self.options.consistency == "Session":
             self._see(self.marks.get(self.collection))  # every replica's writes
         with self._call("search"):

@@ -6,6 +6,14 @@
   the policy's scoring (``centroid`` by default: the cosine with the normalised mean of a
   subject's templates). ``perf/identify_scoring.py`` measured this against keeping a
   centroid per subject in the index (README, "1:N in the gateway").
+- **A fused model** (``facenet128+dlib128``): the index holds only its first part's
+  vectors (:class:`facerec.fusion.IndexSpace`, applied by the index to what it stores and
+  to the probes), while the probes and templates scored here are the full fused
+  embeddings, so this re-scoring is the fused re-rank of a two-stage search. Against
+  exhaustive fusion on LFW (``perf/fusion_search.py``, G = 1,000 and a whole half) the
+  first :func:`rerank_limit` (``top_k`` = 5: 10) subjects of :func:`hits_wanted` faces
+  lose no accepted decision at FPIR 1e-3 (each was FaceNet's first subject), 1e-2 or 1e-1
+  (at most the 8th).
 - **Scope**: a caller searches only its namespace and gallery
   (:class:`~gateway.service.types.Caller`, the rule is :mod:`gateway.scope`'s): the index
   is filtered by them, the templates are opened only for subjects within them, and the
