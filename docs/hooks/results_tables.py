@@ -941,6 +941,38 @@ def fusion_speed(results: Path = RESULTS) -> str:
     return table(header, out)
 
 
+FUSION_SEARCH = "fusion_search.json"
+
+
+def fusion_search(results: Path = RESULTS) -> str:
+    """``fusion_search.json`` (``python -m perf.fusion_search``): the fused model's
+    two-stage search (the index's nearest faces by FaceNet's slice, the first K subjects
+    re-ranked by the fused score) against exhaustive fusion: the accepted matches it loses
+    per K, by gallery size and FPIR."""
+    doc = load(FUSION_SEARCH, results)
+    ks = [k for k in doc["ks"] if k <= doc["gateway_k"]]
+    out = []
+    for size, by_fpir in doc["summary"].items():
+        for fpir, row in by_fpir.items():
+            out.append(
+                [
+                    "all" if size == "all" else f"{int(size):,}",
+                    "none (rank-1)" if fpir == "rank1" else fpir,
+                    f"{row['accepted_matches']:,}",
+                    *(str(row["lost"][str(k)]) for k in ks),
+                    f"{row['needed_k']} / {row['needed_hits']}",
+                ]
+            )
+    header = [
+        "gallery",
+        "FPIR",
+        "accepted matches (exhaustive)",
+        *(f"lost at K = {k}" + (" (the gateway's)" if k == doc["gateway_k"] else "") for k in ks),
+        f"largest K / hits needed (of {doc['hits']})",
+    ]
+    return table(header, out)
+
+
 # Each table: the function that makes it and the files it comes from (named under it).
 TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "lfw": (lfw, ("lfw_variants.json",)),
@@ -966,6 +998,7 @@ TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "gateway_dos_replayed": (gateway_dos_replayed, ("gateway_dos.json",)),
     "fusion": (fusion, (*FUSION_OPENSET, *FUSION_LFW)),
     "fusion_speed": (fusion_speed, (FUSION_SPEED,)),
+    "fusion_search": (fusion_search, (FUSION_SEARCH,)),
 }
 NOTES = {"video": " (`python -m perf.video` writes it from `video.json` in the same run)"}
 
