@@ -31,14 +31,7 @@ from facerec.models import (
 from facerec.pipeline import FacePipeline, PipelineConfig
 from facerec.quality import sharpness
 from facerec.triton.repository import write_repository
-from tests.support.data import DIFFERENT_PAIRS, GALLERY, SAME_PAIRS, lfw_image
-
-FUSED = "facenet128+dlib128"
-
-
-@pytest.fixture(scope="module")
-def fused() -> FacePipeline:
-    return FacePipeline.local(PipelineConfig(model=FUSED))
+from tests.support.data import DIFFERENT_PAIRS, FUSED, GALLERY, SAME_PAIRS, lfw_image
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,8 @@ from facerec.evaluation.lfw_faces import load_or_embed
 from facerec.fusion import FusedEmbedder, FusionSpec, fuse_embeddings, split_embeddings
 from facerec.pipeline import FacePipeline, PipelineConfig
 from tests.support.cli import run_cli
-from tests.support.data import GALLERY
+from tests.support.data import FUSED, GALLERY
 from tests.support.data import LFW as LFW_DIR
-
-FUSED = "facenet128+dlib128"
 
 
 @pytest.fixture(scope="module")

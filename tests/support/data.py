@@ -42,3 +42,7 @@ def lfw_image(key: str, pad: int = 50) -> np.ndarray:
     """An LFW test face, edge-padded like the benchmark pads it."""
     img = read_image(lfw_path(key))
     return pad_edges(img, pad)
+
+
+FUSED = "facenet128+dlib128"
+"""The fused model (FaceNet and dlib's ResNet) the fusion tests run."""

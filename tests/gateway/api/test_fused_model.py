@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from devkit.servers import Service
-from facerec.pipeline import FacePipeline, PipelineConfig
+from facerec.pipeline import FacePipeline
 from gateway.bootstrap import open_database, open_gallery
 from gateway.settings import Settings
 from gateway.storage.schema import FaceRow
@@ -33,13 +33,7 @@ from tests.gateway.api.test_gateway_models import (
     verify,
 )
 from tests.support.apiclient import image_files, one_image, running, settings_for
-
-FUSED = "facenet128+dlib128"
-
-
-@pytest.fixture(scope="module")
-def fused() -> FacePipeline:
-    return FacePipeline.local(PipelineConfig(model=FUSED))
+from tests.support.data import FUSED
 
 
 def matched(client: TestClient | httpx.Client, path: Path) -> str | None:
