@@ -170,7 +170,7 @@ class FusedEmbedder:
             raise InvalidArgumentError("a fused embedder needs one weight per part, summing to 1")
         self.parts = list(parts)
         self.sizes = [p.input_size for p in parts]
-        self.scales = np.sqrt(np.asarray(weights, np.float64)).astype(np.float32)
+        self.weights = tuple(float(w) for w in weights)
         self.input_size = max(self.sizes)
         self.embedding_size = sum(p.embedding_size for p in parts)
 
@@ -181,15 +181,9 @@ class FusedEmbedder:
     def embed_flipped(self, crops: np.ndarray, flip: bool) -> np.ndarray:
         """As :meth:`embed`; with ``flip`` each part's embedding is flip-averaged on its
         own crop (:func:`facerec.embedding.embed_with_flip`) before the weighting."""
-        out = np.empty((len(crops), self.embedding_size), np.float32)
-        x = 0
-        for part, part_crops, scale in zip(
-            self.parts, unpack_crops(crops, self.sizes), self.scales, strict=True
-        ):
-            d = part.embedding_size
-            out[:, x : x + d] = scale * embed_with_flip(part, part_crops, flip)
-            x += d
-        return out
+        parts = unpack_crops(crops, self.sizes)
+        embedded = [embed_with_flip(p, c, flip) for p, c in zip(self.parts, parts, strict=True)]
+        return fuse_embeddings(embedded, self.weights)
 
     def ready(self) -> bool:
         return all(getattr(p, "ready", lambda: True)() for p in self.parts)
