@@ -48,6 +48,7 @@ import numpy as np
 from facerec.evaluation.lfw_faces import LfwFaces, load_or_embed
 from facerec.evaluation.openset_lfw import Identities, enrol, split_halves
 from facerec.fusion import IndexSpace
+from facerec.matching import centroid
 from facerec.models import load_model_card
 from facerec.pipeline import FacePipeline, PipelineConfig
 from gateway.service.matching import hits_wanted, rerank_limit
@@ -90,7 +91,7 @@ def gallery_run(
     """Exhaustive against two-stage decisions for the gallery of identities ``pool``."""
     en = enrol(identities, pool, 3)
     x = faces.embeddings
-    centroids = np.stack([_centroid(x[rows]) for rows in en.templates])  # full, 256-d
+    centroids = np.stack([centroid(x[rows]) for rows in en.templates])  # full, 256-d
     face_rows = np.concatenate(en.templates)
     face_subject = np.concatenate([np.full(len(r), s) for s, r in enumerate(en.templates)])
     faces_index = space.project(x[face_rows])
@@ -122,11 +123,6 @@ def gallery_run(
             }
         out[kind] = {"probes": len(rows), "by_fpir": per_fpir}
     return out
-
-
-def _centroid(templates: np.ndarray) -> np.ndarray:
-    mean = templates.astype(np.float64).mean(axis=0)
-    return np.asarray(mean / np.linalg.norm(mean), np.float32)
 
 
 def summarise(runs: list[dict[str, Any]], fpir: str) -> dict[str, Any]:
