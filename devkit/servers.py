@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from facerec.models import BASE_MODEL
 from facerec.triton.repository import write_repository
 from facerec.triton.server import TritonServer, triton_home
 
@@ -342,13 +343,13 @@ def milvus_standalone(
 
 @contextmanager
 def triton_server(
-    data: Path, adjust: Callable[[Path], None] | None = None
+    data: Path, adjust: Callable[[Path], None] | None = None, model: str = BASE_MODEL
 ) -> Iterator[TritonServer]:
     """tritonserver (installed by scripts/install_triton.sh) on free loopback ports, with
-    a CPU repository generated into ``data`` (and handed to ``adjust`` before the start);
-    its log is ``data/triton.log``."""
+    a CPU repository serving ``model`` generated into ``data`` (and handed to ``adjust``
+    before the start); its log is ``data/triton.log``."""
     repository = data / "repository"
-    write_repository("cpu", repository)
+    write_repository("cpu", repository, model=model)
     if adjust is not None:
         adjust(repository)
     with (

@@ -189,32 +189,46 @@ class FacePipeline:
         """Detector and embedder on a Triton server (``facerec triton serve``); alignment
         and flip augmentation here. Detection settings are the server's (its detector
         config); the precision, and so the calibrated thresholds, follow its embedder. The
-        server's embedder must be the model ``config.model`` names (its config's ``model``
+        server's repository must serve the model ``config.model`` names (its embedder's
+        ``model`` parameter, or for a fused model's repository its ``fused_model``
         parameter, written by ``facerec triton repo --model``), else
-        :class:`InvalidArgumentError` (code ``model_mismatch``). A fused model is not
-        served by Triton yet: :class:`InvalidArgumentError` (code
-        ``fused_model_unsupported``)."""
+        :class:`InvalidArgumentError` (code ``model_mismatch``): a single model's server
+        refuses a fused model and a fused model's server a single one. A fused model runs
+        a :class:`~facerec.fusion.FusedEmbedder` over its parts' Triton embedders
+        (``embedder`` and ``embedder_<part B>``), each checked to serve its part."""
         cfg = config or PipelineConfig()
         card = load_model_card(cfg.model)
-        if card.fused:
-            raise InvalidArgumentError(
-                f"the fused model {cfg.model!r} runs on the local backend only for now "
-                "(FACEREC_BACKEND=local); the Triton repository serves one embedder",
-                code="fused_model_unsupported",
-            )
         from facerec.triton.client import TritonConnection, TritonDetector, TritonEmbedder
+        from facerec.triton.repository import part_model
 
         connection = TritonConnection(url, protocol)
-        embedder = TritonEmbedder(connection, card)
-        if embedder.model_name != cfg.model:
+        parts = card.parts or (card,)
+        first = TritonEmbedder(connection, parts[0])
+        if first.served_model != cfg.model:
             raise InvalidArgumentError(
-                f"the Triton server at {url} serves model {embedder.model_name!r}, "
+                f"the Triton server at {url} serves model {first.served_model!r}, "
                 f"not {cfg.model!r} (select it with --model / FACEREC_MODEL, or regenerate "
                 "the repository with `facerec triton repo --model NAME`)",
                 code="model_mismatch",
             )
-        if embedder.precision != cfg.precision:
-            cfg = replace(cfg, precision=embedder.precision)
+        embedders = [first] + [
+            TritonEmbedder(connection, p, part_model("embedder", i, p))
+            for i, p in enumerate(parts[1:], start=1)
+        ]
+        for e, p in zip(embedders, parts, strict=True):
+            if e.model_name != p.name or e.precision != first.precision:
+                raise InvalidArgumentError(
+                    f"the Triton server at {url} serves {e.model_name!r} ({e.precision}) "
+                    f"as its model {e.model!r}, not {p.name!r} ({first.precision}), "
+                    f"a part of {cfg.model!r} (regenerate the repository with "
+                    f"`facerec triton repo --model {cfg.model}`)",
+                    code="model_mismatch",
+                )
+        embedder: FaceEmbedder = (
+            FusedEmbedder(embedders, card.part_weights) if card.fused else first
+        )
+        if first.precision != cfg.precision:
+            cfg = replace(cfg, precision=first.precision)
         return cls(TritonDetector(connection), embedder, card, cfg)
 
     @classmethod

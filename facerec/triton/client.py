@@ -1,10 +1,11 @@
 """The Triton backend: detector and embedder behind the same interfaces as in-process.
 
 ``TritonDetector`` calls the repository's ``detector`` model, ``TritonEmbedder`` its
-``embedder`` (dynamically batched on the server); alignment and flip augmentation stay in
-the client's :class:`~facerec.pipeline.FacePipeline`, so both backends share every step
-but where the networks run. gRPC by default (``host:port`` of the gRPC endpoint), HTTP
-when asked. Each thread gets its own client connection.
+``embedder`` (dynamically batched on the server; a fused model's repository has one per
+part, which the client wraps in a :class:`~facerec.fusion.FusedEmbedder`); alignment and
+flip augmentation stay in the client's :class:`~facerec.pipeline.FacePipeline`, so both
+backends share every step but where the networks run. gRPC by default (``host:port`` of
+the gRPC endpoint), HTTP when asked. Each thread gets its own client connection.
 """
 
 from __future__ import annotations
@@ -149,8 +150,11 @@ class TritonDetector:
 
 
 class TritonEmbedder:
-    """:class:`~facerec.embedding.FaceEmbedder` on the ``embedder`` model (unit
-    embeddings of uint8 crops); learns its batch limit and precision from the server."""
+    """:class:`~facerec.embedding.FaceEmbedder` on the ``embedder`` model, or on ``model``
+    (unit embeddings of uint8 crops of ``card``'s model); learns its batch limit,
+    precision and the model it serves from the server's config: ``model_name`` (its
+    ``model`` parameter) and, in a fused model's repository, ``fused_model`` (the fused
+    model it is a part of; ``""`` otherwise)."""
 
     def __init__(
         self, connection: TritonConnection, card: ModelCard, model: str = "embedder"
@@ -165,6 +169,13 @@ class TritonEmbedder:
         self.precision = str(params.get("precision", {}).get("string_value", "fp32"))
         # Repositories written before models were selectable by name served the base model.
         self.model_name = str(params.get("model", {}).get("string_value", BASE_MODEL))
+        self.fused_model = str(params.get("fused_model", {}).get("string_value", ""))
+
+    @property
+    def served_model(self) -> str:
+        """The model the server's repository serves: the fused model this embedder is a
+        part of, else the embedder's own."""
+        return self.fused_model or self.model_name
 
     def ready(self) -> bool:
         return self.connection.model_ready(self.model)

@@ -1,4 +1,5 @@
-"""The Python-backend models of the Triton repository: detector, aligner, embedder, fuse.
+"""The Python-backend models of the Triton repository: detector, aligner, embedder, fuse
+(:class:`FuseParts` for a fused model's repository).
 
 Each ``<model>/1/model.py`` of a generated repository is one line that imports its class
 from here as ``TritonPythonModel``, so the code Triton runs is the code the in-process
@@ -22,6 +23,7 @@ from facerec.detection.mtcnn import MTCNNConfig, MTCNNDetector
 from facerec.detection.types import Detections
 from facerec.embedding import l2_normalise
 from facerec.errors import FaceRecError
+from facerec.fusion import fuse_embeddings
 from facerec.models import load_model_card
 from facerec.runtime import create_session
 
@@ -88,7 +90,9 @@ class Detector:
 
 class Aligner:
     """``IMAGE``, ``BOXES``, ``LANDMARKS`` -> ``CROPS`` uint8[K, S, S, 3], followed by
-    their mirror images when the ``flip`` parameter is on (2K crops).
+    their mirror images when the ``flip`` parameter is on (2K crops). ``S`` and the
+    template are those of the ``model_card`` parameter's card (``facenet128`` if unset; a
+    fused model's repository has one aligner per part, each naming its part's card).
 
     An image without faces yields one blank crop: Triton refuses a batch of zero for the
     embedder, and :class:`Fuse` drops whatever lies past the faces its ``BOXES`` count.
@@ -149,6 +153,12 @@ class Embedder:
         ]
 
 
+def _unflip(raw: np.ndarray, k: int) -> np.ndarray:
+    """float32[k, D] of an embedder's raw rows for ``k`` faces: with mirrors (2k rows),
+    each face's and its mirror's unit vectors summed and renormalised; else the first k."""
+    return l2_normalise(raw[:k] + raw[k : 2 * k]) if k and len(raw) == 2 * k else raw[:k]
+
+
 class Fuse:
     """``EMBEDDINGS_RAW`` and ``BOXES`` [K, 4] -> ``EMBEDDINGS`` [K, D]. With the aligner's
     flip on, the raw rows are K faces then their K mirrors: each face's two unit vectors
@@ -164,7 +174,37 @@ class Fuse:
         for r in requests:
             raw = _input(r, "EMBEDDINGS_RAW").astype(np.float32)
             k = len(_input(r, "BOXES"))
-            fused = l2_normalise(raw[:k] + raw[k : 2 * k]) if k and len(raw) == 2 * k else raw[:k]
+            out = pb_utils.Tensor("EMBEDDINGS", np.ascontiguousarray(_unflip(raw, k)))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+
+
+class FuseParts:
+    """A fused model's ``fuse``: ``EMBEDDINGS_RAW_0``, ``EMBEDDINGS_RAW_1`` (each part's
+    embedder's raw rows, as :class:`Fuse` takes them) and ``BOXES`` [K, 4] ->
+    ``EMBEDDINGS`` float32[K, D_A + D_B]: each part's rows flip-averaged as :class:`Fuse`
+    does, then ``[√a·e_A, √b·e_B]`` with the ``part_weights`` parameter's ``a,b``
+    (:func:`facerec.fusion.fuse_embeddings`, as the in-process
+    :class:`~facerec.fusion.FusedEmbedder`)."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        params = _parameters(args)
+        self.weights = tuple(float(w) for w in params["part_weights"].split(","))
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for r in requests:
+            try:
+                k = len(_input(r, "BOXES"))
+                parts = [
+                    _unflip(_input(r, f"EMBEDDINGS_RAW_{i}").astype(np.float32), k)
+                    for i in range(len(self.weights))
+                ]
+                fused = fuse_embeddings(parts, self.weights)
+            except Exception as exc:
+                log.exception("fusing the parts' embeddings failed")
+                responses.append(_error(exc))
+                continue
             out = pb_utils.Tensor("EMBEDDINGS", np.ascontiguousarray(fused))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
         return responses

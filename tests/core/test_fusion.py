@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facerec.errors import FaceRecError, InvalidArgumentError
+from facerec.errors import InvalidArgumentError
 from facerec.fusion import (
     FusedEmbedder,
     FusionSpec,
@@ -30,7 +30,6 @@ from facerec.models import (
 )
 from facerec.pipeline import FacePipeline, PipelineConfig
 from facerec.quality import sharpness
-from facerec.triton.repository import write_repository
 from tests.support.data import DIFFERENT_PAIRS, FUSED, GALLERY, SAME_PAIRS, lfw_image
 
 
@@ -169,13 +168,3 @@ def test_gallery_people_score_above_strangers(fused: FacePipeline) -> None:
     different = person[:, None] != person[None, :]
     assert sims[same].min() > sims[different].max()
     assert sims[different].max() < fused.threshold
-
-
-def test_triton_refuses_a_fused_model(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgumentError) as err:
-        FacePipeline.triton("127.0.0.1:1", PipelineConfig(model=FUSED))
-    assert err.value.code == "fused_model_unsupported"
-    with pytest.raises(FaceRecError) as err2:
-        write_repository("cpu", tmp_path / "repo", model=FUSED)
-    assert err2.value.code == "fused_model_unsupported"
-    assert not (tmp_path / "repo").exists()
