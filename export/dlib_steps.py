@@ -1,4 +1,4 @@
-"""``facerec models``, second embedder: dlib's face-recognition ResNet to ONNX FP32 and INT8.
+"""``facerec models``, second embedder: dlib's face-recognition ResNet to ONNX FP32, FP16, INT8.
 
 Steps (run by :func:`export.setup_models.setup_models` when the ``dlib128`` part of the
 manifest is missing or stale):
@@ -14,7 +14,9 @@ manifest is missing or stale):
    own descriptors of dlib's own chips (cosine >= 0.9999);
 5. INT8 (static QDQ as for FaceNet, calibrated on those chips and their mirrors) and its
    agreement with FP32;
-6. the serving graphs ``dlib128-{fp32,int8}-serving.onnx`` (uint8 chips in, unit
+6. FP16 (FaceNet's conversion, :func:`export.steps.half_precision`) and its agreement with
+   FP32 and PyTorch on those chips (FP32 cosine >= :data:`export.steps.FP16_COSINE_MIN`);
+7. the serving graphs ``dlib128-{fp32,fp16,int8}-serving.onnx`` (uint8 chips in, unit
    descriptors out: the card's ``rgb_float`` preprocessing inside), each checked against
    its raw graph on those chips (:func:`export.steps.serving_graphs`).
 
@@ -33,7 +35,7 @@ import torch
 
 from export.dlib_align import dlib_chips, mtcnn_chip, primary_faces
 from export.quantize import quantize_embedder
-from export.steps import serving_graphs
+from export.steps import FP16_COSINE_MIN, half_precision, serving_graphs
 from facerec.detection.types import Detections
 from facerec.embedding import l2_normalise
 from facerec.models import embedder_file, load_model_card
@@ -50,7 +52,6 @@ PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 TORCH_COSINE_MIN = 0.99999
 DLIB_COSINE_MIN = 0.9999
 INT8_COSINE_MIN = 0.99
-PRECISIONS = ("fp32", "int8")
 
 
 class DlibParityError(RuntimeError):
@@ -197,13 +198,27 @@ def quantise(out_dir: Path, calibration: np.ndarray) -> dict[str, Any]:
     }
 
 
+def fp16(out_dir: Path, chips: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """FP16 graph by FaceNet's conversion (:func:`export.steps.half_precision`) and its
+    agreement with FP32 and with PyTorch (``reference``: its unit descriptors of ``chips``
+    uint8[N, 150, 150, 3]); raises :class:`DlibParityError` below
+    :data:`export.steps.FP16_COSINE_MIN` against FP32."""
+    figures = half_precision(out_dir, chips, load_model_card(DLIB_MODEL), reference)
+    if figures["cosine_vs_fp32_min"] < FP16_COSINE_MIN:
+        raise DlibParityError(
+            f"FP16 vs FP32 cosine {figures['cosine_vs_fp32_min']:.7f} < {FP16_COSINE_MIN}"
+        )
+    return figures
+
+
 def build(
     weights: dict[str, Path],
     out_dir: Path,
     images: list[np.ndarray],
     detections: list[Detections],
 ) -> dict[str, Any]:
-    """Convert, export, check and quantise; returns the manifest's ``dlib128`` figures."""
+    """Convert, export, check, quantise and halve; returns the manifest's ``dlib128``
+    figures."""
     model, report = convert(weights)
     export(model, out_dir)
     theirs, ours = chips_for(images, detections, weights)
@@ -211,7 +226,8 @@ def build(
     both = ours if theirs is None else np.concatenate([theirs, ours])
     calibration = np.concatenate([both, both[:, :, ::-1]])
     int8 = quantise(out_dir, calibration)
-    serving = serving_graphs(out_dir, calibration, load_model_card(DLIB_MODEL), PRECISIONS)
+    half = fp16(out_dir, calibration, torch_descriptors(model, calibration))
+    serving = serving_graphs(out_dir, calibration, load_model_card(DLIB_MODEL))
     return {
         "conversion": {
             "arrays_used": report.arrays_used,
@@ -222,5 +238,6 @@ def build(
         },
         "parity": parity,
         "int8": int8,
+        "fp16": half,
         "serving": serving,
     }

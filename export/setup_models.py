@@ -12,8 +12,9 @@ Steps (each skipped when its outputs are recorded in the manifest and unchanged)
 7. write the serving graphs (Triton): preprocessing and normalisation inside, checked
    against the in-process embedder of the same precision;
 8. the second embedder, dlib's face-recognition ResNet (``dlib128``): fetch
-   ``face_recognition_models`` (CC0 weights), read the ``.dat``, export ONNX FP32 and INT8,
-   check parity against PyTorch and dlib, write its serving graphs (:mod:`export.dlib_steps`).
+   ``face_recognition_models`` (CC0 weights), read the ``.dat``, export ONNX FP32, INT8 and
+   FP16 (steps 5 and 6's functions), check parity against PyTorch and dlib, write its
+   serving graphs (:mod:`export.dlib_steps`).
 
 The manifest ``$FACEREC_HOME/models/manifest.json`` records the inputs' and outputs'
 hashes; a second run with nothing changed does no work. The FaceNet/MTCNN part and the
@@ -36,6 +37,7 @@ from tqdm import tqdm
 from export.sources import DLIB_SOURCE, SOURCES, fetch_weights, sha256_of
 from facerec.models import (
     ONNX_FILES,
+    PRECISIONS,
     embedder_file,
     facerec_home,
     load_model_card,
@@ -46,10 +48,10 @@ log = logging.getLogger(__name__)
 
 FACES_DIR = Path(__file__).parent / "faces"
 MANIFEST_VERSION = 7  # bump whenever the exported graphs or the recorded checks change
-DLIB_MANIFEST_VERSION = 2  # the same for the ``dlib128`` section
+DLIB_MANIFEST_VERSION = 3  # the same for the ``dlib128`` section
 DLIB_SECTION = "dlib128"
-DLIB_OUTPUTS = tuple(embedder_file(DLIB_SECTION, p) for p in ("fp32", "int8"))
-DLIB_SERVING_OUTPUTS = tuple(embedder_file(DLIB_SECTION, p, True) for p in ("fp32", "int8"))
+DLIB_OUTPUTS = tuple(embedder_file(DLIB_SECTION, p) for p in PRECISIONS)
+DLIB_SERVING_OUTPUTS = tuple(embedder_file(DLIB_SECTION, p, True) for p in PRECISIONS)
 """Recorded apart (``serving_outputs``) from the exported graphs (``outputs``)."""
 
 
@@ -103,7 +105,7 @@ def _dlib_up_to_date(manifest: dict[str, Any] | None, out_dir: Path) -> bool:
 
 
 def _build_dlib(home: Path, out_dir: Path, force: bool) -> dict[str, Any]:
-    """The ``dlib128`` section: fetch, convert, export, check, quantise."""
+    """The ``dlib128`` section: fetch, convert, export, check, quantise, halve."""
     from export import dlib_steps  # imports torch
     from facerec.detection.mtcnn import MTCNNDetector
 

@@ -30,6 +30,9 @@ from training.onnx_export import export_onnx
 log = logging.getLogger(__name__)
 
 EMBEDDING_COSINE_MIN = 0.99999
+FP16_COSINE_MIN = 0.9999
+"""The least cosine between an FP16 embedder's unit embeddings and FP32's on the bundled
+faces (FaceNet's FP16 measures 0.999998; ``dlib128``'s build fails below it)."""
 DETECTION_TOLERANCE_PX = 0.5
 
 

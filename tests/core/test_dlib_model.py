@@ -89,6 +89,7 @@ def test_models_manifest_records_the_serving_parity() -> None:
     assert part["serving"]["int8"]["cosine_vs_raw_graph_min"] >= 0.999
     assert set(part["serving_outputs"]) == {
         "dlib128-fp32-serving.onnx",
+        "dlib128-fp16-serving.onnx",
         "dlib128-int8-serving.onnx",
     }
 

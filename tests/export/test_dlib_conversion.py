@@ -308,4 +308,4 @@ def test_manifest_records_dlib_parity() -> None:
         pytest.fail("dlib is installed now: rerun `facerec models --force`")
     assert part["parity"]["cosine_vs_dlib_min"] >= 0.9999
     assert part["int8"]["cosine_vs_fp32_min"] > 0.999
-    assert set(part["outputs"]) == {embedder_file(DLIB_MODEL, p) for p in ("fp32", "int8")}
+    assert set(part["outputs"]) == {embedder_file(DLIB_MODEL, p) for p in ("fp32", "fp16", "int8")}
