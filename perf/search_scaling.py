@@ -16,6 +16,26 @@ efConstruction=200), written through :class:`gateway.index.FaceIndex` in batches
   faces + the SQL lookup of their subjects + ranking: ``IdentificationService.identify_faces``);
 - ``facerec reindex``: the command, rebuilding the collection from the system of record.
 
+``--model`` picks the embedding model (default ``facenet128``). A fused model
+(``facenet128+dlib128``, :mod:`facerec.fusion`) gets fused synthetic templates: two
+independent synthetic galleries, one per part, combined as ``[sqrt(a) f, sqrt(b) d]`` with
+the card's part weights (:func:`facerec.fusion.fuse_embeddings`), sealed whole (256-d) in
+the record under the model's identity, and indexed through the model's
+:class:`facerec.fusion.IndexSpace` (Milvus holds only the first part's protected 128-d
+slice; recall@1 is against exact search over that slice). Its identify path is then the
+two-stage search: the index's nearest faces, then the fused re-rank of the first
+``rerank_limit(top_k)`` subjects with their sealed 256-d templates under the card's policy.
+For every model a second, instrumented pass over the probes splits the identify path
+(``identify_split_ms``): the index search (first stage), the SQL read of the candidates'
+sealed templates, their decryption (data keys unwrapped, templates opened), the ranking
+(the re-rank under the policy's scoring), and the rest.
+
+    nice -n 10 python -m perf.search_scaling --model facenet128+dlib128 --sizes 100000 \\
+        --probes 1000 --search-nice -10 --skip-reindex --out perf/results/search_scaling_fused
+    nice -n 10 python -m perf.search_scaling --model facenet128+dlib128 --sizes 1000000 \\
+        --probes 1000 --search-nice -10 --skip-reindex --settle --settle-timeout 1200 \\
+        --keep --out perf/results/search_scaling_fused
+
 ``--backend server`` (default) starts a Milvus 2.3 standalone server (the ``milvus`` PyPI
 package, as the tests do) unless ``--uri`` names one; ``--backend lite`` uses a Milvus Lite
 file. Writes ``search_scaling.json`` and ``search_scaling.png`` (latency by size, and recall
@@ -38,20 +58,54 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import update
 from tqdm import tqdm
 
-from facerec.pipeline import Face, FacePipeline
+import gateway.service.matching as matching
+import gateway.storage.faces as stored_faces
+from facerec.fusion import IndexSpace, fuse_embeddings
+from facerec.models import BASE_MODEL, ModelCard, load_model_card
+from facerec.pipeline import Face, FacePipeline, PipelineConfig
 from gateway.bootstrap import open_database, open_gallery, open_gateway
 from gateway.gallery import Gallery
 from gateway.index.milvus import SEARCH_EF, FaceIndex
 from gateway.service.types import Caller
 from gateway.settings import Settings
+from gateway.storage.database import Database
+from gateway.storage.schema import FaceRow
 from perf.common import figure, load, percentiles, record, write_json
-from perf.synthetic import DIM, PHOTOS, build_record, seen_again, synthetic
+from perf.synthetic import PHOTOS, build_record, seen_again, synthetic
 
 BATCH = 10_000  # vectors per insert call (and subjects per statement of the record)
 EFS = (16, 32, 64, 128, 256)
 DEFAULT_EF = SEARCH_EF  # what FaceIndex.search uses
+
+
+def synthetic_gallery(
+    rng: np.random.Generator, card: ModelCard, identities: int, picked_count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gallery float32[identities * PHOTOS, D] and probes float32[picked_count, D] of
+    ``card``'s model (D its embedding size), and each probe's identity int[picked_count]:
+    :func:`perf.synthetic.synthetic` and :func:`~perf.synthetic.seen_again` for a single
+    128-d model; for a fused model one independent synthetic gallery (and probes of the
+    same people) per part, fused with the card's part weights
+    (:func:`facerec.fusion.fuse_embeddings`)."""
+    if not card.parts:
+        gallery = synthetic(rng, identities, PHOTOS)
+        picked = rng.choice(identities, picked_count, replace=False)
+        return gallery, seen_again(rng, gallery, picked), picked
+    galleries = [synthetic(rng, identities, PHOTOS) for _ in card.parts]
+    picked = rng.choice(identities, picked_count, replace=False)
+    probes = [seen_again(rng, g, picked) for g in galleries]
+    weights = card.part_weights
+    return fuse_embeddings(galleries, weights), fuse_embeddings(probes, weights), picked
+
+
+def record_model(db: Database, model_id: str) -> None:
+    """Mark every template of ``db`` as computed by ``model_id`` (``build_record`` leaves
+    the column empty: the published model's), as the gateway records a fused model's."""
+    with db.engine.begin() as c:
+        c.execute(update(FaceRow).values(model_id=model_id))
 
 
 def exact_top1(queries: np.ndarray, gallery: np.ndarray, chunk: int = 100_000) -> np.ndarray:
@@ -190,22 +244,96 @@ def batched(index: FaceIndex, queries: np.ndarray, batch: int = 100) -> float:
     return len(queries) / (time.perf_counter() - t)
 
 
-def identify_path(settings: Settings, queries: np.ndarray) -> dict[str, float]:
+SPLIT = ("index_search", "sql", "decrypt", "rank", "other")
+
+
+class Stopwatch:
+    """Seconds spent in the wrapped callables, per part, since the last :meth:`lap`."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = dict.fromkeys(SPLIT, 0.0)
+
+    def wrap(self, part: str, fn: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[part] += time.perf_counter() - t
+
+        return timed
+
+    def lap(self) -> dict[str, float]:
+        spent, self.spent = self.spent, dict.fromkeys(SPLIT, 0.0)
+        return spent
+
+
+@contextlib.contextmanager
+def instrumented(matcher: matching.IndexMatcher) -> Iterator[Stopwatch]:
+    """``matcher`` with its steps timed (and put back as they were on exit): the index
+    search, the candidates' templates read (SQL) and opened (data keys unwrapped and
+    templates decrypted, counted apart from the SQL), the ranking under the policy."""
+    watch = Stopwatch()
+    faces = matcher.faces
+    saved_open, saved_rank = stored_faces.open_template, matching.rank_candidates
+    matcher.index.search = watch.wrap("index_search", matcher.index.search)  # type: ignore[method-assign]
+    faces.candidate_templates = watch.wrap("sql", faces.candidate_templates)  # type: ignore[method-assign]
+    faces.keyring.unwrap = watch.wrap("decrypt", faces.keyring.unwrap)  # type: ignore[method-assign]
+    stored_faces.open_template = watch.wrap("decrypt", saved_open)
+    matching.rank_candidates = watch.wrap("rank", saved_rank)
+    try:
+        yield watch
+    finally:
+        for obj, name in (
+            (matcher.index, "search"),
+            (faces, "candidate_templates"),
+            (faces.keyring, "unwrap"),
+        ):
+            del obj.__dict__[name]  # the instance attribute set above; the method shows again
+        stored_faces.open_template, matching.rank_candidates = saved_open, saved_rank
+
+
+def identify_path(
+    settings: Settings, queries: np.ndarray, picked: np.ndarray
+) -> tuple[dict[str, float], dict[str, dict[str, float]], float]:
     """The gateway's identify minus the image pipeline: IdentificationService.identify_faces on one
     probe face for a key of the ``default`` namespace (index search for 80 faces, filtered
-    by namespace; SQL lookup of their subjects; ranking)."""
-    gw = open_gateway(settings, FacePipeline.local())
+    by namespace; SQL lookup of their subjects; ranking: for a fused model the re-rank with
+    the full fused templates). Returns its latency, then from a second, instrumented pass
+    the split of each call into :data:`SPLIT` (``sql`` without the decryption inside it;
+    ``other``: the rest of the call) and the total, each as percentiles; and, as a check
+    that the templates were found and re-ranked, the share of probes whose first ranked
+    subject is their own (``picked``; :meth:`IndexMatcher.match`, seen or not)."""
+    gw = open_gateway(settings, FacePipeline.local(PipelineConfig(model=settings.model)))
     try:
         box, marks = np.array([0, 0, 160, 160], np.float32), np.zeros((5, 2), np.float32)
         faces = [Face(box, 0.99, marks, q) for q in queries]
         caller = Caller(key_id="bench", role="identify", namespace="default")
-        gw.identification.identify_faces(faces[:5], top_k=5, threshold=None, caller=caller)  # warm
+        service = gw.identification
+        service.identify_faces(faces[:5], top_k=5, threshold=None, caller=caller)  # warm
         took = []
         for face in faces:
             t = time.perf_counter()
-            gw.identification.identify_faces([face], top_k=5, threshold=None, caller=caller)
+            service.identify_faces([face], top_k=5, threshold=None, caller=caller)
             took.append(time.perf_counter() - t)
-        return percentiles(took)
+        parts: dict[str, list[float]] = {k: [] for k in (*SPLIT, "total")}
+        with instrumented(service.matcher) as watch:
+            for face in faces:
+                t = time.perf_counter()
+                service.identify_faces([face], top_k=5, threshold=None, caller=caller)
+                total = time.perf_counter() - t
+                spent = watch.lap()
+                spent["sql"] -= spent["decrypt"]  # the decryption happens inside the read
+                spent["other"] = total - sum(spent[k] for k in SPLIT if k != "other")
+                for k in SPLIT:
+                    parts[k].append(spent[k])
+                parts["total"].append(total)
+        split = {k: percentiles(v, ("p50", "p95", "mean")) for k, v in parts.items()}
+        ranked, _ = service.matcher.match(queries, 5, caller.area)
+        own = [
+            bool(r) and r[0].subject_id == f"s{i:08d}" for r, i in zip(ranked, picked, strict=True)
+        ]
+        return percentiles(took), split, float(np.mean(own))
     finally:
         gw.close()
 
@@ -226,7 +354,7 @@ def reindex(settings: Settings, env: dict[str, str]) -> float:
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
     env["FACEREC_HOME"] = os.environ.get("FACEREC_HOME", "")
-    for name in ("env", "data_dir", "milvus_uri", "milvus_user", "index_type"):
+    for name in ("env", "data_dir", "milvus_uri", "milvus_user", "index_type", "model"):
         value = getattr(settings, name)
         if value is not None:
             env[f"FACEREC_{name.upper()}"] = str(value)
@@ -236,8 +364,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def open_indexed(settings: Settings) -> Gallery:
-    """The gateway's record and index for ``settings`` (as the service opens them)."""
-    return open_gallery(settings, open_database(settings), DIM)
+    """The gateway's record and index for ``settings`` (as the service opens them: the
+    index holds the model's :class:`~facerec.fusion.IndexSpace`)."""
+    card = load_model_card(settings.model)
+    return open_gallery(settings, open_database(settings), card.index_space, card.identity)
 
 
 def close(gallery: Gallery) -> None:
@@ -250,19 +380,23 @@ def run_size(
 ) -> dict[str, Any]:
     rng = np.random.default_rng(size)
     identities = size // PHOTOS
-    gallery = synthetic(rng, identities, PHOTOS)
-    picked = rng.choice(identities, args.probes, replace=False)
-    queries = seen_again(rng, gallery, picked)
-    exact = exact_top1(queries, gallery)
+    card = load_model_card(args.model)
+    gallery, queries, picked = synthetic_gallery(rng, card, identities, args.probes)
+    space: IndexSpace = card.index_space  # exact search over what the index holds
+    exact = exact_top1(space.project(queries), space.project(gallery))
     row: dict[str, Any] = {"gallery": size, "identities": identities, "probes": args.probes}
 
     data = folder / f"g{size}"
     server = {k: v for k, v in target.items() if k != "pid"}
     milvus = {"milvus_uri": str(data / "index.db")} if args.backend == "lite" else server
-    settings = Settings(env="development", data_dir=data, index_type=args.index_type, **milvus)
+    settings = Settings(
+        env="development", data_dir=data, index_type=args.index_type, model=args.model, **milvus
+    )
     t = time.perf_counter()
     db = open_database(settings)
     face_ids, subject_ids = build_record(db, gallery, BATCH, progress=True)
+    if card.parts:  # the record's templates are the fused model's (not the published one's)
+        record_model(db, card.identity)
     db.engine.dispose()
     row["record_seconds"] = round(time.perf_counter() - t, 2)
 
@@ -283,7 +417,7 @@ def run_size(
 
     pid = target.get("pid")
     if args.settle:
-        row["settle_seconds"] = wait_settled(pid)
+        row["settle_seconds"] = wait_settled(pid, timeout=args.settle_timeout)
         print(f"  server settled after {row['settle_seconds']} s", flush=True)
     for _ in range(3):  # the first searches after the build load indexed segments
         batched(index, queries)
@@ -298,9 +432,12 @@ def run_size(
         row["repeat_latency_ms"] = again["latency_ms"]
         row["repeat_recall_at_1"] = again["recall_at_1"]
         row["batch_queries_per_second"] = round(batched(index, queries), 1)
-        row["identify_path_ms"] = identify_path(settings, queries)
+        path, split, rank1 = identify_path(settings, queries, picked)
+        row["identify_path_ms"], row["identify_split_ms"] = path, split
+        row["identify_rank1"] = rank1  # probes whose first ranked subject is their own
     row["server_rss_mb"] = rss_mb(pid)
     print(f"  identify path: {row['identify_path_ms']}", flush=True)
+    print(f"  split: {row['identify_split_ms']}", flush=True)
     close(gallery_of)
     row["load_after_search"] = load()
 
@@ -381,6 +518,12 @@ def milvus_server(args: argparse.Namespace, folder: Path) -> Iterator[dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument(
+        "--model",
+        default=BASE_MODEL,
+        help="embedding model (a fused one, facenet128+dlib128: fused synthetic templates, "
+        "its first part indexed, the identify path re-ranking with the fused templates)",
+    )
     parser.add_argument("--backend", choices=("server", "lite"), default="server")
     parser.add_argument("--uri", help="an existing Milvus server (token in $MILVUS_TOKEN)")
     parser.add_argument("--probes", type=int, default=1000)
@@ -392,6 +535,12 @@ def main() -> None:
         action="store_true",
         help="after the index build, wait until the server's background compaction and "
         "re-indexing are over (its CPU under 0.1 core for 15 s) before measuring searches",
+    )
+    parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=3600.0,
+        help="--settle: measure anyway after this many seconds (settle_seconds: null)",
     )
     parser.add_argument(
         "--batch", type=int, default=BATCH, help="faces per insert call (enrolments: 1)"
@@ -411,9 +560,13 @@ def main() -> None:
     args = parser.parse_args()
     if DEFAULT_EF not in args.ef:
         args.ef.append(DEFAULT_EF)
-    folder = Path(tempfile.mkdtemp(prefix="facerec-search-", dir=args.work))
+    card = load_model_card(args.model)  # an unknown model fails before anything starts
     rows: list[dict[str, Any]] = []
     meta = {
+        "model": card.identity,
+        "embedding_size": card.embedding_size,
+        "indexed_size": card.index_space.size,
+        "part_weights": list(card.part_weights) if card.parts else None,
         "backend": args.backend,
         "nice": os.nice(0),
         "load_at_start": load(),
@@ -423,11 +576,14 @@ def main() -> None:
     out = args.out / f"search_scaling_{args.backend}_{args.index_type.lower()}.json"
     if args.keep and out.exists():  # rows of other sizes from an earlier run stay
         earlier = json.loads(out.read_text())
+        if earlier["meta"].get("model", BASE_MODEL).split(":")[0] != args.model:
+            parser.error(f"--keep: {out} holds another model's rows; choose another --out")
         rows = [r for r in earlier["rows"] if r["gallery"] not in args.sizes]
         if "machine" in earlier:  # what that run's rows were measured on
             earlier["meta"]["machine"] = earlier["machine"]
         meta["earlier_runs"] = [*earlier["meta"].pop("earlier_runs", []), earlier["meta"]]
     doc = record(meta=meta, rows=rows)
+    folder = Path(tempfile.mkdtemp(prefix="facerec-search-", dir=args.work))
     try:
         with milvus_server(args, folder) as server:
             for size in args.sizes:
@@ -437,7 +593,10 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     what = "Milvus 2.3 standalone" if args.backend == "server" else "Milvus Lite"
-    plot(rows, out.with_suffix(".png"), f"{what}: {args.index_type} over protected vectors")
+    over = f"{args.index_type} over protected vectors"
+    if card.parts:
+        over += f" ({args.model}: first part indexed, fused re-rank)"
+    plot(rows, out.with_suffix(".png"), f"{what}: {over}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

@@ -973,6 +973,55 @@ def fusion_search(results: Path = RESULTS) -> str:
     return table(header, out)
 
 
+FUSION_SCALING = "search_scaling_fused/search_scaling_server_hnsw.json"
+SPLIT_PARTS = ("index_search", "sql", "decrypt", "rank", "other")
+
+
+def _settled(row: Json) -> str:
+    """Whether a ``perf.search_scaling`` row was measured with the server settled."""
+    if "settle_seconds" not in row:
+        return "not settled"
+    return "settled" if row["settle_seconds"] is not None else "did not settle"
+
+
+def fusion_scaling(results: Path = RESULTS) -> str:
+    """``search_scaling_fused/`` (``python -m perf.search_scaling --model
+    facenet128+dlib128``): the gateway's identify path with the fused model's two-stage
+    search (FaceNet's slice in Milvus, the first K subjects re-ranked with their sealed
+    256-d templates), beside the single model's of the same size (``search_settled``'s
+    run), and where the fused path's time goes."""
+    fused: list[Json] = load(FUSION_SCALING, results)["rows"]
+    single = {r["gallery"]: r for r in load(SEARCH_SETTLED, results)["rows"]}
+    out = []
+    for r in fused:
+        one = single.get(r["gallery"])
+        sweep = {s["ef"]: s for s in r["sweep"]}
+        split = r["identify_split_ms"]
+        out.append(
+            [
+                _gallery(r["gallery"]),
+                f"{_latency(one['identify_path_ms'])} ms ({_settled(one)})" if one else "",
+                f"{_latency(r['identify_path_ms'])} ms ({_settled(r)})",
+                " / ".join(ms(split[k]["p50"]) for k in SPLIT_PARTS)
+                + f" ms (means {' / '.join(ms(split[k]['mean']) for k in SPLIT_PARTS)})",
+                _recall(sweep[_default_ef(r)]["recall_at_1"]),
+                _recall(r["identify_rank1"]),
+                _loads(r),
+            ]
+        )
+    ef = _one([_default_ef(r) for r in fused], "the default ef")
+    header = [
+        "gallery",
+        "facenet128: identify path p50 / p95 / p99",
+        "facenet128+dlib128 (two-stage): p50 / p95 / p99",
+        "two-stage, p50 (mean): index search / SQL read / decrypt / fused re-rank / rest",
+        f"first stage recall@1, ef {ef} (vs exact, FaceNet slice)",
+        "own subject ranked first",
+        "load avg. at insert / during the ef sweep",
+    ]
+    return table(header, out)
+
+
 # Each table: the function that makes it and the files it comes from (named under it).
 TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "lfw": (lfw, ("lfw_variants.json",)),
@@ -999,6 +1048,7 @@ TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "fusion": (fusion, (*FUSION_OPENSET, *FUSION_LFW)),
     "fusion_speed": (fusion_speed, (FUSION_SPEED,)),
     "fusion_search": (fusion_search, (FUSION_SEARCH,)),
+    "fusion_scaling": (fusion_scaling, (FUSION_SCALING, SEARCH_SETTLED)),
 }
 NOTES = {"video": " (`python -m perf.video` writes it from `video.json` in the same run)"}
 
