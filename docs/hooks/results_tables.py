@@ -1022,6 +1022,47 @@ def fusion_scaling(results: Path = RESULTS) -> str:
     return table(header, out)
 
 
+FUSION_TAIL = "fusion_tail.json"
+
+
+def fusion_tail(results: Path = RESULTS) -> str:
+    """``fusion_tail.json`` (``python -m perf.fusion_tail``): the strangers that score
+    highest against the fused model's gallery (each half's top five), with each part's
+    cosine and z-score: whether the parts' errors are independent where it matters."""
+    doc = load(FUSION_TAIL, results)
+    parts = doc["parts"]
+    out = []
+    for half in (0, 1):
+        for s in [s for s in doc["strangers"] if s["half"] == half][:5]:
+            out.append(
+                [
+                    str(half),
+                    f"{s['probe']} → {s['subject']}",
+                    f"{s['fused']:.3f}",
+                    *(f"{c:.3f} (z {z:+.1f})" for c, z in zip(s["cosine"], s["z"], strict=True)),
+                ]
+            )
+    header = ["half", "stranger → gallery subject", "fused", *(f"{p} cosine" for p in parts)]
+    return table(header, out)
+
+
+def fusion_ceiling(results: Path = RESULTS) -> str:
+    """``fusion_tail.json``: DIR at G = 1,000 per FaceNet part weight, each half's
+    thresholds set on its own strangers (no held-out calibration: the ceiling)."""
+    doc = load(FUSION_TAIL, results)
+    out = []
+    for row in doc["ceiling"]:
+        halves = row["dir_by_half"]
+        out.append(
+            [
+                f"{row['facenet_weight']:.2f}",
+                *(" / ".join(pct(h[f]) for h in halves) for f in ("0.001", "0.01")),
+            ]
+        )
+    header = ["FaceNet weight a", "DIR at 1e-3, half 0 / half 1", "DIR at 1e-2, half 0 / half 1"]
+    return table(header, out)
+
+
 # Each table: the function that makes it and the files it comes from (named under it).
 TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "lfw": (lfw, ("lfw_variants.json",)),
@@ -1049,6 +1090,8 @@ TABLES: dict[str, tuple[Callable[[Path], str], tuple[str, ...]]] = {
     "fusion_speed": (fusion_speed, (FUSION_SPEED,)),
     "fusion_search": (fusion_search, (FUSION_SEARCH,)),
     "fusion_scaling": (fusion_scaling, (FUSION_SCALING, SEARCH_SETTLED)),
+    "fusion_ceiling": (fusion_ceiling, (FUSION_TAIL,)),
+    "fusion_tail": (fusion_tail, (FUSION_TAIL,)),
 }
 NOTES = {"video": " (`python -m perf.video` writes it from `video.json` in the same run)"}
 
