@@ -1,4 +1,8 @@
-"""Typed dependencies of the routes: the services, the settings, the caller, uploads."""
+"""Typed dependencies of the routes: the services, the settings, the caller, uploads.
+
+Dependencies are ``async def`` unless they block: FastAPI runs a plain ``def`` dependency
+in the thread pool, one hand-off (and wake-up) per dependency per request, which cost more
+CPU than the attribute lookups most of these are."""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API 
 _bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 
@@ -37,39 +41,39 @@ def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def get_subjects(gateway: GatewayDep) -> SubjectService:
+async def get_subjects(gateway: GatewayDep) -> SubjectService:
     return gateway.subjects
 
 
-def get_enrolment(gateway: GatewayDep) -> EnrolmentService:
+async def get_enrolment(gateway: GatewayDep) -> EnrolmentService:
     return gateway.enrolment
 
 
-def get_verification(gateway: GatewayDep) -> VerificationService:
+async def get_verification(gateway: GatewayDep) -> VerificationService:
     return gateway.verification
 
 
-def get_identification(gateway: GatewayDep) -> IdentificationService:
+async def get_identification(gateway: GatewayDep) -> IdentificationService:
     return gateway.identification
 
 
-def get_detection(gateway: GatewayDep) -> DetectionService:
+async def get_detection(gateway: GatewayDep) -> DetectionService:
     return gateway.detection
 
 
-def get_health(gateway: GatewayDep) -> HealthService:
+async def get_health(gateway: GatewayDep) -> HealthService:
     return gateway.health
 
 
-def get_admin(gateway: GatewayDep) -> AdminService:
+async def get_admin(gateway: GatewayDep) -> AdminService:
     return gateway.admin
 
 
-def get_jobs(gateway: GatewayDep) -> JobService:
+async def get_jobs(gateway: GatewayDep) -> JobService:
     return gateway.jobs
 
 
-def get_gateway_settings(gateway: GatewayDep) -> Settings:
+async def get_gateway_settings(gateway: GatewayDep) -> Settings:
     return gateway.settings
 
 
@@ -84,19 +88,14 @@ JobsDep = Annotated[JobService, Depends(get_jobs)]
 SettingsDep = Annotated[Settings, Depends(get_gateway_settings)]
 
 
-def request_id(request: Request) -> str:
-    rid: str = request.state.request_id
-    return rid
-
-
-def require(role: str) -> Callable[..., Caller]:
+def require(role: str) -> Callable[..., Awaitable[Caller]]:
     """A dependency that authenticates the request and checks that its key may ``role``.
 
     The edge middleware (:mod:`gateway.api.edge`) has already done so from the headers,
     before the body was read, and left the caller in ``request.state``; the check here
     stands for an app run without it. Refusals are audited (action ``auth``)."""
 
-    def dependency(
+    async def dependency(
         request: Request,
         admin: AdminDep,
         key: Annotated[str | None, Depends(_api_key)] = None,
@@ -113,7 +112,7 @@ def require(role: str) -> Callable[..., Caller]:
         caller: Caller | None = getattr(request.state, "caller", None)
         if caller is None:
             token = key or (bearer.credentials if bearer else None)
-            caller = admin.authorize(token, role, request_id(request))
+            caller = await run_in_threadpool(admin.authorize, token, role, request.state.request_id)
         return caller if x_namespace is None else admin.in_namespace(caller, x_namespace)
 
     setattr(dependency, ROLE_ATTRIBUTE, role)  # read by gateway.api.policy
@@ -161,7 +160,7 @@ EnrolChange = Annotated[Caller, Depends(changes("enrol"))]
 IdentifyChange = Annotated[Caller, Depends(changes("identify"))]
 
 
-def multipart_only(request: Request) -> None:
+async def multipart_only(request: Request) -> None:
     """Routes taking files answer 415 to any other body type."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):

@@ -32,7 +32,7 @@ router = APIRouter(prefix="/v1", tags=["video"])
 POLL_S = 0.25  # how often an events socket looks for new events
 
 
-def get_streams(request: Request) -> StreamService:
+async def get_streams(request: Request) -> StreamService:
     streams: StreamService = request.app.state.gateway.streams
     return streams
 
