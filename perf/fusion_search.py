@@ -144,8 +144,10 @@ def summarise(runs: list[dict[str, Any]], fpir: str) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def fused_lfw_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks over the fused model's LFW embeddings: ``--data``,
+    ``--out`` and ``--cache``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=Path("/work/shared/datasets/lfw"))
     parser.add_argument("--out", type=Path, default=Path("perf/results"))
     parser.add_argument(
@@ -154,14 +156,24 @@ def main() -> None:
         default=Path(tempfile.gettempdir()) / "facerec" / f"lfw-{MODEL}.npz",
         help="the fused LFW embeddings (bench lfw-openset's OUT/embeddings.npz)",
     )
+    return parser
+
+
+def fused_lfw_faces(args: argparse.Namespace) -> tuple[FacePipeline, LfwFaces]:
+    """The fused pipeline and its LFW faces (``args.cache``, or embedded and cached)."""
+    pipeline = FacePipeline.local(PipelineConfig(model=MODEL))
+    return pipeline, load_or_embed(pipeline, args.data, args.cache, progress=True)
+
+
+def main() -> None:
+    parser = fused_lfw_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--galleries", type=int, default=10, help="random galleries of 1,000")
     parser.add_argument("--fpir", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    pipeline = FacePipeline.local(PipelineConfig(model=MODEL))
+    pipeline, faces = fused_lfw_faces(args)
     card = load_model_card(MODEL)
-    faces = load_or_embed(pipeline, args.data, args.cache, progress=True)
     cfg = pipeline.config
     table = card.identification_table(cfg.alignment, cfg.flip, cfg.precision, "centroid")
     space = card.index_space

@@ -25,22 +25,18 @@ Same embeddings as ``perf.fusion_search`` (``--cache``: ``bench lfw-openset``'s
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facerec.evaluation.lfw_faces import LfwFaces, load_or_embed
+from facerec.evaluation.lfw_faces import LfwFaces
 from facerec.evaluation.openset_lfw import Identities, searches, split_halves
 from facerec.fusion import FusionSpec, fuse_embeddings, split_embeddings
 from facerec.matching import Scoring, centroid
 from facerec.models import load_model_card
-from facerec.pipeline import FacePipeline, PipelineConfig
 from perf.common import record, write_json
+from perf.fusion_search import MODEL, fused_lfw_faces, fused_lfw_parser
 
-MODEL = "facenet128+dlib128"
 GALLERY = 1000
 GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 FPIRS = (1e-3, 1e-2)
@@ -105,21 +101,11 @@ def tail(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/datasets/lfw"))
-    parser.add_argument("--out", type=Path, default=Path("perf/results"))
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "facerec" / f"lfw-{MODEL}.npz",
-        help="the fused LFW embeddings (bench lfw-openset's OUT/embeddings.npz)",
-    )
+    parser = fused_lfw_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--top", type=int, default=20, help="strangers listed per half")
     args = parser.parse_args()
-
-    pipeline = FacePipeline.local(PipelineConfig(model=MODEL))
+    _, faces = fused_lfw_faces(args)
     card = load_model_card(MODEL)
-    faces = load_or_embed(pipeline, args.data, args.cache, progress=True)
     sizes = [p.embedding_size for p in card.parts]
     parts = split_embeddings(faces.embeddings, sizes, card.part_weights)
     spec = FusionSpec.from_dict(card.raw["fusion"])

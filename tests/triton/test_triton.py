@@ -15,27 +15,14 @@ import numpy as np
 import pytest
 
 from devkit import servers
-from facerec.imaging.decode import read_image
 from facerec.pipeline import FacePipeline, ImageFaces
 from facerec.triton.client import TritonConnection
 from facerec.triton.server import TritonServer, TritonUnavailableError
-from tests.support.data import GALLERY, lfw_image
+from tests.support.data import GALLERY
 
 pytestmark = pytest.mark.integration
 
 COSINE_MIN = 0.9999
-
-
-@pytest.fixture(scope="module")
-def images(group_photo: np.ndarray) -> list[np.ndarray]:
-    """One face, one face again, two faces, three faces, and none."""
-    return [
-        lfw_image("Abel_Pacheco_0001"),
-        lfw_image("Angela_Bassett_0005"),
-        read_image(GALLERY / "Choi_Sung-hong_0003.jpg"),
-        group_photo,
-        np.full((120, 160, 3), 128, np.uint8),
-    ]
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,12 @@ import pytest
 
 from devkit import servers
 from facerec.errors import InvalidArgumentError
-from facerec.imaging.decode import read_image
 from facerec.models import BASE_MODEL, embedder_key, load_model_card, model_path
 from facerec.pipeline import FacePipeline, ImageFaces, PipelineConfig
 from facerec.triton.client import TritonConnection
 from facerec.triton.repository import ModelSpec, source_dir, write_repository
 from facerec.triton.server import TritonServer
-from tests.support.data import FUSED, GALLERY, lfw_image
+from tests.support.data import FUSED
 
 pytestmark = pytest.mark.integration
 
@@ -33,18 +32,6 @@ def fused_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSer
         pytest.skip("tritonserver is not installed (scripts/install_triton.sh; .ci/run runs it)")
     with servers.triton_server(tmp_path_factory.mktemp("triton-fused"), model=FUSED) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def images(group_photo: np.ndarray) -> list[np.ndarray]:
-    """One face, one face again, two faces, three faces, and none."""
-    return [
-        lfw_image("Abel_Pacheco_0001"),
-        lfw_image("Angela_Bassett_0005"),
-        read_image(GALLERY / "Choi_Sung-hong_0003.jpg"),
-        group_photo,
-        np.full((120, 160, 3), 128, np.uint8),
-    ]
 
 
 @pytest.fixture(scope="module")
