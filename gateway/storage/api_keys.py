@@ -45,8 +45,9 @@ def _info(row: ApiKeyRow) -> ApiKeyInfo:
 class ApiKeyRepository:
     """The ``api_keys`` table; each method is one transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reads: Engine | None = None) -> None:
         self.engine = engine
+        self.reads = reads or engine  # single-statement reads (storage/connections.py)
 
     def add(
         self,
@@ -78,8 +79,8 @@ class ApiKeyRepository:
 
     def get(self, key_id: str) -> ApiKeyInfo | None:
         """The key ``key_id`` (every request's authentication: one plain query, without
-        the ORM's unit of work)."""
-        with self.engine.connect() as c:
+        the ORM's unit of work, in autocommit on PostgreSQL)."""
+        with self.reads.connect() as c:
             row = c.execute(select(ApiKeyRow.__table__).where(ApiKeyRow.id == key_id)).first()
             return None if row is None else _info(row)  # type: ignore[arg-type]
 

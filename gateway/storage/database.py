@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from gateway.crypto.envelope import Keyring
 from gateway.storage.api_keys import ApiKeyRepository
 from gateway.storage.audit import AuditRepository
+from gateway.storage.connections import read_engine
 from gateway.storage.faces import FaceRepository
 from gateway.storage.idempotency import IdempotencyRepository
 from gateway.storage.index_marks import IndexMarks
@@ -28,19 +29,20 @@ class Database:
 
     def __init__(self, url: str, keyring: Keyring) -> None:
         self.engine = open_engine(url)
+        self.reads = read_engine(self.engine)  # the reads every request makes
         self.keyring = keyring
         self.subjects = SubjectRepository(self.engine, keyring)
-        self.faces = FaceRepository(self.engine, keyring, process_name())
+        self.faces = FaceRepository(self.engine, keyring, process_name(), self.reads)
         self.model_migration = ModelMigrationRepository(self.engine, keyring)
         self.secrets = SecretRepository(self.engine, keyring)
-        self.api_keys = ApiKeyRepository(self.engine)
+        self.api_keys = ApiKeyRepository(self.engine, self.reads)
         self.idempotency = IdempotencyRepository(self.engine)
         self.audit = AuditRepository(self.engine)
         self.jobs = JobRepository(self.engine, keyring)
         self.maintenance = MaintenanceRepository(self.engine)
         self.processes = ProcessRepository(self.engine)
         self.streams = StreamRepository(self.engine)
-        self.index_marks = IndexMarks(self.engine)
+        self.index_marks = IndexMarks(self.engine, self.reads)
 
     def rotate_master_key(self) -> int:
         """Re-wrap every data key (subjects', queued jobs') and service secret under the

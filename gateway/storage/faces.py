@@ -74,8 +74,15 @@ class FaceRepository:
     """The ``faces`` table (with the subjects' data keys to seal and open templates); each
     method is one transaction."""
 
-    def __init__(self, engine: Engine, keyring: Keyring, writer: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        keyring: Keyring,
+        writer: str | None = None,
+        reads: Engine | None = None,
+    ) -> None:
         self.engine, self.keyring = engine, keyring
+        self.reads = reads or engine  # single-statement reads (storage/connections.py)
         self.writer = writer  # this process, recorded on the faces it writes
 
     def faces(self, subject_id: str) -> list[FaceInfo]:
@@ -247,7 +254,7 @@ class FaceRepository:
         if not subject_ids:
             return {}
         wanted = sorted(set(subject_ids))
-        with self.engine.connect() as c:  # one plain query, no ORM unit of work
+        with self.reads.connect() as c:  # one plain query, no ORM unit of work
             query = (
                 select(
                     SubjectRow.id,

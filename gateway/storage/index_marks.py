@@ -25,12 +25,13 @@ from gateway.storage.schema import IndexMarkRow, rowcount
 class IndexMarks:
     """The ``index_marks`` table: collection -> the latest write's hybrid timestamp."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reads: Engine | None = None) -> None:
         self.engine = engine
+        self.reads = reads or engine  # single-statement reads (storage/connections.py)
 
     def get(self, collection: str) -> int:
         """The collection's mark (every search reads it: one plain query)."""
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return int(
                 c.scalar(select(IndexMarkRow.ts).where(IndexMarkRow.name == collection)) or 0
             )

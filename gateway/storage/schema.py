@@ -26,10 +26,11 @@ from sqlalchemy import (
     event,
     false,
 )
-from sqlalchemy.engine import CursorResult, Dialect, Engine, Result
+from sqlalchemy.engine import CursorResult, Dialect, Engine, Result, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from gateway.scope import DEFAULT_GALLERY, DEFAULT_NAMESPACE
+from gateway.storage.connections import watch_liveness
 from gateway.storage.locks import session_lock
 from gateway.storage.migrate import migrate
 
@@ -307,8 +308,12 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
 def open_engine(url: str) -> Engine:
     """An engine with the schema created or upgraded (:mod:`.migrate`, one process at a
-    time); SQLite gets WAL, foreign keys and secure delete."""
-    engine = create_engine(url, pool_pre_ping=True)
+    time); SQLite gets WAL, foreign keys and secure delete. PostgreSQL's connections are
+    checked as they leave the pool without a round trip (:func:`watch_liveness`)."""
+    postgres = make_url(url).get_backend_name() == "postgresql"
+    engine = create_engine(url, pool_pre_ping=not postgres)
+    if postgres:
+        watch_liveness(engine)
     _sqlite_pragmas(engine)
     with session_lock(engine, "schema"):  # replicas starting together take turns
         Base.metadata.create_all(engine)
