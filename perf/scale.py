@@ -10,7 +10,9 @@ workers (``facerec worker``), and HAProxy with the deployment's own configuratio
 - ``throughput``: ``POST /v1/identify`` through the load balancer with 1, 2 and 3 API
   replicas (``--concurrency`` clients, ``--duration`` seconds each, from a separate client
   process), with the CPU seconds each process group spent per request (the replicas,
-  HAProxy, PostgreSQL, Milvus); and the in-process pipeline's CPU per image on the same
+  HAProxy, PostgreSQL, Milvus), the first replica's also by thread role (the pipeline's
+  workers, the request threads, the event loop: :mod:`perf.threads`); and the
+  in-process pipeline's CPU per image on the same
   images (decode, detect, align, embed: ``FacePipeline.analyze`` in this process), which is
   what an identify request cannot do without;
 - ``jobs``: a job's images per second with 1 and with 2 workers;
@@ -53,6 +55,7 @@ from devkit import servers
 from devkit.media import RtspServer
 from perf.common import figure, record, write_json
 from perf.gateway_load import gallery_people, load_run
+from perf.threads import per_request, thread_cpu, thread_names
 from perf.triton_perf import _ours, _proc_cpu
 
 JOB_LEASE_S = 10.0
@@ -236,6 +239,8 @@ def throughput(d: Deployment, args: argparse.Namespace, probes: list[Any]) -> li
                 pool.submit(
                     load_run, lb.url, d.key, "identify", probes, args.concurrency, 5, 10**9, 120
                 ).result()
+                replica = d.apis[names[0]].proc.pid
+                threads_before = thread_cpu(replica)
                 before = cpu_of(roots)
                 result = pool.submit(
                     load_run,
@@ -249,6 +254,9 @@ def throughput(d: Deployment, args: argparse.Namespace, probes: list[Any]) -> li
                     120,
                 ).result()
                 after = cpu_of(roots)
+                threads = per_request(
+                    threads_before, thread_cpu(replica), thread_names(replica), result["responses"]
+                )
         served = result["responses"]
         cpu = {g: round((after[g] - before[g]) / max(served, 1) * 1e3, 2) for g in roots}
         row = {
@@ -257,6 +265,8 @@ def throughput(d: Deployment, args: argparse.Namespace, probes: list[Any]) -> li
             "latency_ms": result["latency_ms"],
             "errors": result["errors"],
             "cpu_ms_per_request": cpu,
+            # the first replica's CPU per request by thread role (perf/threads.py)
+            "first_replica_threads": threads,
             "loadavg": [round(x, 2) for x in os.getloadavg()],
         }
         print(json.dumps(row))
