@@ -5,13 +5,11 @@ in-process fused pipeline, and the refusals between single-model and fused serve
 from __future__ import annotations
 
 import filecmp
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from devkit import servers
 from facerec.errors import InvalidArgumentError
 from facerec.models import BASE_MODEL, embedder_key, load_model_card, model_path
 from facerec.pipeline import FacePipeline, ImageFaces, PipelineConfig
@@ -23,15 +21,6 @@ from tests.support.data import FUSED
 pytestmark = pytest.mark.integration
 
 COSINE_MIN = 0.999
-
-
-@pytest.fixture(scope="module")
-def fused_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    """tritonserver on loopback with the CPU repository of the fused model."""
-    if not servers.triton_installed():
-        pytest.skip("tritonserver is not installed (scripts/install_triton.sh; .ci/run runs it)")
-    with servers.triton_server(tmp_path_factory.mktemp("triton-fused"), model=FUSED) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The gateway with the fused model ``facenet128+dlib128`` (``FACEREC_MODEL``, the local
-backend; Triton refuses a fused model): enrolment, 1:1 and 1:N, with the two-stage search
+backend; on Triton: tests/triton/test_triton_fused_gateway.py): enrolment, 1:1 and 1:N, with the two-stage search
 (the index holds only FaceNet's slice of each template, renormalised and protected, 128-d;
 the full 256-d templates are sealed in the system of record and re-rank the index's
 candidates), and ``facerec reembed`` toward it from kept images. On the three storage
