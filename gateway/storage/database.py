@@ -37,7 +37,7 @@ class Database:
         self.secrets = SecretRepository(self.engine, keyring)
         self.api_keys = ApiKeyRepository(self.engine, self.reads)
         self.idempotency = IdempotencyRepository(self.engine)
-        self.audit = AuditRepository(self.engine)
+        self.audit = AuditRepository(self.engine, self.reads)
         self.jobs = JobRepository(self.engine, keyring)
         self.maintenance = MaintenanceRepository(self.engine)
         self.processes = ProcessRepository(self.engine)

@@ -1,10 +1,10 @@
 """The gateway with the fused model ``facenet128+dlib128`` (``FACEREC_MODEL``, the local
-backend; on Triton: tests/triton/test_triton_fused_gateway.py): enrolment, 1:1 and 1:N, with the two-stage search
-(the index holds only FaceNet's slice of each template, renormalised and protected, 128-d;
-the full 256-d templates are sealed in the system of record and re-rank the index's
-candidates), and ``facerec reembed`` toward it from kept images. On the three storage
-configurations (SQLite + Milvus Lite; PostgreSQL + Milvus Lite's server; PostgreSQL + a
-real Milvus standalone)."""
+backend; on Triton: tests/triton/test_triton_fused_gateway.py): enrolment, 1:1 and 1:N, with
+the two-stage search (the index holds only FaceNet's slice of each template, renormalised and
+protected, 128-d; the full 256-d templates are sealed in the system of record and re-rank the
+index's candidates), and ``facerec reembed`` toward it from kept images. On the three storage
+configurations (SQLite + Milvus Lite; PostgreSQL + Milvus Lite's server; PostgreSQL + a real
+Milvus standalone)."""
 
 from __future__ import annotations
 
