@@ -168,7 +168,7 @@ def open_audit(settings: Settings, db: Database) -> AuditLog:
 
 
 def open_admin(settings: Settings, db: Database) -> AdminService:
-    keys = KeyManager(db.api_keys, db.secrets.get_or_create("pepper"))
+    keys = KeyManager(db.api_keys, db.secrets.get_or_create("pepper"), settings.api_key_cache_s)
     response_key = db.secrets.get_or_create("idempotency")
     return AdminService(keys, db.idempotency, open_audit(settings, db), response_key)
 

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     max_connections_per_client: int = Field(default=64, ge=1)  # one address's share
     # -- refused requests ------------------------------------------------------------------
     auth_failures_per_minute: int = Field(default=20, ge=1)  # per client, then 429
+    # a valid key is checked again after this long; a key revoked elsewhere (another
+    # replica, the CLI) is refused here within it (0: every request reads the key)
+    api_key_cache_s: float = Field(default=1.0, ge=0.0, le=60.0)
     refusal_audit_window_s: float = Field(default=60.0, gt=0.0)  # aggregation window
     refusal_audit_max_clients: int = Field(default=100, ge=1)  # detailed rows per window
     trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-For is used

@@ -159,13 +159,14 @@ class EdgeMiddleware:
     ) -> FaceRecError | None:
         admin = scope["app"].state.gateway.admin
         assert policy.role is not None
+        token, client = token_from(headers), client_address(scope)
+        known = admin.authorize_now(token, policy.role, state["request_id"], client)
+        if known is not None:  # a key read valid moments ago: no query, no thread hand-off
+            state["caller"] = known
+            return None
         try:
             state["caller"] = await anyio.to_thread.run_sync(
-                admin.authorize,
-                token_from(headers),
-                policy.role,
-                state["request_id"],
-                client_address(scope),
+                admin.authorize, token, policy.role, state["request_id"], client
             )
         except FaceRecError as exc:
             return exc

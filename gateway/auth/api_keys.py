@@ -13,6 +13,9 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -97,10 +100,26 @@ class BootstrapKeyError(FaceRecError):
 
 
 class KeyManager:
-    """Keys are checked with a pepper (a service secret), so the table alone proves nothing."""
+    """Keys are checked with a pepper (a service secret), so the table alone proves nothing.
 
-    def __init__(self, records: ApiKeyRepository, pepper: bytes) -> None:
+    A valid key's record is remembered for ``cache_s`` seconds after it was read (0: never),
+    so that a busy caller's requests are checked without a query or a thread hand-off
+    (:meth:`cached`). A key revoked through this process is forgotten at once; one revoked
+    through another process (a replica, ``facerec keys revoke``) is refused here within
+    ``cache_s``. Unknown, wrong and revoked keys are never remembered: each costs the
+    lookup, behind the failed-authentication throttle."""
+
+    def __init__(
+        self,
+        records: ApiKeyRepository,
+        pepper: bytes,
+        cache_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.records, self.pepper = records, pepper
+        self.cache_s, self.clock = cache_s, clock
+        self._valid: dict[str, tuple[ApiKeyInfo, float]] = {}  # key id -> record, until
+        self._lock = threading.Lock()
 
     def create(
         self,
@@ -151,8 +170,25 @@ class KeyManager:
             self.records.mark_bootstrap(key_id)
         revoked = [k for k in self.records.active_bootstrap() if k != key_id]
         for old in revoked:
-            self.records.revoke(old)
+            self.revoke(old)
         return Bootstrapped(key_id, added, revoked)
+
+    def cached(self, token: str | None) -> Principal | None:
+        """The holder of ``token`` when its key was read valid less than ``cache_s`` ago
+        and the secret matches, without a query; None when only :meth:`authenticate`
+        can tell."""
+        match = TOKEN_FORMAT.fullmatch(token.strip()) if token else None
+        if match is None:
+            return None
+        key_id, secret = match.groups()
+        with self._lock:
+            entry = self._valid.get(key_id)
+        if entry is None or self.clock() >= entry[1]:
+            return None
+        record = entry[0]
+        if not check_secret(self.pepper, secret, record.digest):
+            return None
+        return Principal(record.id, record.role, record.namespace, record.gallery)
 
     def authenticate(self, token: str | None) -> Principal:
         if not token:
@@ -160,16 +196,36 @@ class KeyManager:
                 "an API key is required (X-API-Key or Authorization: Bearer)",
                 code="missing_api_key",
             )
+        known = self.cached(token)
+        if known is not None:
+            return known
         key_id, secret = parse_token(token)
         record = self.records.get(key_id)
         if record is None or not check_secret(self.pepper, secret, record.digest):
             raise AuthError("unknown API key", code="invalid_api_key")
         if record.revoked_at is not None:
+            self._forget(key_id)
             raise AuthError("this API key was revoked", code="revoked_api_key")
+        self._remember(record)
         return Principal(record.id, record.role, record.namespace, record.gallery)
 
+    def _remember(self, record: ApiKeyInfo) -> None:
+        if self.cache_s <= 0:
+            return
+        now = self.clock()
+        with self._lock:
+            self._valid[record.id] = (record, now + self.cache_s)
+            if len(self._valid) > 1024:  # valid keys only; drop the expired
+                self._valid = {k: v for k, v in self._valid.items() if v[1] > now}
+
+    def _forget(self, key_id: str) -> None:
+        with self._lock:
+            self._valid.pop(key_id, None)
+
     def revoke(self, key_id: str) -> None:
+        self._forget(key_id)
         self.records.revoke(key_id)
+        self._forget(key_id)  # a request that read it meanwhile
 
     def list(self) -> list[ApiKeyInfo]:
         return self.records.all()

@@ -103,6 +103,22 @@ class AdminService:
             raise ForbiddenError(f"a key with role {principal.role!r} may not {needed}")
         return caller
 
+    def authorize_now(
+        self, token: str | None, needed: str, request_id: str | None, client: str | None = None
+    ) -> Caller | None:
+        """:meth:`authorize` when it needs neither the database nor the audit (a key read
+        valid moments ago, whose role may ``needed``, from a client not throttled), so the
+        event loop may call it; None otherwise: call :meth:`authorize` in a thread."""
+        throttle = self.throttle
+        if throttle is not None and client is not None and throttle.retry_after(client):
+            return None
+        principal = self.keys.cached(token)
+        if principal is None or not allowed(principal.role, needed):
+            return None
+        return Caller(
+            principal.key_id, principal.role, request_id, principal.namespace, principal.gallery
+        )
+
     def _refused(self, client: str | None, action: str, caller: Caller) -> None:
         """Audit a refusal of a caller without a valid key (aggregated per client)."""
         if self.refusals is None:
