@@ -8,7 +8,10 @@ API key's check does, ``--reads`` times per variant: SQLAlchemy's pre-ping with 
 transaction psycopg opens (what every read cost before), the socket check instead of the
 ping (:func:`~gateway.storage.connections.watch_liveness`), and the reads engine in
 autocommit (:func:`~gateway.storage.connections.read_engine`). Client CPU and wall time
-per read; writes ``sql_roundtrips.json``.
+per read. Then one audit event appended ``--reads`` times through
+:class:`~gateway.storage.audit.AuditRepository`: by the locked path (begin, advisory lock,
+read the last event, insert, commit) and by the one conditional statement that follows
+this process's own last event. Writes ``sql_roundtrips.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from devkit import servers
+from gateway.audit.chain import AuditEvent, chain_event
+from gateway.audit.log import utc_timestamp
+from gateway.storage.audit import AuditRepository
 from gateway.storage.connections import read_engine, watch_liveness
+from gateway.storage.schema import open_engine
 from perf.common import record, write_json
 
 
@@ -42,6 +49,22 @@ def _per_read(engine: Engine, reads: int) -> dict[str, float]:
         if not best or row["cpu_us"] < best["cpu_us"]:
             best = row
     return {k: round(v, 1) for k, v in best.items()}
+
+
+def _per_append(repo: AuditRepository, appends: int) -> dict[str, float]:
+    key = b"k" * 32
+
+    def follow(last: AuditEvent | None) -> list[AuditEvent]:
+        return [chain_event(key, last, action="identify", outcome="no_match", time=utc_timestamp())]
+
+    repo.append(follow)  # the first append reads the last event
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(appends):
+        repo.append(follow)
+    return {
+        "cpu_us": round((time.process_time() - cpu) / appends * 1e6, 1),
+        "wall_us": round((time.perf_counter() - wall) / appends * 1e6, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         rows["socket_check_autocommit"] = _per_read(reads, args.reads)
         reads.dispose()
         watched.dispose()
+        engine = open_engine(pg.url)
+        appends = {
+            "audit_locked_path": _per_append(AuditRepository(engine), args.reads),
+            "audit_one_statement": _per_append(
+                AuditRepository(engine, read_engine(engine)), args.reads
+            ),
+        }
+        engine.dispose()
+    rows.update(appends)
     result = record(reads_per_round=args.reads, per_read=rows)
     write_json(args.out / "sql_roundtrips.json", result)
     for name, row in rows.items():

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Integer, String, column, func, insert, select, values
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -24,6 +24,16 @@ from gateway.storage.locks import transaction_lock
 from gateway.storage.schema import AuditRow
 
 OUTAGE_S = 10.0  # how long an append waits for a database that does not answer
+
+
+# the events, as arrays: one statement text whatever their number (compiled once)
+_INSERT_AFTER = text(
+    "INSERT INTO audit_events (seq, body) "
+    "SELECT seq, body FROM unnest(CAST(:seqs AS integer[]), CAST(:bodies AS text[])) "
+    "AS new (seq, body) "
+    "WHERE (SELECT max(seq) FROM audit_events) = :last "
+    "RETURNING seq"
+)
 
 
 class AuditRepository:
@@ -100,17 +110,14 @@ class AuditRepository:
         events = follow(last)
         if not events:
             return events
-        rows = [(e.seq, json.dumps(e.__dict__, sort_keys=True)) for e in events]
-        new = values(column("seq", Integer), column("body", String), name="new").data(rows)
-        still_last = select(func.max(AuditRow.seq)).scalar_subquery() == last.seq
-        statement = (
-            insert(AuditRow)
-            .from_select(["seq", "body"], select(new.c.seq, new.c.body).where(still_last))
-            .returning(AuditRow.seq)
-        )
+        params = {
+            "seqs": [e.seq for e in events],
+            "bodies": [json.dumps(e.__dict__, sort_keys=True) for e in events],
+            "last": last.seq,
+        }
         try:
             with self.reads.connect() as c:
-                stored = len(c.execute(statement).all())
+                stored = len(c.execute(_INSERT_AFTER, params).all())
         except SqlIntegrityError:
             return None
         return events if stored == len(events) else None
