@@ -38,10 +38,11 @@ def socket_alive(dbapi_connection: Any) -> bool:
     if dbapi_connection.closed or getattr(dbapi_connection, "broken", False):
         return False
     try:
-        readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+        poller = select.poll()  # not select(): a busy process's descriptors pass 1024
+        poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)  # readable, hung up or invalid: not usable
     except (OSError, ValueError):
         return False
-    return not readable
 
 
 def watch_liveness(engine: Engine) -> None:

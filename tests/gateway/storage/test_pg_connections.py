@@ -4,6 +4,7 @@ in autocommit (no BEGIN/ROLLBACK around each read)."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -88,3 +89,39 @@ def test_reads_run_in_autocommit_and_see_committed_writes(engine: Engine) -> Non
 def test_sqlite_keeps_its_engine(tmp_path: object) -> None:
     engine = open_engine(f"sqlite:///{tmp_path}/x.db")
     assert read_engine(engine) is engine
+
+
+class _Fake:
+    """What socket_alive reads of a psycopg connection."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.closed, self.broken = fd, False, False
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+def test_socket_alive_works_past_descriptor_1024() -> None:
+    """A busy gateway holds over 1,024 descriptors (connections, WebSockets): the check
+    must not depend on select()'s limit."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    high = 2000
+    if max(soft, hard if hard != resource.RLIM_INFINITY else high + 1) <= high:
+        pytest.skip("this process may not open descriptor 2000")
+    if soft <= high:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (high + 1, hard))
+    ours, peer = socket.socketpair()
+    try:
+        os.dup2(ours.fileno(), high)
+        fake = _Fake(high)
+        assert socket_alive(fake)
+        peer.send(b"x")  # the server said something: not an idle connection any more
+        assert not socket_alive(fake)
+    finally:
+        os.close(high)
+        ours.close()
+        peer.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
