@@ -253,9 +253,10 @@ def _configs(src: Path, card: ModelCard) -> list[tuple[str, str, ModelCard | Non
 def write_repository(
     target: str, out: Path, home: Path | None = None, model: str = BASE_MODEL
 ) -> list[str]:
-    """Generate the ``target`` repository in ``out`` (replacing models of the same names)
-    serving embedding model ``model`` (a fused model: its parts' embedders as two branches
-    of the ensemble); returns the Triton model names."""
+    """Generate the ``target`` repository in ``out`` (replacing models of the same names,
+    and removing an earlier fused model's second part) serving embedding model ``model``
+    (a fused model: its parts' embedders as two branches of the ensemble); returns the
+    Triton model names."""
     src = source_dir(target)
     card = load_model_card(model, home)
     configs = _configs(src, card)
@@ -293,4 +294,23 @@ def write_repository(
                 path = model_path(key, home)
                 _place(path, version / path.name)
         names.append(name)
+    _remove_stale_parts(out, names)
     return names
+
+
+def _remove_stale_parts(out: Path, names: list[str]) -> None:
+    """Remove the second-part models (``aligner_B``, ``embedder_B``: :func:`part_model`)
+    that an earlier fused repository left in ``out`` and this one does not write, so
+    that tritonserver does not load them beside the new ones. Only models this module
+    generated go: their configs name the part's card (``model_card``) or the fused model
+    (``fused_model``); anything else of those names is left alone."""
+    for model_dir in sorted(out.iterdir()):
+        base, _, part = model_dir.name.partition("_")
+        if base not in ("aligner", "embedder") or not part or model_dir.name in names:
+            continue
+        config = model_dir / "config.pbtxt"
+        if not config.is_file():
+            continue
+        marker = "model_card" if base == "aligner" else "fused_model"
+        if marker in ModelSpec.parse(config.read_text()).parameters:
+            shutil.rmtree(model_dir)
