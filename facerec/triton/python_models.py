@@ -172,9 +172,15 @@ class Fuse:
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for r in requests:
-            raw = _input(r, "EMBEDDINGS_RAW").astype(np.float32)
-            k = len(_input(r, "BOXES"))
-            out = pb_utils.Tensor("EMBEDDINGS", np.ascontiguousarray(_unflip(raw, k)))
+            try:
+                raw = _input(r, "EMBEDDINGS_RAW").astype(np.float32)
+                k = len(_input(r, "BOXES"))
+                rows = _unflip(raw, k)
+            except Exception as exc:  # this request fails alone, as in FuseParts
+                log.exception("taking the embeddings failed")
+                responses.append(_error(exc))
+                continue
+            out = pb_utils.Tensor("EMBEDDINGS", np.ascontiguousarray(rows))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
         return responses
 
