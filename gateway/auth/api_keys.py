@@ -177,10 +177,15 @@ class KeyManager:
         """The holder of ``token`` when its key was read valid less than ``cache_s`` ago
         and the secret matches, without a query; None when only :meth:`authenticate`
         can tell."""
-        match = TOKEN_FORMAT.fullmatch(token.strip()) if token else None
-        if match is None:
+        if not token:
             return None
-        key_id, secret = match.groups()
+        try:
+            key_id, secret = parse_token(token)
+        except AuthError:
+            return None
+        return self._known(key_id, secret)
+
+    def _known(self, key_id: str, secret: str) -> Principal | None:
         with self._lock:
             entry = self._valid.get(key_id)
         if entry is None or self.clock() >= entry[1]:
@@ -196,10 +201,10 @@ class KeyManager:
                 "an API key is required (X-API-Key or Authorization: Bearer)",
                 code="missing_api_key",
             )
-        known = self.cached(token)
+        key_id, secret = parse_token(token)
+        known = self._known(key_id, secret)
         if known is not None:
             return known
-        key_id, secret = parse_token(token)
         record = self.records.get(key_id)
         if record is None or not check_secret(self.pepper, secret, record.digest):
             raise AuthError("unknown API key", code="invalid_api_key")

@@ -57,8 +57,9 @@ class AuditRepository:
         fail, and this one retries with the new last event. Either way the events form one
         chain. On PostgreSQL an append right after this process's own is one conditional
         statement (:meth:`_append_after`); the locked path runs when another process has
-        appended since. While the database does not answer (a restart), the append is tried again
-        for up to ``OUTAGE_S`` seconds, so that an audited action is not lost to a blip.
+        appended since. While the database does not answer (a restart), the append is
+        tried again for up to ``OUTAGE_S`` seconds, so that an audited action is not lost
+        to a blip.
         """
         deadline = time.monotonic() + OUTAGE_S
         with self._lock:
