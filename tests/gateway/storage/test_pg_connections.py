@@ -32,7 +32,8 @@ def _backend(engine: Engine) -> int:
 
 def _terminate(engine: Engine, pid: int) -> None:
     with engine.connect() as c:  # a second connection: the pooled one is checked in
-        c.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        # waits until the backend has exited (its socket closed), up to 10 s
+        c.execute(text("SELECT pg_terminate_backend(:p, 10000)"), {"p": pid})
         c.commit()
 
 
