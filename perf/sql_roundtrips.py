@@ -6,12 +6,15 @@ holding the connection (the choice behind ``gateway/storage/connections.py``).
 Starts a throwaway PostgreSQL (as the tests do) and reads one row by primary key, as the
 API key's check does, ``--reads`` times per variant: SQLAlchemy's pre-ping with the
 transaction psycopg opens (what every read cost before), the socket check instead of the
-ping (:func:`~gateway.storage.connections.watch_liveness`), and the reads engine in
-autocommit (:func:`~gateway.storage.connections.read_engine`). Client CPU and wall time
-per read. Then one audit event appended ``--reads`` times through
-:class:`~gateway.storage.audit.AuditRepository`: by the locked path (begin, advisory lock,
-read the last event, insert, commit) and by the one conditional statement that follows
-this process's own last event. Writes ``sql_roundtrips.json``.
+ping (:func:`~gateway.storage.connections.watch_liveness`), the reads engine in autocommit
+(:func:`~gateway.storage.connections.read_engine`), and that engine's connections used
+through psycopg itself, without a SQLAlchemy statement
+(:func:`~gateway.storage.connections.driver_rows`, as the reads every request makes).
+Client CPU and wall time per read. Then one audit event appended ``--reads`` times
+through :class:`~gateway.storage.audit.AuditRepository`: by the locked path (begin,
+advisory lock, read the last event, insert, commit) and by the one conditional statement,
+through the driver, that follows this process's own last event. Writes
+``sql_roundtrips.json``.
 """
 
 from __future__ import annotations
@@ -29,17 +32,20 @@ from devkit import servers
 from gateway.audit.chain import AuditEvent, chain_event
 from gateway.audit.log import utc_timestamp
 from gateway.storage.audit import AuditRepository
-from gateway.storage.connections import read_engine, watch_liveness
+from gateway.storage.connections import driver_rows, read_engine, watch_liveness
 from gateway.storage.schema import open_engine
 from perf.common import record, write_json
 
 
-def _per_read(engine: Engine, reads: int) -> dict[str, float]:
+def _per_read(engine: Engine, reads: int, driver: bool = False) -> dict[str, float]:
     query = text("SELECT v FROM t WHERE id = :id")
     best: dict[str, float] = {}
     for _ in range(3):  # the best of three rounds: this machine's noise is one-sided
         cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(reads):
+            if driver:  # psycopg itself, on a connection of the same pool
+                driver_rows(engine, "SELECT v FROM t WHERE id = %(id)s", {"id": "a"})
+                continue
             with engine.connect() as c:
                 c.execute(query, {"id": "a"}).scalar()
         row = {
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         rows["socket_check_transaction"] = _per_read(watched, args.reads)
         reads = read_engine(watched)
         rows["socket_check_autocommit"] = _per_read(reads, args.reads)
+        rows["autocommit_through_the_driver"] = _per_read(reads, args.reads, driver=True)
         reads.dispose()
         watched.dispose()
         engine = open_engine(pg.url)
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     result = record(reads_per_round=args.reads, per_read=rows)
     write_json(args.out / "sql_roundtrips.json", result)
     for name, row in rows.items():
-        print(f"{name:26s} {row['cpu_us']:7.1f} us CPU  {row['wall_us']:7.1f} us wall")
+        print(f"{name:30s} {row['cpu_us']:7.1f} us CPU  {row['wall_us']:7.1f} us wall")
     return 0
 
 

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -20,18 +20,20 @@ from sqlalchemy.orm import Session
 
 from gateway.audit.chain import AuditEvent
 from gateway.errors import ConflictError
+from gateway.storage.connections import driver_rows
 from gateway.storage.locks import transaction_lock
 from gateway.storage.schema import AuditRow
 
 OUTAGE_S = 10.0  # how long an append waits for a database that does not answer
 
 
-# the events, as arrays: one statement text whatever their number (compiled once)
-_INSERT_AFTER = text(
+# the events, as arrays: one statement text whatever their number, in psycopg's own form
+# (every request appends: storage/connections.py, driver_rows)
+_INSERT_AFTER = (
     "INSERT INTO audit_events (seq, body) "
-    "SELECT seq, body FROM unnest(CAST(:seqs AS integer[]), CAST(:bodies AS text[])) "
+    "SELECT seq, body FROM unnest(%(seqs)s::integer[], %(bodies)s::text[]) "
     "AS new (seq, body) "
-    "WHERE (SELECT max(seq) FROM audit_events) = :last "
+    "WHERE (SELECT max(seq) FROM audit_events) = %(last)s "
     "RETURNING seq"
 )
 
@@ -117,8 +119,7 @@ class AuditRepository:
             "last": last.seq,
         }
         try:
-            with self.reads.connect() as c:
-                stored = len(c.execute(_INSERT_AFTER, params).all())
+            stored = len(driver_rows(self.reads, _INSERT_AFTER, params))
         except SqlIntegrityError:
             return None
         return events if stored == len(events) else None

@@ -23,6 +23,8 @@ from gateway.crypto.envelope import Keyring, WrappedKey, open_template, seal_ima
 from gateway.errors import ConflictError, NotFoundError
 from gateway.model_ids import published_model_id
 from gateway.scope import conditions, within
+from gateway.storage.connections import driver_rows
+from gateway.storage.locks import is_postgres
 from gateway.storage.schema import FaceRow, SubjectRow, new_id
 from gateway.storage.subjects import (
     data_key,
@@ -33,6 +35,39 @@ from gateway.storage.subjects import (
 )
 
 _Q = TypeVar("_Q", bound=Select[*tuple[Any, ...]])  # any SELECT
+
+
+# a search's candidates (:meth:`FaceRepository.candidate_templates`) with their subjects'
+# data keys: the subjects by primary key, and their faces by the faces' subject index
+_CANDIDATES_PG = (  # every request reads it: psycopg's own text, the ids as an array
+    "SELECT s.id, s.name, s.namespace, s.gallery, s.dek_key_id, s.dek_blob,"
+    " f.id, f.template, f.model_id"
+    " FROM subjects s JOIN faces f ON f.subject_id = s.id"
+    " WHERE s.id = ANY(%(ids)s) AND f.subject_id = ANY(%(ids)s) AND f.state = 'indexed'"
+)
+
+
+def _candidates(wanted: list[str]) -> Select[*tuple[Any, ...]]:
+    """The same query built for other databases (SQLite)."""
+    return (
+        select(
+            SubjectRow.id,
+            SubjectRow.name,
+            SubjectRow.namespace,
+            SubjectRow.gallery,
+            SubjectRow.dek_key_id,
+            SubjectRow.dek_blob,
+            FaceRow.id,
+            FaceRow.template,
+            FaceRow.model_id,
+        )
+        .join(FaceRow, FaceRow.subject_id == SubjectRow.id)
+        .where(
+            SubjectRow.id.in_(wanted),
+            FaceRow.subject_id.in_(wanted),  # the planner's way to the faces' index
+            FaceRow.state == "indexed",
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -254,27 +289,11 @@ class FaceRepository:
         if not subject_ids:
             return {}
         wanted = sorted(set(subject_ids))
-        with self.reads.connect() as c:  # one plain query, no ORM unit of work
-            query = (
-                select(
-                    SubjectRow.id,
-                    SubjectRow.name,
-                    SubjectRow.namespace,
-                    SubjectRow.gallery,
-                    SubjectRow.dek_key_id,
-                    SubjectRow.dek_blob,
-                    FaceRow.id,
-                    FaceRow.template,
-                    FaceRow.model_id,
-                )
-                .join(FaceRow, FaceRow.subject_id == SubjectRow.id)
-                .where(
-                    SubjectRow.id.in_(wanted),
-                    FaceRow.subject_id.in_(wanted),  # the planner's way to the faces' index
-                    FaceRow.state == "indexed",
-                )
-            )
-            rows = c.execute(query).all()
+        if is_postgres(self.reads):  # the statement as psycopg takes it (connections.py)
+            rows = driver_rows(self.reads, _CANDIDATES_PG, {"ids": wanted})
+        else:
+            with self.reads.connect() as c:  # one plain query, no ORM unit of work
+                rows = list(c.execute(_candidates(wanted)).all())
         keys: dict[str, bytes] = {}
         found: dict[str, tuple[str, list[np.ndarray]]] = {}
         for sid, name, space, group, key_id, blob, face_id, template, model in rows:

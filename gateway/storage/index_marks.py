@@ -19,7 +19,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway.storage.connections import driver_rows
+from gateway.storage.locks import is_postgres
 from gateway.storage.schema import IndexMarkRow, rowcount
+
+_MARK_PG = "SELECT ts FROM index_marks WHERE name = %(name)s"  # through psycopg itself
 
 
 class IndexMarks:
@@ -31,6 +35,9 @@ class IndexMarks:
 
     def get(self, collection: str) -> int:
         """The collection's mark (every search reads it: one plain query)."""
+        if is_postgres(self.reads):
+            rows = driver_rows(self.reads, _MARK_PG, {"name": collection})
+            return int(rows[0][0] or 0) if rows else 0
         with self.reads.connect() as c:
             return int(
                 c.scalar(select(IndexMarkRow.ts).where(IndexMarkRow.name == collection)) or 0

@@ -18,6 +18,7 @@ from devkit import servers
 from gateway.audit.chain import verify_chain
 from gateway.audit.log import AuditLog
 from gateway.crypto.envelope import MasterKey
+from gateway.storage import audit as stored_audit
 from gateway.storage.audit import AuditRepository
 from gateway.storage.connections import read_engine
 from gateway.storage.schema import open_engine
@@ -49,16 +50,33 @@ def statements(engine: Engine) -> list[str]:
     return seen
 
 
-def test_an_append_after_its_own_is_one_statement(url: str, tmp_path: Path) -> None:
+def driver_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements the audit repository runs through psycopg itself (``driver_rows``,
+    still run: recorded on the way)."""
+    seen: list[str] = []
+    real = stored_audit.driver_rows
+
+    def spy(engine: Engine, statement: str, params: Any) -> list[tuple[Any, ...]]:
+        seen.append(statement)
+        return real(engine, statement, params)
+
+    monkeypatch.setattr(stored_audit, "driver_rows", spy)
+    return seen
+
+
+def test_an_append_after_its_own_is_one_statement(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = replica(url, tmp_path, "a")
     repo = log.stored
-    locked, single = statements(repo.engine), statements(repo.reads)
+    locked, reads = statements(repo.engine), statements(repo.reads)
+    single = driver_statements(monkeypatch)
     log.append(action="enrol", outcome="ok")  # nothing known yet: the locked path
-    assert any("pg_advisory_xact_lock" in s for s in locked) and not single
+    assert any("pg_advisory_xact_lock" in s for s in locked) and not single and not reads
     locked.clear()
     for _ in range(3):
         log.append(action="identify", outcome="no_match")
-    assert locked == [] and len(single) == 3
+    assert locked == [] and reads == [] and len(single) == 3
     assert all(s.lstrip().upper().startswith("INSERT") for s in single)
     assert log.verify().ok and repo.last_seq() == 4
 

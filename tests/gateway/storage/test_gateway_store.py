@@ -1,10 +1,12 @@
-"""The SQL system of record (SQLite here): sealed templates, crypto-shredding, rotation,
-duplicates, the pending/indexed states and the stored audit chain."""
+"""The SQL system of record (SQLite here, and PostgreSQL where a query differs):
+sealed templates, crypto-shredding, rotation, duplicates, the pending/indexed states and
+the stored audit chain."""
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy import event, text
 
+from devkit import servers
 from gateway.audit.chain import verify_chain
 from gateway.audit.log import AuditLog
 from gateway.crypto.envelope import Keyring, MasterKey
@@ -27,6 +30,18 @@ def unit(seed: int) -> np.ndarray:
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
     return Database(f"sqlite:///{tmp_path / 'facerec.sqlite3'}", Keyring(MasterKey.generate()))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def either_db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """Both databases, for the reads that PostgreSQL runs through psycopg itself
+    (gateway/storage/connections.py, ``driver_rows``)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'facerec.sqlite3'}"
+    else:
+        postgres: str = request.getfixturevalue("postgres_url")
+        url = servers.fresh_database(postgres, f"t_{uuid.uuid4().hex[:12]}")
+    return Database(url, Keyring(MasterKey.generate()))
 
 
 def db_bytes(tmp_path: Path) -> bytes:
@@ -134,18 +149,21 @@ def test_idempotency_claims(db: Database) -> None:
     assert keys.prune(now() + timedelta(seconds=1)) == 2 and keys.keys() == []
 
 
-def test_candidate_templates_keep_to_the_callers_scope(db: Database) -> None:
+def test_candidate_templates_keep_to_the_callers_scope(either_db: Database) -> None:
     """The templates opened for an identification's candidates are only those of the
     caller's namespace and gallery, whatever subject ids the index returned (a second
-    guard behind the index's own filter)."""
+    guard behind the index's own filter); indexed faces only; unknown ids are skipped."""
+    db = either_db
     store = db.faces
     mine = db.subjects.create("Mine", namespace="acme", gallery="staff")
     visitor = db.subjects.create("Visitor", namespace="acme", gallery="visitors")
     other = db.subjects.create("Other", namespace="globex", gallery="staff")
     for n, subject in enumerate((mine, visitor, other)):
         store.mark_indexed([store.add_face(subject.id, unit(n), f"h{n}", 0.9, [0, 0, 9, 9])])
+    store.add_face(mine.id, unit(7), "pending", 0.9, [0, 0, 9, 9])  # not in the index yet
     ids = [mine.id, visitor.id, other.id]
-    assert set(store.candidate_templates(ids)) == set(ids)
+    assert set(store.candidate_templates([*ids, "no-such-subject"])) == set(ids)
+    np.testing.assert_array_equal(store.candidate_templates([mine.id])[mine.id][1], unit(0)[None])
     assert set(store.candidate_templates(ids, "acme")) == {mine.id, visitor.id}
     assert set(store.candidate_templates(ids, "acme", "staff")) == {mine.id}
     assert set(store.candidate_templates(ids, None, "staff")) == {mine.id, other.id}

@@ -1,19 +1,22 @@
 """PostgreSQL connections without a round trip per checkout (gateway/storage/connections.py):
-a connection the server closed is replaced as it leaves the pool, and the reads engine is
-in autocommit (no BEGIN/ROLLBACK around each read)."""
+a connection the server closed is replaced as it leaves the pool, the reads engine is in
+autocommit (no BEGIN/ROLLBACK around each read), and statements run through psycopg
+itself (``driver_rows``) give SQLAlchemy's errors and never pool a lost connection."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from devkit import servers
-from gateway.storage.connections import read_engine, socket_alive
+from gateway.storage.connections import driver_rows, read_engine, socket_alive
 from gateway.storage.schema import open_engine
 
 pytestmark = pytest.mark.integration
@@ -84,6 +87,63 @@ def test_reads_run_in_autocommit_and_see_committed_writes(engine: Engine) -> Non
         # no transaction left open between statements (inside BEGIN it would be INTRANS)
         status = c.connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
         assert status.name == "IDLE"
+    reads.dispose()
+
+
+def test_driver_rows_reads_and_writes_in_autocommit(engine: Engine) -> None:
+    reads = read_engine(engine)
+    assert driver_rows(reads, "CREATE TABLE t (id int PRIMARY KEY, v text)", {}) == []
+    assert driver_rows(reads, "INSERT INTO t VALUES (%(i)s, %(v)s)", {"i": 1, "v": "a"}) == []
+    ids = [1, 2]
+    assert driver_rows(reads, "SELECT id, v FROM t WHERE id = ANY(%(ids)s)", {"ids": ids}) == [
+        (1, "a")
+    ]
+    with engine.connect() as c:  # committed: another connection sees it
+        assert c.scalar(text("SELECT count(*) FROM t")) == 1
+    reads.dispose()
+
+
+def test_driver_rows_errors_are_sqlalchemys_and_leave_no_parameters(engine: Engine) -> None:
+    reads = read_engine(engine)
+    driver_rows(reads, "CREATE TABLE t (id int PRIMARY KEY)", {})
+    driver_rows(reads, "INSERT INTO t VALUES (1)", {})
+    with pytest.raises(IntegrityError) as duplicate:
+        driver_rows(reads, "INSERT INTO t VALUES (%(i)s)", {"i": 1})
+    with pytest.raises(ProgrammingError):
+        driver_rows(reads, "SELEC nothing", {})
+    assert "[parameters" not in str(duplicate.value)  # audit events stay out of the logs
+    assert driver_rows(reads, "SELECT count(*) FROM t", {}) == [(1,)]  # the pool is fine
+    reads.dispose()
+
+
+def test_driver_rows_never_pools_a_connection_lost_in_a_statement(engine: Engine) -> None:
+    """The server closes the connection while a statement runs (a restart, a terminated
+    backend): the caller gets SQLAlchemy's OperationalError (a 503, retry), and the
+    connection is dropped rather than checked back in."""
+    reads = read_engine(engine)
+    reads.pool.dispose()
+    failure: list[BaseException] = []
+
+    def sleep() -> None:
+        try:
+            driver_rows(reads, "SELECT pg_sleep(30)", {})
+        except BaseException as exc:
+            failure.append(exc)
+
+    sleeper = threading.Thread(target=sleep)
+    sleeper.start()
+    query = "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'"
+    deadline = time.monotonic() + 10
+    # (not in one transaction: it would keep its first snapshot of pg_stat_activity)
+    while not (pids := [r[0] for r in driver_rows(reads, query, {})]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    _terminate(engine, int(pids[0]))
+    sleeper.join(timeout=10)
+    assert isinstance(failure[0], OperationalError) and failure[0].connection_invalidated
+    with reads.connect() as a, reads.connect() as b:  # every pooled connection: live ones
+        for c in (a, b):
+            assert c.scalar(text("SELECT pg_backend_pid()")) != pids[0]
     reads.dispose()
 
 
