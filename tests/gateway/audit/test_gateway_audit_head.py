@@ -53,3 +53,24 @@ def test_cut_events_are_detected_even_after_the_log_grew_past_the_cut(tmp_path: 
         assert report.reason == "differs from the recorded head"
     witnessed = a.witness()
     assert witnessed is not None and not witnessed.ok
+
+
+def test_a_head_file_shared_with_another_process_is_never_moved_back(tmp_path: Path) -> None:
+    """Processes sharing a data directory share the head file; each keeps what it last
+    read or wrote, and reads the file again once another has replaced it: a late head
+    write for an older event must not rewind the head another process moved on."""
+    url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    (tmp_path / "data").mkdir()
+    shared = tmp_path / "data" / "audit.head"
+    a = AuditLog(AuditRepository(open_engine(url)), KEY, shared)
+    b = AuditLog(AuditRepository(open_engine(url)), KEY, shared)
+    first = a.append(action="enrol", outcome="ok")
+    assert a.head() == (1, first.mac)  # a now knows the file as it wrote it
+    b.append(action="identify", outcome="no_match")
+    third = b.append(action="identify", outcome="no_match")
+    second = a.events(1, 1)[0]
+    a._write_head(second, second)  # a's write of an older head, arriving late
+    assert a.head() == (3, third.mac)
+    fourth = a.append(action="delete", outcome="ok")
+    assert fourth.seq == 4 and a.head() == (4, fourth.mac)
+    assert a.verify().ok and b.verify().ok
