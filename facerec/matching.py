@@ -88,11 +88,19 @@ def centroid(templates: np.ndarray) -> np.ndarray:
         raise InvalidArgumentError(
             f"templates must be float32[K, D], K >= 1, not {templates.shape}"
         )
-    mean = templates.astype(np.float64).mean(axis=0)
-    norm = float(np.linalg.norm(mean))
-    if norm < 1e-12:
+    return np.asarray(centroids(templates[None], np.array([len(templates)]))[0])
+
+
+def centroids(padded: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`centroid` of every subject at once: ``padded`` float32[S, K, D] holds subject
+    s's templates in its first ``counts[s]`` rows and zeros after them. float32[S, D]."""
+    if (counts < 1).any():
+        raise InvalidArgumentError("a subject without templates has no centroid")
+    mean = padded.astype(np.float64).sum(axis=1) / counts[:, None]
+    norms = np.sqrt(np.einsum("sd,sd->s", mean, mean))
+    if (norms < 1e-12).any():
         raise InvalidArgumentError("templates cancel out: no centroid")
-    return np.asarray(mean / norm, np.float32)
+    return np.asarray(mean / norms[:, None], np.float32)
 
 
 def reduce_templates(similarities: np.ndarray, counts: np.ndarray, scoring: Scoring) -> np.ndarray:
@@ -119,7 +127,7 @@ class Gallery:
     def __init__(self, embedding_size: int, scoring: Scoring = DEFAULT_SCORING) -> None:
         self.embedding_size = embedding_size
         self.scoring = scoring
-        self._templates: dict[str, list[np.ndarray]] = {}
+        self._templates: dict[str, list[np.ndarray]] = {}  # blocks float32[K, D] each
         self._packed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -132,7 +140,7 @@ class Gallery:
 
     def templates(self, subject_id: str) -> np.ndarray:
         """float32[K, D]: the templates of ``subject_id`` (KeyError if unknown)."""
-        return np.stack(self._templates[subject_id])
+        return np.concatenate(self._templates[subject_id])
 
     def add(self, subject_id: str, embeddings: np.ndarray) -> None:
         """Enrol ``embeddings`` float32[K, D] (unit rows) under ``subject_id``."""
@@ -140,20 +148,18 @@ class Gallery:
             raise InvalidArgumentError(
                 f"embeddings must be float32[K, {self.embedding_size}], got {embeddings.shape}"
             )
-        self._templates.setdefault(subject_id, []).extend(embeddings.astype(np.float32))
+        self._templates.setdefault(subject_id, []).append(embeddings.astype(np.float32))
         self._packed = None
 
     def _pack(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(vectors float32[S, K, D] zero-padded, counts int[S], centroids float32[S, D])."""
         if self._packed is None:
-            rows = list(self._templates.values())
-            kmax = max(len(r) for r in rows)
-            vectors = np.zeros((len(rows), kmax, self.embedding_size), np.float32)
-            for s, r in enumerate(rows):
-                vectors[s, : len(r)] = r
-            counts = np.array([len(r) for r in rows])
-            cents = np.stack([centroid(np.stack(r)) for r in rows])
-            self._packed = (vectors, counts, cents)
+            blocks = [b[0] if len(b) == 1 else np.concatenate(b) for b in self._templates.values()]
+            counts = np.array([len(b) for b in blocks])
+            vectors = np.zeros((len(blocks), int(counts.max()), self.embedding_size), np.float32)
+            for s, block in enumerate(blocks):
+                vectors[s, : len(block)] = block
+            self._packed = (vectors, counts, centroids(vectors, counts))
         return self._packed
 
     def scores(self, probes: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from facerec.matching import (
     Scoring,
     candidates_from_hits,
     centroid,
+    centroids,
     decide,
     rank_candidates,
     rerank,
@@ -117,6 +118,30 @@ def test_centroid_is_the_normalised_mean() -> None:
     np.testing.assert_allclose(c, unit(45), atol=1e-6)
     with pytest.raises(InvalidArgumentError):
         centroid(np.stack([unit(0), unit(180)]))  # opposite vectors: no direction
+
+
+def test_centroids_of_padded_subjects_are_each_subjects_centroid() -> None:
+    """The gallery's centroids in one pass over zero-padded templates, exactly as one
+    subject's at a time (the padding adds nothing)."""
+    rng = np.random.default_rng(3)
+    subjects = [rng.standard_normal((k, 8)).astype(np.float32) for k in (1, 3, 2)]
+    subjects = [s / np.linalg.norm(s, axis=1, keepdims=True) for s in subjects]
+    padded = np.zeros((3, 3, 8), np.float32)
+    for i, s in enumerate(subjects):
+        padded[i, : len(s)] = s
+    counts = np.array([len(s) for s in subjects])
+    for i, c in enumerate(centroids(padded, counts)):
+        np.testing.assert_array_equal(c, centroid(subjects[i]))
+    gallery = Gallery(8)
+    for i, s in enumerate(subjects):
+        gallery.add(f"s{i}", s[:1])
+        gallery.add(f"s{i}", s[1:])  # added in two parts: one subject still
+    np.testing.assert_array_equal(gallery.templates("s1"), subjects[1])
+    np.testing.assert_allclose(
+        gallery.scores(subjects[2][:1])[0, 2], centroid(subjects[2]) @ subjects[2][0], rtol=1e-6
+    )
+    with pytest.raises(InvalidArgumentError):
+        centroids(padded, np.array([1, 0, 2]))  # a subject without templates
 
 
 def test_unknown_method_is_a_clear_error() -> None:
