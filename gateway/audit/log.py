@@ -9,28 +9,23 @@ of its own appends, and every few seconds from the database's last event
 (:meth:`AuditLog.witness`, which also checks that the database still holds the head it
 recorded). Cutting events from the end is detected by any process that saw them, by its
 witness within seconds and by ``facerec audit verify`` on its machine. Processes sharing
-a data directory share the file, written under a lock.
+a data directory share the file, written under a lock (its format:
+:mod:`gateway.audit.head_file`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hmac
-import json
 import logging
-import os
 import threading
-import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from facerec.errors import InvalidArgumentError
 from gateway.audit.chain import AuditEvent, ChainReport, chain_event, verify_chain
+from gateway.audit.head_file import HeadFile
 from gateway.storage.audit import AuditRepository
-from gateway.storage.files import replace_private
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +46,10 @@ class AuditLog:
 
     def __init__(self, events: AuditRepository, key: bytes, head_file: Path | None) -> None:
         self.stored, self.key, self.head_file = events, key, head_file
-        self._lock = threading.Lock()  # the head file, within this process
         self._writing = threading.Lock()  # one group at a time
         self._queued: list[_Pending] = []
         self._queue_lock = threading.Lock()
-        self._lock_fd: int | None = None  # the head's lock file, open while this lives
-        # the head file as last read or written here: (inode, size, mtime, ctime) -> head
-        self._seen: tuple[tuple[int, int, int, int], tuple[int, str]] | None = None
+        self._head = None if head_file is None else HeadFile(head_file)
 
     def append(self, **values: Any) -> AuditEvent:
         """Chain and store one event (fields of :class:`AuditEvent`; ``time`` defaults to
@@ -112,55 +104,15 @@ class AuditLog:
                 pending.done.set()
 
     def head(self) -> tuple[int, str] | None:
-        if self.head_file is None or not self.head_file.exists():
-            return None
-        data = json.loads(self.head_file.read_text())
-        return int(data["seq"]), str(data["mac"])
-
-    def _stat(self) -> tuple[int, int, int, int] | None:
-        assert self.head_file is not None
-        try:
-            st = os.stat(self.head_file)
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-    def _recorded(self) -> tuple[int, str] | None:
-        """:meth:`head`, read again only when the file changed since this process last
-        read or wrote it (another process sharing the data directory replaced it: a new
-        inode). Called under the file's lock."""
-        stat = self._stat()
-        if stat is None:
-            return None
-        if self._seen is not None and self._seen[0] == stat:
-            return self._seen[1]
-        head = self.head()
-        if head is not None:
-            self._seen = (stat, head)
-        return head
-
-    @contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        """An exclusive ``flock`` shared with the processes of this data directory, on a
-        lock file (0600) kept open."""
-        assert self.head_file is not None
-        if self._lock_fd is None:
-            lock = self.head_file.with_name(f"{self.head_file.name}.lock")
-            self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            weakref.finalize(self, os.close, self._lock_fd)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        return None if self._head is None else self._head.read()
 
     def _write_head(self, first: AuditEvent, event: AuditEvent) -> None:
         """Record ``event`` as the head; ``first`` begins the run of events chained up to
         it (``event`` itself for one)."""
-        if self.head_file is None:
+        if self._head is None:
             return
-        with self._lock, self._file_lock():
-            current = self._recorded()
+        with self._head.locked() as file:
+            current = file.read()
             if current is not None and current[0] >= event.seq:
                 return  # another process already recorded a later event
             if (
@@ -171,10 +123,7 @@ class AuditLog:
                 # the log no longer holds the head recorded here: keep it, as evidence
                 log.critical("AUDIT LOG TAMPERED: event %d is gone or changed", current[0])
                 return
-            head = (event.seq, event.mac)
-            replace_private(self.head_file, json.dumps({"seq": head[0], "mac": head[1]}))
-            stat = self._stat()
-            self._seen = None if stat is None else (stat, head)
+            file.write((event.seq, event.mac))
 
     @staticmethod
     def _follows(event: AuditEvent, head: tuple[int, str]) -> bool:
