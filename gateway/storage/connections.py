@@ -94,7 +94,8 @@ def driver_rows(engine: Engine, statement: str, params: Mapping[str, Any]) -> li
         cursor = proxy.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(statement, params)
-            return list(cursor.fetchall()) if cursor.description is not None else []
+            result = cursor.pgresult  # its field count, not ``description``: no column objects
+            return list(cursor.fetchall()) if result is not None and result.nfields else []
         finally:
             cursor.close()
     except base_error as exc:
