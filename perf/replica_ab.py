@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from devkit import servers
 from perf.common import record, write_json
-from perf.gateway_load import load_run
-from perf.scale import Deployment, cpu_of, enrol_gallery
+from perf.scale import Deployment, cpu_of, enrol_gallery, load_on, new_deployment
 from perf.threads import per_request, thread_cpu, thread_names
 
 HERE = Path(__file__).resolve().parents[1]
@@ -36,11 +33,10 @@ HERE = Path(__file__).resolve().parents[1]
 def _run(d: Deployment, name: str, probes: list[Any], duration: float) -> dict[str, float]:
     with d.balancer([name]) as lb, ProcessPoolExecutor(1) as pool:
         pid = d.apis[name].proc.pid
-        pool.submit(load_run, lb.url, d.key, "identify", probes, 8, 3, 10**9, 120).result()
+        load_on(pool, lb.url, d, probes, 8, 3)
         names = thread_names(pid)
         threads, cpu = thread_cpu(pid), cpu_of({"r": {pid}})
-        out = pool.submit(load_run, lb.url, d.key, "identify", probes, 8, duration, 10**9, 120)
-        result = out.result()
+        result = load_on(pool, lb.url, d, probes, 8, duration)
         after = cpu_of({"r": {pid}})
         served = max(result["responses"], 1)
         roles = per_request(threads, thread_cpu(pid), names, served)
@@ -62,11 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="facerec-ab-")))
-        pg = stack.enter_context(servers.postgres_instance(tmp / "pg"))
-        milvus = stack.enter_context(servers.milvus_standalone(tmp / "milvus", tls=False))
-        d = Deployment(tmp, stack, pg, milvus)
-        stack.callback(d.close)
+        d = new_deployment(stack, "facerec-ab-")
         env = dict(d.env)
         for name, code in (("api0", HERE), ("api1", args.base.resolve())):
             d.env = {**env, "PYTHONPATH": str(code)}

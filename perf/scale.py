@@ -153,6 +153,19 @@ class Deployment:
                 proc.kill()
 
 
+def new_deployment(stack: ExitStack, prefix: str) -> Deployment:
+    """PostgreSQL and a Milvus standalone server in a throwaway folder (``prefix``), with
+    no replica yet; all of it stopped and removed when ``stack`` closes."""
+    import tempfile
+
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    pg = stack.enter_context(servers.postgres_instance(tmp / "pg"))
+    milvus = stack.enter_context(servers.milvus_standalone(tmp / "milvus", tls=False))
+    d = Deployment(tmp, stack, pg, milvus)
+    stack.callback(d.close)
+    return d
+
+
 def group_roots(d: Deployment, lb: servers.LoadBalancer | None) -> dict[str, set[int]]:
     """The root processes of each part of the deployment (CPU counts their descendants)."""
     table = _proc_cpu()
@@ -229,6 +242,21 @@ def pipeline_cpu_per_image(probes: list[Any]) -> dict[str, Any]:
     }
 
 
+def load_on(
+    pool: ProcessPoolExecutor,
+    url: str,
+    d: Deployment,
+    probes: list[Any],
+    clients: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """Identify load from the client process of ``pool``: ``clients`` clients, each one
+    request at a time, for ``seconds`` (:func:`perf.gateway_load.load_run`)."""
+    return pool.submit(
+        load_run, url, d.key, "identify", probes, clients, seconds, 10**9, 120
+    ).result()
+
+
 def throughput(d: Deployment, args: argparse.Namespace, probes: list[Any]) -> list[dict[str, Any]]:
     rows = []
     for k in (1, 2, 3):
@@ -237,23 +265,11 @@ def throughput(d: Deployment, args: argparse.Namespace, probes: list[Any]) -> li
             roots = group_roots(d, lb)
             roots["replicas"] = {d.apis[n].proc.pid for n in names}
             with ProcessPoolExecutor(1) as pool:  # warm-up
-                pool.submit(
-                    load_run, lb.url, d.key, "identify", probes, args.concurrency, 5, 10**9, 120
-                ).result()
+                load_on(pool, lb.url, d, probes, args.concurrency, 5)
                 replica = d.apis[names[0]].proc.pid
                 threads_before = thread_cpu(replica)
                 before = cpu_of(roots)
-                result = pool.submit(
-                    load_run,
-                    lb.url,
-                    d.key,
-                    "identify",
-                    probes,
-                    args.concurrency,
-                    args.duration,
-                    10**9,
-                    120,
-                ).result()
+                result = load_on(pool, lb.url, d, probes, args.concurrency, args.duration)
                 after = cpu_of(roots)
                 threads = per_request(  # meaningful with one replica: it served them all
                     threads_before, thread_cpu(replica), thread_names(replica), result["responses"]
@@ -283,23 +299,11 @@ def ratio_pairs(d: Deployment, args: argparse.Namespace, probes: list[Any]) -> d
     pairs = []
     with d.balancer(["api0"]) as lb, ProcessPoolExecutor(1) as pool:
         pid = d.apis["api0"].proc.pid
-        pool.submit(
-            load_run, lb.url, d.key, "identify", probes, args.concurrency, 5, 10**9, 120
-        ).result()
+        load_on(pool, lb.url, d, probes, args.concurrency, 5)
         for _ in range(args.ratio_pairs):
             reference = pipeline_cpu_per_image(probes)
             before = cpu_of({"replica": {pid}})
-            result = pool.submit(
-                load_run,
-                lb.url,
-                d.key,
-                "identify",
-                probes,
-                args.concurrency,
-                args.duration,
-                10**9,
-                120,
-            ).result()
+            result = load_on(pool, lb.url, d, probes, args.concurrency, args.duration)
             after = cpu_of({"replica": {pid}})
             replica_ms = (after["replica"] - before["replica"]) / max(result["responses"], 1) * 1e3
             pipeline_ms = reference["cpu_s_per_image"] * 1e3
@@ -549,14 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     result = record(goals=GOALS)
-    import tempfile
-
     with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="facerec-scale-")))
-        pg = stack.enter_context(servers.postgres_instance(tmp / "pg"))
-        milvus = stack.enter_context(servers.milvus_standalone(tmp / "milvus", tls=False))
-        d = Deployment(tmp, stack, pg, milvus)
-        stack.callback(d.close)
+        d = new_deployment(stack, "facerec-scale-")
         for name in sorted(d.ports):
             d.start_api(name)
         d.start_worker("worker0")
