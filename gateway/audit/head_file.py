@@ -116,31 +116,35 @@ class HeadFile:
 
 
 class _Locked:
+    """The file while :meth:`HeadFile.locked` holds it: no writer can replace it
+    meanwhile, so what :meth:`read` found stands for :meth:`write`."""
+
     def __init__(self, file: HeadFile) -> None:
         self.file = file
-        self._slot: int | None = None
+        self._fd: int | None = None
+        self._head: Head | None = None
+        self._slot: int | None = None  # None: missing, older format, or no valid slot
 
     def read(self) -> Head | None:
-        fd = self.file._open()
-        if fd is None:
-            self._slot = None
-            return None
-        head, self._slot = parse(os.pread(fd, 2 * SLOT + 1, 0))
-        return head
+        self._fd = self.file._open()
+        if self._fd is None:
+            self._head, self._slot = None, None
+        else:
+            self._head, self._slot = parse(os.pread(self._fd, 2 * SLOT + 1, 0))
+        return self._head
 
     def write(self, head: Head) -> None:
         """Record ``head`` in the slot not holding the current one (call :meth:`read`
-        first); a missing file, or one in the older format, is replaced whole."""
-        fd = self.file._open()
-        if fd is None or self._slot is None or os.fstat(fd).st_size != 2 * SLOT:
-            previous = self.read() if fd is not None else None
-            slots = [_slot(head), _slot(previous) if previous else b" " * (SLOT - 1) + b"\n"]
-            replace_private(self.file.path, b"".join(slots).decode())
-            self._slot = 0
+        first); a missing file, or one in the older format, is replaced whole, keeping
+        the head it held in the other slot."""
+        if self._fd is None or self._slot is None:
+            kept = _slot(self._head) if self._head else b" " * (SLOT - 1) + b"\n"
+            replace_private(self.file.path, (_slot(head) + kept).decode())
+            self._fd, self._head, self._slot = None, head, None  # a new file: read it anew
             return
         other = 1 - self._slot
-        os.pwrite(fd, _slot(head), other * SLOT)
-        self._slot = other
+        os.pwrite(self._fd, _slot(head), other * SLOT)
+        self._head, self._slot = head, other
 
 
 def _close_all(fds: dict[str, int]) -> None:
